@@ -1,0 +1,115 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+/// Strict concurrency is the language mode; warnings are errors in CI through `-warnings-as-errors` on the
+/// command line (scripts/test), not here, so a newer compiler's new warning never breaks a user's build.
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+]
+
+let package = Package(
+    name: "nimbus",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "nimbus", targets: ["nimbus"]),
+        .library(name: "NimbusInstances", targets: ["NimbusInstances"]),
+        .library(name: "NimbusISO9660", targets: ["NimbusISO9660"]),
+        .library(name: "NimbusQMP", targets: ["NimbusQMP"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.5.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+    ],
+    targets: [
+        // Stand-alone formats and protocols: they import nothing else of the package.
+        .target(name: "NimbusISO9660", swiftSettings: swiftSettings),
+        .target(
+            name: "NimbusQMP",
+            dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            swiftSettings: swiftSettings
+        ),
+
+        // The shared floor: errors, paths, sizes, running programs, atomic files.
+        .target(
+            name: "NimbusCore",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+
+        // spec ──► image ──► disk ──► seed ──► machine ──► instance
+        .target(
+            name: "NimbusImages",
+            dependencies: [
+                "NimbusCore",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "NimbusDisks", dependencies: ["NimbusCore"], swiftSettings: swiftSettings),
+        .target(
+            name: "NimbusSeed",
+            dependencies: [
+                "NimbusCore", "NimbusISO9660",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "NimbusMachines",
+            dependencies: [
+                "NimbusCore", "NimbusDisks", "NimbusQMP",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "NimbusInstances",
+            dependencies: [
+                "NimbusCore", "NimbusImages", "NimbusDisks", "NimbusSeed", "NimbusMachines",
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "NimbusCommands",
+            dependencies: [
+                "NimbusInstances",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(name: "nimbus", dependencies: ["NimbusCommands"], swiftSettings: swiftSettings),
+
+        // Tests. Each module has its own; NimbusIntegrationTests boots real guests and runs serialized.
+        .target(name: "NimbusTestSupport", dependencies: ["NimbusCore"], path: "Tests/NimbusTestSupport"),
+        .testTarget(name: "NimbusCoreTests", dependencies: ["NimbusCore", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusISO9660Tests", dependencies: ["NimbusISO9660", "NimbusTestSupport"], resources: [.copy("Resources")], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusQMPTests", dependencies: ["NimbusQMP", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusImagesTests", dependencies: ["NimbusImages", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusDisksTests", dependencies: ["NimbusDisks", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusSeedTests", dependencies: ["NimbusSeed", "NimbusTestSupport"], resources: [.copy("Resources")], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusMachinesTests", dependencies: ["NimbusMachines", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusInstancesTests", dependencies: ["NimbusInstances", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusCommandsTests", dependencies: ["NimbusCommands", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NimbusIntegrationTests",
+            dependencies: ["NimbusCommands", "NimbusInstances", "NimbusMachines", "NimbusSeed", "NimbusQMP", "NimbusTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

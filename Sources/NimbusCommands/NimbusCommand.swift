@@ -1,0 +1,24 @@
+import ArgumentParser
+
+/// The `nimbus` command: launches customised virtual machines from official cloud images.
+///
+/// Each noun's commands live in a folder of their own (`Commands/Instance`, `Commands/Image`, ...);
+/// this type only lists them, grouped as `nimbus --help` shows them.
+public struct NimbusCommand: AsyncParsableCommand {
+    public static let version = "0.1.0"
+
+    public static let configuration = CommandConfiguration(
+        commandName: "nimbus",
+        abstract: "Launch customised virtual machines from official cloud images.",
+        discussion: """
+            State lives in $XDG_DATA_HOME/nimbus, images in $XDG_CACHE_HOME/nimbus/images and defaults in \
+            $XDG_CONFIG_HOME/nimbus/config.yaml; NIMBUS_HOME=DIR puts all three under DIR.
+            """,
+        version: version,
+        subcommands: [],
+        groupedSubcommands: [
+        ]
+    )
+
+    public init() {}
+}

@@ -1,0 +1,57 @@
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
+/// Writes files so that a reader sees the old content or the new, never a mix: temp file in the same
+/// folder, fsync, rename, fsync of the folder (so the rename itself survives a crash).
+public enum AtomicFile {
+    /// Replaces `url` with `data`, creating it with `permissions`.
+    public static func write(_ data: Data, to url: URL, permissions: mode_t = 0o644) throws(NimbusError) {
+        let folder = url.deletingLastPathComponent()
+        let temporary = folder.appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
+        let fd = open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions)
+        guard fd >= 0 else { throw ioError("create", temporary) }
+        var written = 0
+        let ok: Bool = data.withUnsafeBytes { buffer in
+            while written < buffer.count {
+                let n = Glibc.write(fd, buffer.baseAddress! + written, buffer.count - written)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return false
+                }
+                written += n
+            }
+            return fsync(fd) == 0
+        }
+        let saved = errno
+        close(fd)
+        guard ok else {
+            unlink(temporary.path)
+            errno = saved
+            throw ioError("write", url)
+        }
+        guard rename(temporary.path, url.path) == 0 else {
+            let error = ioError("rename into place", url)
+            unlink(temporary.path)
+            throw error
+        }
+        syncDirectory(folder)
+    }
+
+    /// Flushes a folder's entries (a rename or a new file in it) to disk.
+    public static func syncDirectory(_ folder: URL) {
+        let fd = open(folder.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        fsync(fd)
+        close(fd)
+    }
+
+    static func ioError(_ action: String, _ url: URL) -> NimbusError {
+        let reason = String(cString: strerror(errno))
+        return NimbusError(.io, "could not \(action) \(url.path): \(reason)")
+    }
+}

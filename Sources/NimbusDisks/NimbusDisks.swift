@@ -1,0 +1,1 @@
+// NimbusDisks: see ../../../shared/DESIGN.md for what this module owns.

@@ -1,0 +1,1 @@
+// NimbusImages: see ../../../shared/DESIGN.md for what this module owns.

@@ -1,0 +1,1 @@
+// NimbusInstances: see ../../../shared/DESIGN.md for what this module owns.

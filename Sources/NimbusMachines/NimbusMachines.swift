@@ -1,0 +1,1 @@
+// NimbusMachines: see ../../../shared/DESIGN.md for what this module owns.

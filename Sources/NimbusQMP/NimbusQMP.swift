@@ -1,0 +1,1 @@
+// NimbusQMP: see ../../../shared/DESIGN.md for what this module owns.

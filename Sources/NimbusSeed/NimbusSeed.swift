@@ -1,0 +1,1 @@
+// NimbusSeed: see ../../../shared/DESIGN.md for what this module owns.
