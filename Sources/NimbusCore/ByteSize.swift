@@ -64,7 +64,8 @@ public struct ByteSize: Hashable, Sendable, Comparable, Codable, CustomStringCon
         if let bytes = try? container.decode(UInt64.self) {
             self.bytes = bytes
         } else {
-            self = try ByteSize(parsing: container.decode(String.self))
+            let key = decoder.codingPath.map(\.stringValue).joined(separator: ".")
+            self = try ByteSize(parsing: container.decode(String.self), what: key.isEmpty ? "size" : key)
         }
     }
 

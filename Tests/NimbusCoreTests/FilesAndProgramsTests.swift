@@ -65,3 +65,23 @@ struct FilesAndProgramsTests {
         #expect(error?.message == "no-such-tool-x is not installed: install it with `apt-get install x-pkg`")
     }
 }
+
+@Suite("Lock files removed by their holder")
+struct RemovedLockTests {
+    @Test("a waiter whose lock file was removed by the holder takes a fresh lock, never a stale one")
+    func removedWhileWaiting() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let url = dir.url.appending(path: "web.lock")
+        let holder = try await FileLock.acquire(url, what: "web")
+        let waiter = Task { try await FileLock.acquire(url, timeout: .seconds(10), what: "web") }
+        try await Task.sleep(for: .milliseconds(100))
+        holder.removeFile()
+        holder.unlock()
+        let second = try await waiter.value
+        // The winner holds the file the path names now, so a third taker must wait for it.
+        #expect(try FileLock.attempt(url) == nil)
+        #expect(FileManager.default.fileExists(atPath: url.path))
+        second.unlock()
+    }
+}

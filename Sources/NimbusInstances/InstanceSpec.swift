@@ -1,0 +1,144 @@
+import Foundation
+import NimbusCore
+
+/// What the user asked for when launching an instance, stored as `instance.yaml`.
+///
+/// Missing keys decode to their defaults, so a spec written by an older Nimbus still loads.
+public struct InstanceSpec: Codable, Sendable, Equatable {
+    /// The format of this file.
+    public var version: Int = 1
+    public var name: InstanceName
+    /// The image reference as the user wrote it (`ubuntu:24.04`, `file:///…`).
+    public var image: String
+    public var cpus: Int = 2
+    public var memory: ByteSize = .gibibytes(2)
+    public var disk: ByteSize = .gibibytes(10)
+    /// The guest's hostname; the instance name when nil.
+    public var hostname: String?
+    public var locale: String?
+    public var timezone: String?
+    /// Public keys (OpenSSH lines) authorised for the default user, beside the installation's own key.
+    public var sshAuthorizedKeys: [String] = []
+    /// The user's own user-data, verbatim.
+    public var userData: String?
+    /// Host folders shared into the guest.
+    public var mounts: [Mount] = []
+    /// Extra host ports forwarded to the guest.
+    public var forwards: [PortForward] = []
+    /// The scratch disk that comes back empty at every start.
+    public var ephemeral: EphemeralDisk?
+    /// `auto`, `kvm` or `tcg`.
+    public var accelerator: String = "auto"
+    /// `uefi` or `bios`.
+    public var firmware: String = "uefi"
+    /// `qemu` or `libvirt`.
+    public var driver: String = "qemu"
+
+    public init(name: InstanceName, image: String) {
+        self.name = name
+        self.image = image
+    }
+
+    /// The hostname the guest gets.
+    public var effectiveHostname: String { hostname ?? name.rawValue }
+
+    enum CodingKeys: String, CodingKey {
+        case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, mounts, forwards,
+            ephemeral, accelerator, firmware, driver
+        case sshAuthorizedKeys = "sshAuthorizedKeys"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.decode(InstanceName.self, forKey: .name)
+        image = try c.decode(String.self, forKey: .image)
+        version = try c.decodeIfPresent(Int.self, forKey: .version) ?? 1
+        cpus = try c.decodeIfPresent(Int.self, forKey: .cpus) ?? 2
+        memory = try c.decodeIfPresent(ByteSize.self, forKey: .memory) ?? .gibibytes(2)
+        disk = try c.decodeIfPresent(ByteSize.self, forKey: .disk) ?? .gibibytes(10)
+        hostname = try c.decodeIfPresent(String.self, forKey: .hostname)
+        locale = try c.decodeIfPresent(String.self, forKey: .locale)
+        timezone = try c.decodeIfPresent(String.self, forKey: .timezone)
+        sshAuthorizedKeys = try c.decodeIfPresent([String].self, forKey: .sshAuthorizedKeys) ?? []
+        userData = try c.decodeIfPresent(String.self, forKey: .userData)
+        mounts = try c.decodeIfPresent([Mount].self, forKey: .mounts) ?? []
+        forwards = try c.decodeIfPresent([PortForward].self, forKey: .forwards) ?? []
+        ephemeral = try c.decodeIfPresent(EphemeralDisk.self, forKey: .ephemeral)
+        accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
+        firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
+        driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
+    }
+}
+
+/// `--mount HOST:GUEST`: a host folder shared into the guest.
+public struct Mount: Codable, Sendable, Equatable {
+    public var hostPath: String
+    public var guestPath: String
+
+    /// Parses `HOST:GUEST`; the host folder must exist, both paths are made absolute.
+    public init(parsing text: String, relativeTo base: URL = URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
+        throws(NimbusError)
+    {
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        guard parts.count == 2, !parts[0].isEmpty, parts[1].hasPrefix("/") else {
+            throw NimbusError(
+                .invalidArgument, "--mount \"\(text)\" is not HOST:GUEST with an absolute guest path, like ~/src:/src")
+        }
+        let host = URL(fileURLWithPath: (parts[0] as NSString).expandingTildeInPath, relativeTo: base).standardizedFileURL
+        var isFolder: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: host.path, isDirectory: &isFolder), isFolder.boolValue else {
+            throw NimbusError(.invalidArgument, "--mount \"\(text)\": \(host.path) is not a folder on this host")
+        }
+        hostPath = host.path
+        guestPath = parts[1]
+    }
+}
+
+/// `--forward HOST:GUEST[/udp]`: a port on 127.0.0.1 forwarded to the guest.
+public struct PortForward: Codable, Sendable, Equatable, CustomStringConvertible {
+    public var hostPort: UInt16
+    public var guestPort: UInt16
+    /// `tcp` or `udp`.
+    public var proto: String
+
+    public init(hostPort: UInt16, guestPort: UInt16, proto: String = "tcp") {
+        self.hostPort = hostPort
+        self.guestPort = guestPort
+        self.proto = proto
+    }
+
+    public init(parsing text: String) throws(NimbusError) {
+        var body = Substring(text)
+        var proto = "tcp"
+        if let slash = body.lastIndex(of: "/") {
+            proto = String(body[body.index(after: slash)...]).lowercased()
+            body = body[..<slash]
+        }
+        let ports = body.split(separator: ":", omittingEmptySubsequences: false).map { UInt16($0) }
+        guard ["tcp", "udp"].contains(proto), ports.count == 2, let host = ports[0], let guest = ports[1], host > 0,
+            guest > 0
+        else {
+            throw NimbusError(
+                .invalidArgument,
+                "--forward \"\(text)\" is not HOST:GUEST[/udp] with ports 1-65535, like 8080:80 or 5353:53/udp")
+        }
+        self.init(hostPort: host, guestPort: guest, proto: proto)
+    }
+
+    public var description: String { "127.0.0.1:\(hostPort)->\(guestPort)/\(proto)" }
+}
+
+/// `--ephemeral SIZE[:MOUNTPOINT]`: a scratch disk made empty before every start.
+public struct EphemeralDisk: Codable, Sendable, Equatable {
+    public var size: ByteSize
+    public var mountPoint: String
+
+    public init(parsing text: String) throws(NimbusError) {
+        let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
+        size = try ByteSize(parsing: parts.first ?? "", what: "--ephemeral")
+        mountPoint = parts.count > 1 ? parts[1] : "/mnt"
+        guard mountPoint.hasPrefix("/") else {
+            throw NimbusError(.invalidArgument, "--ephemeral \"\(text)\": the mount point must be absolute, like 4G:/scratch")
+        }
+    }
+}

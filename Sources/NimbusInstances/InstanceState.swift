@@ -1,0 +1,53 @@
+import Foundation
+import NimbusCore
+
+/// What is known about an instance between commands, stored as `state.json` (atomically).
+///
+/// Whether the instance runs is never read from here: it is read from the live QEMU process and QMP. This
+/// file keeps what cannot be read back: the ports chosen, the accelerator and why, the base image, the
+/// last error.
+public struct InstanceState: Codable, Sendable, Equatable {
+    /// The format of this file.
+    public var version: Int = 1
+    /// The content address (sha256) of the base image the overlay is backed by.
+    public var imageDigest: String?
+    /// A label for the image: release and serial (`debian 12 (20240102)`).
+    public var imageDescription: String?
+    /// The 127.0.0.1 port forwarded to the guest's SSH.
+    public var sshPort: UInt16?
+    /// The user Nimbus logs in as.
+    public var sshUser: String = "nimbus"
+    /// The accelerator chosen at the last start, and why.
+    public var accelerator: String?
+    public var acceleratorReason: String?
+    public var createdAt: Date = Date()
+    public var lastStartedAt: Date?
+    /// The cloud-init instance-id of the seed.
+    public var seedInstanceID: String?
+    /// cloud-init's result at the last readiness check: `done`, `error`, `running`.
+    public var cloudInitStatus: String?
+    /// Set when a launch or start failed; `list` shows the instance as `error`.
+    public var lastError: String?
+    /// True once the instance is completely built.
+    public var complete: Bool = false
+
+    public init() {}
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = InstanceState()
+        version = try c.decodeIfPresent(Int.self, forKey: .version) ?? defaults.version
+        imageDigest = try c.decodeIfPresent(String.self, forKey: .imageDigest)
+        imageDescription = try c.decodeIfPresent(String.self, forKey: .imageDescription)
+        sshPort = try c.decodeIfPresent(UInt16.self, forKey: .sshPort)
+        sshUser = try c.decodeIfPresent(String.self, forKey: .sshUser) ?? defaults.sshUser
+        accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator)
+        acceleratorReason = try c.decodeIfPresent(String.self, forKey: .acceleratorReason)
+        createdAt = try c.decodeIfPresent(Date.self, forKey: .createdAt) ?? defaults.createdAt
+        lastStartedAt = try c.decodeIfPresent(Date.self, forKey: .lastStartedAt)
+        seedInstanceID = try c.decodeIfPresent(String.self, forKey: .seedInstanceID)
+        cloudInitStatus = try c.decodeIfPresent(String.self, forKey: .cloudInitStatus)
+        lastError = try c.decodeIfPresent(String.self, forKey: .lastError)
+        complete = try c.decodeIfPresent(Bool.self, forKey: .complete) ?? false
+    }
+}

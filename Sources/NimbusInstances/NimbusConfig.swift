@@ -1,0 +1,84 @@
+import Foundation
+import NimbusCore
+import Yams
+
+/// The installation's defaults, from `config.yaml` (NimbusPaths.configFile). Every key is optional; a
+/// missing file means all defaults.
+///
+/// ```yaml
+/// image: ubuntu:lts
+/// cpus: 2
+/// memory: 2G
+/// disk: 10G
+/// driver: qemu
+/// accelerator: auto
+/// firmware: uefi
+/// mirrors: { ubuntu: https://…, debian: https://…, fedora-coreos: https://… }
+/// ```
+public struct NimbusConfig: Codable, Sendable, Equatable {
+    public var image: String = "ubuntu:lts"
+    public var cpus: Int = 2
+    public var memory: ByteSize = .gibibytes(2)
+    public var disk: ByteSize = .gibibytes(10)
+    public var driver: String = "qemu"
+    public var accelerator: String = "auto"
+    public var firmware: String = "uefi"
+    /// Seconds `stop` waits for the guest to power off before it forces it.
+    public var stopTimeout: Int = 60
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case image, cpus, memory, disk, driver, accelerator, firmware
+        case stopTimeout = "stop-timeout"
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let d = NimbusConfig()
+        image = try c.decodeIfPresent(String.self, forKey: .image) ?? d.image
+        cpus = try c.decodeIfPresent(Int.self, forKey: .cpus) ?? d.cpus
+        memory = try c.decodeIfPresent(ByteSize.self, forKey: .memory) ?? d.memory
+        disk = try c.decodeIfPresent(ByteSize.self, forKey: .disk) ?? d.disk
+        driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? d.driver
+        accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? d.accelerator
+        firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? d.firmware
+        stopTimeout = try c.decodeIfPresent(Int.self, forKey: .stopTimeout) ?? d.stopTimeout
+    }
+
+    /// Reads the configuration; a missing file gives the defaults, a broken one an error naming the file and
+    /// the line.
+    public static func load(paths: NimbusPaths) throws(NimbusError) -> NimbusConfig {
+        let url = paths.configFile
+        guard let text = try? String(contentsOf: url, encoding: .utf8) else { return NimbusConfig() }
+        if text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return NimbusConfig() }
+        do {
+            return try YAMLDecoder().decode(NimbusConfig.self, from: text)
+        } catch let error as YamlError {
+            throw NimbusError(.invalidArgument, "\(url.path): \(error)", cause: error)
+        } catch let error as NimbusError {
+            throw NimbusError(.invalidArgument, "\(url.path): \(error.message)", cause: error)
+        } catch let error as DecodingError {
+            throw NimbusError(.invalidArgument, "\(url.path): \(describe(error))", cause: error)
+        } catch {
+            throw NimbusError(.invalidArgument, "\(url.path) could not be read", cause: error)
+        }
+    }
+
+    /// A decoding error as `key: problem`.
+    static func describe(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            context.codingPath.map(\.stringValue).joined(separator: ".")
+        }
+        switch error {
+        case .typeMismatch(_, let context), .valueNotFound(_, let context), .dataCorrupted(let context):
+            let detail = (context.underlyingError as? NimbusError)?.message ?? context.debugDescription
+            let key = path(context)
+            return key.isEmpty ? detail : "\(key): \(detail)"
+        case .keyNotFound(let key, let context):
+            return "\(path(context)): missing key \(key.stringValue)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+}

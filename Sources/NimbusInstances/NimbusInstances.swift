@@ -1,1 +1,0 @@
-// NimbusInstances: see ../../../shared/DESIGN.md for what this module owns.

@@ -1,0 +1,181 @@
+import Foundation
+import NimbusCore
+import NimbusTestSupport
+import Testing
+
+@testable import NimbusInstances
+
+@Suite("Instance names")
+struct InstanceNameTests {
+    @Test("RFC 1123 labels are accepted", arguments: ["web", "web-1", "a", "0day", String(repeating: "a", count: 63)])
+    func accepts(name: String) throws {
+        #expect(try InstanceName(name).rawValue == name)
+    }
+
+    @Test("anything else is rejected before anything is written, naming the fix", arguments: [
+        "Web_1", "../x", "a/b", ".", "", "-web", "web-", "UPPER", "has space", String(repeating: "a", count: 64),
+    ])
+    func rejects(name: String) {
+        let error = #expect(throws: NimbusError.self) { try InstanceName(name) }
+        #expect(error?.code == .invalidArgument)
+    }
+
+    @Test("the message for a bad character says what is allowed")
+    func message() {
+        let error = #expect(throws: NimbusError.self) { try InstanceName("Web_1") }
+        #expect(error?.message == "instance name \"Web_1\" is not a valid hostname: use a-z, 0-9 and '-', neither first nor last")
+    }
+
+    @Test("generated names are two words and avoid taken ones")
+    func generated() {
+        let name = InstanceName.generate(avoiding: ["brisk-heron"])
+        #expect(name.rawValue.split(separator: "-").count == 2)
+        #expect(name.rawValue != "brisk-heron")
+    }
+}
+
+@Suite("Forwards, mounts and ephemeral disks on the command line")
+struct SpecParsingTests {
+    @Test("forwards parse with an optional protocol")
+    func forwards() throws {
+        #expect(try PortForward(parsing: "8080:80") == PortForward(hostPort: 8080, guestPort: 80))
+        #expect(try PortForward(parsing: "5353:53/udp") == PortForward(hostPort: 5353, guestPort: 53, proto: "udp"))
+    }
+
+    @Test("bad forwards name the value and the form", arguments: ["80", "0:80", "x:80", "8080:80/sctp", "70000:80", ":"])
+    func badForwards(text: String) {
+        let error = #expect(throws: NimbusError.self) { try PortForward(parsing: text) }
+        #expect(error?.message.contains("--forward \"\(text)\"") == true)
+    }
+
+    @Test("mounts need an existing host folder and an absolute guest path")
+    func mounts() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let mount = try Mount(parsing: "\(dir.url.path):/src")
+        #expect(mount.guestPath == "/src")
+        #expect(throws: NimbusError.self) { try Mount(parsing: "\(dir.url.path):relative") }
+        #expect(throws: NimbusError.self) { try Mount(parsing: "/nonexistent-nimbus:/src") }
+    }
+
+    @Test("ephemeral disks default to /mnt")
+    func ephemeral() throws {
+        #expect(try EphemeralDisk(parsing: "4G").mountPoint == "/mnt")
+        #expect(try EphemeralDisk(parsing: "4G:/scratch").mountPoint == "/scratch")
+        #expect(throws: NimbusError.self) { try EphemeralDisk(parsing: "4G:scratch") }
+        #expect(throws: NimbusError.self) { try EphemeralDisk(parsing: "0:/x") }
+    }
+}
+
+@Suite("The instance store")
+struct InstanceStoreTests {
+    @Test("create builds in a hidden folder and renames it into place; list sees only whole instances")
+    func create() async throws {
+        try await TemporaryDirectory.with { dir in
+            let store = InstanceStore(paths: dir.paths)
+            let name = try InstanceName("web")
+            let spec = InstanceSpec(name: name, image: "debian:12")
+            _ = try await store.withLock(name) { _ in
+                try await store.create(spec) { staging in
+                    #expect(staging.url.lastPathComponent.hasPrefix(".creating-web-"))
+                    #expect(store.names().isEmpty)
+                    var state = InstanceState()
+                    state.sshPort = 2222
+                    return state
+                }
+            }
+            #expect(store.names() == [name])
+            #expect(try store.loadSpec(name) == spec)
+            #expect(try store.loadState(name).sshPort == 2222)
+            #expect(try store.loadState(name).complete)
+        }
+    }
+
+    @Test("a failed build leaves nothing behind")
+    func failedBuild() async throws {
+        try await TemporaryDirectory.with { dir in
+            let store = InstanceStore(paths: dir.paths)
+            let name = try InstanceName("web")
+            await #expect(throws: NimbusError.self) {
+                try await store.create(InstanceSpec(name: name, image: "x")) { _ in
+                    throw NimbusError(.io, "disk full")
+                }
+            }
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.paths.instances.path).isEmpty)
+        }
+    }
+
+    @Test("creating an existing name fails cleanly, naming it")
+    func duplicate() async throws {
+        try await TemporaryDirectory.with { dir in
+            let store = InstanceStore(paths: dir.paths)
+            let spec = InstanceSpec(name: try InstanceName("web"), image: "x")
+            _ = try await store.create(spec) { _ in InstanceState() }
+            let error = await #expect(throws: NimbusError.self) {
+                try await store.create(spec) { _ in InstanceState() }
+            }
+            #expect(error?.code == .alreadyExists)
+            #expect(error?.message.contains("\"web\" exists already") == true)
+        }
+    }
+
+    @Test("an unknown instance is not-found with a hint")
+    func unknown() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let error = #expect(throws: NimbusError.self) { try InstanceStore(paths: dir.paths).loadSpec(InstanceName("nope")) }
+        #expect(error?.code == .notFound)
+        #expect(error?.message == "instance \"nope\" does not exist: `nimbus list` shows the instances")
+    }
+
+    @Test("remove deletes the folder and the lock file")
+    func remove() async throws {
+        try await TemporaryDirectory.with { dir in
+            let store = InstanceStore(paths: dir.paths)
+            let name = try InstanceName("web")
+            _ = try await store.create(InstanceSpec(name: name, image: "x")) { _ in InstanceState() }
+            try await store.withLock(name) { lock in try store.remove(name, lock: lock) }
+            #expect(store.names().isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.paths.data.appending(path: "locks").path).isEmpty)
+        }
+    }
+
+    @Test("a spec missing optional keys decodes to the defaults")
+    func specDefaults() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let store = InstanceStore(paths: dir.paths)
+        let folder = store.directory(try InstanceName("old"))
+        try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
+        try "name: old\nimage: debian:12\n".write(to: folder.spec, atomically: true, encoding: .utf8)
+        let spec = try store.loadSpec(InstanceName("old"))
+        #expect(spec.cpus == 2 && spec.memory == .gibibytes(2) && spec.driver == "qemu")
+    }
+}
+
+@Suite("config.yaml")
+struct ConfigTests {
+    @Test("a missing file means the defaults; keys override them")
+    func load() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        #expect(try NimbusConfig.load(paths: dir.paths) == NimbusConfig())
+        try FileManager.default.createDirectory(at: dir.paths.config, withIntermediateDirectories: true)
+        try "cpus: 4\nmemory: 4G\nmirrors:\n  debian: http://127.0.0.1:1/\n".write(to: dir.paths.configFile, atomically: true, encoding: .utf8)
+        let config = try NimbusConfig.load(paths: dir.paths)
+        #expect(config.cpus == 4 && config.memory == .gibibytes(4) && config.disk == .gibibytes(10))
+    }
+
+    @Test("a bad value names the file and the key", arguments: [
+        ("memory: lots\n", "memory \"lots\" is not a size"), ("cpus: [1]\n", "cpus"), ("cpus: 2\n  bad: [\n", "config.yaml"),
+    ])
+    func bad(text: String, expected: String) throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try FileManager.default.createDirectory(at: dir.paths.config, withIntermediateDirectories: true)
+        try text.write(to: dir.paths.configFile, atomically: true, encoding: .utf8)
+        let error = #expect(throws: NimbusError.self) { try NimbusConfig.load(paths: dir.paths) }
+        #expect(error?.code == .invalidArgument)
+        #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+}
