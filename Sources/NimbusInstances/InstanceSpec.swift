@@ -33,6 +33,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var firmware: String = "uefi"
     /// `qemu` or `libvirt`.
     public var driver: String = "qemu"
+    /// The absolute path of the fleet file (`nimbus apply -f`) this instance was launched from, if any.
+    public var fleet: String?
 
     public init(name: InstanceName, image: String) {
         self.name = name
@@ -44,7 +46,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, mounts, forwards,
-            ephemeral, accelerator, firmware, driver
+            ephemeral, accelerator, firmware, driver, fleet
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -67,6 +69,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
+        fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
     }
 }
 

@@ -179,3 +179,70 @@ struct ConfigTests {
         #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
     }
 }
+
+@Suite("Fleet files")
+struct FleetFileTests {
+    func write(_ text: String, in dir: TemporaryDirectory) throws -> URL {
+        let url = dir.url.appending(path: "fleet.yaml")
+        try text.write(to: url, atomically: true, encoding: .utf8)
+        return url
+    }
+
+    @Test("defaults apply to every instance; files are read relative to the fleet file")
+    func parse() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        try "#cloud-config\nruncmd: [true]\n".write(to: dir.url.appending(path: "db.yaml"), atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(at: dir.url.appending(path: "site"), withIntermediateDirectories: true)
+        let url = try write("""
+            defaults:
+              image: debian:12
+              memory: 1G
+            instances:
+              - name: web
+                forwards: ["8080:80"]
+                mounts: ["site:/srv"]
+                cloud-init: |
+                  #cloud-config
+                  packages: [nginx]
+              - name: db
+                cpus: 4
+                cloud-init-file: db.yaml
+            """, in: dir)
+        let fleet = try FleetFile(url: url, config: NimbusConfig())
+        #expect(fleet.specs.map(\.name.rawValue) == ["web", "db"])
+        #expect(fleet.specs.allSatisfy { $0.image == "debian:12" && $0.memory == .gibibytes(1) && $0.fleet == url.path })
+        #expect(fleet.specs[0].forwards == [PortForward(hostPort: 8080, guestPort: 80)])
+        #expect(fleet.specs[0].mounts.first?.hostPath == dir.url.appending(path: "site").standardizedFileURL.path)
+        #expect(fleet.specs[1].userData == "#cloud-config\nruncmd: [true]\n")
+        #expect(fleet.specs[1].cpus == 4)
+    }
+
+    @Test("mistakes name the file, the entry and the problem", arguments: [
+        ("instances:\n  - image: debian:12\n", "instances[0] has no name"),
+        ("instances:\n  - name: Web_1\n", "instances[0]: instance name \"Web_1\" is not a valid hostname"),
+        ("instances:\n  - name: a\n  - name: a\n", "the name \"a\" is used twice"),
+        ("instances:\n  - name: a\n    memory: 1.5.2G\n", "(a): memory \"1.5.2G\" is not a size"),
+        ("instances:\n  - name: a\n    cloud-init-file: missing.yaml\n", "missing.yaml cannot be read"),
+        ("instances: [\n", "fleet.yaml"),
+    ])
+    func errors(text: String, expected: String) throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let error = #expect(throws: NimbusError.self) { try FleetFile(url: write(text, in: dir), config: NimbusConfig()) }
+        #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
+    }
+
+    @Test("a public key file must hold an OpenSSH public key")
+    func publicKey() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let good = dir.url.appending(path: "id.pub")
+        try "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA me@host\n".write(to: good, atomically: true, encoding: .utf8)
+        #expect(try readPublicKey(good) == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA me@host")
+        let bad = dir.url.appending(path: "id")
+        try "-----BEGIN OPENSSH PRIVATE KEY-----\n".write(to: bad, atomically: true, encoding: .utf8)
+        #expect(throws: NimbusError.self) { try readPublicKey(bad) }
+        #expect(throws: NimbusError.self) { try readPublicKey(dir.url.appending(path: "missing.pub")) }
+    }
+}

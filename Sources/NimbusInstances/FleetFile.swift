@@ -1,0 +1,166 @@
+import Foundation
+import NimbusCore
+import Yams
+
+/// A declarative file of instances for `nimbus apply -f fleet.yaml`.
+///
+/// ```yaml
+/// defaults:            # optional, applied to every instance
+///   image: debian:12
+///   memory: 1G
+/// instances:
+///   - name: web
+///     cpus: 2
+///     disk: 10G
+///     forwards: ["8080:80"]
+///     mounts: ["./site:/srv/site"]      # relative to the fleet file
+///     cloud-init: |                     # inline user-data ...
+///       #cloud-config
+///       packages: [nginx]
+///   - name: db
+///     cloud-init-file: db.yaml          # ... or a file, relative to the fleet file
+/// ```
+public struct FleetFile: Sendable {
+    /// One instance's entry; every key but `name` is optional.
+    public struct Entry: Codable, Sendable, Equatable {
+        public var name: String?
+        public var image: String?
+        public var cpus: Int?
+        public var memory: String?
+        public var disk: String?
+        public var hostname: String?
+        public var locale: String?
+        public var timezone: String?
+        public var forwards: [String]?
+        public var mounts: [String]?
+        public var ephemeral: String?
+        public var cloudInit: String?
+        public var cloudInitFile: String?
+        public var sshKeys: [String]?
+
+        enum CodingKeys: String, CodingKey {
+            case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral
+            case cloudInit = "cloud-init"
+            case cloudInitFile = "cloud-init-file"
+            case sshKeys = "ssh-keys"
+        }
+
+        /// `self` with the keys it lacks taken from `defaults`.
+        func merged(over defaults: Entry) -> Entry {
+            Entry(
+                name: name, image: image ?? defaults.image, cpus: cpus ?? defaults.cpus,
+                memory: memory ?? defaults.memory, disk: disk ?? defaults.disk, hostname: hostname,
+                locale: locale ?? defaults.locale, timezone: timezone ?? defaults.timezone,
+                forwards: forwards, mounts: mounts ?? defaults.mounts, ephemeral: ephemeral ?? defaults.ephemeral,
+                cloudInit: cloudInit ?? (cloudInitFile == nil ? defaults.cloudInit : nil),
+                cloudInitFile: cloudInitFile ?? (cloudInit == nil ? defaults.cloudInitFile : nil),
+                sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []))
+        }
+    }
+
+    struct Document: Codable {
+        var defaults: Entry?
+        var instances: [Entry]
+    }
+
+    /// The file's absolute path: instances launched from it remember it, so `--prune` knows its own.
+    public let url: URL
+    /// The instances, each a complete spec.
+    public let specs: [InstanceSpec]
+
+    /// Reads and validates the whole file before anything is launched; errors name the file, and the
+    /// instance and key at fault.
+    public init(url: URL, config: NimbusConfig) throws(NimbusError) {
+        let absolute = url.standardizedFileURL
+        self.url = absolute
+        let text: String
+        do {
+            text = try String(contentsOf: url, encoding: .utf8)
+        } catch {
+            throw NimbusError(.invalidArgument, "cannot read the fleet file \(url.path): check the path", cause: error)
+        }
+        let document: Document
+        do {
+            document = try YAMLDecoder().decode(Document.self, from: text)
+        } catch let error as YamlError {
+            throw NimbusError(.invalidArgument, "\(url.path): \(error)", cause: error)
+        } catch let error as DecodingError {
+            throw NimbusError(.invalidArgument, "\(url.path): \(NimbusConfig.describe(error))", cause: error)
+        } catch {
+            throw NimbusError(.invalidArgument, "\(url.path) is not a fleet file", cause: error)
+        }
+        let base = url.deletingLastPathComponent()
+        var specs: [InstanceSpec] = []
+        var seen: Set<String> = []
+        for (index, raw) in document.instances.enumerated() {
+            let entry = raw.merged(over: document.defaults ?? Entry())
+            let label = "\(url.lastPathComponent): instances[\(index)]"
+            guard let rawName = entry.name else {
+                throw NimbusError(.invalidArgument, "\(label) has no name: every instance needs `name:`")
+            }
+            let name = try Self.within(label) { () throws(NimbusError) in try InstanceName(rawName) }
+            guard seen.insert(rawName).inserted else {
+                throw NimbusError(.invalidArgument, "\(label): the name \"\(rawName)\" is used twice")
+            }
+            specs.append(try Self.within("\(label) (\(rawName))") { () throws(NimbusError) in
+                try Self.spec(name: name, entry: entry, config: config, base: base, fleet: absolute.path)
+            })
+        }
+        self.specs = specs
+    }
+
+    static func spec(name: InstanceName, entry: Entry, config: NimbusConfig, base: URL, fleet: String)
+        throws(NimbusError) -> InstanceSpec
+    {
+        var spec = InstanceSpec(name: name, image: entry.image ?? config.image)
+        spec.cpus = entry.cpus ?? config.cpus
+        spec.memory = try entry.memory.map { (m: String) throws(NimbusError) in try ByteSize(parsing: m, what: "memory") } ?? config.memory
+        spec.disk = try entry.disk.map { (d: String) throws(NimbusError) in try ByteSize(parsing: d, what: "disk") } ?? config.disk
+        spec.hostname = entry.hostname
+        spec.locale = entry.locale
+        spec.timezone = entry.timezone
+        spec.forwards = try (entry.forwards ?? []).map { (f: String) throws(NimbusError) in try PortForward(parsing: f) }
+        spec.mounts = try (entry.mounts ?? []).map { (m: String) throws(NimbusError) in try Mount(parsing: m, relativeTo: base) }
+        spec.ephemeral = try entry.ephemeral.map { (e: String) throws(NimbusError) in try EphemeralDisk(parsing: e) }
+        spec.accelerator = config.accelerator
+        spec.firmware = config.firmware
+        spec.driver = config.driver
+        spec.fleet = fleet
+        if let inline = entry.cloudInit {
+            spec.userData = inline
+        } else if let file = entry.cloudInitFile {
+            let path = URL(fileURLWithPath: file, relativeTo: base).standardizedFileURL
+            guard let text = try? String(contentsOf: path, encoding: .utf8) else {
+                throw NimbusError(.invalidArgument, "cloud-init-file \(path.path) cannot be read")
+            }
+            spec.userData = text
+        }
+        spec.sshAuthorizedKeys = try (entry.sshKeys ?? []).map { (k: String) throws(NimbusError) in
+            try readPublicKey(URL(fileURLWithPath: (k as NSString).expandingTildeInPath, relativeTo: base))
+        }
+        return spec
+    }
+
+    static func within<T>(_ label: String, _ body: () throws(NimbusError) -> T) throws(NimbusError) -> T {
+        do {
+            return try body()
+        } catch {
+            throw NimbusError(error.code, "\(label): \(error.message)", cause: error.cause)
+        }
+    }
+}
+
+/// Reads one OpenSSH public key file (`--ssh-key FILE.pub`), checking it looks like one.
+public func readPublicKey(_ url: URL) throws(NimbusError) -> String {
+    guard let text = try? String(contentsOf: url, encoding: .utf8) else {
+        throw NimbusError(.invalidArgument, "cannot read the SSH key \(url.path): check the path and its permissions")
+    }
+    let line = text.split(whereSeparator: \.isNewline).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
+    let kinds = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519", "sk-ecdsa-sha2-", "ssh-dss"]
+    guard kinds.contains(where: line.hasPrefix), line.split(separator: " ").count >= 2 else {
+        throw NimbusError(
+            .invalidArgument,
+            "\(url.path) is not an OpenSSH public key (expected a line like `ssh-ed25519 AAAA… comment`): pass the .pub file")
+    }
+    return line
+}
