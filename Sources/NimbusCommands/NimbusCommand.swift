@@ -17,6 +17,21 @@ public struct NimbusCommand: AsyncParsableCommand {
         version: version,
         subcommands: [],
         groupedSubcommands: [
+            CommandGroup(
+                name: "Instances",
+                subcommands: [
+                    InstanceLaunch.self, InstanceList.self, InstanceInfoCommand.self, InstanceStart.self,
+                    InstanceStop.self, InstanceRestart.self, InstanceSuspend.self, InstanceResume.self,
+                    InstanceDelete.self, InstanceRecover.self, InstancePurge.self,
+                ]),
+            CommandGroup(
+                name: "Access",
+                subcommands: [
+                    AccessExec.self, AccessShell.self, AccessCopy.self, AccessSSHConfig.self, AccessConsole.self,
+                    AccessLogs.self,
+                ]),
+            CommandGroup(name: "Snapshots and fleets", subcommands: [SnapshotCommand.self, FleetApply.self]),
+            CommandGroup(name: "Host", subcommands: [HostDoctor.self]),
         ]
     )
 

@@ -13,8 +13,9 @@ public struct NimbusError: Error, Sendable, CustomStringConvertible {
 
         public var description: String { name }
 
-        /// The user's input is wrong (a flag, a file, a name). Nothing was changed.
-        public static let invalidArgument = Code(name: "invalid-argument", exitStatus: 2)
+        /// The user's input is wrong (a flag, a file, a name). Nothing was changed. 64 is EX_USAGE, the status
+        /// the argument parser gives its own validation errors.
+        public static let invalidArgument = Code(name: "invalid-argument", exitStatus: 64)
         /// The named thing (instance, image, snapshot) does not exist.
         public static let notFound = Code(name: "not-found", exitStatus: 3)
         /// The named thing exists already.

@@ -1,0 +1,123 @@
+import ArgumentParser
+import Foundation
+import NimbusCore
+import NimbusInstances
+
+/// `nimbus launch`: a new instance from an image, ready when cloud-init has finished.
+struct InstanceLaunch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "launch",
+        abstract: "Create and start an instance from a cloud image.",
+        discussion: """
+            IMAGE is a reference (ubuntu:24.04, debian:12, fedora-coreos:stable), a local file or an https URL; \
+            the default comes from config.yaml (else ubuntu:lts). Returns when cloud-init has finished, \
+            reporting each boot phase on stderr; exits non-zero naming the failed modules if cloud-init failed.
+            """
+    )
+
+    @OptionGroup var global: Flags.Global
+    @OptionGroup var resources: Flags.Resources
+
+    @Argument(help: "The image to launch from.")
+    var image: String?
+
+    @Option(name: .shortAndLong, help: "The instance name (default: two generated words).")
+    var name: String?
+
+    @Option(help: "cloud-init user-data for the instance ('-' reads standard input).")
+    var cloudInit: String?
+
+    @Option(help: "An OpenSSH public key to authorise for the default user (repeatable).")
+    var sshKey: [String] = []
+
+    @Option(help: "The guest's hostname (default: the instance name).")
+    var hostname: String?
+
+    @Option(help: "The guest's locale, like en_GB.UTF-8.")
+    var locale: String?
+
+    @Option(help: "The guest's timezone, like Europe/Paris.")
+    var timezone: String?
+
+    @Option(help: "Share a host folder: HOST:GUEST (repeatable).")
+    var mount: [String] = []
+
+    @Option(help: "Forward a port on 127.0.0.1: HOST:GUEST[/udp] (repeatable).")
+    var forward: [String] = []
+
+    @Option(help: "A scratch disk made empty at every start: SIZE[:MOUNTPOINT] (default /mnt).")
+    var ephemeral: String?
+
+    @Option(help: "Accelerator: auto, kvm or tcg.")
+    var accel: String?
+
+    @Option(help: "Firmware: uefi or bios.")
+    var firmware: String?
+
+    @Option(help: "Seconds to wait for the instance to be ready.")
+    var timeout: Int = 600
+
+    @Flag(help: "Return once QEMU has started, without waiting for cloud-init.")
+    var noWait = false
+
+    @Option(help: "Output format: table or json.")
+    var format: OutputFormat = .table
+
+    func validate() throws {
+        if let name { _ = try InstanceName(name) }
+        if let accel, !["auto", "kvm", "tcg"].contains(accel) {
+            throw ValidationError("--accel \(accel) is not one of auto, kvm, tcg")
+        }
+        if let firmware, !["uefi", "bios"].contains(firmware) {
+            throw ValidationError("--firmware \(firmware) is not one of uefi, bios")
+        }
+        guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
+        for text in forward { _ = try PortForward(parsing: text) }
+        if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
+    }
+
+    func run() async throws {
+        let context = try CommandContext(global: global)
+        let store = InstanceStore(paths: context.paths)
+        let instanceName = try name.map { try InstanceName($0) }
+            ?? InstanceName.generate(avoiding: Set(store.names().map(\.rawValue)))
+        var spec = InstanceSpec(name: instanceName, image: image ?? context.config.image)
+        spec.cpus = resources.cpus ?? context.config.cpus
+        spec.memory = try resources.memory.map { try ByteSize(parsing: $0, what: "--memory") } ?? context.config.memory
+        spec.disk = try resources.disk.map { try ByteSize(parsing: $0, what: "--disk") } ?? context.config.disk
+        spec.hostname = hostname
+        spec.locale = locale
+        spec.timezone = timezone
+        spec.accelerator = accel ?? context.config.accelerator
+        spec.firmware = firmware ?? context.config.firmware
+        spec.forwards = try forward.map { try PortForward(parsing: $0) }
+        spec.mounts = try mount.map { try Mount(parsing: $0) }
+        spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }
+        spec.sshAuthorizedKeys = try sshKey.map {
+            try readPublicKey(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath))
+        }
+        if let cloudInit { spec.userData = try readUserData(cloudInit) }
+
+        let info = try await context.manager.launch(spec, wait: !noWait, timeout: .seconds(timeout))
+        if format == .json {
+            Console.result(try OutputRenderer.render(info, columns: [], rows: [], format: .json))
+        } else {
+            Console.result("\(info.name) is \(info.state.rawValue): `nimbus shell \(info.name)` to log in\n")
+        }
+    }
+}
+
+/// Reads `--cloud-init FILE` (or `-`, standard input), with an error that names the file.
+func readUserData(_ argument: String) throws -> String {
+    if argument == "-" {
+        let data = FileHandle.standardInput.readDataToEndOfFile()
+        return String(decoding: data, as: UTF8.self)
+    }
+    let url = URL(fileURLWithPath: (argument as NSString).expandingTildeInPath)
+    guard let data = FileManager.default.contents(atPath: url.path) else {
+        throw NimbusError(.invalidArgument, "cannot read --cloud-init \(url.path): check the path and its permissions")
+    }
+    // gzip'ed user-data is passed to the guest untouched; anything else must be text.
+    if data.starts(with: [0x1f, 0x8b]) { return String(decoding: data.base64EncodedData(), as: UTF8.self) }
+    return String(decoding: data, as: UTF8.self)
+}

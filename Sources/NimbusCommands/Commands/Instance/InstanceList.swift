@@ -1,0 +1,88 @@
+import ArgumentParser
+import NimbusInstances
+
+/// `nimbus list`: every instance, one row each.
+struct InstanceList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list", abstract: "List instances.", aliases: ["ls"])
+
+    @OptionGroup var global: Flags.Global
+    @OptionGroup var output: Flags.Output
+
+    func run() async throws {
+        let context = try CommandContext(global: global)
+        let infos = await context.manager.list()
+        if infos.isEmpty && output.format == .table {
+            Console.status("no instances: `nimbus launch` makes one")
+            return
+        }
+        Console.result(try InstanceTable.render(infos, format: output.format))
+    }
+}
+
+/// `nimbus info NAME...`: the details of instances.
+struct InstanceInfoCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "info", abstract: "Show instances in detail.")
+
+    @OptionGroup var global: Flags.Global
+    @OptionGroup var output: Flags.Output
+    @OptionGroup var selection: Flags.Selection
+
+    func run() async throws {
+        let context = try CommandContext(global: global)
+        var infos: [InstanceInfo] = []
+        try await AggregateError.forEach(try selection.resolve(context)) { name in
+            infos.append(try await context.manager.info(name))
+        }
+        if output.format == .table {
+            Console.result(infos.map(InstanceTable.details).joined(separator: "\n"))
+        } else {
+            Console.result(try InstanceTable.render(infos, format: output.format))
+        }
+    }
+}
+
+/// The table, CSV, JSON and YAML forms of instance information.
+enum InstanceTable {
+    static let columns = [
+        "name", "state", "image", "ipv4", "ssh", "cpus", "memory", "disk", "accel", "uptime", "cloud-init", "driver",
+    ]
+
+    static func row(_ info: InstanceInfo) -> [String] {
+        [
+            info.name, info.state.rawValue, info.image, info.ipv4.joined(separator: ","), info.ssh ?? "-",
+            String(info.cpus), info.memory.humanReadable,
+            "\(info.diskUsed.map(\.humanReadable) ?? "-")/\(info.diskSize.humanReadable)",
+            info.accelerator ?? "-", info.uptime.map(formatUptime) ?? "-", info.cloudInit ?? "-",
+            info.host == nil ? info.driver : "\(info.driver)@\(info.host ?? "")",
+        ]
+    }
+
+    static func render(_ infos: [InstanceInfo], format: OutputFormat) throws -> String {
+        try OutputRenderer.render(infos, columns: columns, rows: infos.map(row), format: format)
+    }
+
+    static func details(_ info: InstanceInfo) -> String {
+        var lines: [(String, String)] = [
+            ("Name", info.name), ("State", info.state.rawValue), ("Image", info.image),
+            ("Image version", info.imageVersion ?? "-"), ("IPv4", info.ipv4.isEmpty ? "-" : info.ipv4.joined(separator: ", ")),
+            ("SSH", info.ssh ?? "-"), ("CPUs", String(info.cpus)), ("Memory", info.memory.humanReadable),
+            ("Disk", "\(info.diskUsed.map(\.humanReadable) ?? "-") used of \(info.diskSize.humanReadable)"),
+            ("Accelerator", [info.accelerator, info.acceleratorReason.map { "(\($0))" }].compactMap { $0 }.joined(separator: " ")),
+            ("Uptime", info.uptime.map(formatUptime) ?? "-"), ("cloud-init", info.cloudInit ?? "-"),
+            ("Forwards", info.forwards.isEmpty ? "-" : info.forwards.joined(separator: ", ")),
+            ("Driver", info.driver),
+        ]
+        if let error = info.error { lines.append(("Error", error)) }
+        let width = lines.map(\.0.count).max() ?? 0
+        return lines.map { "\($0.0 + ":")\(String(repeating: " ", count: width - $0.0.count + 1))\($0.1)" }
+            .joined(separator: "\n") + "\n"
+    }
+
+    static func formatUptime(_ seconds: Int) -> String {
+        if seconds < 60 { return "\(seconds)s" }
+        if seconds < 3600 { return "\(seconds / 60)m" }
+        if seconds < 86400 { return "\(seconds / 3600)h\(seconds % 3600 / 60)m" }
+        return "\(seconds / 86400)d\(seconds % 86400 / 3600)h"
+    }
+}
