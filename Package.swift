@@ -27,7 +27,7 @@ let package = Package(
     ],
     targets: [
         // Stand-alone formats and protocols: they import nothing else of the package.
-        .target(name: "NimbusISO9660", swiftSettings: swiftSettings),
+        .target(name: "NimbusISO9660", exclude: ["README.md"], swiftSettings: swiftSettings),
         .target(
             name: "NimbusQMP",
             dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],

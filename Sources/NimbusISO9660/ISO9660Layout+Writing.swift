@@ -1,0 +1,278 @@
+import Foundation
+
+/// The descriptors, path tables and directories: everything of the image but the files' data.
+extension ISO9660Layout {
+    func writeMetadata(into output: inout [UInt8]) {
+        var out = ByteWriter(buffer: output)
+        writeVolumeDescriptor(&out, joliet: false, at: Self.primaryDescriptorSector)
+        writeVolumeDescriptor(&out, joliet: true, at: Self.primaryDescriptorSector + 1)
+        // Volume descriptor set terminator (ECMA-119 8.3).
+        out.position = (Self.primaryDescriptorSector + 2) * Self.sector
+        out.bytes([255] + Array("CD001".utf8) + [1])
+
+        writePathTable(&out, at: Self.pathTableSectors.isoL, root: Self.isoRootSector, bigEndian: false)
+        writePathTable(&out, at: Self.pathTableSectors.isoM, root: Self.isoRootSector, bigEndian: true)
+        writePathTable(&out, at: Self.pathTableSectors.jolietL, root: jolietRootSector, bigEndian: false)
+        writePathTable(&out, at: Self.pathTableSectors.jolietM, root: jolietRootSector, bigEndian: true)
+
+        out.position = Self.continuationSector * Self.sector
+        out.bytes(Self.rripExtensionReference)
+
+        writeISORoot(&out)
+        writeJolietRoot(&out)
+        output = out.buffer
+    }
+
+    // MARK: - Volume descriptors (ECMA-119 8.4, 8.5; Joliet 1995)
+
+    func writeVolumeDescriptor(_ out: inout ByteWriter, joliet: Bool, at sectorIndex: Int) {
+        let base = sectorIndex * Self.sector
+        out.position = base
+        out.bytes([joliet ? 2 : 1] + Array("CD001".utf8) + [1, 0])
+        func text(_ value: String, _ length: Int) {
+            if joliet {
+                var field = Array(value.utf16.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xFF)] }.prefix(length & ~1))
+                while field.count + 2 <= length { field += [0x00, 0x20] }
+                if field.count < length { field.append(0) }
+                out.bytes(field)
+            } else {
+                out.bytes(Array(value.utf8.prefix(length)) + [UInt8](repeating: 0x20, count: max(0, length - value.utf8.count)))
+            }
+        }
+        text("LINUX", 32)  // system identifier
+        text(volumeIdentifier, 32)
+        out.bytes([UInt8](repeating: 0, count: 8))
+        out.both32(UInt32(totalSectors))
+        // Escape sequences: `%/E` announces UCS-2 level 3 (Joliet); zeros in the primary.
+        out.bytes(joliet ? [0x25, 0x2F, 0x45] + [UInt8](repeating: 0, count: 29) : [UInt8](repeating: 0, count: 32))
+        out.both16(1)  // volume set size
+        out.both16(1)  // volume sequence number
+        out.both16(UInt16(Self.sector))
+        out.both32(UInt32(pathTableSize))
+        let tables = joliet
+            ? (Self.pathTableSectors.jolietL, Self.pathTableSectors.jolietM)
+            : (Self.pathTableSectors.isoL, Self.pathTableSectors.isoM)
+        out.le32(UInt32(tables.0))
+        out.le32(0)
+        out.be32(UInt32(tables.1))
+        out.be32(0)
+        let root = joliet ? jolietRootSector : Self.isoRootSector
+        let rootLength = (joliet ? jolietRootSectors : isoRootSectors) * Self.sector
+        writeRecord(&out, identifier: [0], sector: root, length: UInt64(rootLength), directory: true, systemUse: [])
+        text("", 128)  // volume set
+        text("", 128)  // publisher
+        text("", 128)  // data preparer
+        text("NIMBUS", 128)  // application
+        text("", 37)  // copyright file
+        text("", 37)  // abstract file
+        text("", 37)  // bibliographic file
+        out.bytes(date.longForm)  // creation
+        out.bytes(date.longForm)  // modification
+        out.bytes(Array("0000000000000000".utf8) + [0])  // expiration: none
+        out.bytes(Array("0000000000000000".utf8) + [0])  // effective: now
+        out.bytes([1, 0])  // file structure version, reserved
+        precondition(out.position == base + 883)
+    }
+
+    var pathTableSize: Int { 10 }
+
+    /// One directory, the root: its record is 8 bytes plus a padded one-byte identifier (ECMA-119 9.4).
+    func writePathTable(_ out: inout ByteWriter, at sectorIndex: Int, root: Int, bigEndian: Bool) {
+        out.position = sectorIndex * Self.sector
+        out.bytes([1, 0])
+        if bigEndian { out.be32(UInt32(root)) } else { out.le32(UInt32(root)) }
+        out.bytes(bigEndian ? [0, 1] : [1, 0])
+        out.bytes([0, 0])
+    }
+
+    // MARK: - Directories
+
+    func writeISORoot(_ out: inout ByteWriter) {
+        let rootLength = UInt64(isoRootSectors * Self.sector)
+        var directory = DirectoryWriter(start: Self.isoRootSector * Self.sector)
+        let directoryPX = Self.px(mode: 0o040755, links: 2, serial: 1)
+        let tf = Self.tf(date)
+        // `.` of the root: SP first (SUSP 5.3), then CE to the area holding ER (SUSP 5.5, RRIP 1.12 4.3).
+        let ce = Self.ce(sector: Self.continuationSector, offset: 0, length: Self.rripExtensionReference.count)
+        directory.add(&out, self, identifier: [0], sector: Self.isoRootSector, length: rootLength, directory: true,
+                      systemUse: Self.sp + ce + directoryPX + tf)
+        directory.add(&out, self, identifier: [1], sector: Self.isoRootSector, length: rootLength, directory: true,
+                      systemUse: directoryPX + tf)
+        for index in isoOrder {
+            let file = files[index]
+            let px = Self.px(mode: 0o100000 | (file.permissions & 0o7777), links: 1, serial: UInt32(index + 2))
+            directory.add(&out, self, identifier: isoNames[index], sector: fileSectors[index], length: fileSizes[index],
+                          directory: false, systemUse: px + tf + Self.nm(file.name))
+        }
+    }
+
+    func writeJolietRoot(_ out: inout ByteWriter) {
+        let rootLength = UInt64(jolietRootSectors * Self.sector)
+        var directory = DirectoryWriter(start: jolietRootSector * Self.sector)
+        directory.add(&out, self, identifier: [0], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
+        directory.add(&out, self, identifier: [1], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
+        for index in jolietOrder {
+            directory.add(&out, self, identifier: jolietNames[index], sector: fileSectors[index], length: fileSizes[index],
+                          directory: false, systemUse: [])
+        }
+    }
+
+    /// ECMA-119 9.1: a directory record, its identifier padded to an even offset, its System Use field
+    /// padded so the record's length is even.
+    func writeRecord(
+        _ out: inout ByteWriter, identifier: [UInt8], sector: Int, length: UInt64, directory: Bool, systemUse: [UInt8]
+    ) {
+        let size = Self.paddedRecordSize(identifierLength: identifier.count, systemUse: systemUse.count)
+        let start = out.position
+        out.bytes([UInt8(size), 0])
+        out.both32(UInt32(sector))
+        out.both32(UInt32(length))
+        out.bytes(date.shortForm)
+        out.bytes([directory ? 0x02 : 0x00, 0, 0])
+        out.both16(1)
+        out.bytes([UInt8(identifier.count)] + identifier)
+        if identifier.count % 2 == 0 { out.bytes([0]) }
+        out.bytes(systemUse)
+        out.position = start + size
+    }
+
+    // MARK: - SUSP and RRIP entries
+
+    /// SUSP 5.3: the SP entry, check bytes BE EF, nothing skipped.
+    static let sp: [UInt8] = [UInt8(ascii: "S"), UInt8(ascii: "P"), 7, 1, 0xBE, 0xEF, 0]
+
+    /// SUSP 5.5 ER for RRIP 1.12 (IEEE P1282), with the identifier, descriptor and source it prescribes.
+    static let rripExtensionReference: [UInt8] = {
+        let identifier = Array("IEEE_1282".utf8)
+        let descriptor = Array("THE IEEE 1282 PROTOCOL PROVIDES SUPPORT FOR POSIX FILE SYSTEM SEMANTICS.".utf8)
+        let source = Array("PLEASE CONTACT THE IEEE STANDARDS DEPARTMENT, PISCATAWAY, NJ, USA FOR THE 1282 SPECIFICATION.".utf8)
+        let length = 8 + identifier.count + descriptor.count + source.count
+        return [UInt8(ascii: "E"), UInt8(ascii: "R"), UInt8(length), 1,
+                UInt8(identifier.count), UInt8(descriptor.count), UInt8(source.count), 1]
+            + identifier + descriptor + source
+    }()
+
+    /// SUSP 5.1: continuation area at `sector`, `offset`, `length` bytes.
+    static func ce(sector: Int, offset: Int, length: Int) -> [UInt8] {
+        var out = ByteWriter(buffer: [])
+        out.bytes([UInt8(ascii: "C"), UInt8(ascii: "E"), 28, 1])
+        out.both32(UInt32(sector))
+        out.both32(UInt32(offset))
+        out.both32(UInt32(length))
+        return out.buffer
+    }
+
+    /// RRIP 1.12 4.1.1: mode, links, uid, gid (root), and the file serial number.
+    static func px(mode: UInt32, links: UInt32, serial: UInt32) -> [UInt8] {
+        var out = ByteWriter(buffer: [])
+        out.bytes([UInt8(ascii: "P"), UInt8(ascii: "X"), UInt8(pxLength), 1])
+        out.both32(mode)
+        out.both32(links)
+        out.both32(0)
+        out.both32(0)
+        out.both32(serial)
+        return out.buffer
+    }
+
+    /// RRIP 1.12 4.1.6: modification, access and attribute-change times, all the image's date.
+    func tfEntry() -> [UInt8] { Self.tf(date) }
+
+    static func tf(_ date: ISO9660Date) -> [UInt8] {
+        [UInt8(ascii: "T"), UInt8(ascii: "F"), UInt8(tfLength), 1, 0x0E] + date.shortForm + date.shortForm + date.shortForm
+    }
+
+    /// RRIP 1.12 4.1.4: the whole name in one NM entry.
+    static func nm(_ name: String) -> [UInt8] {
+        let bytes = Array(name.utf8)
+        return [UInt8(ascii: "N"), UInt8(ascii: "M"), UInt8(5 + bytes.count), 1, 0] + bytes
+    }
+}
+
+/// Lays out records of one directory so that none crosses a sector boundary.
+struct DirectoryWriter {
+    var position: Int
+
+    init(start: Int) { position = start }
+
+    mutating func add(
+        _ out: inout ByteWriter, _ layout: ISO9660Layout, identifier: [UInt8], sector: Int, length: UInt64,
+        directory: Bool, systemUse: [UInt8]
+    ) {
+        let size = ISO9660Layout.paddedRecordSize(identifierLength: identifier.count, systemUse: systemUse.count)
+        let sectorSize = ISO9660Layout.sector
+        if position % sectorSize + size > sectorSize { position += sectorSize - position % sectorSize }
+        out.position = position
+        layout.writeRecord(&out, identifier: identifier, sector: sector, length: length, directory: directory,
+                           systemUse: systemUse)
+        position += size
+    }
+}
+
+/// Little-, big- and both-endian integers (ECMA-119 7.2, 7.3) into a byte buffer.
+struct ByteWriter {
+    var buffer: [UInt8]
+    var position = 0
+
+    init(buffer: [UInt8]) {
+        self.buffer = buffer
+        position = 0
+    }
+
+    mutating func bytes(_ bytes: [UInt8]) {
+        let end = position + bytes.count
+        if end > buffer.count { buffer.append(contentsOf: [UInt8](repeating: 0, count: end - buffer.count)) }
+        buffer.replaceSubrange(position..<end, with: bytes)
+        position = end
+    }
+
+    mutating func le32(_ value: UInt32) {
+        bytes([UInt8(value & 0xFF), UInt8((value >> 8) & 0xFF), UInt8((value >> 16) & 0xFF), UInt8(value >> 24)])
+    }
+
+    mutating func be32(_ value: UInt32) {
+        bytes([UInt8(value >> 24), UInt8((value >> 16) & 0xFF), UInt8((value >> 8) & 0xFF), UInt8(value & 0xFF)])
+    }
+
+    mutating func both32(_ value: UInt32) {
+        le32(value)
+        be32(value)
+    }
+
+    mutating func both16(_ value: UInt16) {
+        bytes([UInt8(value & 0xFF), UInt8(value >> 8), UInt8(value >> 8), UInt8(value & 0xFF)])
+    }
+}
+
+/// The image's one date in the two forms ECMA-119 uses, always UTC.
+struct ISO9660Date {
+    /// 9.1.5: years since 1900, month, day, hour, minute, second, offset from GMT in 15-minute units.
+    let shortForm: [UInt8]
+    /// 8.4.26.1: `YYYYMMDDHHMMSScc` in digits, then the offset.
+    let longForm: [UInt8]
+
+    init(_ date: Date) {
+        let seconds = Int64(date.timeIntervalSince1970.rounded(.down))
+        let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
+        let secondOfDay = seconds - days * 86_400
+        let (year, month, day) = Self.civil(fromDays: days)
+        let clampedYear = min(max(year, 1900), 2155)
+        let hour = Int(secondOfDay / 3600), minute = Int(secondOfDay % 3600 / 60), second = Int(secondOfDay % 60)
+        shortForm = [UInt8(clampedYear - 1900), UInt8(month), UInt8(day), UInt8(hour), UInt8(minute), UInt8(second), 0]
+        let digits = String(format: "%04d%02d%02d%02d%02d%02d00", min(max(year, 1), 9999), month, day, hour, minute, second)
+        longForm = Array(digits.utf8) + [0]
+    }
+
+    /// Howard Hinnant's days-from-civil, inverted: the proleptic Gregorian date of a day count from 1970.
+    static func civil(fromDays days: Int64) -> (Int, Int, Int) {
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let dayOfEra = z - era * 146_097
+        let yearOfEra = (dayOfEra - dayOfEra / 1460 + dayOfEra / 36_524 - dayOfEra / 146_096) / 365
+        let dayOfYear = dayOfEra - (365 * yearOfEra + yearOfEra / 4 - yearOfEra / 100)
+        let mp = (5 * dayOfYear + 2) / 153
+        let day = dayOfYear - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yearOfEra + era * 400 + (month <= 2 ? 1 : 0)
+        return (Int(year), Int(month), Int(day))
+    }
+}

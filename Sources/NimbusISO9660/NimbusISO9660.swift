@@ -1,1 +1,0 @@
-// NimbusISO9660: see ../../../shared/DESIGN.md for what this module owns.

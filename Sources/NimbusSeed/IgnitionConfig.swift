@@ -1,0 +1,263 @@
+import Foundation
+import Yams
+
+/// An Ignition spec 3.4.0 config (Fedora CoreOS, Flatcar) rendered from the same `InstanceConfig`.
+///
+/// Translation: users (`core` when none is named) with their SSH keys and groups, a sudoers drop-in for
+/// `sudo` rules; `/etc/hostname`; `/etc/locale.conf`; `timezone` as the `/etc/localtime` link;
+/// `write_files` as `storage.files` (mode in decimal, `b64` content as a base64 data URL, `append` as
+/// `append`); host keys as `/etc/ssh/ssh_host_ed25519_key{,.pub}`; `runcmd` as a script run once by a
+/// oneshot unit with an `[Install]` section. Anything else is an error naming the option: never dropped.
+public struct IgnitionConfig: Sendable {
+    /// The config as pretty JSON with sorted keys, ending in a newline.
+    public let json: String
+
+    /// Translates `config`, merged with the user's `#cloud-config` when given (same precedence as the
+    /// NoCloud seed: the user wins on scalars, lists are appended).
+    public init(config: InstanceConfig, userData: UserData? = nil) throws(SeedError) {
+        var config = config
+        if let userData {
+            guard userData.kind == .cloudConfig, let node = userData.cloudConfig else {
+                throw .invalidValue("\(userData.source) is \(userData.kind.rawValue) user-data: Ignition can only translate #cloud-config")
+            }
+            config = config.merged(withUserConfig: try Self.decode(node, source: userData.source))
+        }
+        try Self.rejectUnsupported(config)
+        json = try Self.render(config)
+    }
+
+    static let translatable: Set<String> = [
+        "hostname", "fqdn", "locale", "timezone", "users", "ssh_authorized_keys", "write_files", "runcmd",
+        "ssh_pwauth", "prefer_fqdn_over_hostname", "manage_etc_hosts", "growpart",
+    ]
+
+    /// Reads the user's cloud-config into an `InstanceConfig`; a key with no Ignition equivalent is an error.
+    static func decode(_ node: Node, source: String) throws(SeedError) -> InstanceConfig {
+        guard case .mapping(let mapping) = node else { return InstanceConfig() }
+        var kept: [(Node, Node)] = []
+        for (key, value) in mapping {
+            let name = key.string ?? ""
+            if ["manage_etc_hosts", "growpart", "prefer_fqdn_over_hostname"].contains(name) { continue }
+            if name == "ssh_pwauth", value.bool == false { continue }
+            guard translatable.contains(name) || ["mounts", "mount_default_fields", "swap", "packages", "package_update",
+                "package_upgrade", "bootcmd", "phone_home", "power_state"].contains(name)
+            else { throw .unsupportedByIgnition(option: name) }
+            if name == "users", case .sequence(let users) = value {
+                // `default` names the image's default user: on CoreOS that is `core`, made anyway.
+                let named = users.filter { $0.string != "default" }.map { user -> Node in
+                    guard case .mapping(var fields) = user else { return user }
+                    if let groups = fields["groups"]?.string {
+                        fields["groups"] = YAML.strings(groups.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+                    }
+                    if case .sequence? = fields["sudo"] { fields["sudo"] = fields["sudo"]?.sequence?.first }
+                    return .mapping(fields)
+                }
+                kept.append((key, .sequence(.init(named))))
+            } else if name == "write_files", case .sequence(let files) = value {
+                kept.append((key, .sequence(.init(files.map { file -> Node in
+                    guard case .mapping(var fields) = file, let permissions = fields["permissions"] else { return file }
+                    fields["permissions"] = YAML.string(permissions.string ?? "")
+                    return .mapping(fields)
+                }))))
+            } else {
+                kept.append((key, value))
+            }
+        }
+        do {
+            return try YAMLDecoder().decode(InstanceConfig.self, from: .mapping(.init(kept)))
+        } catch {
+            throw .invalidDocument(file: source, line: 1, column: 1, problem: "cannot translate to Ignition: \(error)")
+        }
+    }
+
+    static func rejectUnsupported(_ config: InstanceConfig) throws(SeedError) {
+        func reject(_ option: String, _ isSet: Bool) throws(SeedError) {
+            if isSet { throw .unsupportedByIgnition(option: option) }
+        }
+        try reject("mounts", !config.mounts.isEmpty)
+        try reject("mount_default_fields", config.mountDefaultFields != nil)
+        try reject("swap", config.swap != nil)
+        try reject("packages", !config.packages.isEmpty)
+        try reject("package_update", config.packageUpdate == true)
+        try reject("package_upgrade", config.packageUpgrade == true)
+        try reject("bootcmd", !config.bootcmd.isEmpty)
+        try reject("phone_home", config.phoneHome != nil)
+        try reject("power_state", config.powerState != nil)
+        try reject("ssh_pwauth", config.sshPasswordAuthentication)
+        try reject("network (static addresses)", config.network.interfaces.contains { !$0.addresses.isEmpty })
+        for file in config.writeFiles {
+            if let encoding = file.encoding, !["text", "b64", "base64"].contains(encoding.lowercased()) {
+                throw .unsupportedByIgnition(option: "write_files encoding \(encoding) (\(file.path))")
+            }
+        }
+    }
+
+    // MARK: - Rendering
+
+    struct Config: Encodable {
+        var ignition = Version()
+        var passwd: Passwd
+        var storage: Storage
+        var systemd: Systemd
+    }
+    struct Version: Encodable { var version = "3.4.0" }
+    struct Passwd: Encodable { var users: [User] }
+    struct User: Encodable {
+        var name: String
+        var sshAuthorizedKeys: [String]?
+        var groups: [String]?
+        var shell: String?
+    }
+    struct Storage: Encodable {
+        var files: [File]
+        var links: [Link]?
+    }
+    struct Owner: Encodable { var name: String }
+    struct Contents: Encodable { var source: String }
+    struct File: Encodable {
+        var path: String
+        var mode: Int
+        var overwrite: Bool?
+        var contents: Contents?
+        var append: [Contents]?
+        var user: Owner?
+        var group: Owner?
+    }
+    struct Link: Encodable {
+        var path: String
+        var target: String
+        var hard = false
+        var overwrite = true
+    }
+    struct Systemd: Encodable { var units: [Unit] }
+    struct Unit: Encodable {
+        var name: String
+        var enabled: Bool
+        var contents: String
+    }
+
+    static func dataURL(_ text: String) -> String { "data:;base64," + Data(text.utf8).base64EncodedString() }
+
+    static func render(_ config: InstanceConfig) throws(SeedError) -> String {
+        var users = config.users
+        if let user = config.defaultUser { users.insert(user, at: 0) }
+        if users.isEmpty { users = [InstanceConfig.User(name: "core", sudo: nil, shell: nil)] }
+        // Top-level keys belong to the image's default user, which on CoreOS is `core`.
+        if !config.sshAuthorizedKeys.isEmpty {
+            if let index = users.firstIndex(where: { $0.name == "core" }) {
+                users[index].sshAuthorizedKeys += config.sshAuthorizedKeys
+            } else {
+                users.append(InstanceConfig.User(name: "core", sshAuthorizedKeys: config.sshAuthorizedKeys, sudo: nil, shell: nil))
+            }
+        }
+        var files: [File] = []
+        var links: [Link] = []
+        var units: [Unit] = []
+        for user in users where user.sudo != nil {
+            files.append(File(path: "/etc/sudoers.d/\(user.name)", mode: 0o440, overwrite: true,
+                              contents: Contents(source: dataURL("\(user.name) \(user.sudo ?? "")\n"))))
+        }
+        if let hostname = config.resolvedFQDN ?? config.hostname {
+            files.append(File(path: "/etc/hostname", mode: 0o644, overwrite: true, contents: Contents(source: dataURL(hostname + "\n"))))
+        }
+        if let locale = config.locale {
+            files.append(File(path: "/etc/locale.conf", mode: 0o644, overwrite: true, contents: Contents(source: dataURL("LANG=\(locale)\n"))))
+        }
+        if let keys = config.hostKeys {
+            files.append(File(path: "/etc/ssh/ssh_host_ed25519_key", mode: 0o600, overwrite: true,
+                              contents: Contents(source: dataURL(keys.ed25519Private))))
+            files.append(File(path: "/etc/ssh/ssh_host_ed25519_key.pub", mode: 0o644, overwrite: true,
+                              contents: Contents(source: dataURL(keys.ed25519Public + "\n"))))
+        }
+        for file in config.writeFiles {
+            let mode: Int
+            if let permissions = file.permissions {
+                guard let parsed = Int(permissions.hasPrefix("0o") ? String(permissions.dropFirst(2)) : permissions, radix: 8) else {
+                    throw .invalidValue("write_files \(file.path): permissions \"\(permissions)\" is not an octal mode like \"0644\"")
+                }
+                mode = parsed
+            } else {
+                mode = 0o644
+            }
+            let source: String
+            switch file.encoding?.lowercased() {
+            case "b64", "base64": source = "data:;base64," + file.content.filter { !$0.isWhitespace }
+            default: source = dataURL(file.content)
+            }
+            let owner = file.owner?.split(separator: ":", maxSplits: 1).map(String.init) ?? []
+            files.append(File(
+                path: file.path, mode: mode, overwrite: file.append ? nil : true,
+                contents: file.append ? nil : Contents(source: source), append: file.append ? [Contents(source: source)] : nil,
+                user: owner.first.map(Owner.init), group: owner.count > 1 ? Owner(name: owner[1]) : nil))
+        }
+        if let timezone = config.timezone {
+            links.append(Link(path: "/etc/localtime", target: "../usr/share/zoneinfo/\(timezone)"))
+        }
+        if !config.runcmd.isEmpty {
+            let script = "#!/bin/sh\n# cloud-config runcmd, translated by Nimbus\nset -e\n"
+                + config.runcmd.map(\.shellLine).joined(separator: "\n") + "\n"
+            files.append(File(path: "/usr/local/bin/nimbus-runcmd", mode: 0o755, overwrite: true, contents: Contents(source: dataURL(script))))
+            units.append(Unit(name: "nimbus-runcmd.service", enabled: true, contents: """
+                [Unit]
+                Description=Nimbus first-boot commands (cloud-config runcmd)
+                Wants=network-online.target
+                After=network-online.target
+                ConditionPathExists=!/var/lib/nimbus/runcmd.done
+
+                [Service]
+                Type=oneshot
+                RemainAfterExit=yes
+                ExecStart=/usr/local/bin/nimbus-runcmd
+                ExecStartPost=/usr/bin/mkdir -p /var/lib/nimbus
+                ExecStartPost=/usr/bin/touch /var/lib/nimbus/runcmd.done
+
+                [Install]
+                WantedBy=multi-user.target
+
+                """))
+        }
+        let document = Config(
+            passwd: Passwd(users: users.map { user in
+                User(name: user.name, sshAuthorizedKeys: user.sshAuthorizedKeys.isEmpty ? nil : user.sshAuthorizedKeys,
+                     groups: user.groups.isEmpty ? nil : user.groups, shell: user.shell)
+            }),
+            storage: Storage(files: files, links: links.isEmpty ? nil : links),
+            systemd: Systemd(units: units))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        do {
+            return String(decoding: try encoder.encode(document), as: UTF8.self) + "\n"
+        } catch {
+            throw .invalidValue("could not render the Ignition config: \(error)")
+        }
+    }
+}
+
+extension InstanceConfig {
+    /// This config (Nimbus's flags) with the user's own on top: the user wins on scalars, lists are
+    /// appended (the user's first).
+    public func merged(withUserConfig user: InstanceConfig) -> InstanceConfig {
+        var result = self
+        result.hostname = user.hostname ?? hostname
+        result.fqdn = user.fqdn ?? fqdn
+        result.domain = user.domain ?? domain
+        result.locale = user.locale ?? locale
+        result.timezone = user.timezone ?? timezone
+        result.users = user.users + users
+        result.sshAuthorizedKeys = user.sshAuthorizedKeys + sshAuthorizedKeys
+        result.hostKeys = user.hostKeys ?? hostKeys
+        result.sshPasswordAuthentication = user.sshPasswordAuthentication || sshPasswordAuthentication
+        result.mounts = user.mounts + mounts
+        result.mountDefaultFields = user.mountDefaultFields ?? mountDefaultFields
+        result.swap = user.swap ?? swap
+        result.packages = user.packages + packages
+        result.packageUpdate = user.packageUpdate ?? packageUpdate
+        result.packageUpgrade = user.packageUpgrade ?? packageUpgrade
+        result.bootcmd = user.bootcmd + bootcmd
+        result.runcmd = user.runcmd + runcmd
+        result.writeFiles = user.writeFiles + writeFiles
+        result.phoneHome = user.phoneHome ?? phoneHome
+        result.powerState = user.powerState ?? powerState
+        return result
+    }
+}

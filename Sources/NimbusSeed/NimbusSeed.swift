@@ -1,1 +1,0 @@
-// NimbusSeed: see ../../../shared/DESIGN.md for what this module owns.

@@ -1,0 +1,170 @@
+import Crypto
+import Foundation
+import NimbusISO9660
+import Yams
+
+/// The four files of a cloud-init NoCloud seed, rendered from an `InstanceConfig` and, optionally, the
+/// user's own user-data, and the `cidata` ISO that carries them.
+///
+/// - `vendor-data`: Nimbus's defaults (its user and key, host keys, `growpart`, `manage_etc_hosts`, no
+///   password logins), so that `user-data` stays the user's, as Multipass does.
+/// - `user-data`: what the user asked for. A user `#cloud-config` is merged with the config's keys (see
+///   `CloudConfigMerge`); when it defines `users`, Nimbus's default user is appended to that list, because
+///   cloud-init takes `users` from user-data over vendor-data whole. Any other kind (`#!`, `#include`,
+///   jinja, MIME, gzip) is written untouched, and the config's own keys then go into vendor-data.
+/// - `meta-data`: `instance-id` (the instance name and a digest of the other three files, so it changes
+///   exactly when the seed must be applied again) and `local-hostname`.
+/// - `network-config`: version 2, always written.
+public struct NoCloudSeed: Sendable {
+    /// `instance-id` and `local-hostname`, YAML.
+    public var metaData: [UInt8]
+    /// The rendered or passed-through user-data.
+    public var userData: [UInt8]
+    /// Nimbus's defaults, or the user's own vendor-data.
+    public var vendorData: [UInt8]
+    /// network-config version 2.
+    public var networkConfig: [UInt8]
+    /// Non-fatal remarks on the user's input (unknown keys...), to show on stderr.
+    public var warnings: [String]
+    /// The `instance-id` in meta-data (nil when the user gave their own meta-data).
+    public var instanceID: String?
+
+    /// Renders a seed.
+    ///
+    /// - Parameters:
+    ///   - config: the instance's personality.
+    ///   - name: the instance's name, the first part of `instance-id` and the default `local-hostname`.
+    ///   - userData: the user's own user-data, if any.
+    ///   - metaData, vendorData, networkConfig: files given as they are (cloud-localds's options); they
+    ///     replace what Nimbus would render. YAML ones are checked first.
+    public init(
+        config: InstanceConfig, name: String? = nil, userData: UserData? = nil, metaData: UserFile? = nil,
+        vendorData: UserFile? = nil, networkConfig: UserFile? = nil
+    ) throws(SeedError) {
+        var warnings = userData?.warnings ?? []
+        let asked = CloudConfigRenderer.userPairs(config)
+        var vendorPairs = CloudConfigRenderer.vendorPairs(config)
+
+        if let userData, userData.kind != .cloudConfig {
+            self.userData = userData.bytes
+            // The user's document is opaque: what the config asks for rides in vendor-data instead.
+            vendorPairs = Self.combine(vendorPairs, asked)
+        } else {
+            var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? .mapping(.init([])), nimbus: asked)
+            if let user = config.defaultUser, case .mapping(var mapping) = document,
+                case .sequence(let users)? = mapping[YAML.string("users")]
+            {
+                mapping[YAML.string("users")] = .sequence(.init(Array(users) + [CloudConfigRenderer.userNode(user)]))
+                document = .mapping(mapping)
+            }
+            self.userData = Array(try YAML.emit(document, header: "#cloud-config").utf8)
+        }
+
+        if let vendorData {
+            try vendorData.checkYAMLIfCloudConfig()
+            self.vendorData = vendorData.bytes
+        } else {
+            self.vendorData = Array(try YAML.emit(YAML.mapping(vendorPairs), header: "#cloud-config").utf8)
+        }
+        if let networkConfig {
+            try networkConfig.checkMapping()
+            self.networkConfig = networkConfig.bytes
+        } else {
+            self.networkConfig = Array(try YAML.emit(CloudConfigRenderer.networkNode(config.network)).utf8)
+        }
+
+        if let metaData {
+            try metaData.checkMapping()
+            self.metaData = metaData.bytes
+            instanceID = nil
+        } else {
+            let hostname = config.hostname ?? name
+            var digest = SHA256()
+            for part in [Array((name ?? "").utf8), self.userData, self.vendorData, self.networkConfig] {
+                digest.update(data: withUnsafeBytes(of: UInt64(part.count).bigEndian) { Array($0) })
+                digest.update(data: part)
+            }
+            let hex = digest.finalize().map { String(format: "%02x", $0) }.joined().prefix(16)
+            let id = "iid-" + (name.map { $0 + "-" } ?? "") + hex
+            instanceID = id
+            self.metaData = Array(try YAML.emit(YAML.mapping([
+                ("instance-id", YAML.string(id)),
+                ("local-hostname", hostname.map(YAML.string)),
+            ])).utf8)
+        }
+        if config.hostname == nil, name == nil, metaData == nil {
+            warnings.append("no hostname given: the guest keeps the image's own")
+        }
+        self.warnings = warnings
+    }
+
+    /// Appends `extra` to `base`: new keys added, lists appended, `base` kept on a conflict.
+    static func combine(_ base: [(String, Node?)], _ extra: [(String, Node?)]) -> [(String, Node?)] {
+        guard case .mapping(let merged) = CloudConfigMerge.merge(user: YAML.mapping(base), nimbus: extra) else { return base }
+        return merged.map { ($0.key.string ?? "", $0.value) }
+    }
+
+    /// The files by their NoCloud names, in the order `--print` shows them.
+    public var files: [(name: String, contents: [UInt8])] {
+        [("meta-data", metaData), ("user-data", userData), ("vendor-data", vendorData), ("network-config", networkConfig)]
+    }
+
+    /// The `cidata` volume holding the four files, every date set to `timestamp`.
+    public func isoImage(timestamp: Date) -> ISO9660Image {
+        ISO9660Image(volumeIdentifier: "cidata", timestamp: timestamp,
+                     files: files.map { ISO9660Image.File(name: $0.name, contents: $0.contents) })
+    }
+
+    /// Writes the ISO to `url` atomically (temporary file, fsync, rename): on any error nothing is left.
+    public func writeISO(to url: URL, timestamp: Date) throws(SeedError) {
+        let bytes: [UInt8]
+        do {
+            bytes = try isoImage(timestamp: timestamp).bytes()
+        } catch {
+            throw .image(error.description)
+        }
+        do {
+            try SeedFiles.writeAtomically(Data(bytes), to: url, permissions: 0o644)
+        } catch {
+            throw .io(path: url.path, reason: error.message)
+        }
+    }
+}
+
+/// A file given by the user as it is (meta-data, vendor-data, network-config), with its name for errors.
+public struct UserFile: Sendable {
+    public var bytes: [UInt8]
+    public var source: String
+
+    public init(bytes: [UInt8], source: String) {
+        self.bytes = bytes
+        self.source = source
+    }
+
+    /// Reads `path` (`-` is stdin).
+    public static func read(_ path: String) throws(SeedError) -> UserFile {
+        if path == "-" {
+            return UserFile(bytes: Array(FileHandle.standardInput.readDataToEndOfFile()), source: "<stdin>")
+        }
+        do {
+            return UserFile(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: path))), source: path)
+        } catch {
+            let exists = FileManager.default.fileExists(atPath: path)
+            throw .io(path: path, reason: exists ? "cannot read it (is it a readable file?)" : "no such file")
+        }
+    }
+
+    /// A YAML mapping (meta-data, network-config) or an error naming file:line:column.
+    func checkMapping() throws(SeedError) {
+        let node = try YAML.parse(String(decoding: bytes, as: UTF8.self), file: source)
+        guard let node else { return }
+        guard case .mapping = node else {
+            throw .invalidDocument(file: source, line: node.mark?.line ?? 1, column: node.mark?.column ?? 1,
+                                   problem: "must be a YAML mapping of keys, not \(YAML.kind(node))")
+        }
+    }
+
+    func checkYAMLIfCloudConfig() throws(SeedError) {
+        if UserData.classify(bytes) == .cloudConfig { _ = try UserData(bytes: bytes, source: source) }
+    }
+}

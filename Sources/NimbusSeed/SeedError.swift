@@ -1,0 +1,51 @@
+import Foundation
+import NimbusCore
+
+/// What can go wrong while building a seed. Wrapped as the cause of a `NimbusError` by `nimbusError`.
+public enum SeedError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// A YAML document does not parse: `file:line:column: problem`.
+    case invalidYAML(file: String, line: Int, column: Int, problem: String)
+    /// A document parses but is not what it must be (a mapping, a string...), at `file:line:column`.
+    case invalidDocument(file: String, line: Int, column: Int, problem: String)
+    /// A value of `InstanceConfig` or a flag is wrong.
+    case invalidValue(String)
+    /// An SSH key cannot be read.
+    case invalidKey(String)
+    /// A cloud-config option has no Ignition equivalent.
+    case unsupportedByIgnition(option: String)
+    /// The ISO image could not be made.
+    case image(String)
+    /// A file could not be read or written.
+    case io(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .invalidYAML(let file, let line, let column, let problem):
+            return "\(file):\(line):\(column): invalid YAML: \(problem)"
+        case .invalidDocument(let file, let line, let column, let problem):
+            return "\(file):\(line):\(column): \(problem)"
+        case .invalidValue(let message), .invalidKey(let message), .image(let message):
+            return message
+        case .unsupportedByIgnition(let option):
+            return "`\(option)` has no Ignition equivalent: remove it, or use --format nocloud"
+        case .io(let path, let reason):
+            return "\(path): \(reason)"
+        }
+    }
+
+    /// The error as Nimbus reports it: user mistakes are `.invalidArgument`, file failures `.io`.
+    public var nimbusError: NimbusError {
+        switch self {
+        case .io: return NimbusError(.io, description, cause: self)
+        case .image: return NimbusError(.invalidArgument, description, cause: self)
+        default: return NimbusError(.invalidArgument, description, cause: self)
+        }
+    }
+}
+
+/// Writing files all-or-nothing, through NimbusCore's AtomicFile.
+enum SeedFiles {
+    static func writeAtomically(_ data: Data, to url: URL, permissions: mode_t) throws(NimbusError) {
+        try AtomicFile.write(data, to: url, permissions: permissions)
+    }
+}
