@@ -31,6 +31,7 @@ let package = Package(
         .target(
             name: "NimbusQMP",
             dependencies: [.product(name: "NIOCore", package: "swift-nio"), .product(name: "NIOPosix", package: "swift-nio")],
+            exclude: ["README.md"],
             swiftSettings: swiftSettings
         ),
 

@@ -1,1 +1,0 @@
-// NimbusMachines: see ../../../shared/DESIGN.md for what this module owns.

@@ -1,0 +1,228 @@
+import Foundation
+import NimbusCore
+
+extension QEMUCommandLine {
+    /// The command line that starts `config` in `directory`: daemonized, with a pidfile, a QMP socket and
+    /// the serial console in the folder, on the accelerator decided already, with SSH on `sshHostPort`.
+    ///
+    /// Devices are explicit (`-nodefaults`, `-no-user-config`): nothing depends on QEMU's defaults or on
+    /// /etc/qemu, so the same config gives the same machine on every host.
+    public static func machine(
+        _ config: MachineConfig,
+        in directory: MachineDirectory,
+        accelerator: Accelerator,
+        sshHostPort: UInt16?,
+        executable: String = "qemu-system-x86_64"
+    ) throws(NimbusError) -> QEMUCommandLine {
+        try config.validate()
+        let microvm = config.machineType == .microvm
+        // microvm has no PCI bus: its virtio devices sit on virtio-mmio and are named "-device".
+        let bus = microvm ? "device" : "pci"
+        var options: [Option] = []
+        func add(_ name: String, _ value: String? = nil) { options.append(Option(name, value)) }
+        func add(_ name: String, _ head: String?, _ properties: KeyValuePairs<String, String>) {
+            options.append(Option(name, head, properties))
+        }
+
+        add("-name", nil, ["guest": config.name])
+        add("-no-user-config")
+        add("-nodefaults")
+        if microvm {
+            // Option ROMs and the legacy PIT/PIC only slow a direct kernel boot; the ISA serial port is the console.
+            add("-machine", "microvm", ["x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on"])
+        } else {
+            add("-machine", "q35")
+        }
+        switch accelerator {
+        case .kvm:
+            add("-accel", "kvm")
+            add("-cpu", "host")
+        case .tcg:
+            // MTTCG: one host thread per vCPU instead of all vCPUs on one.
+            add("-accel", "tcg", ["thread": "multi"])
+            add("-cpu", "max")
+        }
+        add("-smp", "\(config.cpus)")
+        add("-m", "\(config.memory.bytes >> 20)M")
+
+        if case .uefi(let code, _) = config.firmware {
+            add("-drive", nil, ["if": "pflash", "format": "raw", "unit": "0", "file": code, "readonly": "on"])
+            add("-drive", nil, ["if": "pflash", "format": "qcow2", "unit": "1", "file": directory.firmwareVariables.path])
+        }
+        if let kernel = config.kernel {
+            add("-kernel", kernel.kernel)
+            if let initrd = kernel.initrd { add("-initrd", initrd) }
+            if let commandLine = kernel.commandLine { add("-append", commandLine) }
+        }
+
+        var scsiController = false
+        for (index, disk) in config.disks.enumerated() {
+            let id = "disk\(index)"
+            var drive: KeyValuePairs<String, String> = [
+                "if": "none", "id": id, "file": disk.path, "format": disk.format.rawValue,
+                // The guest's TRIM/discard reaches the image, so deleted files give space back to the host.
+                "discard": "unmap", "detect-zeroes": "unmap",
+            ]
+            if disk.readOnly {
+                drive = ["if": "none", "id": id, "file": disk.path, "format": disk.format.rawValue, "readonly": "on"]
+            }
+            add("-drive", nil, drive)
+            let boot = index == 0 && config.kernel == nil ? "0" : nil
+            switch disk.interface {
+            case .virtioBlk:
+                if let boot {
+                    add("-device", "virtio-blk-\(bus)", ["drive": id, "id": "\(id)-dev", "bootindex": boot])
+                } else {
+                    add("-device", "virtio-blk-\(bus)", ["drive": id, "id": "\(id)-dev"])
+                }
+            case .virtioSCSI:
+                if !scsiController {
+                    add("-device", "virtio-scsi-\(bus)", ["id": "scsi0"])
+                    scsiController = true
+                }
+                if let boot {
+                    add("-device", "scsi-hd", ["drive": id, "id": "\(id)-dev", "bus": "scsi0.0", "bootindex": boot])
+                } else {
+                    add("-device", "scsi-hd", ["drive": id, "id": "\(id)-dev", "bus": "scsi0.0"])
+                }
+            }
+        }
+
+        switch config.seed {
+        case .none:
+            break
+        case .noCloud(let iso):
+            if microvm {
+                add("-drive", nil, ["if": "none", "id": "seed", "file": iso, "format": "raw", "readonly": "on"])
+                add("-device", "virtio-blk-device", ["drive": "seed", "id": "seed-dev"])
+            } else {
+                add("-drive", nil, ["if": "none", "id": "seed", "file": iso, "format": "raw", "media": "cdrom", "readonly": "on"])
+                add("-device", "ide-cd", ["drive": "seed", "id": "seed-dev"])
+            }
+        case .ignition(let config):
+            add("-fw_cfg", nil, ["name": "opt/com.coreos/config", "file": config])
+        case .noCloudNet(let url):
+            add("-smbios", "type=1", ["serial": "ds=nocloud;s=\(url)"])
+        }
+
+        switch config.network.mode {
+        case .none:
+            break
+        case .user:
+            var rules: [String] = []
+            if config.network.forwardSSH, let sshHostPort { rules.append("tcp:127.0.0.1:\(sshHostPort)-:22") }
+            for forward in config.network.forwards {
+                rules.append("\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
+            }
+            let value = (["user", "id=net0"] + rules.map { "hostfwd=\(escape($0))" }).joined(separator: ",")
+            add("-netdev", value)
+        case .bridge(let name):
+            add("-netdev", "bridge", ["id": "net0", "br": name])
+        case .tap(let name):
+            add("-netdev", "tap", ["id": "net0", "ifname": name, "script": "no", "downscript": "no"])
+        }
+        if config.network.mode != .none {
+            add("-device", "virtio-net-\(bus)", ["netdev": "net0", "mac": config.macAddress])
+        }
+
+        if config.randomNumberGenerator {
+            add("-object", "rng-random", ["id": "rng0", "filename": "/dev/urandom"])
+            add("-device", "virtio-rng-\(bus)", ["rng": "rng0"])
+        }
+
+        for (index, share) in config.shares.enumerated() {
+            let id = "fs\(index)"
+            if share.readOnly {
+                add("-fsdev", "local", ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue, "readonly": "on"])
+            } else {
+                add("-fsdev", "local", ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue])
+            }
+            add("-device", "virtio-9p-\(bus)", ["fsdev": id, "mount_tag": share.tag])
+        }
+
+        // The serial console goes to a file QEMU appends to; Nimbus rotates it at start and caps it at stop.
+        add("-chardev", "file", ["id": "serial0", "path": directory.serialLog.path, "append": "on"])
+        add("-serial", "chardev:serial0")
+
+        add("-display", "none")
+        if config.vnc {
+            add("-device", "VGA")
+            add("-vnc", "unix:\(MachineDirectory.vncSocketName)")
+        }
+
+        add("-chardev", "socket", ["id": "qmp", "path": MachineDirectory.qmpSocketName, "server": "on", "wait": "off"])
+        add("-mon", nil, ["chardev": "qmp", "mode": "control"])
+        // QEMU reports start-up errors on stderr, then forks, writes the pidfile and lets its parent exit
+        // with the status: the caller learns success or the error, and QEMU lives on in its own session.
+        add("-pidfile", directory.pidFile.path)
+        add("-daemonize")
+
+        return QEMUCommandLine(
+            executable: executable, options: options, extraArguments: config.extraArguments,
+            workingDirectory: directory.url.path)
+    }
+}
+
+extension MachineConfig {
+    /// The guest's MAC address: the configured one, or a stable one in QEMU's 52:54:00 range derived from
+    /// the name, so a restarted guest keeps its DHCP lease.
+    public var macAddress: String {
+        if let mac = network.macAddress { return mac }
+        // FNV-1a: stable across runs and platforms, unlike Hasher.
+        var hash: UInt32 = 2_166_136_261
+        for byte in name.utf8 {
+            hash ^= UInt32(byte)
+            hash = hash &* 16_777_619
+        }
+        let bytes = [(hash >> 16) & 0xff, (hash >> 8) & 0xff, hash & 0xff]
+        return "52:54:00:" + bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+    }
+
+    /// Checks what QEMU would otherwise reject late or obscurely; each message names the value and the fix.
+    public func validate() throws(NimbusError) {
+        func invalid(_ message: String) -> NimbusError { NimbusError(.invalidArgument, message) }
+        guard !name.isEmpty else { throw invalid("a machine needs a name") }
+        guard (1...255).contains(cpus) else {
+            throw invalid("cpus \(cpus) is out of range: use 1 to 255")
+        }
+        guard memory.bytes >= 64 << 20, memory.bytes % (1 << 20) == 0 else {
+            throw invalid("memory \(memory) is not usable: give at least 64M, in whole MiB (like 512M or 2G)")
+        }
+        if machineType == .microvm {
+            guard kernel != nil else {
+                throw invalid("the microvm machine type boots only a kernel given directly: add --kernel, or use q35")
+            }
+            guard firmware == .bios else {
+                throw invalid("the microvm machine type has no UEFI: use --firmware bios with it")
+            }
+            guard !vnc else { throw invalid("the microvm machine type has no display for VNC: drop --vnc or use q35") }
+        }
+        if kernel?.kernel.isEmpty == true { throw invalid("--kernel needs a path") }
+        if network.mode != .user, !network.forwards.isEmpty {
+            throw invalid("port forwards need user-mode networking; with a bridge or tap, reach the guest at its own address")
+        }
+        var hostPorts = Set<String>()
+        if network.forwardSSH, let ssh = network.sshHostPort { hostPorts.insert("tcp:\(ssh)") }
+        for forward in network.forwards {
+            guard hostPorts.insert("\(forward.transport.rawValue):\(forward.hostPort)").inserted else {
+                throw invalid("host port \(forward.hostPort)/\(forward.transport.rawValue) is forwarded twice: give each forward its own host port")
+            }
+        }
+        if let mac = network.macAddress {
+            let parts = mac.split(separator: ":")
+            guard parts.count == 6, parts.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
+                throw invalid("MAC address \"\(mac)\" is not six hex pairs like 52:54:00:12:34:56")
+            }
+        }
+        var tags = Set<String>()
+        for share in shares {
+            guard !share.tag.isEmpty, share.tag.utf8.count <= 31, !share.tag.contains(",") else {
+                throw invalid("mount tag \"\(share.tag)\" is not usable: 9p tags are 1 to 31 bytes without commas")
+            }
+            guard tags.insert(share.tag).inserted else {
+                throw invalid("mount tag \"\(share.tag)\" is used twice: give each share its own tag")
+            }
+        }
+        for disk in disks where disk.path.isEmpty { throw invalid("a disk needs a path") }
+    }
+}

@@ -1,1 +1,0 @@
-// NimbusQMP: see ../../../shared/DESIGN.md for what this module owns.
