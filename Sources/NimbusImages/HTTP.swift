@@ -68,6 +68,9 @@ enum HTTP {
         configuration.timeout = .init(connect: .seconds(15), read: .seconds(60))
         configuration.redirectConfiguration = .follow(max: 5, allowCycles: false)
         configuration.decompression = .disabled
+        // Nimbus retries itself, with backoff and a message; the pool's own silent retries would make a
+        // refused connection wait out the whole connect timeout.
+        configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }()
 
