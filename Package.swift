@@ -49,14 +49,17 @@ let package = Package(
         .target(
             name: "NimbusImages",
             dependencies: [
-                "NimbusCore",
+                "NimbusCore", "NimbusDisks",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ],
+            exclude: ["README.md"],
             swiftSettings: swiftSettings
         ),
-        .target(name: "NimbusDisks", dependencies: ["NimbusCore"], swiftSettings: swiftSettings),
+        .target(name: "NimbusDisks", dependencies: ["NimbusCore"], exclude: ["README.md"], swiftSettings: swiftSettings),
         .target(
             name: "NimbusSeed",
             dependencies: [
@@ -87,7 +90,7 @@ let package = Package(
         .target(
             name: "NimbusCommands",
             dependencies: [
-                "NimbusInstances",
+                "NimbusInstances", "NimbusImages", "NimbusDisks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -100,7 +103,16 @@ let package = Package(
         .testTarget(name: "NimbusCoreTests", dependencies: ["NimbusCore", "NimbusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusISO9660Tests", dependencies: ["NimbusISO9660", "NimbusTestSupport"], resources: [.copy("Resources")], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusQMPTests", dependencies: ["NimbusQMP", "NimbusTestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "NimbusImagesTests", dependencies: ["NimbusImages", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NimbusImagesTests",
+            dependencies: [
+                "NimbusImages", "NimbusDisks", "NimbusTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "NimbusDisksTests", dependencies: ["NimbusDisks", "NimbusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusSeedTests", dependencies: ["NimbusSeed", "NimbusTestSupport"], resources: [.copy("Resources")], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusMachinesTests", dependencies: ["NimbusMachines", "NimbusTestSupport"], swiftSettings: swiftSettings),

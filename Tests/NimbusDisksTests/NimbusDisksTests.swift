@@ -1,1 +1,126 @@
-// Tests of NimbusDisks.
+import Foundation
+import NimbusCore
+import NimbusTestSupport
+import Testing
+
+@testable import NimbusDisks
+
+@Suite("Disk image headers and qemu-img", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img"))))
+struct NimbusDisksTests {
+    func qemuImg(_ arguments: String...) async throws {
+        try await ProgramRunner.run("qemu-img", arguments)
+    }
+
+    @Test("qcow2 v3 (compat 1.1) and v2 (compat 0.10) headers give format, version and virtual size")
+    func qcow2Versions() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let v3 = dir.url.appending(path: "v3.disk")
+        let v2 = dir.url.appending(path: "v2.img")
+        try await qemuImg("create", "-q", "-f", "qcow2", "-o", "compat=1.1", v3.path, "1G")
+        try await qemuImg("create", "-q", "-f", "qcow2", "-o", "compat=0.10", v2.path, "300M")
+        let info3 = try DiskImage.inspect(v3)
+        #expect(info3.format == .qcow2)
+        #expect(info3.qcow2Version == 3)
+        #expect(info3.virtualSize == 1 << 30)
+        #expect(info3.backingFile == nil)
+        let info2 = try DiskImage.inspect(v2)
+        #expect(info2.format == .qcow2)
+        #expect(info2.qcow2Version == 2)
+        #expect(info2.virtualSize == 300 << 20)
+    }
+
+    @Test("a raw image is raw whatever its extension, sized by its length")
+    func raw() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let raw = dir.url.appending(path: "looks-like.qcow2")
+        try await qemuImg("create", "-q", "-f", "raw", raw.path, "64M")
+        let info = try DiskImage.inspect(raw)
+        #expect(info.format == .raw)
+        #expect(info.virtualSize == 64 << 20)
+    }
+
+    @Test("an overlay names its absolute base and the base's format, and qemu-img agrees")
+    func overlay() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let base = dir.url.appending(path: "base.img")
+        try await qemuImg("create", "-q", "-f", "qcow2", base.path, "256M")
+        let overlay = dir.url.appending(path: "disk.qcow2")
+        let info = try await DiskImage.createOverlay(at: overlay, backedBy: base, size: 1 << 30)
+        #expect(info.format == .qcow2)
+        #expect(info.backingFile == base.path)
+        #expect(info.backingFormat == "qcow2")
+        #expect(info.virtualSize == 1 << 30)
+        #expect(info.backingPath(relativeTo: overlay)?.path == base.path)
+        let json = try await ProgramRunner.run("qemu-img", ["info", "--output=json", overlay.path])
+        #expect(json.contains("\"backing-filename-format\": \"qcow2\""))
+
+        // A raw base is named raw, and an overlay without a size takes the base's.
+        let rawBase = dir.url.appending(path: "raw-base")
+        try await qemuImg("create", "-q", "-f", "raw", rawBase.path, "32M")
+        let rawOverlay = dir.url.appending(path: "raw-overlay.qcow2")
+        let rawInfo = try await DiskImage.createOverlay(at: rawOverlay, backedBy: rawBase)
+        #expect(rawInfo.backingFormat == "raw")
+        #expect(rawInfo.virtualSize == 32 << 20)
+    }
+
+    @Test("an overlay smaller than its base is refused with the limit named, and nothing is written")
+    func overlayTooSmall() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let base = dir.url.appending(path: "base.img")
+        try await qemuImg("create", "-q", "-f", "qcow2", base.path, "2G")
+        let overlay = dir.url.appending(path: "disk.qcow2")
+        let error = await #expect(throws: NimbusError.self) {
+            try await DiskImage.createOverlay(at: overlay, backedBy: base, size: 1 << 30)
+        }
+        #expect(error?.code == .invalidArgument)
+        #expect(error?.message.contains("1G is smaller than the image's virtual size 2G") == true)
+        #expect(error?.cause as? DiskError == .sizeTooSmall(requested: 1 << 30, minimum: 2 << 30))
+        #expect(!FileManager.default.fileExists(atPath: overlay.path))
+    }
+
+    @Test("resize grows an overlay and refuses to shrink it")
+    func resize() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let base = dir.url.appending(path: "base.img")
+        try await qemuImg("create", "-q", "-f", "qcow2", base.path, "128M")
+        let overlay = dir.url.appending(path: "disk.qcow2")
+        try await DiskImage.createOverlay(at: overlay, backedBy: base)
+        let grown = try await DiskImage.resize(overlay, to: 512 << 20)
+        #expect(grown.virtualSize == 512 << 20)
+        #expect(grown.backingFile == base.path)
+        let error = await #expect(throws: NimbusError.self) { try await DiskImage.resize(overlay, to: 64 << 20) }
+        #expect(error?.message.contains("smaller than the current 512M") == true)
+    }
+
+    @Test("convert turns raw into qcow2 in place of a temporary file")
+    func convert() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let raw = dir.url.appending(path: "a.raw")
+        try await qemuImg("create", "-q", "-f", "raw", raw.path, "16M")
+        let out = dir.url.appending(path: "a.qcow2")
+        let info = try await DiskImage.convert(raw, to: out, format: .qcow2)
+        #expect(info.format == .qcow2)
+        #expect(info.virtualSize == 16 << 20)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.url.path).sorted() == ["a.qcow2", "a.raw"])
+    }
+
+    @Test("xz-compressed and truncated qcow2 files are refused with the reason")
+    func badHeaders() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let xz = dir.url.appending(path: "image.qcow2.xz")
+        try Data([0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00, 0, 0]).write(to: xz)
+        let error = #expect(throws: NimbusError.self) { try DiskImage.inspect(xz) }
+        #expect(error?.message.contains("xz-compressed") == true)
+        let short = dir.url.appending(path: "short")
+        try Data([0x51, 0x46, 0x49, 0xFB, 0, 0, 0, 3]).write(to: short)
+        let truncated = #expect(throws: NimbusError.self) { try DiskImage.inspect(short) }
+        #expect(truncated?.cause as? DiskError == .truncatedHeader(path: short.path))
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+import NimbusCore
+
+extension DiskImage {
+    /// Creates a qcow2 overlay at `overlay` backed by `base`, optionally larger than the base.
+    ///
+    /// The backing file is written as an absolute path and its format is named (`-F`), because QEMU
+    /// refuses to probe a backing format since 6.1 (probing a raw backing file is a security hole: a guest
+    /// could write a qcow2 header into it). A `size` below the base's virtual size is refused before
+    /// anything is written, since shrinking would cut off the base's partitions.
+    @discardableResult
+    public static func createOverlay(at overlay: URL, backedBy base: URL, size: UInt64? = nil) async throws(NimbusError)
+        -> DiskInfo
+    {
+        let baseInfo = try inspect(base)
+        if let size, size < baseInfo.virtualSize {
+            let error = DiskError.sizeTooSmall(requested: size, minimum: baseInfo.virtualSize)
+            throw NimbusError(
+                .invalidArgument,
+                "disk size \(ByteSize(bytes: size)) is smaller than the image's virtual size "
+                    + "\(ByteSize(bytes: baseInfo.virtualSize)) (\(baseInfo.virtualSize) bytes): "
+                    + "ask for at least \(ByteSize(bytes: baseInfo.virtualSize).humanReadable)",
+                cause: error)
+        }
+        let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
+        let absoluteBase = base.standardizedFileURL.path
+        var arguments = ["create", "-q", "-f", "qcow2", "-b", absoluteBase, "-F", baseInfo.format.rawValue, overlay.path]
+        if let size { arguments.append(String(size)) }
+        try await ProgramRunner.run(qemuImg, arguments)
+        return try inspect(overlay)
+    }
+
+    /// Grows `image` to `size` bytes. Shrinking is refused with the current size named.
+    @discardableResult
+    public static func resize(_ image: URL, to size: UInt64) async throws(NimbusError) -> DiskInfo {
+        let info = try inspect(image)
+        if size < info.virtualSize {
+            throw NimbusError(
+                .invalidArgument,
+                "disk size \(ByteSize(bytes: size)) is smaller than the current \(ByteSize(bytes: info.virtualSize)) "
+                    + "(\(info.virtualSize) bytes) of \(image.path): disks only grow; ask for at least that",
+                cause: DiskError.sizeTooSmall(requested: size, minimum: info.virtualSize))
+        }
+        guard size > info.virtualSize else { return info }
+        let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
+        try await ProgramRunner.run(qemuImg, ["resize", "-q", "-f", info.format.rawValue, image.path, String(size)])
+        return try inspect(image)
+    }
+
+    /// Converts `source` (format found by magic) to `destination` in `format`, writing a temporary file
+    /// beside it and renaming it into place so a failed conversion leaves nothing behind.
+    @discardableResult
+    public static func convert(_ source: URL, to destination: URL, format: DiskFormat) async throws(NimbusError)
+        -> DiskInfo
+    {
+        let info = try inspect(source)
+        let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
+        let temporary = destination.deletingLastPathComponent()
+            .appending(path: ".\(destination.lastPathComponent).\(getpid()).convert")
+        do {
+            try await ProgramRunner.run(
+                qemuImg, ["convert", "-q", "-f", info.format.rawValue, "-O", format.rawValue, source.path, temporary.path])
+        } catch {
+            try? FileManager.default.removeItem(at: temporary)
+            throw error
+        }
+        guard rename(temporary.path, destination.path) == 0 else {
+            let error = posixFailure("rename into place", destination)
+            try? FileManager.default.removeItem(at: temporary)
+            throw error
+        }
+        return try inspect(destination)
+    }
+}

@@ -1,1 +1,0 @@
-// NimbusDisks: see ../../../shared/DESIGN.md for what this module owns.

@@ -1,0 +1,62 @@
+import Foundation
+import NimbusDisks
+
+/// An image in the cache: `<sha256>.img` verified on the way in, described by `<sha256>.json`.
+///
+/// This is also the stable JSON shape of `nimbus image list --format json` and `nimbus image info`.
+public struct CachedImage: Sendable, Codable, Equatable {
+    /// The SHA-256 of the image file: its name in the cache.
+    public var sha256: String
+    /// The image file.
+    public var path: String
+    /// Found by magic bytes.
+    public var format: DiskFormat
+    /// What the guest sees.
+    public var virtualSize: UInt64
+    /// The file's length.
+    public var size: UInt64
+    /// Every name this image was pulled or imported under, newest first: canonical references
+    /// (`ubuntu:24.04`), what the user typed (`ubuntu`), import names.
+    public var references: [String]
+    /// The name given to `nimbus image import --name`.
+    public var name: String?
+    public var distribution: Distribution?
+    public var release: String?
+    public var codename: String?
+    /// Serial, CoreOS release, `latest`; nil for imports.
+    public var version: String?
+    public var arch: Architecture?
+    /// The URL or file it came from.
+    public var source: String
+    /// The catalog's SHA-512 (Debian), so a later pull can match the cache without downloading.
+    public var sha512: String?
+    /// For images that were decompressed: the SHA-256 of the file as published.
+    public var sourceSHA256: String?
+    public var pulledAt: Date
+
+    /// The image file as a URL.
+    public var url: URL { URL(fileURLWithPath: path) }
+    /// The reference to show first.
+    public var reference: String { references.first ?? name ?? String(sha256.prefix(12)) }
+}
+
+/// An image `prune` kept, and why.
+public struct KeptImage: Sendable, Codable, Equatable {
+    public var image: CachedImage
+    /// The overlays (`<instances>/<name>/disk.qcow2`) backed by it.
+    public var usedBy: [String]
+}
+
+/// What `prune` did.
+public struct PruneReport: Sendable, Codable, Equatable {
+    public var removed: [CachedImage]
+    public var kept: [KeptImage]
+    /// Bytes freed.
+    public var freed: UInt64
+}
+
+/// A catalog image for `nimbus image list --remote`, with whether it is cached.
+public struct AvailableImage: Sendable, Codable, Equatable {
+    public var image: RemoteImage
+    public var cached: Bool
+}

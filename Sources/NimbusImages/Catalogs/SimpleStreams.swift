@@ -1,0 +1,172 @@
+import Foundation
+import NimbusCore
+
+/// Ubuntu's cloud image catalog in the simplestreams format.
+///
+/// `<mirror>/<stream>/streams/v1/index.json` lists content files; the one with datatype
+/// `image-downloads` (`com.ubuntu.cloud:released:download.json`) holds products
+/// (`com.ubuntu.cloud:server:24.04:amd64`), each with `versions` keyed by serial (`20240423`, sorted as
+/// strings), each with `items` keyed by file type: `disk1.img` (qcow2), `uefi1.img` on some arches,
+/// each with `path` (relative to the stream's mirror root), `size` and `sha256`. The signed variant
+/// replaces `.json` with `.sjson`: the same JSON in an OpenPGP cleartext signature.
+struct SimpleStreams: Sendable {
+    struct Index: Decodable {
+        struct Entry: Decodable {
+            var datatype: String?
+            var path: String?
+            var format: String?
+        }
+        var index: [String: Entry]?
+        var format: String?
+    }
+
+    struct Products: Decodable {
+        var content_id: String?
+        var datatype: String?
+        var products: [String: Product]?
+    }
+
+    struct Product: Decodable {
+        var aliases: String?
+        var arch: String?
+        var os: String?
+        var release: String?
+        var release_title: String?
+        var supported: Bool?
+        var version: String?
+        var versions: [String: Version]?
+    }
+
+    struct Version: Decodable {
+        var items: [String: Item]?
+    }
+
+    struct Item: Decodable {
+        var ftype: String?
+        var path: String?
+        var size: UInt64?
+        var sha256: String?
+    }
+
+    let mirror: URL
+    let stream: String
+    let metadata: MetadataCache
+    /// The keyring to check `.sjson` against; nil reads the unsigned `.json`.
+    let keyring: URL?
+
+    var root: URL { mirror.appending(path: stream + "/") }
+
+    /// The products file of the stream, checked against the keyring when there is one.
+    func products() async throws(NimbusError) -> Products {
+        let suffix = keyring == nil ? "json" : "sjson"
+        let indexURL = root.appending(path: "streams/v1/index.\(suffix)")
+        let indexData = try await fetch(indexURL, what: "Ubuntu \(stream) image index")
+        let index: Index = try decode(Index.self, indexData, "Ubuntu image index \(indexURL.absoluteString)")
+        let preferred = "com.ubuntu.cloud:\(stream):download"
+        let entries = index.index ?? [:]
+        guard
+            let entry = entries[preferred]
+                ?? entries.sorted(by: { $0.key < $1.key }).first(where: { $0.value.datatype == "image-downloads" })?.value,
+            var path = entry.path
+        else {
+            throw malformed("Ubuntu image index \(indexURL.absoluteString) has no image-downloads entry with a path")
+        }
+        if keyring != nil, path.hasSuffix(".json") { path = String(path.dropLast(5)) + ".sjson" }
+        let productsURL = root.appending(path: path)
+        let data = try await fetch(productsURL, what: "Ubuntu \(stream) image catalog")
+        return try decode(Products.self, data, "Ubuntu image catalog \(productsURL.absoluteString)")
+    }
+
+    private func fetch(_ url: URL, what: String) async throws(NimbusError) -> Data {
+        guard let keyring else { return try await metadata.fetch(url, what: what) }
+        return try await metadata.fetch(url, what: what) { data throws(NimbusError) in
+            try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)")
+        }
+    }
+
+    /// The newest image of `release` (nil: the latest LTS) for `arch`.
+    func resolve(release: String?, arch: Architecture) async throws(NimbusError) -> RemoteImage {
+        let catalog = try await products()
+        let all = catalog.products ?? [:]
+        let wanted = release ?? "lts"
+        let matches = all.filter { _, product in
+            guard product.os == nil || product.os == "ubuntu" else { return false }
+            let aliases = (product.aliases ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            return aliases.contains(wanted) || product.version == wanted || product.release == wanted
+        }
+        var candidates = matches
+        if candidates.isEmpty, release == nil || release == "lts" {
+            // Streams without an `lts` alias: the newest version whose title says LTS.
+            let lts = all.filter { $0.value.release_title?.contains("LTS") == true }
+            if let newest = lts.values.compactMap(\.version).max(by: { $0.compare($1, options: .numeric) == .orderedAscending }) {
+                candidates = lts.filter { $0.value.version == newest }
+            }
+        }
+        guard !candidates.isEmpty else {
+            let known = Set(all.values.compactMap { product -> String? in
+                guard let version = product.version else { return nil }
+                return product.release.map { "\(version) (\($0))" } ?? version
+            }).sorted { $0.compare($1, options: .numeric) == .orderedAscending }
+            let prefix = stream == "daily" ? "ubuntu:daily:" : "ubuntu:"
+            throw NimbusError(
+                .notFound,
+                "Ubuntu release \"\(wanted)\" is not in the \(stream) catalog: use \(prefix) with one of "
+                    + known.joined(separator: ", "))
+        }
+        guard let (key, product) = candidates.first(where: { $0.value.arch == arch.rawValue }) else {
+            let arches = Set(candidates.values.compactMap(\.arch)).sorted().joined(separator: ", ")
+            throw NimbusError(
+                .notFound, "Ubuntu \(wanted) has no \(arch) image in the \(stream) catalog (it has: \(arches)): pick another --arch")
+        }
+        return try image(key: key, product: product, arch: arch, requested: wanted)
+    }
+
+    /// Every supported product's newest image for `arch`, for `image list --remote`.
+    func list(arch: Architecture) async throws(NimbusError) -> [RemoteImage] {
+        let catalog = try await products()
+        var images: [RemoteImage] = []
+        for (key, product) in (catalog.products ?? [:]).sorted(by: { $0.key < $1.key })
+        where product.arch == arch.rawValue && product.supported != false {
+            if let image = try? image(key: key, product: product, arch: arch, requested: product.version) {
+                images.append(image)
+            }
+        }
+        return images
+    }
+
+    private func image(key: String, product: Product, arch: Architecture, requested: String?) throws(NimbusError)
+        -> RemoteImage
+    {
+        let where_ = "product \(key) in the Ubuntu \(stream) catalog"
+        guard let versions = product.versions, !versions.isEmpty else { throw malformed("\(where_) has no versions") }
+        // Serials (20240423, 20240423.1) sort as strings, as simplestreams' own tools do.
+        let withDisk = versions.filter { $0.value.items?["disk1.img"] != nil || $0.value.items?["uefi1.img"] != nil }
+        guard let serial = withDisk.keys.max() else { throw malformed("\(where_) has no version with a disk1.img item") }
+        let items = withDisk[serial]?.items ?? [:]
+        guard let item = items["uefi1.img"] ?? items["disk1.img"] else { throw malformed("\(where_) lost its items") }
+        let itemName = items["uefi1.img"] != nil ? "uefi1.img" : "disk1.img"
+        let at = "\(where_), version \(serial), item \(itemName)"
+        guard let path = item.path, !path.isEmpty else { throw malformed("\(at) has no path") }
+        guard let size = item.size else { throw malformed("\(at) has no size") }
+        guard let hex = item.sha256, let checksum = try? Checksum(parsing: "sha256:\(hex)") else {
+            throw malformed("\(at) has no valid sha256")
+        }
+        let reference = ImageReference.catalog(.ubuntu, release: product.version ?? requested, stream: stream).description
+        return RemoteImage(
+            reference: reference, distribution: .ubuntu, release: product.version, codename: product.release,
+            version: serial, arch: arch, url: root.appending(path: path), size: size, checksum: checksum)
+    }
+
+    private func malformed(_ text: String) -> NimbusError {
+        NimbusError(.integrity, "malformed metadata: \(text); the mirror may be broken or not a simplestreams mirror",
+            cause: MalformedMetadata(description: text))
+    }
+
+    private func decode<T: Decodable>(_ type: T.Type, _ data: Data, _ what: String) throws(NimbusError) -> T {
+        do {
+            return try JSONDecoder().decode(type, from: data)
+        } catch {
+            throw malformed("\(what) is not valid simplestreams JSON (\(error))")
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// NimbusImages: see ../../../shared/DESIGN.md for what this module owns.
