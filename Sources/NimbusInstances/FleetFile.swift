@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusMachines
 import Yams
 
 /// A declarative file of instances for `nimbus apply -f fleet.yaml`.
@@ -119,7 +120,7 @@ public struct FleetFile: Sendable {
         spec.hostname = entry.hostname
         spec.locale = entry.locale
         spec.timezone = entry.timezone
-        spec.forwards = try (entry.forwards ?? []).map { (f: String) throws(NimbusError) in try PortForward(parsing: f) }
+        spec.forwards = try (entry.forwards ?? []).map { (f: String) throws(NimbusError) in try MachineConfig.PortForward(parsing: f) }
         spec.mounts = try (entry.mounts ?? []).map { (m: String) throws(NimbusError) in try Mount(parsing: m, relativeTo: base) }
         spec.ephemeral = try entry.ephemeral.map { (e: String) throws(NimbusError) in try EphemeralDisk(parsing: e) }
         spec.accelerator = config.accelerator

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusMachines
 
 /// One instance's folder and the typed paths of everything in it (DESIGN.md, "On disk").
 public struct InstanceDirectory: Sendable, Hashable {
@@ -22,16 +23,10 @@ public struct InstanceDirectory: Sendable, Hashable {
     public var seed: URL { file("seed.iso") }
     /// The Ignition config, for Fedora CoreOS.
     public var ignition: URL { file("ignition.json") }
-    /// The QMP socket.
-    public var qmpSocket: URL { file("qmp.sock") }
-    /// QEMU's pidfile.
-    public var pidFile: URL { file("qemu.pid") }
-    /// The serial console log.
-    public var serialLog: URL { file("serial.log") }
-    /// The per-instance UEFI variable store.
-    public var firmwareVariables: URL { file("efivars.fd") }
+    /// The files the hypervisor keeps here (QMP socket, pidfile, serial log, UEFI variables).
+    public var machine: MachineDirectory { MachineDirectory(url) }
+    /// The serial console log of the current boot.
+    public var serialLog: URL { machine.serialLog }
     /// The guest's SSH host keys, pinned before its first boot.
     public var knownHosts: URL { file("known_hosts") }
-    /// The lock every change of this instance is made under.
-    public var lock: URL { file("lock") }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusMachines
 
 /// What the user asked for when launching an instance, stored as `instance.yaml`.
 ///
@@ -24,7 +25,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     /// Host folders shared into the guest.
     public var mounts: [Mount] = []
     /// Extra host ports forwarded to the guest.
-    public var forwards: [PortForward] = []
+    public var forwards: [MachineConfig.PortForward] = []
     /// The scratch disk that comes back empty at every start.
     public var ephemeral: EphemeralDisk?
     /// `auto`, `kvm` or `tcg`.
@@ -64,7 +65,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         sshAuthorizedKeys = try c.decodeIfPresent([String].self, forKey: .sshAuthorizedKeys) ?? []
         userData = try c.decodeIfPresent(String.self, forKey: .userData)
         mounts = try c.decodeIfPresent([Mount].self, forKey: .mounts) ?? []
-        forwards = try c.decodeIfPresent([PortForward].self, forKey: .forwards) ?? []
+        forwards = try c.decodeIfPresent([MachineConfig.PortForward].self, forKey: .forwards) ?? []
         ephemeral = try c.decodeIfPresent(EphemeralDisk.self, forKey: .ephemeral)
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
@@ -95,40 +96,6 @@ public struct Mount: Codable, Sendable, Equatable {
         hostPath = host.path
         guestPath = parts[1]
     }
-}
-
-/// `--forward HOST:GUEST[/udp]`: a port on 127.0.0.1 forwarded to the guest.
-public struct PortForward: Codable, Sendable, Equatable, CustomStringConvertible {
-    public var hostPort: UInt16
-    public var guestPort: UInt16
-    /// `tcp` or `udp`.
-    public var proto: String
-
-    public init(hostPort: UInt16, guestPort: UInt16, proto: String = "tcp") {
-        self.hostPort = hostPort
-        self.guestPort = guestPort
-        self.proto = proto
-    }
-
-    public init(parsing text: String) throws(NimbusError) {
-        var body = Substring(text)
-        var proto = "tcp"
-        if let slash = body.lastIndex(of: "/") {
-            proto = String(body[body.index(after: slash)...]).lowercased()
-            body = body[..<slash]
-        }
-        let ports = body.split(separator: ":", omittingEmptySubsequences: false).map { UInt16($0) }
-        guard ["tcp", "udp"].contains(proto), ports.count == 2, let host = ports[0], let guest = ports[1], host > 0,
-            guest > 0
-        else {
-            throw NimbusError(
-                .invalidArgument,
-                "--forward \"\(text)\" is not HOST:GUEST[/udp] with ports 1-65535, like 8080:80 or 5353:53/udp")
-        }
-        self.init(hostPort: host, guestPort: guest, proto: proto)
-    }
-
-    public var description: String { "127.0.0.1:\(hostPort)->\(guestPort)/\(proto)" }
 }
 
 /// `--ephemeral SIZE[:MOUNTPOINT]`: a scratch disk made empty before every start.

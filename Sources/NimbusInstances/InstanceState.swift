@@ -30,6 +30,8 @@ public struct InstanceState: Codable, Sendable, Equatable {
     public var lastError: String?
     /// True once the instance is completely built.
     public var complete: Bool = false
+    /// True after `delete` without `--purge`: kept until `purge`, back with `recover`.
+    public var deleted: Bool = false
 
     public init() {}
 
@@ -49,5 +51,6 @@ public struct InstanceState: Codable, Sendable, Equatable {
         cloudInitStatus = try c.decodeIfPresent(String.self, forKey: .cloudInitStatus)
         lastError = try c.decodeIfPresent(String.self, forKey: .lastError)
         complete = try c.decodeIfPresent(Bool.self, forKey: .complete) ?? false
+        deleted = try c.decodeIfPresent(Bool.self, forKey: .deleted) ?? false
     }
 }

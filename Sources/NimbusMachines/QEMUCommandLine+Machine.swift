@@ -140,8 +140,14 @@ extension QEMUCommandLine {
             add("-device", "virtio-9p-\(bus)", ["fsdev": id, "mount_tag": share.tag])
         }
 
-        // The serial console goes to a file QEMU appends to; Nimbus rotates it at start and caps it at stop.
-        add("-chardev", "file", ["id": "serial0", "path": directory.serialLog.path, "append": "on"])
+        // The serial console is a socket `nimbus console` attaches to, and everything the guest prints is
+        // also appended to a log file (the chardev's logfile), which Nimbus rotates at start and caps at stop.
+        add(
+            "-chardev", "socket",
+            [
+                "id": "serial0", "path": MachineDirectory.consoleSocketName, "server": "on", "wait": "off",
+                "logfile": directory.serialLog.path, "logappend": "on",
+            ])
         add("-serial", "chardev:serial0")
 
         add("-display", "none")

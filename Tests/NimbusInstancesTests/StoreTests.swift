@@ -1,6 +1,7 @@
 import Foundation
 import NimbusCore
 import NimbusTestSupport
+import NimbusMachines
 import Testing
 
 @testable import NimbusInstances
@@ -34,20 +35,8 @@ struct InstanceNameTests {
     }
 }
 
-@Suite("Forwards, mounts and ephemeral disks on the command line")
+@Suite("Mounts and ephemeral disks on the command line")
 struct SpecParsingTests {
-    @Test("forwards parse with an optional protocol")
-    func forwards() throws {
-        #expect(try PortForward(parsing: "8080:80") == PortForward(hostPort: 8080, guestPort: 80))
-        #expect(try PortForward(parsing: "5353:53/udp") == PortForward(hostPort: 5353, guestPort: 53, proto: "udp"))
-    }
-
-    @Test("bad forwards name the value and the form", arguments: ["80", "0:80", "x:80", "8080:80/sctp", "70000:80", ":"])
-    func badForwards(text: String) {
-        let error = #expect(throws: NimbusError.self) { try PortForward(parsing: text) }
-        #expect(error?.message.contains("--forward \"\(text)\"") == true)
-    }
-
     @Test("mounts need an existing host folder and an absolute guest path")
     func mounts() throws {
         let dir = try TemporaryDirectory()
@@ -212,7 +201,7 @@ struct FleetFileTests {
         let fleet = try FleetFile(url: url, config: NimbusConfig())
         #expect(fleet.specs.map(\.name.rawValue) == ["web", "db"])
         #expect(fleet.specs.allSatisfy { $0.image == "debian:12" && $0.memory == .gibibytes(1) && $0.fleet == url.path })
-        #expect(fleet.specs[0].forwards == [PortForward(hostPort: 8080, guestPort: 80)])
+        #expect(fleet.specs[0].forwards == [MachineConfig.PortForward(hostPort: 8080, guestPort: 80)])
         #expect(fleet.specs[0].mounts.first?.hostPath == dir.url.appending(path: "site").standardizedFileURL.path)
         #expect(fleet.specs[1].userData == "#cloud-config\nruncmd: [true]\n")
         #expect(fleet.specs[1].cpus == 4)

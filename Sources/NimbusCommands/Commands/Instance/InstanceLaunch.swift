@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NimbusCore
 import NimbusInstances
+import NimbusMachines
 
 /// `nimbus launch`: a new instance from an image, ready when cloud-init has finished.
 struct InstanceLaunch: AsyncParsableCommand {
@@ -72,7 +73,7 @@ struct InstanceLaunch: AsyncParsableCommand {
             throw ValidationError("--firmware \(firmware) is not one of uefi, bios")
         }
         guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
-        for text in forward { _ = try PortForward(parsing: text) }
+        for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
         if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
     }
 
@@ -90,7 +91,7 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.timezone = timezone
         spec.accelerator = accel ?? context.config.accelerator
         spec.firmware = firmware ?? context.config.firmware
-        spec.forwards = try forward.map { try PortForward(parsing: $0) }
+        spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }
         spec.sshAuthorizedKeys = try sshKey.map {

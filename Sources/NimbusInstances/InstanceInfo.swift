@@ -1,0 +1,100 @@
+import Foundation
+import NimbusCore
+import NimbusMachines
+
+/// What `list` and `info` show of an instance; its JSON form (sorted keys) is documented in the README and
+/// kept stable.
+public struct InstanceInfo: Codable, Sendable, Equatable {
+    /// The lifecycle state, read from the live process (never from a stored flag).
+    public enum State: String, Codable, Sendable {
+        case running, stopped, suspended, starting, stopping, error, deleted, unknown
+    }
+
+    public var name: String
+    public var state: State
+    /// The image reference launched from.
+    public var image: String
+    /// Release and serial of the image, when known.
+    public var imageVersion: String?
+    /// The guest's IPv4 addresses (user-mode networking: the fixed 10.0.2.15).
+    public var ipv4: [String]
+    /// `user@127.0.0.1:port`, while running.
+    public var ssh: String?
+    public var cpus: Int
+    public var memory: ByteSize
+    /// Bytes the overlay takes on the host.
+    public var diskUsed: ByteSize?
+    /// The disk's virtual size.
+    public var diskSize: ByteSize
+    /// `kvm` or `tcg`, with why.
+    public var accelerator: String?
+    public var acceleratorReason: String?
+    /// Seconds since the last start, while running.
+    public var uptime: Int?
+    /// cloud-init's status at the last readiness check.
+    public var cloudInit: String?
+    /// `qemu` or `libvirt`.
+    public var driver: String
+    /// The libvirt host, for remote instances.
+    public var host: String?
+    /// Port forwards, as `127.0.0.1:8080->80/tcp`.
+    public var forwards: [String]
+    /// Why the instance is in the error state.
+    public var error: String?
+}
+
+extension InstanceManager {
+    /// Every instance, by name.
+    public func list() async -> [InstanceInfo] {
+        var infos: [InstanceInfo] = []
+        for name in store.names() {
+            infos.append((try? await info(name)) ?? brokenInfo(name))
+        }
+        return infos
+    }
+
+    /// One instance, its state read from the live process.
+    public func info(_ name: InstanceName) async throws -> InstanceInfo {
+        let dir = try store.requireExisting(name)
+        let spec = try store.loadSpec(name)
+        let state = try store.loadState(name)
+        let status = await hypervisor.status(of: dir.machine)
+        let live: InstanceInfo.State =
+            switch status.state {
+            case .running: .running
+            case .paused: .suspended
+            case .stopped: .stopped
+            case .crashed: .error
+            case .transitioning: status.detail == "shutdown" ? .stopping : .starting
+            case .unresponsive: .unknown
+            }
+        let running = live == .running || live == .suspended
+        let resolved: InstanceInfo.State =
+            state.deleted ? .deleted : (state.lastError != nil && !running ? .error : (state.complete ? live : .error))
+        var used: ByteSize?
+        if let attributes = try? dir.disk.resourceValues(forKeys: [.totalFileAllocatedSizeKey]),
+            let bytes = attributes.totalFileAllocatedSize
+        {
+            used = ByteSize(bytes: UInt64(bytes))
+        }
+        let port = running ? state.sshPort : nil
+        return InstanceInfo(
+            name: name.rawValue, state: resolved, image: spec.image, imageVersion: state.imageDescription,
+            ipv4: running && spec.driver == "qemu" ? ["10.0.2.15"] : [],
+            ssh: port.map { "\(state.sshUser)@127.0.0.1:\($0)" }, cpus: spec.cpus, memory: spec.memory, diskUsed: used,
+            diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
+            uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
+            cloudInit: state.cloudInitStatus, driver: spec.driver, host: nil,
+            forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
+            error: status.state == .crashed ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError)
+    }
+
+    /// An instance whose files cannot be read: shown as `error` so `recover` or `delete` can deal with it.
+    func brokenInfo(_ name: InstanceName) -> InstanceInfo {
+        InstanceInfo(
+            name: name.rawValue, state: .error, image: "?", imageVersion: nil, ipv4: [], ssh: nil, cpus: 0,
+            memory: ByteSize(bytes: 0), diskUsed: nil, diskSize: ByteSize(bytes: 0), accelerator: nil,
+            acceleratorReason: nil, uptime: nil, cloudInit: nil, driver: "qemu", host: nil, forwards: [],
+            error: "its files cannot be read: `nimbus recover \(name)` or `nimbus delete --purge \(name)`")
+    }
+}

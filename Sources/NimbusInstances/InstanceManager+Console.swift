@@ -1,0 +1,81 @@
+import Foundation
+import NimbusCore
+import NimbusMachines
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension InstanceManager {
+    /// The detach key: Ctrl-], as telnet and virsh console use.
+    static let detachByte: UInt8 = 0x1d
+
+    /// Attaches the terminal to the instance's serial console until Ctrl-] or until the guest stops.
+    ///
+    /// The relay is a poll loop on a thread of its own: an interactive console does nothing else while
+    /// attached, and poll on two descriptors is what a terminal relay is.
+    public func attachConsole(_ name: InstanceName) async throws {
+        let dir = try store.requireExisting(name)
+        guard await hypervisor.status(of: dir.machine).state != .stopped else {
+            throw NimbusError(.invalidState, "\(name) is stopped: `nimbus start \(name)` first, or `nimbus logs \(name)` to read its log")
+        }
+        let socketPath = dir.machine.consoleSocket.path
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw NimbusError(.io, "could not open a socket for the console") }
+        // sun_path holds 108 bytes; connect through /proc/self/fd when the folder's path is longer.
+        let folder = open(dir.url.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { if folder >= 0 { close(folder) } }
+        let reachable = socketPath.utf8.count < 100 ? socketPath : "/proc/self/fd/\(folder)/\(MachineDirectory.consoleSocketName)"
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            for (index, byte) in reachable.utf8.prefix(buffer.count - 1).enumerated() { buffer[index] = byte }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            close(fd)
+            throw NimbusError(.io, "could not attach to \(name)'s console at \(socketPath): \(String(cString: strerror(errno)))")
+        }
+        FileHandle.standardError.write(Data("attached to \(name)'s console; Ctrl-] detaches\r\n".utf8))
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                Self.relay(socket: fd)
+                close(fd)
+                continuation.resume()
+            }
+        }
+        FileHandle.standardError.write(Data("\r\ndetached\r\n".utf8))
+    }
+
+    /// Copies the terminal to the socket and back, with the terminal in raw mode, until Ctrl-] or EOF.
+    static func relay(socket fd: Int32) {
+        var saved = termios()
+        let isTerminal = isatty(0) == 1 && tcgetattr(0, &saved) == 0
+        if isTerminal {
+            var raw = saved
+            cfmakeraw(&raw)
+            tcsetattr(0, TCSANOW, &raw)
+        }
+        defer { if isTerminal { tcsetattr(0, TCSANOW, &saved) } }
+        var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while poll(&fds, 2, -1) >= 0 {
+            if fds[1].revents != 0 {
+                let count = read(fd, &buffer, buffer.count)
+                guard count > 0 else { return }
+                _ = write(1, buffer, count)
+            }
+            if fds[0].revents != 0 {
+                let count = read(0, &buffer, buffer.count)
+                guard count > 0 else { return }
+                if let detach = buffer[..<count].firstIndex(of: detachByte) {
+                    if detach > 0 { _ = write(fd, buffer, detach) }
+                    return
+                }
+                _ = write(fd, buffer, count)
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+import Foundation
+import NimbusCore
+import NimbusDisks
+import NimbusMachines
+
+/// One thing `doctor` looked at.
+public struct DoctorFinding: Sendable, Equatable {
+    /// What was checked (`qemu-system-x86_64`, `instance web`).
+    public var subject: String
+    /// What was found, or what was done.
+    public var detail: String
+    public var ok: Bool
+    /// True when `--fix` repaired it.
+    public var fixed: Bool = false
+}
+
+extension InstanceManager {
+    /// Checks the host (QEMU, qemu-img, OVMF, the accelerator, ssh) and the store (stale pidfiles and
+    /// sockets, abandoned folders, orphaned QEMU processes, overlays whose base image is gone); with `fix`,
+    /// repairs what is safe: nothing that holds a user's data is removed.
+    public func doctor(fix: Bool) async -> [DoctorFinding] {
+        var findings: [DoctorFinding] = []
+        for (program, package) in [
+            ("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"), ("ssh", "openssh-client"),
+            ("mkfs.ext4", "e2fsprogs"),
+        ] {
+            let path = ProgramRunner.find(program)
+            findings.append(
+                DoctorFinding(
+                    subject: program, detail: path ?? "missing: `apt-get install \(package)`", ok: path != nil))
+        }
+        for firmware in [MachineConfig.Firmware.ovmfCode, MachineConfig.Firmware.ovmfVariables] {
+            let present = FileManager.default.fileExists(atPath: firmware)
+            findings.append(
+                DoctorFinding(subject: "UEFI firmware", detail: present ? firmware : "\(firmware) missing: `apt-get install ovmf`", ok: present))
+        }
+        do {
+            let decision = try AcceleratorProbe.resolve(.auto, cache: paths.hostFacts)
+            findings.append(DoctorFinding(subject: "accelerator", detail: "\(decision.accelerator.rawValue): \(decision.reason)", ok: true))
+        } catch {
+            findings.append(DoctorFinding(subject: "accelerator", detail: "\(error)", ok: false))
+        }
+        findings += await checkStore(fix: fix)
+        return findings
+    }
+
+    func checkStore(fix: Bool) async -> [DoctorFinding] {
+        var findings: [DoctorFinding] = []
+        for folder in store.abandonedFolders() {
+            var finding = DoctorFinding(
+                subject: folder.lastPathComponent, detail: "left by a launch or delete that was interrupted", ok: false)
+            if fix, (try? FileManager.default.removeItem(at: folder)) != nil {
+                finding.fixed = true
+                finding.detail += "; removed"
+            }
+            findings.append(finding)
+        }
+        for process in orphanedQEMU() {
+            var finding = DoctorFinding(
+                subject: "QEMU pid \(process.pid)", detail: "runs for \(process.folder), which is not an instance", ok: false)
+            if fix, kill(process.pid, SIGKILL) == 0 {
+                finding.fixed = true
+                finding.detail += "; killed"
+            }
+            findings.append(finding)
+        }
+        for name in store.names() {
+            findings += await checkInstance(name, fix: fix)
+        }
+        return findings
+    }
+
+    func checkInstance(_ name: InstanceName, fix: Bool) async -> [DoctorFinding] {
+        let subject = "instance \(name)"
+        let dir = store.directory(name)
+        guard (try? store.loadSpec(name)) != nil, (try? store.loadState(name)) != nil else {
+            return [DoctorFinding(subject: subject, detail: "its files cannot be read: `nimbus delete --purge \(name)`", ok: false)]
+        }
+        var findings: [DoctorFinding] = []
+        if let info = try? DiskImage.inspect(dir.disk), let base = info.backingPath(relativeTo: dir.disk),
+            !FileManager.default.fileExists(atPath: base.path)
+        {
+            findings.append(
+                DoctorFinding(
+                    subject: subject,
+                    detail: "its base image \(base.path) is gone from the cache: the instance cannot start; pull the image again or delete the instance",
+                    ok: false))
+        }
+        let status = await hypervisor.status(of: dir.machine)
+        let machine = dir.machine
+        if status.state == .stopped {
+            let leftovers = [machine.pidFile, machine.qmpSocket].filter { FileManager.default.fileExists(atPath: $0.path) }
+            if !leftovers.isEmpty {
+                var finding = DoctorFinding(
+                    subject: subject,
+                    detail: "stale \(leftovers.map(\.lastPathComponent).joined(separator: " and ")) of a QEMU that is gone",
+                    ok: false)
+                if fix {
+                    for file in leftovers { try? FileManager.default.removeItem(at: file) }
+                    finding.fixed = true
+                    finding.detail += "; removed"
+                }
+                findings.append(finding)
+            }
+        } else if status.state == .unresponsive {
+            findings.append(
+                DoctorFinding(subject: subject, detail: "QEMU runs but does not answer on QMP: `nimbus stop --force \(name)`", ok: false))
+        }
+        if findings.isEmpty {
+            findings.append(DoctorFinding(subject: subject, detail: status.state.rawValue, ok: true))
+        }
+        return findings
+    }
+
+    /// QEMU processes started for an instance folder of this store that no longer exists.
+    func orphanedQEMU() -> [(pid: Int32, folder: String)] {
+        let instances = paths.instances.path + "/"
+        var orphans: [(Int32, String)] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry),
+                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else { continue }
+            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            guard arguments.first?.contains("qemu-system") == true,
+                let pidfile = zip(arguments, arguments.dropFirst()).first(where: { $0.0 == "-pidfile" })?.1,
+                pidfile.hasPrefix(instances)
+            else { continue }
+            let folder = (pidfile as NSString).deletingLastPathComponent
+            let name = (folder as NSString).lastPathComponent
+            if name.hasPrefix(".") || !FileManager.default.fileExists(atPath: folder + "/instance.yaml") {
+                orphans.append((pid, folder))
+            }
+        }
+        return orphans
+    }
+}

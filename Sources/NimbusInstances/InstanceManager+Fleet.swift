@@ -1,0 +1,62 @@
+import Foundation
+import NimbusCore
+
+/// What `apply` did.
+public struct ApplyReport: Sendable {
+    public var launched: [InstanceName] = []
+    public var unchanged: [InstanceName] = []
+    public var pruned: [InstanceName] = []
+    public var failures: [(InstanceName, NimbusError)] = []
+}
+
+extension InstanceManager {
+    /// Launches the fleet's instances that do not exist yet, in parallel; leaves existing ones alone; with
+    /// `prune`, purges the instances launched from this file that it no longer lists.
+    public func apply(_ fleet: FleetFile, prune: Bool, timeout: Duration) async -> ApplyReport {
+        var report = ApplyReport()
+        let missing = fleet.specs.filter { !store.exists($0.name) }
+        report.unchanged = fleet.specs.filter { store.exists($0.name) }.map(\.name)
+        // Pull each distinct image once before the parallel launches, so they share one download.
+        for image in Set(missing.map(\.image)) {
+            do {
+                _ = try await pullImage(image)
+            } catch {
+                for spec in missing where spec.image == image { report.failures.append((spec.name, Self.wrap(error))) }
+            }
+        }
+        let ready = missing.filter { spec in !report.failures.contains { $0.0 == spec.name } }
+        await withTaskGroup(of: (InstanceName, NimbusError?).self) { group in
+            for spec in ready {
+                group.addTask {
+                    do {
+                        try await launch(spec, wait: true, timeout: timeout)
+                        return (spec.name, nil)
+                    } catch {
+                        return (spec.name, Self.wrap(error))
+                    }
+                }
+            }
+            for await (name, error) in group {
+                if let error { report.failures.append((name, error)) } else { report.launched.append(name) }
+            }
+        }
+        if prune {
+            let listed = Set(fleet.specs.map(\.name))
+            for name in store.names() where !listed.contains(name) {
+                guard (try? store.loadSpec(name))?.fleet == fleet.url.path else { continue }
+                do {
+                    try await delete(name, purge: true)
+                    report.pruned.append(name)
+                } catch {
+                    report.failures.append((name, Self.wrap(error)))
+                }
+            }
+        }
+        report.launched.sort()
+        return report
+    }
+
+    static func wrap(_ error: any Error) -> NimbusError {
+        (error as? NimbusError) ?? NimbusError(.internalError, "\(error)")
+    }
+}

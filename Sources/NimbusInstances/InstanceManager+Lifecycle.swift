@@ -1,0 +1,118 @@
+import Foundation
+import NimbusCore
+import NimbusMachines
+
+extension InstanceManager {
+    /// Stops an instance: ACPI power-off, then the machine driver's ladder (quit, SIGTERM, SIGKILL) after
+    /// `timeout`; `force` skips to the end. Stopping a stopped instance is not an error.
+    public func stop(_ name: InstanceName, force: Bool, timeout: Duration) async throws {
+        try await store.withLock(name) { _ in
+            let dir = store.directory(name)
+            let state = try store.loadState(name)
+            if let port = state.sshPort {
+                await sshAccess(name, state: state, port: port).closeSharedConnection()
+            }
+            guard await hypervisor.status(of: dir.machine).state != .stopped else {
+                progress("\(name) is stopped already")
+                return
+            }
+            if force {
+                try await hypervisor.kill(dir.machine)
+                progress("\(name): stopped (forced)")
+            } else {
+                let report = progress
+                let outcome = try await hypervisor.stop(dir.machine, timeout: timeout) { report("\(name): \($0)") }
+                progress("\(name): stopped (\(outcome.endedBy.rawValue))")
+            }
+        }
+    }
+
+    /// Pauses a running instance's vCPUs.
+    public func suspend(_ name: InstanceName) async throws {
+        try await store.withLock(name) { _ in
+            let dir = store.directory(name)
+            switch await hypervisor.status(of: dir.machine).state {
+            case .running: try await hypervisor.suspend(dir.machine)
+            case .paused: progress("\(name) is suspended already")
+            case .stopped: throw NimbusError(.invalidState, "\(name) is stopped, not running: nothing to suspend")
+            default: throw NimbusError(.invalidState, "\(name) is not running: it cannot be suspended now")
+            }
+        }
+    }
+
+    /// Resumes a suspended instance.
+    public func resume(_ name: InstanceName) async throws {
+        try await store.withLock(name) { _ in
+            let dir = store.directory(name)
+            switch await hypervisor.status(of: dir.machine).state {
+            case .paused: try await hypervisor.resume(dir.machine)
+            case .running: progress("\(name) is running already")
+            case .stopped: throw NimbusError(.invalidState, "\(name) is stopped, not suspended: `nimbus start \(name)`")
+            default: throw NimbusError(.invalidState, "\(name) is not suspended: it cannot be resumed now")
+            }
+        }
+    }
+
+    /// Deletes an instance: stops it, then marks it deleted (recoverable until `purge`), or with `purge`
+    /// removes it and its disks.
+    public func delete(_ name: InstanceName, purge: Bool) async throws {
+        try await store.withLock(name) { lock in
+            let dir = try store.requireExisting(name)
+            if let state = try? store.loadState(name), let port = state.sshPort {
+                await sshAccess(name, state: state, port: port).closeSharedConnection()
+            }
+            if await hypervisor.status(of: dir.machine).state != .stopped {
+                if purge {
+                    try await hypervisor.kill(dir.machine)
+                } else {
+                    let report = progress
+                    _ = try await hypervisor.stop(dir.machine, timeout: .seconds(config.stopTimeout)) { report("\(name): \($0)") }
+                }
+            }
+            if purge {
+                try store.remove(name, lock: lock)
+                progress("\(name): purged")
+            } else {
+                try store.updateState(name) { $0.deleted = true }
+                progress("\(name): deleted (`nimbus recover \(name)` brings it back, `nimbus purge` removes it for good)")
+            }
+        }
+    }
+
+    /// Brings back a deleted instance, or repairs one in the error state: a QEMU left without its state is
+    /// ended, the error cleared, the instance left stopped.
+    public func recover(_ name: InstanceName) async throws {
+        try await store.withLock(name) { _ in
+            let dir = try store.requireExisting(name)
+            var state = (try? store.loadState(name)) ?? InstanceState()
+            if state.deleted {
+                state.deleted = false
+                try store.saveState(state, in: dir)
+                progress("\(name): recovered")
+                return
+            }
+            let status = await hypervisor.status(of: dir.machine)
+            if status.state == .unresponsive || status.state == .crashed {
+                try await hypervisor.kill(dir.machine)
+            }
+            guard state.lastError != nil || !state.complete || status.state == .unresponsive || status.state == .crashed else {
+                progress("\(name) needs no recovery")
+                return
+            }
+            state.lastError = nil
+            state.complete = true
+            try store.saveState(state, in: dir)
+            progress("\(name): recovered; `nimbus start \(name)` starts it")
+        }
+    }
+
+    /// Removes every deleted instance for good; returns their names.
+    public func purge() async throws -> [InstanceName] {
+        var purged: [InstanceName] = []
+        for name in store.names() where (try? store.loadState(name))?.deleted == true {
+            try await delete(name, purge: true)
+            purged.append(name)
+        }
+        return purged
+    }
+}

@@ -1,0 +1,122 @@
+import Foundation
+import NimbusCore
+
+/// One internal snapshot of an instance's disk.
+public struct SnapshotInfo: Codable, Sendable, Equatable {
+    public var name: String
+    /// When it was taken, as qemu-img prints it.
+    public var created: String
+    /// The size of saved VM state (0 for disk-only snapshots).
+    public var vmStateSize: String
+}
+
+extension InstanceManager {
+    /// Takes a qcow2 internal snapshot of a stopped instance's disk; returns its name.
+    public func createSnapshot(_ name: InstanceName, named snapshot: String?) async throws -> String {
+        let label = snapshot ?? "snapshot-" + Self.snapshotStamp()
+        try Self.checkSnapshotName(label)
+        return try await withStoppedDisk(name, doing: "snapshot") { disk in
+            if try await listSnapshots(disk).contains(where: { $0.name == label }) {
+                throw NimbusError(.alreadyExists, "\(name) has a snapshot named \"\(label)\" already: choose another name")
+            }
+            try await ProgramRunner.run("qemu-img", ["snapshot", "-c", label, disk.path])
+            return label
+        }
+    }
+
+    /// The snapshots of an instance's disk (readable while it runs).
+    public func snapshots(_ name: InstanceName) async throws -> [SnapshotInfo] {
+        try await listSnapshots(store.requireExisting(name).disk, shared: true)
+    }
+
+    /// Returns a stopped instance's disk to a snapshot.
+    public func restoreSnapshot(_ name: InstanceName, named snapshot: String) async throws {
+        try await withStoppedDisk(name, doing: "restore a snapshot of") { disk in
+            try await requireSnapshot(snapshot, of: name, disk: disk)
+            try await ProgramRunner.run("qemu-img", ["snapshot", "-a", snapshot, disk.path])
+        }
+    }
+
+    /// Deletes a snapshot of a stopped instance.
+    public func deleteSnapshot(_ name: InstanceName, named snapshot: String) async throws {
+        try await withStoppedDisk(name, doing: "delete a snapshot of") { disk in
+            try await requireSnapshot(snapshot, of: name, disk: disk)
+            try await ProgramRunner.run("qemu-img", ["snapshot", "-d", snapshot, disk.path])
+        }
+    }
+
+    func requireSnapshot(_ snapshot: String, of name: InstanceName, disk: URL) async throws {
+        let known = try await listSnapshots(disk)
+        guard known.contains(where: { $0.name == snapshot }) else {
+            let names = known.map(\.name)
+            throw NimbusError(
+                .notFound,
+                "\(name) has no snapshot \"\(snapshot)\"" + (names.isEmpty ? "" : ": it has \(names.joined(separator: ", "))"))
+        }
+    }
+
+    /// Runs `body` on the disk of a stopped instance, under its lock; says clearly when it must be stopped.
+    func withStoppedDisk<T: Sendable>(
+        _ name: InstanceName, doing action: String, _ body: (URL) async throws -> T
+    ) async throws -> T {
+        try await store.withLock(name) { _ in
+            let dir = try store.requireExisting(name)
+            guard await hypervisor.status(of: dir.machine).state == .stopped else {
+                throw NimbusError(
+                    .invalidState, "\(name) is running: stop it first (`nimbus stop \(name)`) to \(action) it")
+            }
+            return try await body(dir.disk)
+        }
+    }
+
+    /// The snapshots from `qemu-img info --output=json` (its stable, machine-readable form).
+    func listSnapshots(_ disk: URL, shared: Bool = false) async throws -> [SnapshotInfo] {
+        struct Info: Decodable {
+            struct Snapshot: Decodable {
+                let name: String
+                let dateSec: Int
+                let vmStateSize: UInt64
+
+                enum CodingKeys: String, CodingKey {
+                    case name
+                    case dateSec = "date-sec"
+                    case vmStateSize = "vm-state-size"
+                }
+            }
+            let snapshots: [Snapshot]?
+        }
+        // -U: read the header without the write lock a running QEMU holds.
+        let output = try await ProgramRunner.run(
+            "qemu-img", ["info", "--output=json"] + (shared ? ["-U"] : []) + [disk.path])
+        let info: Info
+        do {
+            info = try JSONDecoder().decode(Info.self, from: Data(output.utf8))
+        } catch {
+            throw NimbusError(.internalError, "qemu-img info printed JSON Nimbus cannot read for \(disk.path)", cause: error)
+        }
+        let formatter = ISO8601DateFormatter()
+        return (info.snapshots ?? []).map {
+            SnapshotInfo(
+                name: $0.name, created: formatter.string(from: Date(timeIntervalSince1970: TimeInterval($0.dateSec))),
+                vmStateSize: ByteSize(bytes: $0.vmStateSize).humanReadable)
+        }
+    }
+
+    static func checkSnapshotName(_ name: String) throws(NimbusError) {
+        let allowed = name.unicodeScalars.allSatisfy {
+            CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_" || $0 == "."
+        }
+        guard !name.isEmpty, name.count <= 64, allowed, name.first != "-" else {
+            throw NimbusError(
+                .invalidArgument, "snapshot name \"\(name)\" is not valid: use letters, digits, '-', '_' and '.', at most 64")
+        }
+    }
+
+    static func snapshotStamp() -> String {
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyyMMdd-HHmmss"
+        return formatter.string(from: Date())
+    }
+}

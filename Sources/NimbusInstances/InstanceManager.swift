@@ -1,0 +1,314 @@
+import Foundation
+import NimbusCore
+import NimbusDisks
+import NimbusImages
+import NimbusMachines
+import NimbusSeed
+
+/// What users do with instances: launch, start, stop, delete, reach. It joins images, disks, seeds and
+/// machines; the CLI only parses and formats around it.
+///
+/// Every change of an instance happens under its lock (`InstanceStore.withLock`); waiting for a guest to
+/// become ready happens outside it, so `nimbus list` or `stop` never wait behind a booting guest.
+public struct InstanceManager: Sendable {
+    public let paths: NimbusPaths
+    public let config: NimbusConfig
+    public let store: InstanceStore
+    let hypervisor: any Hypervisor
+    /// Messages for people (phases, notices), one line each; the CLI writes them to stderr.
+    let progress: @Sendable (String) -> Void
+    /// Image download and import progress; the CLI draws it.
+    public var imageProgress: @Sendable (TransferProgress) -> Void = { _ in }
+
+    public init(paths: NimbusPaths, config: NimbusConfig, progress: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.paths = paths
+        self.config = config
+        self.store = InstanceStore(paths: paths)
+        self.hypervisor = QEMUDriver(paths: paths)
+        self.progress = progress
+    }
+
+    // MARK: Launch
+
+    /// Creates `spec`'s instance and starts it; with `wait`, returns when cloud-init has finished.
+    ///
+    /// Everything the user gave is checked before anything is written. The instance is built in a hidden
+    /// folder and renamed into place before QEMU starts, so a launch killed at any point leaves nothing, or
+    /// a whole instance that `list` shows and `delete` removes, never a QEMU without its folder.
+    @discardableResult
+    public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
+        let clock = ContinuousClock.now
+        try checkResources(spec)
+        var userData: UserData?
+        if let text = spec.userData {
+            do {
+                userData = try UserData(bytes: Array(text.utf8), source: "--cloud-init")
+            } catch {
+                throw error.nimbusError
+            }
+        }
+        for warning in userData?.warnings ?? [] { progress("warning: \(warning)") }
+        guard !store.exists(spec.name) else {
+            throw NimbusError(
+                .alreadyExists,
+                "an instance named \"\(spec.name)\" exists already: choose another --name, or `nimbus delete --purge \(spec.name)` first")
+        }
+
+        let image = try await pullImage(spec.image)
+        guard spec.disk.bytes >= image.virtualSize else {
+            throw NimbusError(
+                .invalidArgument,
+                "--disk \(spec.disk) is smaller than the image's virtual size \(ByteSize(bytes: image.virtualSize).humanReadable): "
+                    + "ask for at least \(ByteSize(bytes: image.virtualSize).humanReadable)")
+        }
+        let userKey = try await installationKey()
+
+        try await store.withLock(spec.name) { _ in
+            _ = try await store.create(spec) { staging in
+                try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
+            }
+            progress("\(spec.name): created from \(image.reference) (\(elapsed(since: clock)))")
+            try await startMachine(spec.name, clock: clock)
+        }
+        if wait { try await waitUntilReady(spec.name, clock: clock, timeout: timeout) }
+        return try await info(spec.name)
+    }
+
+    /// Fills a new instance's folder: the overlay, the seed or Ignition config, known_hosts, the state.
+    func build(
+        _ spec: InstanceSpec, image: CachedImage, userKey: SSHKeyPair, userData: UserData?, in dir: InstanceDirectory
+    ) async throws -> InstanceState {
+        try await DiskImage.createOverlay(at: dir.disk, backedBy: image.url, size: spec.disk.bytes)
+
+        let hostKey = SSHKeyPair(comment: "\(spec.name) host key")
+        try AtomicFile.write(Data("\(hostAlias(spec.name)) \(hostKey.publicKeyLine)\n".utf8), to: dir.knownHosts)
+
+        var state = InstanceState()
+        state.imageDigest = image.sha256
+        state.imageDescription = describe(image)
+        state.sshUser = image.distribution == .fedoraCoreOS ? "core" : Self.defaultUser
+        let personality = personality(spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
+        do {
+            if image.distribution == .fedoraCoreOS {
+                let ignition = try IgnitionConfig(config: personality, userData: userData)
+                try AtomicFile.write(Data(ignition.json.utf8), to: dir.ignition, permissions: 0o600)
+            } else {
+                let seed = try NoCloudSeed(config: personality, name: spec.name.rawValue, userData: userData)
+                try seed.writeISO(to: dir.seed, timestamp: Date())
+                state.seedInstanceID = seed.instanceID
+            }
+        } catch let error as SeedError {
+            throw error.nimbusError
+        }
+        if let ephemeral = spec.ephemeral {
+            try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
+        }
+        return state
+    }
+
+    /// The user Nimbus creates in every cloud-init guest, with passwordless sudo and the SSH keys.
+    public static let defaultUser = "nimbus"
+
+    /// The instance's personality: hostname, locale, timezone, the default user with its keys, the pinned
+    /// host key, and the mounts (9p shares and the ephemeral disk).
+    func personality(_ spec: InstanceSpec, userKeys: [String], hostKey: SSHKeyPair, user: String) -> InstanceConfig {
+        var config = InstanceConfig()
+        config.hostname = spec.effectiveHostname
+        config.locale = spec.locale
+        config.timezone = spec.timezone
+        config.defaultUser = InstanceConfig.User(name: user, sshAuthorizedKeys: userKeys)
+        config.hostKeys = InstanceConfig.HostKeys(ed25519: hostKey)
+        for (index, mount) in spec.mounts.enumerated() {
+            config.mounts.append([
+                Self.shareTag(index), mount.guestPath, "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0", "0",
+            ])
+        }
+        if let ephemeral = spec.ephemeral {
+            config.mounts.append([
+                "LABEL=\(Ephemeral.label)", ephemeral.mountPoint, "ext4", "defaults,nofail,x-systemd.device-timeout=10s",
+                "0", "2",
+            ])
+        }
+        return config
+    }
+
+    static func shareTag(_ index: Int) -> String { "nimbus\(index)" }
+
+    /// The name the instance's host key is filed under in its known_hosts.
+    func hostAlias(_ name: InstanceName) -> String { "nimbus-\(name)" }
+
+    func describe(_ image: CachedImage) -> String {
+        [image.distribution.map { "\($0)" }, image.release, image.version.map { "(\($0))" }].compactMap { $0 }
+            .joined(separator: " ").nonEmpty ?? image.reference
+    }
+
+    /// Memory must fit in the host; CPUs must exist.
+    func checkResources(_ spec: InstanceSpec) throws(NimbusError) {
+        if let total = Self.hostMemory(), spec.memory.bytes > total {
+            throw NimbusError(
+                .invalidArgument,
+                "--memory \(spec.memory) is more than this host's \(ByteSize(bytes: total).humanReadable): ask for less")
+        }
+        guard spec.memory >= .mebibytes(128) else {
+            throw NimbusError(.invalidArgument, "--memory \(spec.memory) is too small to boot a cloud image: ask for at least 128M")
+        }
+        guard (1...255).contains(spec.cpus) else {
+            throw NimbusError(.invalidArgument, "--cpus \(spec.cpus) is out of range: use 1 to 255")
+        }
+    }
+
+    /// MemTotal from /proc/meminfo.
+    static func hostMemory() -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+            let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
+        else { return nil }
+        return kib * 1024
+    }
+
+    // MARK: Images and keys
+
+    /// The cached image `reference` names, pulled or imported when missing.
+    func pullImage(_ reference: String) async throws -> CachedImage {
+        var options = ImageStore.Options()
+        let report = progress
+        options.warn = { report($0) }
+        options.progress = imageProgress
+        let images = try ImageStore(paths: paths, options: options)
+        return try await images.pull(try await images.reference(reference), as: reference)
+    }
+
+    /// The installation's SSH key pair, made on first use (ed25519, OpenSSH format, 0600 in a 0700 folder).
+    public func installationKey() async throws -> SSHKeyPair {
+        try store.createFolder(paths.keys)
+        let privateKey = paths.keys.appending(path: "id_ed25519")
+        return try await FileLock.withLock(paths.keys.appending(path: ".lock"), what: "the installation's SSH key") {
+            if let text = try? String(contentsOf: privateKey, encoding: .utf8) {
+                do {
+                    return try SSHKeyPair(openSSHPrivateKey: text)
+                } catch {
+                    throw NimbusError(
+                        .io, "\(privateKey.path) is not a usable key: move it away and Nimbus makes a new one", cause: error)
+                }
+            }
+            let pair = SSHKeyPair(comment: "nimbus@\(ProcessInfo.processInfo.hostName)")
+            try AtomicFile.write(Data(pair.openSSHPrivateKey.utf8), to: privateKey, permissions: 0o600)
+            try AtomicFile.write(Data((pair.publicKeyLine + "\n").utf8), to: privateKey.appendingPathExtension("pub"))
+            return pair
+        }
+    }
+
+    // MARK: Start
+
+    /// Starts the instance's machine. Call it with the instance's lock held.
+    func startMachine(_ name: InstanceName, clock: ContinuousClock.Instant) async throws {
+        let dir = store.directory(name)
+        let spec = try store.loadSpec(name)
+        var state = try store.loadState(name)
+        if let ephemeral = spec.ephemeral {
+            try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
+        }
+        let machine = machineConfig(spec, state: state, in: dir)
+        do {
+            let running = try await hypervisor.start(machine, in: dir.machine)
+            if let notice = running.accelerator.notice { progress(notice) }
+            state.sshPort = running.sshHostPort
+            state.accelerator = running.accelerator.accelerator.rawValue
+            state.acceleratorReason = running.accelerator.reason
+            state.lastStartedAt = Date()
+            state.lastError = nil
+            state.cloudInitStatus = nil
+            try store.saveState(state, in: dir)
+            progress("\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))")
+        } catch {
+            state.lastError = error.message
+            try? store.saveState(state, in: dir)
+            throw error
+        }
+    }
+
+    /// The machine an instance runs as.
+    func machineConfig(_ spec: InstanceSpec, state: InstanceState, in dir: InstanceDirectory) -> MachineConfig {
+        var machine = MachineConfig(name: spec.name.rawValue)
+        machine.cpus = spec.cpus
+        machine.memory = spec.memory
+        machine.disks = [MachineConfig.Disk(path: dir.disk.path)]
+        if spec.ephemeral != nil {
+            machine.disks.append(MachineConfig.Disk(path: dir.ephemeralDisk.path, format: .raw))
+        }
+        if FileManager.default.fileExists(atPath: dir.ignition.path) {
+            machine.seed = .ignition(config: dir.ignition.path)
+        } else {
+            machine.seed = .noCloud(iso: dir.seed.path)
+        }
+        machine.firmware = spec.firmware == "bios" ? .bios : .uefi()
+        machine.network.forwards = spec.forwards
+        // Keep the port of the last start when it is still free, so ssh-config blocks stay valid.
+        machine.network.sshHostPort = state.sshPort.flatMap { PortProbe.isFree($0) ? $0 : nil }
+        machine.shares = spec.mounts.enumerated().map { index, mount in
+            MachineConfig.Share(hostPath: mount.hostPath, tag: Self.shareTag(index))
+        }
+        machine.accelerator = AcceleratorChoice(rawValue: spec.accelerator) ?? .auto
+        return machine
+    }
+
+    /// Starts a stopped instance; with `wait`, returns when it is ready.
+    public func start(_ name: InstanceName, wait: Bool, timeout: Duration) async throws {
+        let clock = ContinuousClock.now
+        try await store.withLock(name) { _ in
+            let state = try store.loadState(name)
+            try requireUsable(name, state)
+            switch await hypervisor.status(of: store.directory(name).machine).state {
+            case .stopped: break
+            case .paused:
+                throw NimbusError(.invalidState, "\(name) is suspended: `nimbus resume \(name)`")
+            default:
+                throw NimbusError(.invalidState, "\(name) is running already")
+            }
+            try await startMachine(name, clock: clock)
+        }
+        if wait { try await waitUntilReady(name, clock: clock, timeout: timeout) }
+    }
+
+    /// Waits for the phases of a boot, then records cloud-init's result; a cloud-init that finished with
+    /// errors is an error naming the failed modules, and the instance stays up for inspection.
+    func waitUntilReady(_ name: InstanceName, clock: ContinuousClock.Instant, timeout: Duration) async throws {
+        let ssh = try sshAccess(name, state: store.loadState(name))
+        let report = progress
+        let readiness = Readiness(serialLog: store.directory(name).serialLog, ssh: ssh, start: clock) { phase, time in
+            report("\(name): \(phase.rawValue) (\(Self.format(time)))")
+        }
+        let machineDir = store.directory(name).machine
+        let driver = hypervisor
+        let result = try await readiness.wait(timeout: timeout) {
+            await driver.status(of: machineDir).state != .stopped
+        }
+        try await store.withLock(name) { _ in
+            try store.updateState(name) { $0.cloudInitStatus = result.status }
+        }
+        if result.status == "error" {
+            let modules = result.errors.isEmpty ? (result.detail ?? "see `nimbus exec \(name) -- cloud-init status --long`") : result.errors.joined(separator: "; ")
+            throw NimbusError(
+                .processFailed,
+                "cloud-init finished with errors in \(name): \(modules). The instance is left running: `nimbus shell \(name)` to look, /var/log/cloud-init.log has the details")
+        }
+    }
+
+    /// Refuses instances that are deleted or broken, saying what to do.
+    func requireUsable(_ name: InstanceName, _ state: InstanceState) throws(NimbusError) {
+        if state.deleted {
+            throw NimbusError(.invalidState, "\(name) is deleted: `nimbus recover \(name)` brings it back")
+        }
+    }
+
+    func elapsed(since start: ContinuousClock.Instant) -> String { Self.format(.now - start) }
+
+    static func format(_ duration: Duration) -> String {
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return String(format: "%.1fs", seconds)
+    }
+}
+
+extension String {
+    var nonEmpty: String? { isEmpty ? nil : self }
+}
