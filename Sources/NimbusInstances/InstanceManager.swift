@@ -118,6 +118,11 @@ public struct InstanceManager: Sendable {
         config.timezone = spec.timezone
         config.defaultUser = InstanceConfig.User(name: user, sshAuthorizedKeys: userKeys)
         config.hostKeys = InstanceConfig.HostKeys(ed25519: hostKey)
+        // Matched by the MAC QEMU gives the NIC: renderers such as Debian's ifupdown (ENI) cannot match a
+        // name glob, and the MAC is known before boot.
+        config.network.interfaces = [
+            InstanceConfig.Network.Interface(macAddress: MachineConfig(name: spec.name.rawValue).macAddress, dhcp4: true)
+        ]
         for (index, mount) in spec.mounts.enumerated() {
             config.mounts.append([
                 Self.shareTag(index), mount.guestPath, "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0", "0",

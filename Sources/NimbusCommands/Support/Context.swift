@@ -71,7 +71,7 @@ extension Flags {
         func validate() throws {
             if all && !names.isEmpty { throw ValidationError("give instance names or --all, not both") }
             if !all && names.isEmpty { throw ValidationError("name at least one instance, or pass --all") }
-            for name in names { _ = try InstanceName(name) }
+            try validating { for name in names { _ = try InstanceName(name) } }
         }
 
         func resolve(_ context: CommandContext) throws -> [InstanceName] {
@@ -84,7 +84,7 @@ extension Flags {
         @Argument(help: "The instance name.", completion: .custom(instanceNameCompletions))
         var name: String
 
-        func validate() throws { _ = try InstanceName(name) }
+        func validate() throws { try validating { _ = try InstanceName(name) } }
 
         var instanceName: InstanceName {
             get throws { try InstanceName(name) }
@@ -106,8 +106,10 @@ extension Flags {
             if let cpus, cpus < 1 || cpus > 255 {
                 throw ValidationError("--cpus \(cpus) is out of range: use 1 to 255")
             }
-            if let memory { _ = try ByteSize(parsing: memory, what: "--memory") }
-            if let disk { _ = try ByteSize(parsing: disk, what: "--disk") }
+            try validating {
+                if let memory { _ = try ByteSize(parsing: memory, what: "--memory") }
+                if let disk { _ = try ByteSize(parsing: disk, what: "--disk") }
+            }
         }
     }
 }
@@ -120,4 +122,14 @@ extension Flags {
 extension Duration {
     /// Whole seconds from a command-line value.
     static func parseSeconds(_ value: Int) -> Duration { .seconds(value) }
+}
+
+/// Runs checks that throw `NimbusError` inside a `validate()`, as `ValidationError`s, so argument mistakes
+/// all exit with the usage status and show the usage hint.
+func validating(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as NimbusError {
+        throw ValidationError(error.message)
+    }
 }

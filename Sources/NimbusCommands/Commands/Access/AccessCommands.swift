@@ -63,16 +63,18 @@ struct AccessCopy: AsyncParsableCommand {
     }
 
     func validate() throws {
-        guard paths.count >= 2 else { throw ValidationError("give at least one source and a destination") }
-        let names = Set(paths.compactMap { Self.guestPath($0)?.0 })
-        guard names.count == 1 else {
-            throw ValidationError("name exactly one instance, as NAME:path, on one side, like: nimbus copy ./a web:/tmp/")
+        try validating {
+            guard paths.count >= 2 else { throw ValidationError("give at least one source and a destination") }
+            let names = Set(paths.compactMap { Self.guestPath($0)?.0 })
+            guard names.count == 1 else {
+                throw ValidationError("name exactly one instance, as NAME:path, on one side, like: nimbus copy ./a web:/tmp/")
+            }
+            let destinationIsGuest = Self.guestPath(paths[paths.count - 1]) != nil
+            guard paths.dropLast().allSatisfy({ (Self.guestPath($0) != nil) != destinationIsGuest }) else {
+                throw ValidationError("copy either from the host to an instance or from an instance to the host")
+            }
+            for name in names { _ = try InstanceName(name) }
         }
-        let destinationIsGuest = Self.guestPath(paths[paths.count - 1]) != nil
-        guard paths.dropLast().allSatisfy({ (Self.guestPath($0) != nil) != destinationIsGuest }) else {
-            throw ValidationError("copy either from the host to an instance or from an instance to the host")
-        }
-        for name in names { _ = try InstanceName(name) }
     }
 
     func run() async throws {

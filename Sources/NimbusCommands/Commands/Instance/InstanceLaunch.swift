@@ -65,16 +65,18 @@ struct InstanceLaunch: AsyncParsableCommand {
     var format: OutputFormat = .table
 
     func validate() throws {
-        if let name { _ = try InstanceName(name) }
-        if let accel, !["auto", "kvm", "tcg"].contains(accel) {
-            throw ValidationError("--accel \(accel) is not one of auto, kvm, tcg")
+        try validating {
+            if let name { _ = try InstanceName(name) }
+            if let accel, !["auto", "kvm", "tcg"].contains(accel) {
+                throw ValidationError("--accel \(accel) is not one of auto, kvm, tcg")
+            }
+            if let firmware, !["uefi", "bios"].contains(firmware) {
+                throw ValidationError("--firmware \(firmware) is not one of uefi, bios")
+            }
+            guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
+            for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
+            if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
         }
-        if let firmware, !["uefi", "bios"].contains(firmware) {
-            throw ValidationError("--firmware \(firmware) is not one of uefi, bios")
-        }
-        guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
-        for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
-        if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
     }
 
     func run() async throws {
