@@ -63,12 +63,20 @@ public struct InstanceManager: Sendable {
         }
         let userKey = try await installationKey()
 
-        try await store.withLock(spec.name) { _ in
+        try await store.withLock(spec.name) { lock in
             _ = try await store.create(spec) { staging in
                 try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
             }
             progress("\(spec.name): created from \(image.reference) (\(elapsed(since: clock)))")
-            try await startMachine(spec.name, clock: clock)
+            do {
+                try await startMachine(spec.name, clock: clock)
+            } catch {
+                // A launch whose machine never ran leaves nothing behind, so the same command can be retried
+                // once the cause (a port in use, a missing firmware) is fixed.
+                try? await hypervisor.kill(store.directory(spec.name).machine)
+                try? store.remove(spec.name, lock: lock)
+                throw error
+            }
         }
         if wait { try await waitUntilReady(spec.name, clock: clock, timeout: timeout) }
         return try await info(spec.name)

@@ -62,3 +62,23 @@ public enum Prerequisites {
     /// Condition for `.enabled(if:)`: run when `available`, or when skipping is not allowed.
     public static func run(when available: Bool) -> Bool { available || required }
 }
+
+/// The `nimbus` executable SwiftPM built beside the test bundle, run as users run it.
+public enum NimbusBinary {
+    /// `.build/<config>/nimbus`.
+    public static var url: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appending(path: "nimbus")
+    }
+
+    /// Runs `nimbus arguments` with `NIMBUS_HOME=home`; returns its status and output.
+    public static func run(_ arguments: [String], home: URL, input: String? = nil) async throws -> ProgramOutput {
+        try await ProgramRunner.output(url.path, arguments, input: input, environment: ["NIMBUS_HOME": home.path])
+    }
+}
+
+extension Prerequisites {
+    /// The guest image file, for `file://` launches.
+    public static var guestImage: URL? {
+        guestImageDirectory?.appending(path: "debian-12-nocloud.qcow2")
+    }
+}

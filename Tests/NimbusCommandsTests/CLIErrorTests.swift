@@ -1,0 +1,108 @@
+import Foundation
+import NimbusCore
+import NimbusInstances
+import NimbusTestSupport
+import Testing
+
+/// Every user-facing error path of the instance commands, through the real binary: the message names the
+/// problem and the fix, the exit status is non-zero, and nothing is left behind.
+@Suite("Bad input to the instance commands")
+struct CLIErrorTests {
+    struct Case: Sendable, CustomStringConvertible {
+        let arguments: [String]
+        let status: Int32
+        let message: String
+        var description: String { arguments.joined(separator: " ") }
+    }
+
+    static let cases: [Case] = [
+        Case(arguments: ["launch", "--name", "Web_1", "x"], status: 64, message: "instance name \"Web_1\" is not a valid hostname"),
+        Case(arguments: ["launch", "--name", "../x", "x"], status: 64, message: "is not a valid hostname"),
+        Case(arguments: ["launch", "--name", "a/b", "x"], status: 64, message: "is not a valid hostname"),
+        Case(arguments: ["launch", "--name", ".", "x"], status: 64, message: "is not a valid hostname"),
+        Case(arguments: ["launch", "--name", String(repeating: "a", count: 64), "x"], status: 64, message: "at most 63"),
+        Case(arguments: ["launch", "--disk=-1G", "x"], status: 64, message: "--disk \"-1G\" is not a size"),
+        Case(arguments: ["launch", "--memory", "0", "x"], status: 64, message: "--memory \"0\" must be larger than zero"),
+        Case(arguments: ["launch", "--memory", "1.5.2G", "x"], status: 64, message: "--memory \"1.5.2G\" is not a size"),
+        Case(arguments: ["launch", "--memory", "100000G", "x"], status: 64, message: "is more than this host's"),
+        Case(arguments: ["launch", "--forward", "80", "x"], status: 64, message: "port forward \"80\" is not HOST:GUEST"),
+        Case(arguments: ["launch", "--accel", "hvf", "x"], status: 64, message: "--accel hvf is not one of auto, kvm, tcg"),
+        Case(arguments: ["launch", "--cloud-init", "/nonexistent/user-data", "x"], status: 64, message: "cannot read --cloud-init /nonexistent/user-data"),
+        Case(arguments: ["launch", "--ssh-key", "/nonexistent/id.pub", "x"], status: 64, message: "cannot read the SSH key /nonexistent/id.pub"),
+        Case(arguments: ["launch", "--mount", "/nonexistent:/src", "x"], status: 64, message: "/nonexistent is not a folder on this host"),
+        Case(arguments: ["launch", "file:///nonexistent/image.qcow2", "--name", "web"], status: 3, message: "/nonexistent/image.qcow2 does not exist"),
+        Case(arguments: ["info", "nope"], status: 3, message: "instance \"nope\" does not exist: `nimbus list` shows the instances"),
+        Case(arguments: ["stop", "nope"], status: 3, message: "instance \"nope\" does not exist"),
+        Case(arguments: ["exec", "nope", "--", "true"], status: 3, message: "instance \"nope\" does not exist"),
+        Case(arguments: ["exec", "web"], status: 64, message: "give the command after --"),
+        Case(arguments: ["stop"], status: 64, message: "name at least one instance, or pass --all"),
+        Case(arguments: ["copy", "a", "b"], status: 64, message: "name exactly one instance"),
+    ]
+
+    @Test("bad input is refused with the problem and the fix named", arguments: cases)
+    func refused(_ test: Case) async throws {
+        try await TemporaryDirectory.with { home in
+            let result = try await NimbusBinary.run(test.arguments, home: home.url)
+            #expect(result.status == test.status, "\(result.standardError)")
+            #expect(result.standardError.contains(test.message), "\(result.standardError)")
+            // Nothing was written for the refused instance.
+            let instances = home.paths.instances
+            let left = (try? FileManager.default.contentsOfDirectory(atPath: instances.path)) ?? []
+            #expect(left.isEmpty)
+        }
+    }
+
+    /// An instance folder as a launch leaves it, without booting anything.
+    func makeStoppedInstance(_ name: String, home: TemporaryDirectory) async throws {
+        let store = InstanceStore(paths: home.paths)
+        _ = try await store.create(InstanceSpec(name: try InstanceName(name), image: "debian:12")) { _ in InstanceState() }
+    }
+
+    @Test("launching an existing name fails cleanly, naming it, and leaves the instance as it was")
+    func existingName() async throws {
+        try await TemporaryDirectory.with { home in
+            try await makeStoppedInstance("web", home: home)
+            let spec = try Data(contentsOf: home.paths.instances.appending(path: "web/instance.yaml"))
+            let result = try await NimbusBinary.run(["launch", "--name", "web", "debian:12"], home: home.url)
+            #expect(result.status == 4)
+            #expect(result.standardError.contains("an instance named \"web\" exists already"))
+            #expect(try Data(contentsOf: home.paths.instances.appending(path: "web/instance.yaml")) == spec)
+        }
+    }
+
+    @Test("an action that does not fit the state says what to do instead", arguments: [
+        (["resume", "web"], "web is stopped, not suspended: `nimbus start web`"),
+        (["suspend", "web"], "web is stopped, not running"),
+        (["exec", "web", "--", "true"], "web is stopped: `nimbus start web` first"),
+        (["shell", "web"], "web is stopped: `nimbus start web` first"),
+    ])
+    func wrongState(arguments: [String], message: String) async throws {
+        try await TemporaryDirectory.with { home in
+            try await makeStoppedInstance("web", home: home)
+            let result = try await NimbusBinary.run(arguments, home: home.url)
+            #expect(result.status == 5)
+            #expect(result.standardError.contains(message), "\(result.standardError)")
+        }
+    }
+
+    @Test("a disk smaller than the image is refused with the image's size named")
+    func diskTooSmall() async throws {
+        let image = try #require(Prerequisites.guestImage ?? (Prerequisites.required ? URL(fileURLWithPath: "/missing") : nil))
+        try await TemporaryDirectory.with { home in
+            let result = try await NimbusBinary.run(["launch", "file://\(image.path)", "--disk", "1G", "--name", "small"], home: home.url)
+            #expect(result.status == 64)
+            #expect(result.standardError.contains("--disk 1G is smaller than the image's virtual size"), "\(result.standardError)")
+            #expect((try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? [] == [])
+        }
+    }
+
+    @Test("several failures are all reported, one a line")
+    func aggregate() async throws {
+        try await TemporaryDirectory.with { home in
+            let result = try await NimbusBinary.run(["stop", "one", "two"], home: home.url)
+            #expect(result.status == 3)
+            #expect(result.standardError.contains("one: instance \"one\" does not exist"))
+            #expect(result.standardError.contains("two: instance \"two\" does not exist"))
+        }
+    }
+}
