@@ -1,0 +1,236 @@
+import Foundation
+import NimbusCore
+import NimbusInstances
+import NimbusSeed
+import NimbusTestSupport
+import Testing
+
+/// The instances issue's end-to-end scenario against the real Debian guest under QEMU (TCG here): launch with
+/// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, two instances at
+/// once, delete --purge, and `kill -9` of `nimbus launch` in each phase.
+@Suite("Instances end to end", .serialized, .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest)))
+struct InstanceLifecycleTests {
+    let home: TemporaryDirectory
+    let manager: InstanceManager
+    let image: String
+
+    init() throws {
+        home = try TemporaryDirectory("nimbus-e2e")
+        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")
+    }
+
+    /// Runs `command` in the instance and returns its stdout, trimmed; fails the test on a non-zero exit.
+    func guest(_ name: InstanceName, _ command: String, sourceLocation: SourceLocation = #_sourceLocation) async throws
+        -> String
+    {
+        let ssh = try await manager.sshAccess(name)
+        let result = try await ssh.run(["sh", "-c", command])
+        #expect(result.status == 0, "`\(command)` in \(name): \(result.standardError)", sourceLocation: sourceLocation)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// Processes of QEMU started for this test's NIMBUS_HOME.
+    func qemuProcesses() -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else {
+                return nil
+            }
+            let line = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            return line.contains("qemu-system") && line.contains(home.url.path) ? pid : nil
+        }
+    }
+
+    func cleanUp() async {
+        for name in manager.store.names() { try? await manager.delete(name, purge: true) }
+        for pid in qemuProcesses() { kill(pid, SIGKILL) }
+        home.remove()
+    }
+
+    @Test("launch, configure, stop, start, snapshot, restore, two at once, purge")
+    func lifecycle() async throws {
+        defer { Task { await cleanUp() } }
+        let share = home.url.appending(path: "share")
+        try FileManager.default.createDirectory(at: share, withIntermediateDirectories: true)
+        try "shared from the host\n".write(to: share.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
+        let userKey = SSHKeyPair(comment: "alice@test")
+
+        var web = InstanceSpec(name: try InstanceName("web"), image: image)
+        web.memory = .mebibytes(1024)
+        web.hostname = "web"
+        web.locale = "en_GB.UTF-8"
+        web.timezone = "Europe/Paris"
+        web.mounts = [try Mount(parsing: "\(share.path):/mnt/share")]
+        web.ephemeral = try EphemeralDisk(parsing: "512M:/scratch")
+        web.userData = """
+            #cloud-config
+            fqdn: web.example.test
+            users:
+              - default
+              - name: alice
+                sudo: "ALL=(ALL) NOPASSWD:ALL"
+                shell: /bin/bash
+                ssh_authorized_keys: ["\(userKey.publicKeyLine)"]
+            write_files:
+              - path: /etc/nimbus-test.conf
+                content: "written by cloud-init\\n"
+                permissions: "0640"
+            runcmd:
+              - [sh, -c, "echo ran >> /var/tmp/runcmd-count"]
+            """
+        var db = InstanceSpec(name: try InstanceName("db"), image: image)
+        db.memory = .mebibytes(768)
+        let dbForward = try #require(Self.freePort())
+        db.forwards = [try .init(parsing: "\(dbForward):22")]
+
+        // Two instances at once, each reachable on its own forward.
+        let (webSpec, dbSpec, manager) = (web, db, manager)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await manager.launch(webSpec, wait: true, timeout: .seconds(900)) }
+            group.addTask { try await manager.launch(dbSpec, wait: true, timeout: .seconds(900)) }
+            try await group.waitForAll()
+        }
+        #expect(try await guest(db.name, "hostname") == "db")
+        #expect(Self.sshBanner(port: dbForward).hasPrefix("SSH-2.0-"))
+        let infos = await manager.list()
+        #expect(infos.map(\.name) == ["db", "web"])
+        #expect(Set(infos.compactMap(\.ssh)).count == 2)
+        #expect(infos.allSatisfy { $0.state == .running && $0.cloudInit == "done" && $0.accelerator != nil })
+
+        // What cloud-init applied, each checked inside the guest.
+        #expect(try await guest(web.name, "hostname") == "web")
+        #expect(try await guest(web.name, "hostname -f") == "web.example.test")
+        #expect(try await guest(web.name, "grep -c web.example.test /etc/hosts") != "0")
+        #expect(try await guest(web.name, "cat /etc/default/locale").contains("LANG=en_GB.UTF-8"))
+        #expect(try await guest(web.name, "cat /etc/timezone") == "Europe/Paris")
+        #expect(try await guest(web.name, "id -nG alice; sudo -n -l -U alice").contains("NOPASSWD: ALL"))
+        #expect(try await guest(web.name, "sudo cat /etc/nimbus-test.conf") == "written by cloud-init")
+        #expect(try await guest(web.name, "stat -c %a /etc/nimbus-test.conf") == "640")
+        #expect(try await guest(web.name, "cat /var/tmp/runcmd-count") == "ran")
+        #expect(try await guest(web.name, "cat /mnt/share/hello.txt") == "shared from the host")
+        #expect(try await guest(web.name, "findmnt -n -o FSTYPE,SOURCE /scratch").hasPrefix("ext4"))
+        #expect(try await guest(web.name, "cloud-init status") == "status: done")
+        // The user's own key logs in as alice, host key pinned.
+        let aliceKey = home.url.appending(path: "alice")
+        try userKey.write(privateKeyTo: aliceKey)
+        let webSSH = try await manager.sshAccess(web.name)
+        let alice = SSHAccess(
+            identity: aliceKey, knownHosts: webSSH.knownHosts, hostAlias: webSSH.hostAlias, user: "alice", port: webSSH.port,
+            controlDirectory: webSSH.controlDirectory.appending(path: "alice"))
+        #expect(try await alice.run(["whoami"]).standardOutput == "alice\n")
+
+        try await manager.delete(db.name, purge: true)
+
+        // Stop and start: per-instance modules do not run again; the scratch disk comes back empty.
+        _ = try await guest(web.name, "sudo touch /scratch/left-over")
+        try await manager.stop(web.name, force: false, timeout: .seconds(120))
+        #expect(try await manager.info(web.name).state == .stopped)
+        let snapshot = try await manager.createSnapshot(web.name, named: "before")
+        #expect(try await manager.snapshots(web.name).map(\.name) == [snapshot])
+        try await manager.start(web.name, wait: true, timeout: .seconds(900))
+        #expect(try await guest(web.name, "cat /var/tmp/runcmd-count") == "ran")
+        #expect(try await guest(web.name, "ls -A /scratch | grep -v lost+found | wc -l") == "0")
+        #expect(try await guest(web.name, "cat /mnt/share/hello.txt") == "shared from the host")
+
+        // Snapshot restore: a change made after the snapshot is gone.
+        _ = try await guest(web.name, "sudo sh -c 'echo changed > /etc/after-snapshot && sync'")
+        try await manager.stop(web.name, force: false, timeout: .seconds(120))
+        try await manager.restoreSnapshot(web.name, named: snapshot)
+        try await manager.start(web.name, wait: true, timeout: .seconds(900))
+        #expect(try await guest(web.name, "test -e /etc/after-snapshot && echo present || echo gone") == "gone")
+
+        // delete --purge leaves nothing but the image cache and the installation's key.
+        try await manager.delete(web.name, purge: true)
+        #expect(qemuProcesses().isEmpty)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path).isEmpty)
+        let data = try FileManager.default.contentsOfDirectory(atPath: home.paths.data.path).sorted()
+        #expect(Set(data).isSubset(of: ["instances", "keys", "locks", "ssh"]))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: home.paths.data.appending(path: "locks").path).isEmpty)
+    }
+
+    /// Phases of `nimbus launch`, by the stderr line that starts each.
+    static let phases = ["", "created from", "QEMU started", "kernel booting"]
+
+    @Test("kill -9 of nimbus launch in each phase leaves no orphan QEMU and no broken state", arguments: phases)
+    func killedLaunch(phase: String) async throws {
+        defer { Task { await cleanUp() } }
+        let launch = Process()
+        launch.executableURL = NimbusBinary.url
+        launch.arguments = ["launch", image, "--name", "victim", "--memory", "768M"]
+        launch.environment = ProcessInfo.processInfo.environment.merging(["NIMBUS_HOME": home.url.path]) { $1 }
+        let stderr = Pipe()
+        launch.standardError = stderr
+        launch.standardOutput = FileHandle.nullDevice
+        try launch.run()
+        if phase.isEmpty {
+            try await Task.sleep(for: .milliseconds(300))
+        } else {
+            let seen = await Self.read(stderr.fileHandleForReading, until: phase)
+            #expect(seen.contains(phase), "nimbus launch ended before \(phase): \(seen)")
+        }
+        kill(launch.processIdentifier, SIGKILL)
+        launch.waitUntilExit()
+
+        let list = try await NimbusBinary.run(["list", "--format", "json"], home: home.url)
+        #expect(list.status == 0, "\(list.standardError)")
+        let doctor = try await NimbusBinary.run(["doctor", "--fix"], home: home.url)
+        #expect(!doctor.standardOutput.contains("FAIL"), "\(doctor.standardOutput)")
+        if InstanceStore(paths: home.paths).names().contains(try InstanceName("victim")) {
+            let delete = try await NimbusBinary.run(["delete", "--purge", "victim"], home: home.url)
+            #expect(delete.status == 0, "\(delete.standardError)")
+        }
+        #expect(qemuProcesses().isEmpty)
+        let left = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
+        #expect(left.isEmpty, "left behind: \(left)")
+    }
+
+    /// Reads `handle` until `needle` appears or it ends, on a thread of its own (the read blocks).
+    static func read(_ handle: FileHandle, until needle: String) async -> String {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var seen = ""
+                while !seen.contains(needle) {
+                    let chunk = handle.availableData
+                    if chunk.isEmpty { break }
+                    seen += String(decoding: chunk, as: UTF8.self)
+                }
+                continuation.resume(returning: seen)
+            }
+        }
+    }
+
+    static func freePort() -> UInt16? {
+        for _ in 0..<50 {
+            let port = UInt16.random(in: 20000...40000)
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if bound == 0 { return port }
+        }
+        return nil
+    }
+
+    /// The first bytes a server sends on `port`.
+    static func sshBanner(port: UInt16) -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var buffer = [UInt8](repeating: 0, count: 64)
+        let count = recv(fd, &buffer, buffer.count, 0)
+        return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : ""
+    }
+}
