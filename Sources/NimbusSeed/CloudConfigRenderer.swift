@@ -33,7 +33,10 @@ enum CloudConfigRenderer {
         if !config.sshAuthorizedKeys.isEmpty { pairs.append(("ssh_authorized_keys", YAML.strings(config.sshAuthorizedKeys))) }
         if config.sshPasswordAuthentication { pairs.append(("ssh_pwauth", YAML.bool(true))) }
         if !config.mounts.isEmpty { pairs.append(("mounts", YAML.sequence(config.mounts.map(YAML.strings)))) }
-        pairs.append(("mount_default_fields", config.mountDefaultFields.map(YAML.strings)))
+        // `None` marks a field cloud-init fills itself: YAML null, as its documentation's example means.
+        pairs.append(("mount_default_fields", config.mountDefaultFields.map { fields in
+            YAML.sequence(fields.map { ["none", "null", "~"].contains($0.lowercased()) ? .scalar(.init("null", Tag(.null), .plain)) : YAML.string($0) })
+        }))
         if let swap = config.swap {
             pairs.append(("swap", YAML.mapping([
                 ("filename", swap.filename.map(YAML.string)), ("size", scalar(swap.size)),

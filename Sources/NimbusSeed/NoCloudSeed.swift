@@ -78,7 +78,12 @@ public struct NoCloudSeed: Sendable {
             self.metaData = metaData.bytes
             instanceID = nil
         } else {
-            let hostname = config.hostname ?? name
+            // The user's own `hostname` wins in user-data; meta-data says the same, so the two never disagree.
+            let userHostname: String? = {
+                guard case .mapping(let mapping)? = userData?.cloudConfig else { return nil }
+                return mapping[YAML.string("hostname")]?.string
+            }()
+            let hostname = userHostname ?? config.hostname ?? name
             var digest = SHA256()
             for part in [Array((name ?? "").utf8), self.userData, self.vendorData, self.networkConfig] {
                 digest.update(data: withUnsafeBytes(of: UInt64(part.count).bigEndian) { Array($0) })
