@@ -24,6 +24,8 @@ public struct SeedRequest: Sendable {
     public var user: String?
     public var locale: String?
     public var timezone: String?
+    /// MAC address of the first NIC: network-config then gives it DHCP by that address.
+    public var macAddress: String?
 
     public init() {}
 
@@ -81,6 +83,13 @@ public struct SeedRequest: Sendable {
         config.timezone = timezone
         if let timezone, timezone.isEmpty || timezone.contains(" ") || timezone.hasPrefix("/") {
             throw .invalidValue("time zone \"\(timezone)\" is not a tz database name like Europe/Paris or UTC")
+        }
+        if let macAddress {
+            let octets = macAddress.split(separator: ":", omittingEmptySubsequences: false)
+            guard octets.count == 6, octets.allSatisfy({ $0.count == 2 && UInt8($0, radix: 16) != nil }) else {
+                throw .invalidValue("MAC address \"\(macAddress)\" is not six hex pairs like 52:54:00:12:34:56")
+            }
+            config.network = InstanceConfig.Network(interfaces: [.init(macAddress: macAddress)])
         }
         var keys: [String] = []
         for path in sshKeyPaths {

@@ -49,7 +49,7 @@ struct SeedCommandTests {
             let key = try write(Self.publicKey, "id.pub", in: folder)
             let command = try #require(try NimbusCommand.parseAsRoot(
                 ["seed", "--print", "--hostname", "web.example.test", "--user", "dev", "--ssh-key", key,
-                 "--locale", "en_US.UTF-8", "--timezone", "Europe/Paris"]) as? SeedCommand)
+                 "--locale", "en_US.UTF-8", "--timezone", "Europe/Paris", "--mac", "52:54:00:12:34:56"]) as? SeedCommand)
             let output = try command.request.render()
             let text = output.printed
             #expect(text.contains("# ---- user-data ----\n#cloud-config\nhostname: web\nfqdn: web.example.test\n"))
@@ -57,6 +57,7 @@ struct SeedCommandTests {
             #expect(text.contains("AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB me@test"))
             #expect(text.contains("timezone: Europe/Paris"))
             #expect(text.contains("# ---- network-config ----\nversion: 2\n"))
+            #expect(text.contains("macaddress: \"52:54:00:12:34:56\""))
         }
     }
 
@@ -82,6 +83,8 @@ struct SeedCommandTests {
         (["#cloud-config\nhostname: a\n"], ["--user", "Root!"], "user name \"Root!\" is not valid"),
         (["#cloud-config\nhostname: a\n"], ["--network-config", "NETWORK"], "must be a YAML mapping"),
         (["#cloud-config\npackages: [jq]\n"], ["--format", "ignition"], "`packages` has no Ignition equivalent"),
+        (["#cloud-config\nhostname: a\n"], ["--mac", "52:54:00"], "MAC address \"52:54:00\" is not six hex pairs"),
+        (["#cloud-config\nhostname: a\n"], ["--timezone", "Europe / Paris"], "is not a tz database name"),
     ])
     func errors(files: [String], flags: [String], message: String) async throws {
         try await withFolder { folder in

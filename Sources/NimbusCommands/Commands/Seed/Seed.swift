@@ -43,6 +43,9 @@ public struct SeedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Time zone, e.g. Europe/Paris.")
     public var timezone: String?
 
+    @Option(name: .long, help: ArgumentHelp("MAC address of the first NIC, for a network-config v2 giving it DHCP (without it, cloud-init's fallback does the same).", valueName: "address"))
+    public var mac: String?
+
     @Option(name: .long, help: "nocloud (an ISO, the default) or ignition (an Ignition 3.4 JSON file).")
     public var format: SeedFormat = .nocloud
 
@@ -83,6 +86,7 @@ public struct SeedCommand: AsyncParsableCommand {
         request.user = user
         request.locale = locale
         request.timezone = timezone
+        request.macAddress = mac
         return request
     }
 
