@@ -33,7 +33,10 @@ enum CloudConfigRenderer {
         if !config.sshAuthorizedKeys.isEmpty { pairs.append(("ssh_authorized_keys", YAML.strings(config.sshAuthorizedKeys))) }
         if config.sshPasswordAuthentication { pairs.append(("ssh_pwauth", YAML.bool(true))) }
         if !config.mounts.isEmpty { pairs.append(("mounts", YAML.sequence(config.mounts.map(YAML.strings)))) }
-        pairs.append(("mount_default_fields", config.mountDefaultFields.map(YAML.strings)))
+        // `None` marks a field cloud-init fills itself: YAML null, as its documentation's example means.
+        pairs.append(("mount_default_fields", config.mountDefaultFields.map { fields in
+            YAML.sequence(fields.map { ["none", "null", "~"].contains($0.lowercased()) ? .scalar(.init("null", Tag(.null), .plain)) : YAML.string($0) })
+        }))
         if let swap = config.swap {
             pairs.append(("swap", YAML.mapping([
                 ("filename", swap.filename.map(YAML.string)), ("size", scalar(swap.size)),
@@ -96,17 +99,23 @@ enum CloudConfigRenderer {
         ])
     }
 
+    /// The network-config written when no interface is given: no device, so cloud-init uses its fallback
+    /// (DHCP on the first NIC, by its real name). A v2 entry cannot say "the first NIC" without its MAC:
+    /// cloud-init's ENI renderer (Debian 12) names the interface after the entry's key and ignores
+    /// `match: {name: en*}`, which leaves the guest without network. The file is still written, so a seed
+    /// always holds all four NoCloud files.
+    static let fallbackNetworkConfig = """
+        # network-config: no interface was given, so cloud-init applies its fallback configuration
+        # (DHCP on the first NIC). Nimbus writes version 2 with MAC-matched NICs when it knows them.
+
+        """
+
     /// network-config version 2. NICs are matched by MAC address and keep the name the guest's kernel
-    /// gives them (cloud-init looks the name up by MAC when `set-name` is absent). With no interface
-    /// given, the first NIC (`en*`, the predictable names of virtio-net) gets DHCP.
+    /// gives them (cloud-init looks the name up by MAC when `set-name` is absent). The first one is the
+    /// primary (DHCP unless static addresses are given); the others are optional and get a higher route
+    /// metric.
     static func networkNode(_ network: InstanceConfig.Network) -> Node {
         var ethernets: [(String, Node?)] = []
-        if network.interfaces.isEmpty {
-            ethernets.append(("primary", YAML.mapping([
-                ("match", YAML.mapping([("name", YAML.string("en*"))])),
-                ("dhcp4", YAML.bool(true)),
-            ])))
-        }
         for (index, interface) in network.interfaces.enumerated() {
             let id = index == 0 ? "primary" : "extra\(index - 1)"
             let isStatic = !interface.addresses.isEmpty
@@ -122,7 +131,7 @@ enum CloudConfigRenderer {
                 ])
             }
             let match: Node = interface.macAddress.map { YAML.mapping([("macaddress", YAML.string($0.lowercased()))]) }
-                ?? YAML.mapping([("name", YAML.string(interface.name ?? (index == 0 ? "en*" : "eth\(index)")))])
+                ?? YAML.mapping([("name", YAML.string(interface.name ?? "eth\(index)"))])
             ethernets.append((id, YAML.mapping([
                 ("match", match),
                 ("set-name", interface.macAddress != nil ? interface.name.map(YAML.string) : nil),

@@ -35,7 +35,8 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
     public var sshPasswordAuthentication: Bool = false
     /// cloud-config `mounts`: fstab lines as lists (`[/dev/vdb, /srv, ext4, "defaults,nofail", "0", "2"]`).
     public var mounts: [[String]] = []
-    /// cloud-config `mount_default_fields`: the fstab fields filled in for short `mounts` entries.
+    /// cloud-config `mount_default_fields`: the fstab fields filled in for short `mounts` entries (`None`
+    /// for a field cloud-init fills itself).
     public var mountDefaultFields: [String]?
     /// A swap file made on first boot.
     public var swap: Swap?

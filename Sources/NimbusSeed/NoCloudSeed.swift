@@ -14,7 +14,8 @@ import Yams
 ///   jinja, MIME, gzip) is written untouched, and the config's own keys then go into vendor-data.
 /// - `meta-data`: `instance-id` (the instance name and a digest of the other three files, so it changes
 ///   exactly when the seed must be applied again) and `local-hostname`.
-/// - `network-config`: version 2, always written.
+/// - `network-config`: always written; version 2 with MAC-matched NICs, or, when no NIC is given, a
+///   document with no device so that cloud-init uses its fallback (DHCP on the first NIC).
 public struct NoCloudSeed: Sendable {
     /// `instance-id` and `local-hostname`, YAML.
     public var metaData: [UInt8]
@@ -70,7 +71,9 @@ public struct NoCloudSeed: Sendable {
             try networkConfig.checkMapping()
             self.networkConfig = networkConfig.bytes
         } else {
-            self.networkConfig = Array(try YAML.emit(CloudConfigRenderer.networkNode(config.network)).utf8)
+            self.networkConfig = config.network.interfaces.isEmpty
+                ? Array(CloudConfigRenderer.fallbackNetworkConfig.utf8)
+                : Array(try YAML.emit(CloudConfigRenderer.networkNode(config.network)).utf8)
         }
 
         if let metaData {
@@ -78,7 +81,12 @@ public struct NoCloudSeed: Sendable {
             self.metaData = metaData.bytes
             instanceID = nil
         } else {
-            let hostname = config.hostname ?? name
+            // The user's own `hostname` wins in user-data; meta-data says the same, so the two never disagree.
+            let userHostname: String? = {
+                guard case .mapping(let mapping)? = userData?.cloudConfig else { return nil }
+                return mapping[YAML.string("hostname")]?.string
+            }()
+            let hostname = userHostname ?? config.hostname ?? name
             var digest = SHA256()
             for part in [Array((name ?? "").utf8), self.userData, self.vendorData, self.networkConfig] {
                 digest.update(data: withUnsafeBytes(of: UInt64(part.count).bigEndian) { Array($0) })

@@ -29,6 +29,15 @@ public struct SSHKeyPair: Sendable, Equatable {
         self.comment = comment
     }
 
+    /// The key pair whose 32-byte private seed is `seed` (RFC 8032), for fixtures and derived keys.
+    public init(seed: [UInt8], comment: String = "") throws(SeedError) {
+        do {
+            self.init(privateKey: try Curve25519.Signing.PrivateKey(rawRepresentation: seed), comment: comment)
+        } catch {
+            throw .invalidKey("an ed25519 seed is 32 bytes, not \(seed.count)")
+        }
+    }
+
     /// Reads an unencrypted `openssh-key-v1` ed25519 private key, as written by `openSSHPrivateKey` or
     /// `ssh-keygen -t ed25519 -N ''`.
     public init(openSSHPrivateKey text: String) throws(SeedError) {
