@@ -100,7 +100,9 @@ public final class QMPClient: Sendable {
         let id: String
         switch state.register(command: command, promise: promise) {
         case .success(let registered): id = registered
-        case .failure(let error): throw error
+        case .failure(let error):
+            promise.fail(error)
+            throw error
         }
         var message: [String: QMPValue] = ["execute": .string(command), "id": .string(id)]
         if let arguments { message["arguments"] = arguments }
