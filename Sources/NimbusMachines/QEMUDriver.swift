@@ -288,7 +288,9 @@ public struct QEMUDriver: Hypervisor {
                     endedBy = .guestShutdown
                 } else if process.isAlive {
                     log("no shutdown within \(timeout); sending quit")
+                    let afterQuit = client.events()
                     try? await client.quit()
+                    shutdownReason = await Self.firstShutdown(afterQuit, timeout: Self.rungTimeout)?.reason
                     if await process.waitForExit(timeout: Self.rungTimeout) {
                         log("QEMU quit")
                         endedBy = .quit
