@@ -216,6 +216,13 @@ struct MachineConfigTests {
         #expect(partial.cpus == 4)
         #expect(partial.memory == .gibibytes(1))
         #expect(partial.network == MachineConfig.Network())
+        let nested = try JSONDecoder().decode(
+            MachineConfig.self,
+            from: Data(#"{"name": "n", "disks": [{"path": "/d.qcow2"}], "network": {"sshHostPort": 2222, "forwards": [{"hostPort": 80, "guestPort": 8080}]}, "shares": [{"hostPath": "/s", "tag": "s"}], "seed": {"noCloud": {"iso": "/seed.iso"}}}"#.utf8))
+        #expect(nested.disks == [.init(path: "/d.qcow2")])
+        #expect(nested.network == .init(forwards: [.init(hostPort: 80, guestPort: 8080)], sshHostPort: 2222))
+        #expect(nested.shares == [.init(hostPath: "/s", tag: "s")])
+        #expect(nested.seed == .noCloud(iso: "/seed.iso"))
         var full = MachineConfig(name: "full")
         full.disks = [.init(path: "/d", interface: .virtioSCSI)]
         full.seed = .ignition(config: "/i.json")
