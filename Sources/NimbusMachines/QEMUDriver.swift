@@ -202,8 +202,14 @@ public struct QEMUDriver: Hypervisor {
         }
         do {
             let client = try await Self.connect(directory, timeout: .seconds(3))
-            defer { Task { await client.close() } }
-            let status = try await client.queryStatus()
+            let answer: Result<QMPStatus, QMPError>
+            do {
+                answer = .success(try await client.queryStatus())
+            } catch {
+                answer = .failure(error)
+            }
+            await client.close()
+            let status = try answer.get()
             let state: MachineStatus.State
             switch status.status {
             case "running": state = .running

@@ -94,19 +94,40 @@ struct MachineBootTests {
     @Test("UEFI boot with --accel auto (TCG chosen by itself), NoCloud seed, running, then a graceful stop by the guest")
     func uefiBoot() async throws {
         try await Self.withGuest { guest in
-            try await Self.makeSeed(guest)
+            // A 9p share, a raw scratch disk on virtio-scsi and VNC ride along; the guest reports what it sees.
+            let shared = guest.directory.url.appending(path: "shared")
+            try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
+            try "nimbus-9p-ok".write(to: shared.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
+            let scratch = guest.directory.url.appending(path: "scratch.raw")
+            try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", scratch.path, "64M"])
+            try await Self.makeSeed(
+                guest,
+                script: "mkdir -p /mnt/host && mount -t 9p -o trans=virtio,version=9p2000.L,ro hostshare /mnt/host"
+                    + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0;"
+                    + " echo NIMBUS-DISKS $(lsblk -dn -o NAME,SIZE | tr -s ' ' | tr '\\n' ' ') > /dev/ttyS0")
             var config = MachineConfig(name: "guest")
             config.memory = .gibibytes(1)
-            config.disks = [.init(path: guest.overlay.path)]
+            config.disks = [
+                .init(path: guest.overlay.path),
+                .init(path: scratch.path, format: .raw, interface: .virtioSCSI),
+            ]
             config.seed = .noCloud(iso: guest.seed.path)
+            config.shares = [.init(hostPath: shared.path, tag: "hostshare", readOnly: true)]
+            config.vnc = true
             config.accelerator = .auto
             let machine = try await guest.driver.start(config, in: guest.directory)
+            var info = stat()
+            #expect(stat(guest.directory.vncSocket.path, &info) == 0 && info.st_mode & 0o777 == 0o600)
             if FileManager.default.fileExists(atPath: "/sys/module/kvm_pvm") {
                 #expect(machine.accelerator.accelerator == .tcg)
                 #expect(machine.accelerator.reason.contains("kvm_pvm"))
             }
             print(machine.accelerator.notice ?? "accelerator: \(machine.accelerator.reason)")
-            _ = try await Self.waitForConsole(guest, "NIMBUS-READY")
+            let log = try await Self.waitForConsole(guest, "NIMBUS-READY")
+            #expect(log.contains("NIMBUS-SHARE nimbus-9p-ok"))
+            let disks = log.split(whereSeparator: \.isNewline).first { $0.hasPrefix("NIMBUS-DISKS") }
+            #expect(disks?.contains("vda 4G") == true, "\(disks ?? "")")
+            #expect(disks?.contains("sda 64M") == true, "\(disks ?? "")")
             #expect(await guest.driver.status(of: guest.directory).state == .running)
             try await Self.stopGracefully(guest)
         }
