@@ -28,7 +28,8 @@ extension QEMUCommandLine {
         add("-no-user-config")
         add("-nodefaults")
         if microvm {
-            // Option ROMs and the legacy PIT/PIC only slow a direct kernel boot; the ISA serial port is the console.
+            // Option ROMs and the legacy PIT/PIC only slow a direct kernel boot (kvm-clock calibrates the TSC);
+            // the ISA serial port is the console. QEMUDriver refuses microvm under TCG (see there).
             add("-machine", "microvm", ["x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on"])
         } else {
             add("-machine", "q35")

@@ -41,6 +41,15 @@ public struct QEMUDriver: Hypervisor {
             throw NimbusError(.invalidState, "machine \(config.name) is already running (QEMU pid \(running.pid))")
         }
         let decision = try AcceleratorProbe.resolve(config.accelerator, cache: hostFactsCache)
+        // Under TCG microvm offers a stock kernel no clock to calibrate against (no kvm-clock, HPET or ACPI
+        // PM timer; the PIT alone does not do): Debian's 6.1 kernel stops at "tsc: Unable to calibrate
+        // against PIT" with or without pit=on. Refuse rather than hang.
+        if config.machineType == .microvm, decision.accelerator == .tcg {
+            throw NimbusError(
+                .unsupported,
+                "the microvm machine type needs KVM, and this machine runs on TCG (\(decision.reason)): use the q35 machine type"
+            )
+        }
         guard let qemu = ProgramRunner.find(executable) else {
             throw NimbusError(
                 .unsupported, "\(executable) is not installed: install it with `apt-get install qemu-system-x86`")

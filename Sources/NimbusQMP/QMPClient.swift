@@ -356,8 +356,11 @@ final class QMPChannelHandler: ChannelInboundHandler {
             case .leftoverDataWhenDone = error
         {
             state.record(.connectionClosed(partialMessage: nil))
+        } else if let error = error as? IOError, [ECONNRESET, EPIPE].contains(error.errnoCode) {
+            // QEMU exiting (after quit or a shutdown) may reset the socket rather than close it.
+            state.record(.connectionClosed(partialMessage: nil))
         } else {
-            state.record(.connectionFailed(path: "QMP socket", reason: String(describing: error)))
+            state.record(.connectionFailed(path: "the open QMP connection", reason: String(describing: error)))
         }
         context.close(promise: nil)
     }

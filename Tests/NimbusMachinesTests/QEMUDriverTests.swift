@@ -245,4 +245,22 @@ struct QEMUDriverTests {
             #expect(QEMUProcess(pid: machine.pid).isAlive == false)
         }
     }
+
+    @Test("microvm on TCG is refused before QEMU runs, naming the way out")
+    func microvmNeedsKVM() async throws {
+        try await MachineFixture.with { fixture in
+            var config = MachineFixture.bareConfig()
+            config.machineType = .microvm
+            config.kernel = .init(kernel: "/boot/vmlinuz")
+            config.accelerator = .tcg
+            do {
+                _ = try await fixture.driver.start(config, in: fixture.directory)
+                Issue.record("microvm started on TCG")
+            } catch let error as NimbusError {
+                #expect(error.code == .unsupported)
+                #expect(error.message.contains("use the q35 machine type"))
+            }
+            #expect(!FileManager.default.fileExists(atPath: fixture.directory.pidFile.path))
+        }
+    }
 }
