@@ -141,8 +141,15 @@ extension QEMUCommandLine {
             add("-device", "virtio-9p-\(bus)", ["fsdev": id, "mount_tag": share.tag])
         }
 
-        // The serial console goes to a file QEMU appends to; Nimbus rotates it at start and caps it at stop.
-        add("-chardev", "file", ["id": "serial0", "path": directory.serialLog.path, "append": "on"])
+        // The serial console is a socket a person can attach to (`nimbus console`), and QEMU also appends
+        // everything the guest prints to the log file, attached or not; with nobody attached, output is
+        // only logged, never blocked. Nimbus rotates the log at start and caps it at stop.
+        add(
+            "-chardev", "socket",
+            [
+                "id": "serial0", "path": MachineDirectory.consoleSocketName, "server": "on", "wait": "off",
+                "logfile": directory.serialLog.path, "logappend": "on",
+            ])
         add("-serial", "chardev:serial0")
 
         add("-display", "none")

@@ -96,6 +96,7 @@ public struct QEMUDriver: Hypervisor {
         }
         // QEMU creates the socket with the umask's mode; only the owner may drive the machine.
         chmod(directory.qmpSocket.path, 0o600)
+        chmod(directory.consoleSocket.path, 0o600)
         if config.vnc { chmod(directory.vncSocket.path, 0o600) }
         do {
             let client = try await Self.connect(directory, timeout: monitorTimeout)
@@ -138,7 +139,7 @@ public struct QEMUDriver: Hypervisor {
     /// Removes the sockets and pidfile a dead QEMU left behind (it cannot unlink a socket it bound by a
     /// relative path once it has changed to /).
     private func removeRuntimeFiles(_ directory: MachineDirectory) {
-        for file in [directory.qmpSocket, directory.vncSocket, directory.pidFile] {
+        for file in [directory.qmpSocket, directory.consoleSocket, directory.vncSocket, directory.pidFile] {
             unlink(file.path)
         }
     }

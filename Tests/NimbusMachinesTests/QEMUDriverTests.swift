@@ -54,6 +54,8 @@ struct QEMUDriverTests {
             var info = stat()
             #expect(stat(fixture.directory.qmpSocket.path, &info) == 0)
             #expect(info.st_mode & 0o777 == 0o600)
+            #expect(stat(fixture.directory.consoleSocket.path, &info) == 0)
+            #expect(info.st_mode & 0o777 == 0o600)
             #expect(try String(contentsOf: fixture.directory.pidFile, encoding: .utf8).contains("\(machine.pid)"))
 
             #expect(await fixture.driver.status(of: fixture.directory) == MachineStatus(state: .running, pid: machine.pid, detail: "running"))
