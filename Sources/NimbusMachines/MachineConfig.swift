@@ -61,8 +61,10 @@ public struct MachineConfig: Codable, Sendable, Hashable {
         console = try container.decodeIfPresent(Console.self, forKey: .console) ?? defaults.console
         shares = try container.decodeIfPresent([Share].self, forKey: .shares) ?? defaults.shares
         vnc = try container.decodeIfPresent(Bool.self, forKey: .vnc) ?? defaults.vnc
-        accelerator = try container.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? defaults.accelerator
-        extraArguments = try container.decodeIfPresent([String].self, forKey: .extraArguments) ?? defaults.extraArguments
+        accelerator =
+            try container.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? defaults.accelerator
+        extraArguments =
+            try container.decodeIfPresent([String].self, forKey: .extraArguments) ?? defaults.extraArguments
     }
 }
 
@@ -78,7 +80,9 @@ extension MachineConfig {
         /// Attach read-only.
         public var readOnly: Bool = false
 
-        public init(path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false) {
+        public init(
+            path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false
+        ) {
             self.path = path
             self.format = format
             self.interface = interface
@@ -214,7 +218,8 @@ extension MachineConfig {
         /// The host address to listen on: loopback unless the user asks otherwise.
         public var hostAddress: String = "127.0.0.1"
 
-        public init(hostPort: UInt16, guestPort: UInt16, transport: Transport = .tcp, hostAddress: String = "127.0.0.1") {
+        public init(hostPort: UInt16, guestPort: UInt16, transport: Transport = .tcp, hostAddress: String = "127.0.0.1")
+        {
             self.hostPort = hostPort
             self.guestPort = guestPort
             self.transport = transport
@@ -279,7 +284,8 @@ extension MachineConfig {
         public var readOnly: Bool = false
         public var securityModel: SecurityModel = .mappedXattr
 
-        public init(hostPath: String, tag: String, readOnly: Bool = false, securityModel: SecurityModel = .mappedXattr) {
+        public init(hostPath: String, tag: String, readOnly: Bool = false, securityModel: SecurityModel = .mappedXattr)
+        {
             self.hostPath = hostPath
             self.tag = tag
             self.readOnly = readOnly

@@ -242,7 +242,9 @@ public struct QEMUDriver: Hypervisor {
     }
 
     public func reset(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await withMonitor(directory, "reset the machine") { client throws(QMPError) in try await client.systemReset() }
+        try await withMonitor(directory, "reset the machine") { client throws(QMPError) in
+            try await client.systemReset()
+        }
     }
 
     public func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
@@ -296,7 +298,9 @@ public struct QEMUDriver: Hypervisor {
             let events = client.events()
             do {
                 try await client.systemPowerdown()
-                log("pressed the ACPI power button (system_powerdown); waiting up to \(timeout) for the guest to shut down")
+                log(
+                    "pressed the ACPI power button (system_powerdown); waiting up to \(timeout) for the guest to shut down"
+                )
                 let shutdown = await Self.firstShutdown(events, timeout: timeout)
                 shutdownReason = shutdown?.reason
                 if shutdown != nil, await process.waitForExit(timeout: Self.rungTimeout) {

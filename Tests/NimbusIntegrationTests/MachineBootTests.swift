@@ -91,7 +91,8 @@ struct MachineBootTests {
         try await ProgramRunner.run("qemu-img", ["info", guest.overlay.path])
     }
 
-    @Test("UEFI boot with --accel auto (TCG chosen by itself), NoCloud seed, running, then a graceful stop by the guest")
+    @Test(
+        "UEFI boot with --accel auto (TCG chosen by itself), NoCloud seed, running, then a graceful stop by the guest")
     func uefiBoot() async throws {
         try await Self.withGuest { guest in
             // A 9p share, a raw scratch disk on virtio-scsi and VNC ride along; the guest reports what it sees.
@@ -137,7 +138,8 @@ struct MachineBootTests {
     func directKernelBIOSIgnition() async throws {
         try await Self.withGuest { guest in
             let ignition = guest.directory.url.appending(path: "config.ign")
-            let config = #"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/nimbus","contents":{"source":"data:,fw_cfg%20works"}}]}}"#
+            let config =
+                #"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/nimbus","contents":{"source":"data:,fw_cfg%20works"}}]}}"#
             try config.write(to: ignition, atomically: true, encoding: .utf8)
             let raw = "/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config/raw"
             try await Self.makeSeed(
@@ -152,7 +154,9 @@ struct MachineBootTests {
                 commandLine: "root=LABEL=nimbus-root ro console=ttyS0,115200")
             // The NoCloud ISO rides along as a read-only disk (cloud-init finds it by its cidata label), so the
             // seed slot carries the Ignition config.
-            machine.disks = [.init(path: guest.overlay.path), .init(path: guest.seed.path, format: .raw, readOnly: true)]
+            machine.disks = [
+                .init(path: guest.overlay.path), .init(path: guest.seed.path, format: .raw, readOnly: true),
+            ]
             machine.seed = .ignition(config: ignition.path)
             _ = try await guest.driver.start(machine, in: guest.directory)
             let log = try await Self.waitForConsole(guest, "NIMBUS-READY")

@@ -23,7 +23,10 @@ struct AcceleratorTests {
     func autoFallsBack() throws {
         let cases: [(HostFacts, String)] = [
             (HostFacts(kvmDevice: .missing, paravirtualKVM: false), "/dev/kvm does not exist"),
-            (HostFacts(kvmDevice: .notAccessible(reason: "Permission denied"), paravirtualKVM: false), "add your user to the kvm group"),
+            (
+                HostFacts(kvmDevice: .notAccessible(reason: "Permission denied"), paravirtualKVM: false),
+                "add your user to the kvm group"
+            ),
             (HostFacts(kvmDevice: .opened(apiVersion: 11), paravirtualKVM: false), "API version 11"),
             (Self.pvm, "nested paravirtual KVM (kvm_pvm is loaded)"),
         ]

@@ -19,7 +19,8 @@ struct MachineStartBench {
         let mode = environment["NIMBUS_BENCH_MACHINE"] ?? "noop"
         if mode == "noop" { return }
         let folder = URL(fileURLWithPath: try #require(environment["NIMBUS_BENCH_DIR"]))
-        let config = try JSONDecoder().decode(MachineConfig.self, from: Data(contentsOf: folder.appending(path: "config.json")))
+        let config = try JSONDecoder().decode(
+            MachineConfig.self, from: Data(contentsOf: folder.appending(path: "config.json")))
         let directory = MachineDirectory(folder.appending(path: "nimbus"))
         let driver = QEMUDriver(hostFactsCache: folder.appending(path: "host"))
 
@@ -51,7 +52,8 @@ struct MachineStartBench {
             // The same argv, with nothing of Nimbus around it: run QEMU, connect, query-status.
             let argv = machine.commandLine
             let bareStarted = clock.now
-            let result = try await ProgramRunner.output(argv[0], Array(argv.dropFirst()), workingDirectory: directory.url)
+            let result = try await ProgramRunner.output(
+                argv[0], Array(argv.dropFirst()), workingDirectory: directory.url)
             try #require(result.status == 0, "\(result.standardError)")
             let client = try await QMPClient.connect(path: directory.qmpSocket.path)
             _ = try await client.queryStatus()
@@ -71,7 +73,8 @@ struct MachineStartBench {
         print(String(format: "BENCH bare-start-mean-ms %.1f", bareMean))
         print(String(format: "BENCH nimbus-added-ms %.1f", mean - bareMean))
         if !rss.isEmpty {
-            print(String(format: "BENCH rss-at-start-mib %.1f", Double(rss.reduce(0, +)) / Double(rss.count) / 1_048_576))
+            print(
+                String(format: "BENCH rss-at-start-mib %.1f", Double(rss.reduce(0, +)) / Double(rss.count) / 1_048_576))
         }
         // An idle instance a few seconds in, before the guest has touched much memory.
         let machine = try await driver.start(config, in: directory)

@@ -25,7 +25,8 @@ struct MachineFixture {
         return config
     }
 
-    static func with<T>(label: String = "nimbus-machine", _ body: (MachineFixture) async throws -> T) async throws -> T {
+    static func with<T>(label: String = "nimbus-machine", _ body: (MachineFixture) async throws -> T) async throws -> T
+    {
         let home = try TemporaryDirectory(label)
         defer { home.remove() }
         let directory = MachineDirectory(home.paths.instances.appending(path: "m"))
@@ -43,7 +44,9 @@ struct MachineFixture {
     .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img")))
 )
 struct QEMUDriverTests {
-    @Test("start runs QEMU detached in its own session with a 0600 QMP socket; status, suspend, resume, reset follow the live machine")
+    @Test(
+        "start runs QEMU detached in its own session with a 0600 QMP socket; status, suspend, resume, reset follow the live machine"
+    )
     func lifecycle() async throws {
         try await MachineFixture.with { fixture in
             let machine = try await fixture.driver.start(MachineFixture.bareConfig(), in: fixture.directory)
@@ -58,7 +61,9 @@ struct QEMUDriverTests {
             #expect(info.st_mode & 0o777 == 0o600)
             #expect(try String(contentsOf: fixture.directory.pidFile, encoding: .utf8).contains("\(machine.pid)"))
 
-            #expect(await fixture.driver.status(of: fixture.directory) == MachineStatus(state: .running, pid: machine.pid, detail: "running"))
+            #expect(
+                await fixture.driver.status(of: fixture.directory)
+                    == MachineStatus(state: .running, pid: machine.pid, detail: "running"))
             try await fixture.driver.suspend(fixture.directory)
             #expect(await fixture.driver.status(of: fixture.directory).state == .paused)
             try await fixture.driver.resume(fixture.directory)
@@ -157,7 +162,8 @@ struct QEMUDriverTests {
                 #expect(error.message.contains("host port \(port) of machine bare is already in use"))
                 let cause = try #require(error.cause as? MachineError)
                 #expect(cause == .portInUse(port: port, standardError: cause.standardError))
-                #expect(cause.standardError.contains("Could not set up host forwarding rule 'tcp:127.0.0.1:\(port)-:80'"))
+                #expect(
+                    cause.standardError.contains("Could not set up host forwarding rule 'tcp:127.0.0.1:\(port)-:80'"))
             }
         }
     }
@@ -243,7 +249,10 @@ struct QEMUDriverTests {
             Glibc.kill(machine.pid, SIGSTOP)
             let outcome = try await fixture.driver.stop(fixture.directory, timeout: .seconds(1), progress: nil)
             #expect(outcome.endedBy == .kill)
-            #expect(outcome.steps.suffix(2).map { $0.components(separatedBy: " to ").first } == ["sending SIGTERM", "sending SIGKILL"])
+            #expect(
+                outcome.steps.suffix(2).map { $0.components(separatedBy: " to ").first } == [
+                    "sending SIGTERM", "sending SIGKILL",
+                ])
             #expect(QEMUProcess(pid: machine.pid).isAlive == false)
         }
     }
