@@ -298,12 +298,20 @@ final class QMPConnectionState: Sendable {
 struct QMPLineDecoder: ByteToMessageDecoder {
     typealias InboundOut = ByteBuffer
     let maximumLength: Int
+    /// How many readable bytes are known to hold no newline, so a long message is scanned once, not once
+    /// per read.
+    private var scanned = 0
+
+    init(maximumLength: Int) { self.maximumLength = maximumLength }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-            if buffer.readableBytes > maximumLength { throw QMPError.messageTooLong(limit: maximumLength) }
+        let view = buffer.readableBytesView
+        guard let newline = view.dropFirst(scanned).firstIndex(of: UInt8(ascii: "\n")) else {
+            scanned = buffer.readableBytes
+            if scanned > maximumLength { throw QMPError.messageTooLong(limit: maximumLength) }
             return .needMoreData
         }
+        scanned = 0
         guard let line = buffer.readSlice(length: newline - buffer.readerIndex) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 1)
         context.fireChannelRead(Self.wrapInboundOut(line))

@@ -79,6 +79,38 @@ struct MachineBootTests {
         throw CancellationError()
     }
 
+    /// Attaches to the serial console socket, presses Enter, and reads until `text` (a getty prompt) shows.
+    static func consoleAnswers(_ guest: Guest, containing text: String) throws -> Bool {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let path = Array(guest.directory.consoleSocket.path.utf8)
+        try #require(path.count < MemoryLayout.size(ofValue: address.sun_path))
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            buffer.copyBytes(from: path)
+            buffer[path.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        try #require(connected, "could not connect to \(guest.directory.consoleSocket.path)")
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = "\r\n".withCString { write(fd, $0, 2) }
+        var received = ""
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while !received.contains(text) {
+            let count = read(fd, &buffer, buffer.count)
+            guard count > 0 else { break }
+            received += String(decoding: buffer[0..<count], as: UTF8.self)
+        }
+        return received.contains(text)
+    }
+
     /// Presses the power button and expects the guest to shut itself down.
     static func stopGracefully(_ guest: Guest) async throws {
         let outcome = try await guest.driver.stop(guest.directory, timeout: .seconds(60)) { step in
@@ -126,6 +158,7 @@ struct MachineBootTests {
             print(machine.accelerator.notice ?? "accelerator: \(machine.accelerator.reason)")
             let log = try await Self.waitForConsole(guest, "NIMBUS-READY")
             #expect(log.contains("NIMBUS-SHARE nimbus-9p-ok"))
+            #expect(try Self.consoleAnswers(guest, containing: "login:"))
             let disks = log.split(whereSeparator: \.isNewline).first { $0.hasPrefix("NIMBUS-DISKS") }
             #expect(disks?.contains("vda 4G") == true, "\(disks ?? "")")
             #expect(disks?.contains("sda 64M") == true, "\(disks ?? "")")

@@ -274,4 +274,18 @@ struct QEMUDriverTests {
             #expect(!FileManager.default.fileExists(atPath: fixture.directory.pidFile.path))
         }
     }
+
+    @Test("status reports a live machine whose monitor is held by another client as unresponsive, with its pid")
+    func unresponsiveStatus() async throws {
+        try await MachineFixture.with { fixture in
+            let machine = try await fixture.driver.start(MachineFixture.bareConfig(), in: fixture.directory)
+            let holder = try await QEMUDriver.connect(fixture.directory)
+            let status = await fixture.driver.status(of: fixture.directory)
+            #expect(status.state == .unresponsive)
+            #expect(status.pid == machine.pid)
+            await holder.close()
+            #expect(await fixture.driver.status(of: fixture.directory).state == .running)
+            try await fixture.driver.kill(fixture.directory)
+        }
+    }
 }

@@ -302,4 +302,21 @@ struct QMPClientScriptedPeerTests {
         await client.close()
         await script.value
     }
+
+    @Test("a peer that never ends its line is cut off at the message size limit")
+    func messageTooLong() async throws {
+        let (peer, descriptor) = try ScriptedPeer.make()
+        let script = peer.run { peer in
+            peer.handshake()
+            _ = peer.readLine()
+            peer.write(String(repeating: "x", count: QMPClient.maximumMessageLength + 65536))
+            _ = peer.readLine()
+            peer.close()
+        }
+        let client = try await QMPClient.connect(descriptor: descriptor)
+        await #expect(throws: QMPError.messageTooLong(limit: QMPClient.maximumMessageLength)) {
+            try await client.queryStatus()
+        }
+        await script.value
+    }
 }
