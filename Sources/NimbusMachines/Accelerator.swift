@@ -71,7 +71,8 @@ public enum AcceleratorProbe {
 
     /// Decides for `choice` given `facts`. `--accel kvm` where KVM cannot run a stock guest is an error
     /// that says why; `auto` falls back to TCG and says why.
-    public static func decide(_ choice: AcceleratorChoice, facts: HostFacts) throws(NimbusError) -> AcceleratorDecision {
+    public static func decide(_ choice: AcceleratorChoice, facts: HostFacts) throws(NimbusError) -> AcceleratorDecision
+    {
         if choice == .tcg { return AcceleratorDecision(accelerator: .tcg, reason: "requested with --accel tcg") }
         let unusable: String?
         switch facts.kvmDevice {

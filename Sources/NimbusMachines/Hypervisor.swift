@@ -37,6 +37,13 @@ public protocol Hypervisor: Sendable {
     func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
 }
 
+extension Hypervisor {
+    /// Stops the machine with the default 60-second wait for the guest.
+    public func stop(_ directory: MachineDirectory) async throws(NimbusError) -> StopOutcome {
+        try await stop(directory, timeout: .seconds(60), progress: nil)
+    }
+}
+
 /// A machine that `start` brought up.
 public struct RunningMachine: Sendable, Hashable {
     /// The hypervisor process.
@@ -54,7 +61,7 @@ public struct RunningMachine: Sendable, Hashable {
 }
 
 /// The state of a machine, read from the live process and QMP.
-public struct MachineStatus: Sendable, Hashable {
+public struct MachineStatus: Sendable, Hashable, Codable {
     public enum State: String, Sendable, Hashable, Codable {
         /// No live process.
         case stopped
@@ -85,7 +92,7 @@ public struct MachineStatus: Sendable, Hashable {
 
 /// How a stop went. The ladder: ACPI power button (`system_powerdown`) and a wait for the guest's
 /// SHUTDOWN up to the timeout, then QMP `quit`, then SIGTERM, then SIGKILL; each step is recorded.
-public struct StopOutcome: Sendable, Hashable {
+public struct StopOutcome: Sendable, Hashable, Codable {
     /// The rung that ended the machine.
     public enum Rung: String, Sendable, Hashable, Codable {
         /// It was not running.

@@ -61,8 +61,10 @@ public struct MachineConfig: Codable, Sendable, Hashable {
         console = try container.decodeIfPresent(Console.self, forKey: .console) ?? defaults.console
         shares = try container.decodeIfPresent([Share].self, forKey: .shares) ?? defaults.shares
         vnc = try container.decodeIfPresent(Bool.self, forKey: .vnc) ?? defaults.vnc
-        accelerator = try container.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? defaults.accelerator
-        extraArguments = try container.decodeIfPresent([String].self, forKey: .extraArguments) ?? defaults.extraArguments
+        accelerator =
+            try container.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? defaults.accelerator
+        extraArguments =
+            try container.decodeIfPresent([String].self, forKey: .extraArguments) ?? defaults.extraArguments
     }
 }
 
@@ -78,11 +80,21 @@ extension MachineConfig {
         /// Attach read-only.
         public var readOnly: Bool = false
 
-        public init(path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false) {
+        public init(
+            path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false
+        ) {
             self.path = path
             self.format = format
             self.interface = interface
             self.readOnly = readOnly
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            path = try container.decode(String.self, forKey: .path)
+            format = try container.decodeIfPresent(DiskFormat.self, forKey: .format) ?? .qcow2
+            interface = try container.decodeIfPresent(DiskInterface.self, forKey: .interface) ?? .virtioBlk
+            readOnly = try container.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
         }
     }
 
@@ -174,6 +186,15 @@ extension MachineConfig {
             self.macAddress = macAddress
         }
 
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            mode = try container.decodeIfPresent(Mode.self, forKey: .mode) ?? .user
+            forwards = try container.decodeIfPresent([PortForward].self, forKey: .forwards) ?? []
+            forwardSSH = try container.decodeIfPresent(Bool.self, forKey: .forwardSSH) ?? true
+            sshHostPort = try container.decodeIfPresent(UInt16.self, forKey: .sshHostPort)
+            macAddress = try container.decodeIfPresent(String.self, forKey: .macAddress)
+        }
+
         /// The network backend.
         public enum Mode: Codable, Sendable, Hashable {
             /// QEMU's user-mode stack (slirp): no privileges, the guest is 10.0.2.15 behind NAT.
@@ -197,11 +218,20 @@ extension MachineConfig {
         /// The host address to listen on: loopback unless the user asks otherwise.
         public var hostAddress: String = "127.0.0.1"
 
-        public init(hostPort: UInt16, guestPort: UInt16, transport: Transport = .tcp, hostAddress: String = "127.0.0.1") {
+        public init(hostPort: UInt16, guestPort: UInt16, transport: Transport = .tcp, hostAddress: String = "127.0.0.1")
+        {
             self.hostPort = hostPort
             self.guestPort = guestPort
             self.transport = transport
             self.hostAddress = hostAddress
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            hostPort = try container.decode(UInt16.self, forKey: .hostPort)
+            guestPort = try container.decode(UInt16.self, forKey: .guestPort)
+            transport = try container.decodeIfPresent(Transport.self, forKey: .transport) ?? .tcp
+            hostAddress = try container.decodeIfPresent(String.self, forKey: .hostAddress) ?? "127.0.0.1"
         }
 
         /// Parses `HOST:GUEST` or `HOST:GUEST/udp` (`--forward 8080:80`).
@@ -239,6 +269,11 @@ extension MachineConfig {
         public var logLimit: ByteSize = .mebibytes(8)
 
         public init(logLimit: ByteSize = .mebibytes(8)) { self.logLimit = logLimit }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            logLimit = try container.decodeIfPresent(ByteSize.self, forKey: .logLimit) ?? .mebibytes(8)
+        }
     }
 
     /// A host folder shared into the guest with 9p (`mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`).
@@ -249,11 +284,20 @@ extension MachineConfig {
         public var readOnly: Bool = false
         public var securityModel: SecurityModel = .mappedXattr
 
-        public init(hostPath: String, tag: String, readOnly: Bool = false, securityModel: SecurityModel = .mappedXattr) {
+        public init(hostPath: String, tag: String, readOnly: Bool = false, securityModel: SecurityModel = .mappedXattr)
+        {
             self.hostPath = hostPath
             self.tag = tag
             self.readOnly = readOnly
             self.securityModel = securityModel
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            hostPath = try container.decode(String.self, forKey: .hostPath)
+            tag = try container.decode(String.self, forKey: .tag)
+            readOnly = try container.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
+            securityModel = try container.decodeIfPresent(SecurityModel.self, forKey: .securityModel) ?? .mappedXattr
         }
 
         /// How guest ownership and modes map onto host files.

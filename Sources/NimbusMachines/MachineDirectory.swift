@@ -10,14 +10,14 @@ public struct MachineDirectory: Sendable, Hashable {
 
     /// The QMP socket's name, relative to the folder (QEMU starts in the folder, see `QEMUCommandLine`).
     public static let qmpSocketName = "qmp.sock"
-    /// The serial console socket's name, relative to the folder (`nimbus console` attaches to it).
+    /// The serial console socket's name, relative to the folder.
     public static let consoleSocketName = "console.sock"
     /// The VNC socket's name, relative to the folder.
     public static let vncSocketName = "vnc.sock"
 
     /// The QMP control socket (mode 0600).
     public var qmpSocket: URL { url.appending(path: Self.qmpSocketName) }
-    /// The serial console socket; QEMU also writes everything the guest prints to `serialLog`.
+    /// The serial console socket (mode 0600): connect to it to type on the guest's ttyS0.
     public var consoleSocket: URL { url.appending(path: Self.consoleSocketName) }
     /// The VNC socket, when VNC was asked for.
     public var vncSocket: URL { url.appending(path: Self.vncSocketName) }

@@ -51,7 +51,8 @@ public enum MachineError: Error, Sendable, Hashable, CustomStringConvertible {
             NimbusError(.invalidArgument, "QEMU rejected the command line of machine \(name): \(text)", cause: self)
         case .fileNotFound(let text):
             NimbusError(
-                .notFound, "QEMU could not open a file of machine \(name): \(text); check that the path exists and is readable",
+                .notFound,
+                "QEMU could not open a file of machine \(name): \(text); check that the path exists and is readable",
                 cause: self)
         case .portInUse(let port, let text):
             NimbusError(

@@ -28,8 +28,11 @@ extension QEMUCommandLine {
         add("-no-user-config")
         add("-nodefaults")
         if microvm {
-            // Option ROMs and the legacy PIT/PIC only slow a direct kernel boot; the ISA serial port is the console.
-            add("-machine", "microvm", ["x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on"])
+            // Option ROMs and the legacy PIT/PIC only slow a direct kernel boot (kvm-clock calibrates the TSC);
+            // the ISA serial port is the console. QEMUDriver refuses microvm under TCG (see there).
+            add(
+                "-machine", "microvm",
+                ["x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on"])
         } else {
             add("-machine", "q35")
         }
@@ -47,7 +50,9 @@ extension QEMUCommandLine {
 
         if case .uefi(let code, _) = config.firmware {
             add("-drive", nil, ["if": "pflash", "format": "raw", "unit": "0", "file": code, "readonly": "on"])
-            add("-drive", nil, ["if": "pflash", "format": "qcow2", "unit": "1", "file": directory.firmwareVariables.path])
+            add(
+                "-drive", nil,
+                ["if": "pflash", "format": "qcow2", "unit": "1", "file": directory.firmwareVariables.path])
         }
         if let kernel = config.kernel {
             add("-kernel", kernel.kernel)
@@ -96,7 +101,9 @@ extension QEMUCommandLine {
                 add("-drive", nil, ["if": "none", "id": "seed", "file": iso, "format": "raw", "readonly": "on"])
                 add("-device", "virtio-blk-device", ["drive": "seed", "id": "seed-dev"])
             } else {
-                add("-drive", nil, ["if": "none", "id": "seed", "file": iso, "format": "raw", "media": "cdrom", "readonly": "on"])
+                add(
+                    "-drive", nil,
+                    ["if": "none", "id": "seed", "file": iso, "format": "raw", "media": "cdrom", "readonly": "on"])
                 add("-device", "ide-cd", ["drive": "seed", "id": "seed-dev"])
             }
         case .ignition(let config):
@@ -112,7 +119,8 @@ extension QEMUCommandLine {
             var rules: [String] = []
             if config.network.forwardSSH, let sshHostPort { rules.append("tcp:127.0.0.1:\(sshHostPort)-:22") }
             for forward in config.network.forwards {
-                rules.append("\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
+                rules.append(
+                    "\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
             }
             let value = (["user", "id=net0"] + rules.map { "hostfwd=\(escape($0))" }).joined(separator: ",")
             add("-netdev", value)
@@ -133,15 +141,23 @@ extension QEMUCommandLine {
         for (index, share) in config.shares.enumerated() {
             let id = "fs\(index)"
             if share.readOnly {
-                add("-fsdev", "local", ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue, "readonly": "on"])
+                add(
+                    "-fsdev", "local",
+                    [
+                        "id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue,
+                        "readonly": "on",
+                    ])
             } else {
-                add("-fsdev", "local", ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue])
+                add(
+                    "-fsdev", "local",
+                    ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue])
             }
             add("-device", "virtio-9p-\(bus)", ["fsdev": id, "mount_tag": share.tag])
         }
 
-        // The serial console is a socket `nimbus console` attaches to, and everything the guest prints is
-        // also appended to a log file (the chardev's logfile), which Nimbus rotates at start and caps at stop.
+        // The serial console is a socket a person can attach to (`nimbus console`), and QEMU also appends
+        // everything the guest prints to the log file, attached or not; with nobody attached, output is
+        // only logged, never blocked. Nimbus rotates the log at start and caps it at stop.
         add(
             "-chardev", "socket",
             [
@@ -205,13 +221,16 @@ extension MachineConfig {
         }
         if kernel?.kernel.isEmpty == true { throw invalid("--kernel needs a path") }
         if network.mode != .user, !network.forwards.isEmpty {
-            throw invalid("port forwards need user-mode networking; with a bridge or tap, reach the guest at its own address")
+            throw invalid(
+                "port forwards need user-mode networking; with a bridge or tap, reach the guest at its own address")
         }
         var hostPorts = Set<String>()
         if network.forwardSSH, let ssh = network.sshHostPort { hostPorts.insert("tcp:\(ssh)") }
         for forward in network.forwards {
             guard hostPorts.insert("\(forward.transport.rawValue):\(forward.hostPort)").inserted else {
-                throw invalid("host port \(forward.hostPort)/\(forward.transport.rawValue) is forwarded twice: give each forward its own host port")
+                throw invalid(
+                    "host port \(forward.hostPort)/\(forward.transport.rawValue) is forwarded twice: give each forward its own host port"
+                )
             }
         }
         if let mac = network.macAddress {

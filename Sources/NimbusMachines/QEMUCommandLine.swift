@@ -34,7 +34,10 @@ public struct QEMUCommandLine: Sendable, Hashable {
     /// `sun_path` limit however deep the instance folder is.
     public var workingDirectory: String
 
-    public init(executable: String = "qemu-system-x86_64", options: [Option] = [], extraArguments: [String] = [], workingDirectory: String) {
+    public init(
+        executable: String = "qemu-system-x86_64", options: [Option] = [], extraArguments: [String] = [],
+        workingDirectory: String
+    ) {
         self.executable = executable
         self.options = options
         self.extraArguments = extraArguments

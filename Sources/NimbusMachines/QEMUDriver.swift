@@ -41,6 +41,15 @@ public struct QEMUDriver: Hypervisor {
             throw NimbusError(.invalidState, "machine \(config.name) is already running (QEMU pid \(running.pid))")
         }
         let decision = try AcceleratorProbe.resolve(config.accelerator, cache: hostFactsCache)
+        // Under TCG microvm offers a stock kernel no clock to calibrate against (no kvm-clock, HPET or ACPI
+        // PM timer; the PIT alone does not do): Debian's 6.1 kernel stops at "tsc: Unable to calibrate
+        // against PIT" with or without pit=on. Refuse rather than hang.
+        if config.machineType == .microvm, decision.accelerator == .tcg {
+            throw NimbusError(
+                .unsupported,
+                "the microvm machine type needs KVM, and this machine runs on TCG (\(decision.reason)): use the q35 machine type"
+            )
+        }
         guard let qemu = ProgramRunner.find(executable) else {
             throw NimbusError(
                 .unsupported, "\(executable) is not installed: install it with `apt-get install qemu-system-x86`")
@@ -87,6 +96,7 @@ public struct QEMUDriver: Hypervisor {
         }
         // QEMU creates the socket with the umask's mode; only the owner may drive the machine.
         chmod(directory.qmpSocket.path, 0o600)
+        chmod(directory.consoleSocket.path, 0o600)
         if config.vnc { chmod(directory.vncSocket.path, 0o600) }
         do {
             let client = try await Self.connect(directory, timeout: monitorTimeout)
@@ -129,7 +139,7 @@ public struct QEMUDriver: Hypervisor {
     /// Removes the sockets and pidfile a dead QEMU left behind (it cannot unlink a socket it bound by a
     /// relative path once it has changed to /).
     private func removeRuntimeFiles(_ directory: MachineDirectory) {
-        for file in [directory.qmpSocket, directory.vncSocket, directory.pidFile] {
+        for file in [directory.qmpSocket, directory.consoleSocket, directory.vncSocket, directory.pidFile] {
             unlink(file.path)
         }
     }
@@ -202,8 +212,14 @@ public struct QEMUDriver: Hypervisor {
         }
         do {
             let client = try await Self.connect(directory, timeout: .seconds(3))
-            defer { Task { await client.close() } }
-            let status = try await client.queryStatus()
+            let answer: Result<QMPStatus, QMPError>
+            do {
+                answer = .success(try await client.queryStatus())
+            } catch {
+                answer = .failure(error)
+            }
+            await client.close()
+            let status = try answer.get()
             let state: MachineStatus.State
             switch status.status {
             case "running": state = .running
@@ -226,7 +242,9 @@ public struct QEMUDriver: Hypervisor {
     }
 
     public func reset(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await withMonitor(directory, "reset the machine") { client throws(QMPError) in try await client.systemReset() }
+        try await withMonitor(directory, "reset the machine") { client throws(QMPError) in
+            try await client.systemReset()
+        }
     }
 
     public func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
@@ -280,7 +298,9 @@ public struct QEMUDriver: Hypervisor {
             let events = client.events()
             do {
                 try await client.systemPowerdown()
-                log("pressed the ACPI power button (system_powerdown); waiting up to \(timeout) for the guest to shut down")
+                log(
+                    "pressed the ACPI power button (system_powerdown); waiting up to \(timeout) for the guest to shut down"
+                )
                 let shutdown = await Self.firstShutdown(events, timeout: timeout)
                 shutdownReason = shutdown?.reason
                 if shutdown != nil, await process.waitForExit(timeout: Self.rungTimeout) {
@@ -288,7 +308,9 @@ public struct QEMUDriver: Hypervisor {
                     endedBy = .guestShutdown
                 } else if process.isAlive {
                     log("no shutdown within \(timeout); sending quit")
+                    let afterQuit = client.events()
                     try? await client.quit()
+                    shutdownReason = await Self.firstShutdown(afterQuit, timeout: Self.rungTimeout)?.reason
                     if await process.waitForExit(timeout: Self.rungTimeout) {
                         log("QEMU quit")
                         endedBy = .quit

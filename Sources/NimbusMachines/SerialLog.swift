@@ -3,8 +3,8 @@ import NimbusCore
 
 /// The serial console log's size cap and rotation.
 ///
-/// QEMU writes the console with a `file` chardev, which cannot cap or rotate a file, and there is no
-/// daemon to read a pipe. So Nimbus does it at the two moments it runs: at start the last boot's log
+/// QEMU logs the console chardev to a file (`logfile=`), which it cannot cap or rotate, and there is
+/// no daemon to read a pipe. So Nimbus does it at the two moments it runs: at start the last boot's log
 /// becomes `serial.log.1` (one generation kept), and at stop the log is cut to its last `limit` bytes.
 /// While a machine runs, its log grows unbounded; a guest console is quiet after boot.
 enum SerialLog {

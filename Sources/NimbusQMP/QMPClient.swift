@@ -100,7 +100,9 @@ public final class QMPClient: Sendable {
         let id: String
         switch state.register(command: command, promise: promise) {
         case .success(let registered): id = registered
-        case .failure(let error): throw error
+        case .failure(let error):
+            promise.fail(error)
+            throw error
         }
         var message: [String: QMPValue] = ["execute": .string(command), "id": .string(id)]
         if let arguments { message["arguments"] = arguments }
@@ -296,12 +298,20 @@ final class QMPConnectionState: Sendable {
 struct QMPLineDecoder: ByteToMessageDecoder {
     typealias InboundOut = ByteBuffer
     let maximumLength: Int
+    /// How many readable bytes are known to hold no newline, so a long message is scanned once, not once
+    /// per read.
+    private var scanned = 0
+
+    init(maximumLength: Int) { self.maximumLength = maximumLength }
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-            if buffer.readableBytes > maximumLength { throw QMPError.messageTooLong(limit: maximumLength) }
+        let view = buffer.readableBytesView
+        guard let newline = view.dropFirst(scanned).firstIndex(of: UInt8(ascii: "\n")) else {
+            scanned = buffer.readableBytes
+            if scanned > maximumLength { throw QMPError.messageTooLong(limit: maximumLength) }
             return .needMoreData
         }
+        scanned = 0
         guard let line = buffer.readSlice(length: newline - buffer.readerIndex) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: 1)
         context.fireChannelRead(Self.wrapInboundOut(line))
@@ -354,8 +364,11 @@ final class QMPChannelHandler: ChannelInboundHandler {
             case .leftoverDataWhenDone = error
         {
             state.record(.connectionClosed(partialMessage: nil))
+        } else if let error = error as? IOError, [ECONNRESET, EPIPE].contains(error.errnoCode) {
+            // QEMU exiting (after quit or a shutdown) may reset the socket rather than close it.
+            state.record(.connectionClosed(partialMessage: nil))
         } else {
-            state.record(.connectionFailed(path: "QMP socket", reason: String(describing: error)))
+            state.record(.connectionFailed(path: "the open QMP connection", reason: String(describing: error)))
         }
         context.close(promise: nil)
     }

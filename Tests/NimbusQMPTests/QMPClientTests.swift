@@ -3,13 +3,17 @@ import NimbusQMP
 import NimbusTestSupport
 import Testing
 
-@Suite("QMP client against a real QEMU", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img"))))
+@Suite(
+    "QMP client against a real QEMU",
+    .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img"))))
 struct QMPClientRealQEMUTests {
     @Test("greets, negotiates and answers query-status")
     func greetingAndStatus() async throws {
         try await BareQEMU.with { qemu in
             let client = try await QMPClient.connect(path: qemu.socket)
-            #expect(client.greeting.version.hasPrefix("7.") || client.greeting.version.hasPrefix("8.") || client.greeting.version.hasPrefix("9."))
+            #expect(
+                client.greeting.version.hasPrefix("7.") || client.greeting.version.hasPrefix("8.")
+                    || client.greeting.version.hasPrefix("9."))
             let status = try await client.queryStatus()
             #expect(status.running)
             #expect(status.status == "running")
@@ -21,7 +25,11 @@ struct QMPClientRealQEMUTests {
     func errorClasses() async throws {
         try await BareQEMU.with { qemu in
             let client = try await QMPClient.connect(path: qemu.socket)
-            await #expect(throws: QMPError.command(command: "no-such-command", errorClass: .commandNotFound, description: "The command no-such-command has not been found")) {
+            await #expect(
+                throws: QMPError.command(
+                    command: "no-such-command", errorClass: .commandNotFound,
+                    description: "The command no-such-command has not been found")
+            ) {
                 try await client.execute("no-such-command")
             }
             do {
@@ -197,7 +205,9 @@ struct QMPClientScriptedPeerTests {
             peer.handshake()
             let first = peer.id(of: peer.readLine())
             let second = peer.id(of: peer.readLine())
-            peer.write(#"{"return": "second", "id": "\#(second)"}"# + "\r\n" + #"{"return": "first", "id": "\#(first)"}"# + "\r\n")
+            peer.write(
+                #"{"return": "second", "id": "\#(second)"}"# + "\r\n" + #"{"return": "first", "id": "\#(first)"}"#
+                    + "\r\n")
             _ = peer.readLine()
             peer.close()
         }
@@ -290,6 +300,23 @@ struct QMPClientScriptedPeerTests {
         }
         #expect(QMPErrorClass.other("SomethingNew").description == "SomethingNew")
         await client.close()
+        await script.value
+    }
+
+    @Test("a peer that never ends its line is cut off at the message size limit")
+    func messageTooLong() async throws {
+        let (peer, descriptor) = try ScriptedPeer.make()
+        let script = peer.run { peer in
+            peer.handshake()
+            _ = peer.readLine()
+            peer.write(String(repeating: "x", count: QMPClient.maximumMessageLength + 65536))
+            _ = peer.readLine()
+            peer.close()
+        }
+        let client = try await QMPClient.connect(descriptor: descriptor)
+        await #expect(throws: QMPError.messageTooLong(limit: QMPClient.maximumMessageLength)) {
+            try await client.queryStatus()
+        }
         await script.value
     }
 }
