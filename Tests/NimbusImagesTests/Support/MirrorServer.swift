@@ -61,6 +61,8 @@ final class MirrorServer: Sendable {
     /// Puts `data` at `path` (no leading slash).
     func put(_ path: String, _ data: Data) { files.withLock { $0["/" + path] = data } }
     func put(_ path: String, _ text: String) { put(path, Data(text.utf8)) }
+    /// What is served at `path`.
+    func file(_ path: String) -> Data? { files.withLock { $0["/" + path] } }
     func remove(_ path: String) { _ = files.withLock { $0.removeValue(forKey: "/" + path) } }
 
     /// Queues `fault` for the next `times` requests of `path`.
