@@ -17,6 +17,7 @@ public struct NimbusCommand: AsyncParsableCommand {
         version: version,
         subcommands: [],
         groupedSubcommands: [
+            CommandGroup(name: "Images", subcommands: [Image.self]),
         ]
     )
 

@@ -207,7 +207,7 @@ struct Downloader: Sendable {
                             "download of \(what) was cut short at \(offset) of \(total) bytes after \(attempt) tries "
                                 + "(\(reason)); run the command again to resume", cause: failure)
                     }
-                    throw failure.error("downloading \(what)")
+                    throw failure.error(what)
                 }
                 try? await Task.sleep(for: policy.delay(beforeAttempt: attempt))
                 attempt += 1

@@ -49,11 +49,11 @@ enum HTTPFailure: Error, Sendable, CustomStringConvertible {
         case .status(404, let url), .status(410, let url):
             NimbusError(.notFound, "\(what) is not on the mirror: \(url.absoluteString) answered HTTP 404", cause: self)
         case .status(let code, let url):
-            NimbusError(.network, "\(what) failed: \(url.absoluteString) answered HTTP \(code)", cause: self)
+            NimbusError(.network, "could not fetch \(what): \(url.absoluteString) answered HTTP \(code)", cause: self)
         case .connection(let url, let reason):
             NimbusError(
                 .network,
-                "\(what) failed: could not reach \(url.host ?? url.absoluteString) (\(reason)); check the network "
+                "could not fetch \(what): could not reach \(url.host ?? url.absoluteString) (\(reason)); check the network "
                     + "or the mirror setting", cause: self)
         }
     }

@@ -64,7 +64,7 @@ struct MetadataCache: Sendable {
                 warn("warning: \(error); using the \(what) cached \(age) minutes ago")
                 return body
             }
-            throw error.error("fetching the \(what)")
+            throw error.error("the \(what)")
         }
         if response.status == 304, let (validators, body) = cached {
             var renewed = validators

@@ -20,7 +20,7 @@ struct CatalogTests {
                 #expect(remote.version == "20240423.1", "\(text)")
                 #expect(remote.codename == "noble")
                 #expect(remote.url.absoluteString.hasSuffix(
-                    "/released/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"))
+                    "/releases/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"))
                 #expect(remote.checksum == Checksum(.sha256, Fixtures.sha256(image)))
                 #expect(remote.size == UInt64(image.count))
             }
@@ -101,11 +101,11 @@ struct CatalogTests {
         }
         let server = try await MirrorServer.start()
         try await TemporaryDirectory.with { dir in
-            server.put("released/streams/v1/index.json", "<html>captive portal</html>")
+            server.put("releases/streams/v1/index.json", "<html>captive portal</html>")
             let store = try Fixtures.store(dir, server: server)
             let error = await #expect(throws: NimbusError.self) { try await store.resolve(.catalog(.ubuntu, release: nil, stream: "released"), arch: .amd64) }
             #expect(error?.message.contains("is not valid simplestreams JSON") == true)
-            server.put("released/streams/v1/index.json", "{\"format\": \"index:1.0\", \"index\": {}}")
+            server.put("releases/streams/v1/index.json", "{\"format\": \"index:1.0\", \"index\": {}}")
             let store2 = try Fixtures.store(dir, server: server, refresh: true)
             let empty = await #expect(throws: NimbusError.self) { try await store2.resolve(.catalog(.ubuntu, release: nil, stream: "released"), arch: .amd64) }
             #expect(empty?.message.contains("has no image-downloads entry") == true)

@@ -8,7 +8,7 @@ import Testing
 /// Pulls from a loopback mirror with faults injected by the server itself.
 @Suite("Verified downloads", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img"))))
 struct DownloadTests {
-    static let imagePath = "released/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"
+    static let imagePath = "releases/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"
     static let noble = ImageReference.catalog(.ubuntu, release: "24.04", stream: "released")
 
     /// A mirror with the standard Ubuntu tree around a 3 MiB qcow2.
@@ -191,7 +191,7 @@ struct DownloadTests {
     @Test("catalog metadata is cached with its ETag, revalidated on --refresh (304), and used offline with a warning")
     func metadataCaching() async throws {
         try await withMirror { server, dir, _ in
-            let index = "released/streams/v1/index.json"
+            let index = "releases/streams/v1/index.json"
             _ = try await Fixtures.store(dir, server: server).resolve(Self.noble, arch: .amd64)
             #expect(server.requests(index).count == 1)
             _ = try await Fixtures.store(dir, server: server).resolve(Self.noble, arch: .amd64)

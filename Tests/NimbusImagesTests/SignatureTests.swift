@@ -43,12 +43,12 @@ struct TestSigner {
     "Signed simplestreams metadata",
     .enabled(if: Prerequisites.run(when: Prerequisites.programs("gpg", "gpgv", "gpgconf", "qemu-img"))))
 struct SignatureTests {
-    static let productsJSON = "released/streams/v1/com.ubuntu.cloud:released:download.json"
-    static let productsSJSON = "released/streams/v1/com.ubuntu.cloud:released:download.sjson"
+    static let productsJSON = "releases/streams/v1/com.ubuntu.cloud:released:download.json"
+    static let productsSJSON = "releases/streams/v1/com.ubuntu.cloud:released:download.sjson"
 
     /// Serves index.sjson and the products .sjson signed by `signer` (the unsigned .json stay too).
     func signTree(_ server: MirrorServer, _ signer: TestSigner, _ dir: URL) async throws {
-        for (json, sjson) in [("released/streams/v1/index.json", "released/streams/v1/index.sjson"), (Self.productsJSON, Self.productsSJSON)] {
+        for (json, sjson) in [("releases/streams/v1/index.json", "releases/streams/v1/index.sjson"), (Self.productsJSON, Self.productsSJSON)] {
             let body = try #require(server.file(json))
             server.put(sjson, try await signer.clearsign(body, in: dir))
         }

@@ -54,7 +54,8 @@ struct SimpleStreams: Sendable {
     /// The keyring to check `.sjson` against; nil reads the unsigned `.json`.
     let keyring: URL?
 
-    var root: URL { mirror.appending(path: stream + "/") }
+    /// The stream's folder on the mirror: `releases/` for the released stream, `daily/` for daily.
+    var root: URL { mirror.appending(path: (stream == "released" ? "releases" : stream) + "/") }
 
     /// The products file of the stream, checked against the keyring when there is one.
     func products() async throws(NimbusError) -> Products {

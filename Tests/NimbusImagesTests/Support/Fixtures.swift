@@ -54,6 +54,7 @@ enum Fixtures {
         mutate: (inout [String: Any]) -> Void = { _ in }
     ) throws -> String {
         let contentID = "com.ubuntu.cloud:\(stream):download"
+        let root = stream == "released" ? "releases" : stream
         var products: [String: Any] = [:]
         for product in images {
             var versions: [String: Any] = [:]
@@ -63,7 +64,7 @@ enum Fixtures {
                     let folder = stream == "daily" ? "server/\(product.codename)/\(serial)" : "server/releases/\(product.codename)/release-\(serial)"
                     let suffix = item == "uefi1.img" ? "-uefi1" : ""
                     let path = "\(folder)/ubuntu-\(product.version)-server-cloudimg-\(product.arch)\(suffix).img"
-                    server.put("\(stream)/\(path)", image)
+                    server.put("\(root)/\(path)", image)
                     items[item] = [
                         "ftype": item, "path": path, "sha256": sha256(image), "size": image.count,
                         "md5": String(repeating: "0", count: 32),
@@ -99,9 +100,9 @@ enum Fixtures {
                 ],
             ],
         ]
-        server.put("\(stream)/streams/v1/index.json", try JSONSerialization.data(withJSONObject: index, options: [.sortedKeys, .prettyPrinted]))
-        server.put("\(stream)/\(productsPath)", try JSONSerialization.data(withJSONObject: catalog, options: [.sortedKeys, .prettyPrinted]))
-        return "\(stream)/\(productsPath)"
+        server.put("\(root)/streams/v1/index.json", try JSONSerialization.data(withJSONObject: index, options: [.sortedKeys, .prettyPrinted]))
+        server.put("\(root)/\(productsPath)", try JSONSerialization.data(withJSONObject: catalog, options: [.sortedKeys, .prettyPrinted]))
+        return "\(root)/\(productsPath)"
     }
 
     static let standardUbuntu: [UbuntuImage] = [
