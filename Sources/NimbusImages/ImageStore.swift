@@ -327,6 +327,8 @@ public actor ImageStore {
 
     /// Adds `names` to an entry's references and writes its metadata.
     func record(_ image: CachedImage, names: [String]) throws(NimbusError) -> CachedImage {
+        // A cache hit under names already recorded writes nothing (no fsync on the fast path).
+        if !names.isEmpty, names.allSatisfy(image.references.contains), entry(image.sha256) == image { return image }
         var updated = image
         for name in names.reversed() where !name.isEmpty {
             updated.references.removeAll { $0 == name }

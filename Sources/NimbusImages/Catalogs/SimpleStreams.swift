@@ -20,13 +20,13 @@ struct SimpleStreams: Sendable {
         var format: String?
     }
 
-    struct Products: Decodable {
+    struct Products: Codable {
         var content_id: String?
         var datatype: String?
         var products: [String: Product]?
     }
 
-    struct Product: Decodable {
+    struct Product: Codable {
         var aliases: String?
         var arch: String?
         var os: String?
@@ -37,11 +37,11 @@ struct SimpleStreams: Sendable {
         var versions: [String: Version]?
     }
 
-    struct Version: Decodable {
+    struct Version: Codable {
         var items: [String: Item]?
     }
 
-    struct Item: Decodable {
+    struct Item: Codable {
         var ftype: String?
         var path: String?
         var size: UInt64?
@@ -74,14 +74,45 @@ struct SimpleStreams: Sendable {
         }
         if keyring != nil, path.hasSuffix(".json") { path = String(path.dropLast(5)) + ".sjson" }
         let productsURL = root.appending(path: path)
-        let data = try await fetch(productsURL, what: "Ubuntu \(stream) image catalog")
-        return try decode(Products.self, data, "Ubuntu image catalog \(productsURL.absoluteString)")
+        let what = "Ubuntu image catalog \(productsURL.absoluteString)"
+        // The real products file is megabytes of JSON; what is cached is its digest (each product's newest
+        // disk image only), so that resolving from cached metadata parses kilobytes.
+        let data = try await fetch(productsURL, what: "Ubuntu \(stream) image catalog") { data throws(NimbusError) in
+            let full = try decode(Products.self, data, what)
+            do {
+                return try JSONEncoder().encode(Self.digest(full))
+            } catch {
+                throw malformed("\(what) could not be re-encoded (\(error))")
+            }
+        }
+        return try decode(Products.self, data, what)
     }
 
-    private func fetch(_ url: URL, what: String) async throws(NimbusError) -> Data {
-        guard let keyring else { return try await metadata.fetch(url, what: what) }
+    /// The products with only the newest version that has a disk image, and only its disk items.
+    static func digest(_ products: Products) -> Products {
+        var reduced = products
+        reduced.products = products.products?.mapValues { product in
+            var slim = product
+            let withDisk = (product.versions ?? [:]).filter {
+                $0.value.items?["disk1.img"] != nil || $0.value.items?["uefi1.img"] != nil
+            }
+            if let serial = withDisk.keys.max(), let version = withDisk[serial] {
+                let items = (version.items ?? [:]).filter { $0.key == "disk1.img" || $0.key == "uefi1.img" }
+                slim.versions = [serial: Version(items: items)]
+            } else if let serial = product.versions?.keys.max() {
+                slim.versions = [serial: Version(items: [:])]
+            }
+            return slim
+        }
+        return reduced
+    }
+
+    private func fetch(
+        _ url: URL, what: String, then reduce: @escaping @Sendable (Data) throws(NimbusError) -> Data = { $0 }
+    ) async throws(NimbusError) -> Data {
+        guard let keyring else { return try await metadata.fetch(url, what: what) { data throws(NimbusError) in try reduce(data) } }
         return try await metadata.fetch(url, what: what) { data throws(NimbusError) in
-            try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)")
+            try reduce(try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)"))
         }
     }
 
