@@ -22,6 +22,14 @@ public struct TransferProgress: Sendable {
     public var resumedFrom: UInt64
     /// True once, at the end.
     public var finished: Bool
+
+    public init(what: String, bytes: UInt64, total: UInt64?, resumedFrom: UInt64, finished: Bool) {
+        self.what = what
+        self.bytes = bytes
+        self.total = total
+        self.resumedFrom = resumedFrom
+        self.finished = finished
+    }
 }
 
 /// What a finished transfer produced.
