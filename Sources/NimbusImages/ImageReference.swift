@@ -52,6 +52,9 @@ public enum ImageReference: Hashable, Sendable, CustomStringConvertible {
     case file(URL)
     /// An image at an HTTP(S) URL, with an optional checksum to verify it against.
     case url(URL, checksum: Checksum?)
+    /// An image already in the cache under this name (`nimbus image import --name`); made by
+    /// `ImageStore.reference(_:)` when the text names no catalog but a cached image.
+    case named(String)
 
     /// The Debian releases with genericcloud images, newest first; the first is the default.
     public static let debianReleases: [(version: String, codename: String)] = [
@@ -154,6 +157,7 @@ public enum ImageReference: Hashable, Sendable, CustomStringConvertible {
             return release.map { "\(distribution):\($0)" } ?? distribution.rawValue
         case .file(let url): return url.absoluteString
         case .url(let url, _): return url.absoluteString
+        case .named(let name): return name
         }
     }
 }

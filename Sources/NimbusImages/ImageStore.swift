@@ -81,9 +81,19 @@ public actor ImageStore {
         try ImageAliases(paths: paths).load()
     }
 
-    /// Parses `text` with the user's aliases expanded.
+    /// Parses `text` with the user's aliases expanded; a bare name that is neither a catalog nor an alias
+    /// but names a cached image (an import) becomes `.named`.
     public func reference(_ text: String, checksum: String? = nil) throws(NimbusError) -> ImageReference {
-        try ImageReference.parse(text, checksum: checksum, aliases: aliases())
+        let all = try aliases()
+        do {
+            return try ImageReference.parse(text, checksum: checksum, aliases: all)
+        } catch {
+            let target = all[text] ?? text
+            if checksum == nil, !target.contains(":"), !target.contains("/"), try find(target) != nil {
+                return .named(target)
+            }
+            throw error
+        }
     }
 
     /// Sets (or with nil removes) an alias after checking that its target parses.
@@ -91,7 +101,11 @@ public actor ImageStore {
         if let target {
             var all = try aliases()
             all[name] = nil
-            _ = try ImageReference.parse(target, aliases: all)
+            do {
+                _ = try ImageReference.parse(target, aliases: all)
+            } catch {
+                guard try find(target) != nil else { throw error }
+            }
         } else if try aliases()[name] == nil {
             throw NimbusError(.notFound, "there is no image alias \"\(name)\": `nimbus image alias` lists them")
         }
@@ -154,6 +168,12 @@ public actor ImageStore {
             return RemoteImage(
                 reference: url.absoluteString, distribution: nil, release: nil, codename: nil, version: nil, arch: arch,
                 url: url, size: nil, checksum: nil)
+        case .named(let name):
+            let image = try info(name)
+            return RemoteImage(
+                reference: name, distribution: image.distribution, release: image.release, codename: image.codename,
+                version: image.version, arch: image.arch ?? arch, url: image.url, size: image.size,
+                checksum: Checksum(.sha256, image.sha256))
         }
     }
 
@@ -203,6 +223,7 @@ public actor ImageStore {
         if case .file(let url) = reference {
             return try await importImage(url, name: nil, as: typed)
         }
+        if case .named(let name) = reference { return try info(name) }
         let remote = try await resolve(reference, arch: arch)
         let names = [remote.reference, typed].compactMap { $0 }
         if let hit = try cachedEntry(for: remote) { return try record(hit, names: names) }
@@ -450,7 +471,7 @@ public actor ImageStore {
     public func find(_ text: String) throws(NimbusError) -> CachedImage? {
         let all = try list()
         var candidates = [text]
-        if let parsed = try? reference(text) {
+        if let parsed = try? ImageReference.parse(text, aliases: (try? aliases()) ?? [:]) {
             candidates.append(parsed.description)
             if case .catalog(let distribution, nil, _) = parsed { candidates.append(distribution.rawValue) }
         }

@@ -26,6 +26,11 @@ struct ImageStoreTests {
             #expect(image.name == "nocloud")
             #expect(image.source == file.absoluteString)
             #expect(try await store.info("nocloud").sha256 == image.sha256)
+            // The import name is a reference of its own, and aliases may point at it.
+            #expect(try await store.reference("nocloud") == .named("nocloud"))
+            #expect(try await store.pull(.named("nocloud")).sha256 == image.sha256)
+            try await store.setAlias("base", to: "nocloud")
+            #expect(try await store.reference("base") == .named("nocloud"))
             // Importing the same bytes again makes no second entry.
             let again = try await store.pull(.file(file), as: "file://" + file.path)
             #expect(again.sha256 == image.sha256)

@@ -113,4 +113,35 @@ struct SignatureTests {
         }
         await server.stop()
     }
+
+    @Test(
+        "NIMBUS_UBUNTU_KEYRING selects the keyring; without any keyring the unsigned .json is read with one warning",
+        .enabled(if: !FileManager.default.fileExists(atPath: "/usr/share/keyrings/ubuntu-cloudimage-keyring.gpg")))
+    func automaticKeyring() async throws {
+        let server = try await MirrorServer.start()
+        try await TemporaryDirectory.with { dir in
+            try Fixtures.ubuntuTree(on: server, images: Fixtures.standardUbuntu, image: Data("img".utf8))
+            let signer = try await TestSigner.make(in: dir.url, name: "env")
+            defer { Task { await signer.stop() } }
+            try await signTree(server, signer, dir.url)
+            let base = server.base
+            let mirrors = Mirrors(ubuntu: base, debian: base, fedoraCoreOS: base)
+            var options = ImageStore.Options()
+            options.keyring = .automatic
+            let log = WarningLog()
+            options.warn = { log.append($0) }
+            let signed = try ImageStore(
+                paths: dir.paths, mirrors: mirrors, options: options, environment: ["NIMBUS_UBUNTU_KEYRING": signer.keyring.path])
+            _ = try await signed.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+            #expect(server.requests(Self.productsSJSON).count == 1)
+            #expect(log.all.isEmpty)
+
+            let unsigned = try ImageStore(paths: dir.paths, mirrors: mirrors, options: options, environment: [:])
+            _ = try await unsigned.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+            _ = try await unsigned.resolve(.catalog(.ubuntu, release: "22.04", stream: "released"), arch: .amd64)
+            #expect(server.requests(Self.productsJSON).count == 1)
+            #expect(log.all.filter { $0.contains("signatures were not checked") }.count == 1)
+        }
+        await server.stop()
+    }
 }
