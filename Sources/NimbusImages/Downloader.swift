@@ -200,7 +200,9 @@ struct Downloader: Sendable {
                     }
                     if offset - lastReported >= 1 << 20 {
                         lastReported = offset
-                        progress(TransferProgress(what: what, bytes: offset, total: total, resumedFrom: resumedFrom, finished: false))
+                        progress(
+                            TransferProgress(
+                                what: what, bytes: offset, total: total, resumedFrom: resumedFrom, finished: false))
                     }
                 }
                 if let total, offset < total {
@@ -241,7 +243,9 @@ struct Downloader: Sendable {
                 "size mismatch for \(what): the catalog says \(expected) bytes, the download has \(offset); "
                     + "the download was removed")
         }
-        progress(TransferProgress(what: what, bytes: offset, total: total ?? offset, resumedFrom: resumedFrom, finished: true))
+        progress(
+            TransferProgress(
+                what: what, bytes: offset, total: total ?? offset, resumedFrom: resumedFrom, finished: true))
         let (sha256, sha512) = digest.finalize()
         return TransferResult(sha256: sha256, sha512: sha512, bytes: offset)
     }

@@ -97,7 +97,8 @@ enum HTTP {
         }
     }
 
-    private static func getOnce(_ url: URL, headers: [(String, String)], limit: Int) async throws(HTTPFailure) -> Small {
+    private static func getOnce(_ url: URL, headers: [(String, String)], limit: Int) async throws(HTTPFailure) -> Small
+    {
         var request = HTTPClientRequest(url: url.absoluteString)
         request.headers.add(name: "User-Agent", value: "nimbus")
         for (name, value) in headers { request.headers.add(name: name, value: value) }

@@ -130,13 +130,15 @@ public enum ImageReference: Hashable, Sendable, CustomStringConvertible {
             guard coreOSStreams.contains(stream) else {
                 throw NimbusError(
                     .notFound,
-                    "Fedora CoreOS stream \"\(stream)\" is not known: use one of \(coreOSStreams.joined(separator: ", "))")
+                    "Fedora CoreOS stream \"\(stream)\" is not known: use one of \(coreOSStreams.joined(separator: ", "))"
+                )
             }
             return .catalog(.fedoraCoreOS, release: stream, stream: nil)
         default:
             if parts.count == 1, let target = aliases[trimmed] ?? aliases[lower] {
                 guard depth < 8 else {
-                    throw NimbusError(.invalidArgument, "image alias \"\(trimmed)\" refers to itself through other aliases")
+                    throw NimbusError(
+                        .invalidArgument, "image alias \"\(trimmed)\" refers to itself through other aliases")
                 }
                 return try parse(target, checksum: nil, aliases: aliases, depth: depth + 1)
             }

@@ -228,12 +228,14 @@ public actor ImageStore {
         let names = [remote.reference, typed].compactMap { $0 }
         if let hit = try cachedEntry(for: remote) { return try record(hit, names: names) }
         if case .url(_, nil) = reference {
-            options.warn("warning: no --checksum given for \(remote.url.absoluteString): integrity rests on HTTPS alone")
+            options.warn(
+                "warning: no --checksum given for \(remote.url.absoluteString): integrity rests on HTTPS alone")
         }
         let key = lockKey(for: remote)
         try makeFolders()
         let lock = try await FileLock.acquire(
-            locksFolder.appending(path: "\(key).lock"), timeout: .seconds(6 * 3600), what: "the download of \(remote.reference)")
+            locksFolder.appending(path: "\(key).lock"), timeout: .seconds(6 * 3600),
+            what: "the download of \(remote.reference)")
         defer { lock.unlock() }
         // Another process may have finished it while this one waited.
         if let hit = try cachedEntry(for: remote) { return try record(hit, names: names) }
@@ -390,7 +392,8 @@ public actor ImageStore {
         } catch {
             try? FileManager.default.removeItem(at: output)
             throw NimbusError(
-                .integrity, "could not decompress \(compressed.lastPathComponent): \(error.message)", cause: error.cause)
+                .integrity, "could not decompress \(compressed.lastPathComponent): \(error.message)", cause: error.cause
+            )
         }
         let digest = try hashFile(output)
         return (output, digest)
@@ -411,7 +414,8 @@ public actor ImageStore {
         -> CachedImage
     {
         if let name, name.isEmpty || name.contains("/") || name.contains(where: \.isWhitespace) {
-            throw NimbusError(.invalidArgument, "image name \"\(name)\" is not valid: use letters, digits, '-', '.', ':'")
+            throw NimbusError(
+                .invalidArgument, "image name \"\(name)\" is not valid: use letters, digits, '-', '.', ':'")
         }
         let source = file.standardizedFileURL
         guard FileManager.default.fileExists(atPath: source.path) else {
@@ -424,7 +428,8 @@ public actor ImageStore {
         let result: TransferResult
         do {
             result = try Downloader.copy(
-                source, into: partial, sha512: false, what: name ?? source.lastPathComponent, progress: options.progress)
+                source, into: partial, sha512: false, what: name ?? source.lastPathComponent, progress: options.progress
+            )
         } catch {
             try? FileManager.default.removeItem(at: partial)
             throw error
@@ -475,7 +480,9 @@ public actor ImageStore {
             candidates.append(parsed.description)
             if case .catalog(let distribution, nil, _) = parsed { candidates.append(distribution.rawValue) }
         }
-        if let hit = all.first(where: { image in candidates.contains { image.references.contains($0) || image.name == $0 } }) {
+        if let hit = all.first(where: { image in
+            candidates.contains { image.references.contains($0) || image.name == $0 }
+        }) {
             return hit
         }
         let lower = text.lowercased().replacingOccurrences(of: "sha256:", with: "")
@@ -493,7 +500,8 @@ public actor ImageStore {
     public func info(_ text: String) throws(NimbusError) -> CachedImage {
         guard let image = try find(text) else {
             throw NimbusError(
-                .notFound, "no cached image matches \"\(text)\": `nimbus image list` shows them, `nimbus image pull` fetches")
+                .notFound,
+                "no cached image matches \"\(text)\": `nimbus image list` shows them, `nimbus image pull` fetches")
         }
         return image
     }
@@ -564,7 +572,8 @@ public actor ImageStore {
             for file in files.sorted() where file.hasSuffix(".qcow2") {
                 var disk = folder.appending(path: file)
                 for _ in 0..<16 {
-                    guard let info = try? DiskImage.inspect(disk), let backing = info.backingPath(relativeTo: disk) else {
+                    guard let info = try? DiskImage.inspect(disk), let backing = info.backingPath(relativeTo: disk)
+                    else {
                         break
                     }
                     let resolved = backing.resolvingSymlinksInPath()

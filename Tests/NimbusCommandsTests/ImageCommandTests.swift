@@ -7,16 +7,21 @@ import Testing
 struct ImageCommandTests {
     @Test("the image commands parse their arguments")
     func parses() throws {
-        let pull = try #require(try NimbusCommand.parseAsRoot(["image", "pull", "--arch", "arm64", "--refresh", "ubuntu:24.04"]) as? ImagePull)
+        let pull = try #require(
+            try NimbusCommand.parseAsRoot(["image", "pull", "--arch", "arm64", "--refresh", "ubuntu:24.04"])
+                as? ImagePull)
         #expect(pull.reference == "ubuntu:24.04")
         #expect(pull.catalog.refresh)
         #expect(try pull.catalog.architecture() == .arm64)
-        let importing = try #require(try NimbusCommand.parseAsRoot(["image", "import", "--name", "nocloud", "/x.qcow2"]) as? ImageImport)
+        let importing = try #require(
+            try NimbusCommand.parseAsRoot(["image", "import", "--name", "nocloud", "/x.qcow2"]) as? ImageImport)
         #expect(importing.name == "nocloud")
-        let list = try #require(try NimbusCommand.parseAsRoot(["image", "list", "--remote", "--format", "json"]) as? ImageList)
+        let list = try #require(
+            try NimbusCommand.parseAsRoot(["image", "list", "--remote", "--format", "json"]) as? ImageList)
         #expect(list.remote)
         #expect(list.output.format == .json)
-        let alias = try #require(try NimbusCommand.parseAsRoot(["image", "alias", "web", "ubuntu:24.04"]) as? ImageAlias)
+        let alias = try #require(
+            try NimbusCommand.parseAsRoot(["image", "alias", "web", "ubuntu:24.04"]) as? ImageAlias)
         #expect(alias.name == "web" && alias.reference == "ubuntu:24.04")
         #expect(try NimbusCommand.parseAsRoot(["image", "prune"]) is ImagePrune)
         #expect(try NimbusCommand.parseAsRoot(["image", "info", "ubuntu"]) is ImageInfo)
@@ -25,7 +30,9 @@ struct ImageCommandTests {
 
     @Test("argument mistakes are refused before any work: bad arch, rm without names, alias without a target")
     func validation() {
-        #expect(throws: (any Error).self) { try NimbusCommand.parseAsRoot(["image", "pull", "--arch", "s390x", "ubuntu"]) }
+        #expect(throws: (any Error).self) {
+            try NimbusCommand.parseAsRoot(["image", "pull", "--arch", "s390x", "ubuntu"])
+        }
         #expect(throws: (any Error).self) { try NimbusCommand.parseAsRoot(["image", "rm"]) }
         #expect(throws: (any Error).self) { try NimbusCommand.parseAsRoot(["image", "alias", "web"]) }
         #expect(throws: (any Error).self) { try NimbusCommand.parseAsRoot(["image", "alias", "--remove"]) }

@@ -28,12 +28,16 @@ struct DownloadTests {
     }
 
     func cacheFiles(_ dir: TemporaryDirectory) -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.path)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.path)) ?? []).filter {
+            !$0.hasPrefix(".")
+        }.sorted()
     }
 
     func partialFiles(_ dir: TemporaryDirectory) -> [String] {
         let folder = dir.paths.images.appending(path: ".partial")
-        return ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).filter { !$0.hasSuffix(".source") }
+        return ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).filter {
+            !$0.hasSuffix(".source")
+        }
     }
 
     @Test("a pull streams, verifies and caches <sha256>.img + .json; the next pull is a cache hit")
@@ -67,8 +71,10 @@ struct DownloadTests {
             let store = try Fixtures.store(dir, server: server)
             let error = await #expect(throws: NimbusError.self) { try await store.pull(Self.noble, arch: .amd64) }
             #expect(error?.code == .integrity)
-            #expect(error?.message == "image checksum mismatch for ubuntu:24.04 (expected sha256 \(Fixtures.sha256(image)), got "
-                + "\(Fixtures.sha256(tampered))): the partial download was removed; run the command again")
+            #expect(
+                error?.message
+                    == "image checksum mismatch for ubuntu:24.04 (expected sha256 \(Fixtures.sha256(image)), got "
+                    + "\(Fixtures.sha256(tampered))): the partial download was removed; run the command again")
             #expect(cacheFiles(dir).isEmpty)
             #expect(partialFiles(dir).isEmpty)
         }
@@ -81,7 +87,9 @@ struct DownloadTests {
             let store = try Fixtures.store(dir, server: server)
             let error = await #expect(throws: NimbusError.self) { try await store.pull(Self.noble, arch: .amd64) }
             #expect(error?.code == .integrity)
-            #expect(error?.message.contains("size mismatch for ubuntu:24.04: the catalog says \(image.count) bytes") == true)
+            #expect(
+                error?.message.contains("size mismatch for ubuntu:24.04: the catalog says \(image.count) bytes") == true
+            )
             #expect(error?.message.contains("has \(image.count + 512)") == true)
             #expect(cacheFiles(dir).isEmpty)
             #expect(partialFiles(dir).isEmpty)

@@ -61,7 +61,8 @@ struct ImageStoreTests {
             let unused = try await store.importImage(b, name: "unused")
             let instance = dir.paths.instances.appending(path: "web")
             try FileManager.default.createDirectory(at: instance, withIntermediateDirectories: true)
-            try await DiskImage.createOverlay(at: instance.appending(path: "disk.qcow2"), backedBy: used.url, size: 64 << 20)
+            try await DiskImage.createOverlay(
+                at: instance.appending(path: "disk.qcow2"), backedBy: used.url, size: 64 << 20)
 
             #expect(try await store.usage() == [used.sha256: ["instance web (disk.qcow2)"]])
             let refused = await #expect(throws: NimbusError.self) { try await store.remove("used") }
@@ -97,17 +98,25 @@ struct ImageStoreTests {
             let cache = dir.paths.cache
             try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
             try await ProgramRunner.run("mount", ["-t", "tmpfs", "-o", "size=2m", "nimbus-test-full", cache.path])
-            defer { Task { _ = try? await ProgramRunner.output("umount", ["-l", cache.path]) } }
-            let store = try Fixtures.store(dir, server: server)
-            let error = await #expect(throws: NimbusError.self) {
-                try await store.pull(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+            do {
+                let store = try Fixtures.store(dir, server: server)
+                let error = await #expect(throws: NimbusError.self) {
+                    try await store.pull(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                }
+                #expect(error?.code == .io)
+                #expect(
+                    error?.message.contains("the disk holding the image cache is full (No space left on device)")
+                        == true)
+                let images = (try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.path)) ?? []
+                #expect(images.filter { $0.hasSuffix(".img") || $0.hasSuffix(".json") }.isEmpty)
+                let partial =
+                    (try? FileManager.default.contentsOfDirectory(
+                        atPath: dir.paths.images.appending(path: ".partial").path)) ?? []
+                #expect(partial.isEmpty)
+            } catch {
+                _ = try? await ProgramRunner.output("umount", ["-l", cache.path])
+                throw error
             }
-            #expect(error?.code == .io)
-            #expect(error?.message.contains("the disk holding the image cache is full (No space left on device)") == true)
-            let images = (try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.path)) ?? []
-            #expect(images.filter { $0.hasSuffix(".img") || $0.hasSuffix(".json") }.isEmpty)
-            let partial = (try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.appending(path: ".partial").path)) ?? []
-            #expect(partial.isEmpty)
             _ = try await ProgramRunner.run("umount", [cache.path])
         }
         await server.stop()

@@ -14,10 +14,12 @@ struct TestSigner {
         let home = folder.appending(path: "gnupg-\(name)")
         try FileManager.default.createDirectory(at: home, withIntermediateDirectories: true)
         try FileManager.default.setAttributes([.posixPermissions: 0o700], ofItemAtPath: home.path)
-        try await ProgramRunner.run("gpg", [
-            "--homedir", home.path, "--batch", "--passphrase", "", "--quick-gen-key",
-            "Nimbus Test \(name) <\(name)@nimbus.invalid>", "ed25519", "sign", "never",
-        ])
+        try await ProgramRunner.run(
+            "gpg",
+            [
+                "--homedir", home.path, "--batch", "--passphrase", "", "--quick-gen-key",
+                "Nimbus Test \(name) <\(name)@nimbus.invalid>", "ed25519", "sign", "never",
+            ])
         let keyring = folder.appending(path: "\(name)-keyring.gpg")
         try await ProgramRunner.run("gpg", ["--homedir", home.path, "--batch", "--output", keyring.path, "--export"])
         return TestSigner(home: home, keyring: keyring)
@@ -27,11 +29,26 @@ struct TestSigner {
         let input = folder.appending(path: "to-sign-\(UUID().uuidString)")
         let output = input.appendingPathExtension("asc")
         try data.write(to: input)
-        try await ProgramRunner.run("gpg", [
-            "--homedir", home.path, "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "",
-            "--digest-algo", "SHA512", "--output", output.path, "--clearsign", input.path,
-        ])
+        try await ProgramRunner.run(
+            "gpg",
+            [
+                "--homedir", home.path, "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", "",
+                "--digest-algo", "SHA512", "--output", output.path, "--clearsign", input.path,
+            ])
         return try Data(contentsOf: output)
+    }
+
+    /// Runs `body` with fresh signers named `names`, then stops their gpg-agents whatever happened.
+    static func with(_ names: [String], in folder: URL, _ body: ([TestSigner]) async throws -> Void) async throws {
+        var signers: [TestSigner] = []
+        do {
+            for name in names { signers.append(try await make(in: folder, name: name)) }
+            try await body(signers)
+        } catch {
+            for signer in signers { await signer.stop() }
+            throw error
+        }
+        for signer in signers { await signer.stop() }
     }
 
     func stop() async {
@@ -48,7 +65,10 @@ struct SignatureTests {
 
     /// Serves index.sjson and the products .sjson signed by `signer` (the unsigned .json stay too).
     func signTree(_ server: MirrorServer, _ signer: TestSigner, _ dir: URL) async throws {
-        for (json, sjson) in [("releases/streams/v1/index.json", "releases/streams/v1/index.sjson"), (Self.productsJSON, Self.productsSJSON)] {
+        for (json, sjson) in [
+            ("releases/streams/v1/index.json", "releases/streams/v1/index.sjson"),
+            (Self.productsJSON, Self.productsSJSON),
+        ] {
             let body = try #require(server.file(json))
             server.put(sjson, try await signer.clearsign(body, in: dir))
         }
@@ -59,14 +79,16 @@ struct SignatureTests {
         let server = try await MirrorServer.start()
         try await TemporaryDirectory.with { dir in
             try Fixtures.ubuntuTree(on: server, images: Fixtures.standardUbuntu, image: Data("img".utf8))
-            let signer = try await TestSigner.make(in: dir.url, name: "good")
-            defer { Task { await signer.stop() } }
-            try await signTree(server, signer, dir.url)
-            let store = try Fixtures.store(dir, server: server, keyring: .file(signer.keyring))
-            let remote = try await store.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
-            #expect(remote.version == "20240423.1")
-            #expect(server.requests(Self.productsSJSON).count == 1)
-            #expect(server.requests(Self.productsJSON).isEmpty)
+            try await TestSigner.with(["good"], in: dir.url) { signers in
+                let signer = signers[0]
+                try await signTree(server, signer, dir.url)
+                let store = try Fixtures.store(dir, server: server, keyring: .file(signer.keyring))
+                let remote = try await store.resolve(
+                    .catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                #expect(remote.version == "20240423.1")
+                #expect(server.requests(Self.productsSJSON).count == 1)
+                #expect(server.requests(Self.productsJSON).isEmpty)
+            }
         }
         await server.stop()
     }
@@ -76,40 +98,42 @@ struct SignatureTests {
         let server = try await MirrorServer.start()
         try await TemporaryDirectory.with { dir in
             try Fixtures.ubuntuTree(on: server, images: Fixtures.standardUbuntu, image: Data("img".utf8))
-            let signer = try await TestSigner.make(in: dir.url, name: "good")
-            let stranger = try await TestSigner.make(in: dir.url, name: "stranger")
-            defer { Task { await signer.stop(); await stranger.stop() } }
-            try await signTree(server, signer, dir.url)
+            try await TestSigner.with(["good", "stranger"], in: dir.url) { signers in
+                let (signer, stranger) = (signers[0], signers[1])
+                try await signTree(server, signer, dir.url)
 
-            // Tampered: one sha256 digit changed inside the signed text.
-            let signed = String(decoding: try #require(server.file(Self.productsSJSON)), as: UTF8.self)
-            let tampered = signed.replacingOccurrences(of: "\"20240423.1\"", with: "\"20240423.9\"")
-            #expect(tampered != signed)
-            server.put(Self.productsSJSON, tampered)
-            let store = try Fixtures.store(dir, server: server, keyring: .file(signer.keyring))
-            let bad = await #expect(throws: NimbusError.self) {
-                try await store.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
-            }
-            #expect(bad?.code == .integrity)
-            #expect(bad?.message.contains("is not validly signed by a key in \(signer.keyring.path)") == true)
-            #expect(bad?.message.contains("BAD signature") == true)
+                // Tampered: one sha256 digit changed inside the signed text.
+                let signed = String(decoding: try #require(server.file(Self.productsSJSON)), as: UTF8.self)
+                let tampered = signed.replacingOccurrences(of: "\"20240423.1\"", with: "\"20240423.9\"")
+                #expect(tampered != signed)
+                server.put(Self.productsSJSON, tampered)
+                let store = try Fixtures.store(dir, server: server, keyring: .file(signer.keyring))
+                let bad = await #expect(throws: NimbusError.self) {
+                    try await store.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                }
+                #expect(bad?.code == .integrity)
+                #expect(bad?.message.contains("is not validly signed by a key in \(signer.keyring.path)") == true)
+                #expect(bad?.message.contains("BAD signature") == true)
 
-            // Unsigned: plain JSON where the signed file should be.
-            server.put(Self.productsSJSON, try #require(server.file(Self.productsJSON)))
-            let unsigned = await #expect(throws: NimbusError.self) {
-                try await Fixtures.store(dir, server: server, keyring: .file(signer.keyring), refresh: true)
-                    .resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
-            }
-            #expect(unsigned?.message.contains("is not validly signed") == true)
+                // Unsigned: plain JSON where the signed file should be.
+                server.put(Self.productsSJSON, try #require(server.file(Self.productsJSON)))
+                let unsigned = await #expect(throws: NimbusError.self) {
+                    try await Fixtures.store(dir, server: server, keyring: .file(signer.keyring), refresh: true)
+                        .resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                }
+                #expect(unsigned?.message.contains("is not validly signed") == true)
 
-            // Signed, but by a key that is not in the keyring.
-            try await signTree(server, stranger, dir.url)
-            let foreign = await #expect(throws: NimbusError.self) {
-                try await Fixtures.store(dir, server: server, keyring: .file(signer.keyring), refresh: true)
-                    .resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                // Signed, but by a key that is not in the keyring.
+                try await signTree(server, stranger, dir.url)
+                let foreign = await #expect(throws: NimbusError.self) {
+                    try await Fixtures.store(dir, server: server, keyring: .file(signer.keyring), refresh: true)
+                        .resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                }
+                #expect(foreign?.message.contains("is not validly signed") == true)
+                #expect(
+                    foreign?.message.contains("public key") == true
+                        || foreign?.message.contains("No public key") == true)
             }
-            #expect(foreign?.message.contains("is not validly signed") == true)
-            #expect(foreign?.message.contains("public key") == true || foreign?.message.contains("No public key") == true)
         }
         await server.stop()
     }
@@ -121,26 +145,28 @@ struct SignatureTests {
         let server = try await MirrorServer.start()
         try await TemporaryDirectory.with { dir in
             try Fixtures.ubuntuTree(on: server, images: Fixtures.standardUbuntu, image: Data("img".utf8))
-            let signer = try await TestSigner.make(in: dir.url, name: "env")
-            defer { Task { await signer.stop() } }
-            try await signTree(server, signer, dir.url)
-            let base = server.base
-            let mirrors = Mirrors(ubuntu: base, debian: base, fedoraCoreOS: base)
-            var options = ImageStore.Options()
-            options.keyring = .automatic
-            let log = WarningLog()
-            options.warn = { log.append($0) }
-            let signed = try ImageStore(
-                paths: dir.paths, mirrors: mirrors, options: options, environment: ["NIMBUS_UBUNTU_KEYRING": signer.keyring.path])
-            _ = try await signed.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
-            #expect(server.requests(Self.productsSJSON).count == 1)
-            #expect(log.all.isEmpty)
+            try await TestSigner.with(["env"], in: dir.url) { signers in
+                let signer = signers[0]
+                try await signTree(server, signer, dir.url)
+                let base = server.base
+                let mirrors = Mirrors(ubuntu: base, debian: base, fedoraCoreOS: base)
+                var options = ImageStore.Options()
+                options.keyring = .automatic
+                let log = WarningLog()
+                options.warn = { log.append($0) }
+                let signed = try ImageStore(
+                    paths: dir.paths, mirrors: mirrors, options: options,
+                    environment: ["NIMBUS_UBUNTU_KEYRING": signer.keyring.path])
+                _ = try await signed.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                #expect(server.requests(Self.productsSJSON).count == 1)
+                #expect(log.all.isEmpty)
 
-            let unsigned = try ImageStore(paths: dir.paths, mirrors: mirrors, options: options, environment: [:])
-            _ = try await unsigned.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
-            _ = try await unsigned.resolve(.catalog(.ubuntu, release: "22.04", stream: "released"), arch: .amd64)
-            #expect(server.requests(Self.productsJSON).count == 1)
-            #expect(log.all.filter { $0.contains("signatures were not checked") }.count == 1)
+                let unsigned = try ImageStore(paths: dir.paths, mirrors: mirrors, options: options, environment: [:])
+                _ = try await unsigned.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                _ = try await unsigned.resolve(.catalog(.ubuntu, release: "22.04", stream: "released"), arch: .amd64)
+                #expect(server.requests(Self.productsJSON).count == 1)
+                #expect(log.all.filter { $0.contains("signatures were not checked") }.count == 1)
+            }
         }
         await server.stop()
     }

@@ -21,17 +21,27 @@ struct SimpleStreams: Sendable {
     }
 
     struct Products: Codable {
-        var content_id: String?
+        enum CodingKeys: String, CodingKey {
+            case contentID = "content_id"
+            case datatype, products
+        }
+
+        var contentID: String?
         var datatype: String?
         var products: [String: Product]?
     }
 
     struct Product: Codable {
+        enum CodingKeys: String, CodingKey {
+            case aliases, arch, os, release, supported, version, versions
+            case releaseTitle = "release_title"
+        }
+
         var aliases: String?
         var arch: String?
         var os: String?
         var release: String?
-        var release_title: String?
+        var releaseTitle: String?
         var supported: Bool?
         var version: String?
         var versions: [String: Version]?
@@ -67,7 +77,8 @@ struct SimpleStreams: Sendable {
         let entries = index.index ?? [:]
         guard
             let entry = entries[preferred]
-                ?? entries.sorted(by: { $0.key < $1.key }).first(where: { $0.value.datatype == "image-downloads" })?.value,
+                ?? entries.sorted(by: { $0.key < $1.key }).first(where: { $0.value.datatype == "image-downloads" })?
+                .value,
             var path = entry.path
         else {
             throw malformed("Ubuntu image index \(indexURL.absoluteString) has no image-downloads entry with a path")
@@ -110,9 +121,12 @@ struct SimpleStreams: Sendable {
     private func fetch(
         _ url: URL, what: String, then reduce: @escaping @Sendable (Data) throws(NimbusError) -> Data = { $0 }
     ) async throws(NimbusError) -> Data {
-        guard let keyring else { return try await metadata.fetch(url, what: what) { data throws(NimbusError) in try reduce(data) } }
+        guard let keyring else {
+            return try await metadata.fetch(url, what: what) { data throws(NimbusError) in try reduce(data) }
+        }
         return try await metadata.fetch(url, what: what) { data throws(NimbusError) in
-            try reduce(try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)"))
+            try reduce(
+                try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)"))
         }
     }
 
@@ -129,16 +143,20 @@ struct SimpleStreams: Sendable {
         var candidates = matches
         if candidates.isEmpty, release == nil || release == "lts" {
             // Streams without an `lts` alias: the newest version whose title says LTS.
-            let lts = all.filter { $0.value.release_title?.contains("LTS") == true }
-            if let newest = lts.values.compactMap(\.version).max(by: { $0.compare($1, options: .numeric) == .orderedAscending }) {
+            let lts = all.filter { $0.value.releaseTitle?.contains("LTS") == true }
+            if let newest = lts.values.compactMap(\.version).max(by: {
+                $0.compare($1, options: .numeric) == .orderedAscending
+            }) {
                 candidates = lts.filter { $0.value.version == newest }
             }
         }
         guard !candidates.isEmpty else {
-            let known = Set(all.values.compactMap { product -> String? in
-                guard let version = product.version else { return nil }
-                return product.release.map { "\(version) (\($0))" } ?? version
-            }).sorted { $0.compare($1, options: .numeric) == .orderedAscending }
+            let known = Set(
+                all.values.compactMap { product -> String? in
+                    guard let version = product.version else { return nil }
+                    return product.release.map { "\(version) (\($0))" } ?? version
+                }
+            ).sorted { $0.compare($1, options: .numeric) == .orderedAscending }
             let prefix = stream == "daily" ? "ubuntu:daily:" : "ubuntu:"
             throw NimbusError(
                 .notFound,
@@ -148,7 +166,9 @@ struct SimpleStreams: Sendable {
         guard let (key, product) = candidates.first(where: { $0.value.arch == arch.rawValue }) else {
             let arches = Set(candidates.values.compactMap(\.arch)).sorted().joined(separator: ", ")
             throw NimbusError(
-                .notFound, "Ubuntu \(wanted) has no \(arch) image in the \(stream) catalog (it has: \(arches)): pick another --arch")
+                .notFound,
+                "Ubuntu \(wanted) has no \(arch) image in the \(stream) catalog (it has: \(arches)): pick another --arch"
+            )
         }
         return try image(key: key, product: product, arch: arch, requested: wanted)
     }
@@ -169,28 +189,32 @@ struct SimpleStreams: Sendable {
     private func image(key: String, product: Product, arch: Architecture, requested: String?) throws(NimbusError)
         -> RemoteImage
     {
-        let where_ = "product \(key) in the Ubuntu \(stream) catalog"
-        guard let versions = product.versions, !versions.isEmpty else { throw malformed("\(where_) has no versions") }
+        let context = "product \(key) in the Ubuntu \(stream) catalog"
+        guard let versions = product.versions, !versions.isEmpty else { throw malformed("\(context) has no versions") }
         // Serials (20240423, 20240423.1) sort as strings, as simplestreams' own tools do.
         let withDisk = versions.filter { $0.value.items?["disk1.img"] != nil || $0.value.items?["uefi1.img"] != nil }
-        guard let serial = withDisk.keys.max() else { throw malformed("\(where_) has no version with a disk1.img item") }
+        guard let serial = withDisk.keys.max() else {
+            throw malformed("\(context) has no version with a disk1.img item")
+        }
         let items = withDisk[serial]?.items ?? [:]
-        guard let item = items["uefi1.img"] ?? items["disk1.img"] else { throw malformed("\(where_) lost its items") }
+        guard let item = items["uefi1.img"] ?? items["disk1.img"] else { throw malformed("\(context) lost its items") }
         let itemName = items["uefi1.img"] != nil ? "uefi1.img" : "disk1.img"
-        let at = "\(where_), version \(serial), item \(itemName)"
+        let at = "\(context), version \(serial), item \(itemName)"
         guard let path = item.path, !path.isEmpty else { throw malformed("\(at) has no path") }
         guard let size = item.size else { throw malformed("\(at) has no size") }
         guard let hex = item.sha256, let checksum = try? Checksum(parsing: "sha256:\(hex)") else {
             throw malformed("\(at) has no valid sha256")
         }
-        let reference = ImageReference.catalog(.ubuntu, release: product.version ?? requested, stream: stream).description
+        let reference = ImageReference.catalog(.ubuntu, release: product.version ?? requested, stream: stream)
+            .description
         return RemoteImage(
             reference: reference, distribution: .ubuntu, release: product.version, codename: product.release,
             version: serial, arch: arch, url: root.appending(path: path), size: size, checksum: checksum)
     }
 
     private func malformed(_ text: String) -> NimbusError {
-        NimbusError(.integrity, "malformed metadata: \(text); the mirror may be broken or not a simplestreams mirror",
+        NimbusError(
+            .integrity, "malformed metadata: \(text); the mirror may be broken or not a simplestreams mirror",
             cause: MalformedMetadata(description: text))
     }
 

@@ -156,7 +156,8 @@ private final class MirrorHandler: ChannelInboundHandler {
         var headers = HTTPHeaders(extra)
         headers.add(name: "Content-Length", value: String(body?.count ?? 0))
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if let body, !body.isEmpty {
             let part = dropAfter.map { body.prefix($0) } ?? body
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: part)))), promise: nil)

@@ -4,5 +4,8 @@ import ArgumentParser
 struct Image: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image", abstract: "Pull, import, list and remove base images.",
-        subcommands: [ImageList.self, ImagePull.self, ImageImport.self, ImageInfo.self, ImageRemove.self, ImagePrune.self, ImageAlias.self])
+        subcommands: [
+            ImageList.self, ImagePull.self, ImageImport.self, ImageInfo.self, ImageRemove.self, ImagePrune.self,
+            ImageAlias.self,
+        ])
 }

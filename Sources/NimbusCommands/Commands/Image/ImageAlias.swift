@@ -5,7 +5,8 @@ import NimbusImages
 /// `nimbus image alias NAME REF`: a short name for a reference; without arguments, lists them.
 struct ImageAlias: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "alias", abstract: "Name a reference (nimbus image alias web ubuntu:24.04); with no arguments, list aliases.")
+        commandName: "alias",
+        abstract: "Name a reference (nimbus image alias web ubuntu:24.04); with no arguments, list aliases.")
 
     @OptionGroup var global: Flags.Global
     @OptionGroup var output: Flags.Output
@@ -31,8 +32,9 @@ struct ImageAlias: AsyncParsableCommand {
             return
         }
         let aliases = try await store.aliases().sorted { $0.key < $1.key }
-        print(try OutputRenderer.render(
-            Dictionary(uniqueKeysWithValues: aliases.map { ($0.key, $0.value) }), columns: ["alias", "reference"],
-            rows: aliases.map { [$0.key, $0.value] }, format: output.format), terminator: "")
+        print(
+            try OutputRenderer.render(
+                Dictionary(uniqueKeysWithValues: aliases.map { ($0.key, $0.value) }), columns: ["alias", "reference"],
+                rows: aliases.map { [$0.key, $0.value] }, format: output.format), terminator: "")
     }
 }

@@ -20,8 +20,10 @@ struct ImageImport: AsyncParsableCommand {
         let store = try ImageCommandSupport.store(global: global)
         let url = URL(fileURLWithPath: (file as NSString).expandingTildeInPath)
         let image = try await store.importImage(url, name: name)
-        print(try OutputRenderer.render(
-            image, columns: ImageCommandSupport.listColumns, rows: [ImageCommandSupport.row(image)], format: output.format),
+        print(
+            try OutputRenderer.render(
+                image, columns: ImageCommandSupport.listColumns, rows: [ImageCommandSupport.row(image)],
+                format: output.format),
             terminator: "")
     }
 }

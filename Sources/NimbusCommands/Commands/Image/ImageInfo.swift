@@ -21,14 +21,18 @@ struct ImageInfo: AsyncParsableCommand {
         let fields: [(String, String)] = [
             ("reference", image.reference), ("references", image.references.joined(separator: ", ")),
             ("distribution", image.distribution?.rawValue ?? "-"), ("release", image.release ?? "-"),
-            ("codename", image.codename ?? "-"), ("version", image.version ?? "-"), ("arch", image.arch?.rawValue ?? "-"),
-            ("format", image.format.rawValue), ("virtual size", "\(ByteSize(bytes: image.virtualSize).humanReadable) (\(image.virtualSize) bytes)"),
+            ("codename", image.codename ?? "-"), ("version", image.version ?? "-"),
+            ("arch", image.arch?.rawValue ?? "-"),
+            ("format", image.format.rawValue),
+            ("virtual size", "\(ByteSize(bytes: image.virtualSize).humanReadable) (\(image.virtualSize) bytes)"),
             ("size", "\(ByteSize(bytes: image.size).humanReadable) (\(image.size) bytes)"),
             ("sha256", image.sha256), ("path", image.path), ("source", image.source),
             ("pulled", ISO8601DateFormatter().string(from: image.pulledAt)),
             ("used by", users.isEmpty ? "-" : users.joined(separator: ", ")),
         ]
-        print(try OutputRenderer.render(
-            image, columns: ["field", "value"], rows: fields.map { [$0.0, $0.1] }, format: output.format), terminator: "")
+        print(
+            try OutputRenderer.render(
+                image, columns: ["field", "value"], rows: fields.map { [$0.0, $0.1] }, format: output.format),
+            terminator: "")
     }
 }

@@ -24,16 +24,21 @@ struct ImageList: AsyncParsableCommand {
                 let image = entry.image
                 let release: String = image.codename ?? image.release ?? "-"
                 let size: String = image.size.map { ByteSize(bytes: $0).humanReadable } ?? "-"
-                return [image.reference, release, image.version ?? "-", image.arch.rawValue, size, entry.cached ? "yes" : "no"]
+                return [
+                    image.reference, release, image.version ?? "-", image.arch.rawValue, size,
+                    entry.cached ? "yes" : "no",
+                ]
             }
-            print(try OutputRenderer.render(
-                available, columns: ["reference", "release", "version", "arch", "size", "cached"], rows: rows,
-                format: output.format), terminator: "")
+            print(
+                try OutputRenderer.render(
+                    available, columns: ["reference", "release", "version", "arch", "size", "cached"], rows: rows,
+                    format: output.format), terminator: "")
             return
         }
         let images = try await store.list()
-        print(try OutputRenderer.render(
-            images, columns: ImageCommandSupport.listColumns, rows: images.map(ImageCommandSupport.row),
-            format: output.format), terminator: "")
+        print(
+            try OutputRenderer.render(
+                images, columns: ImageCommandSupport.listColumns, rows: images.map(ImageCommandSupport.row),
+                format: output.format), terminator: "")
     }
 }

@@ -25,8 +25,10 @@ struct ImagePull: AsyncParsableCommand {
         let store = try ImageCommandSupport.store(global: global, refresh: catalog.refresh)
         let parsed = try await store.reference(reference, checksum: checksum)
         let image = try await store.pull(parsed, arch: try catalog.architecture(), as: reference)
-        print(try OutputRenderer.render(
-            image, columns: ImageCommandSupport.listColumns, rows: [ImageCommandSupport.row(image)], format: output.format),
+        print(
+            try OutputRenderer.render(
+                image, columns: ImageCommandSupport.listColumns, rows: [ImageCommandSupport.row(image)],
+                format: output.format),
             terminator: "")
     }
 }

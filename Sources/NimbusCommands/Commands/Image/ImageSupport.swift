@@ -77,7 +77,8 @@ final class ProgressDisplay: Sendable {
                 state.startBytes = progress.bytes
                 state.started = now
             }
-            let elapsed = Double((now - state.started).components.attoseconds) / 1e18
+            let elapsed =
+                Double((now - state.started).components.attoseconds) / 1e18
                 + Double((now - state.started).components.seconds)
             let rate = elapsed > 0 ? Double(progress.bytes - (state.startBytes ?? 0)) / elapsed : 0
             let fraction = progress.total.map { $0 > 0 ? Double(progress.bytes) / Double($0) : 1 }
@@ -88,7 +89,9 @@ final class ProgressDisplay: Sendable {
                 if let fraction {
                     let width = 30
                     let filled = Int(fraction * Double(width))
-                    text += "[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled) + "] "
+                    text +=
+                        "[" + String(repeating: "#", count: filled) + String(repeating: " ", count: width - filled)
+                        + "] "
                     text += "\(Int(fraction * 100))%  "
                 }
                 text += ByteSize(bytes: progress.bytes).humanReadable
