@@ -321,7 +321,7 @@ public actor ImageStore {
             sha256: sha256, path: imageFile(sha256).path, format: info.format, virtualSize: info.virtualSize,
             size: info.fileSize, references: [], name: nil, distribution: remote.distribution, release: remote.release,
             codename: remote.codename, version: remote.version, arch: remote.arch, source: remote.url.absoluteString,
-            sha512: result.sha512, sourceSHA256: sourceSHA256, pulledAt: Date())
+            sha512: result.sha512, sourceSHA256: sourceSHA256, pulledAt: Date(), importedFrom: nil)
         if let existing = entry(sha256) {
             image.references = existing.references
             discardPartial(imagePath, sourceNote)
@@ -421,6 +421,13 @@ public actor ImageStore {
         guard FileManager.default.fileExists(atPath: source.path) else {
             throw NimbusError(.notFound, "\(source.path) does not exist: check the path")
         }
+        // The same unchanged file imported before (each launch from a local file comes here): no hashing.
+        let stamp = Self.stamp(source)
+        if let stamp, let known = try list().first(where: { $0.importedFrom?[source.absoluteString] == stamp }) {
+            var image = known
+            if let name { image.name = name }
+            return try record(image, names: [name, typed, source.absoluteString].compactMap { $0 })
+        }
         // Refuse what is no disk image before copying gigabytes.
         let info = try DiskImage.inspect(source)
         try makeFolders()
@@ -441,7 +448,7 @@ public actor ImageStore {
             sha256: result.sha256, path: imageFile(result.sha256).path, format: info.format,
             virtualSize: info.virtualSize, size: result.bytes, references: [], name: name, distribution: nil,
             release: nil, codename: nil, version: nil, arch: nil, source: source.absoluteString, sha512: nil,
-            sourceSHA256: nil, pulledAt: Date())
+            sourceSHA256: nil, pulledAt: Date(), importedFrom: nil)
         if let existing = entry(result.sha256) {
             try? FileManager.default.removeItem(at: partial)
             image = existing
@@ -449,7 +456,18 @@ public actor ImageStore {
         } else {
             try commit(partial, as: result.sha256)
         }
+        if let stamp {
+            image.importedFrom = (image.importedFrom ?? [:]).merging([source.absoluteString: stamp]) { $1 }
+            try writeMetadata(image)
+        }
         return try record(image, names: [name, typed, source.absoluteString].compactMap { $0 })
+    }
+
+    /// Device, inode, size and modification time of a regular file: what changes when its bytes do.
+    static func stamp(_ url: URL) -> String? {
+        var status = stat()
+        guard stat(url.path, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return "\(status.st_dev):\(status.st_ino):\(status.st_size):\(status.st_mtim.tv_sec).\(status.st_mtim.tv_nsec)"
     }
 
     // MARK: Listing, lookup, removal

@@ -31,6 +31,23 @@ struct ImageStoreTests {
             #expect(try await store.pull(.named("nocloud")).sha256 == image.sha256)
             try await store.setAlias("base", to: "nocloud")
             #expect(try await store.reference("base") == .named("nocloud"))
+            // Importing the unchanged file again does not hash it: proven by changing a byte in place and
+            // putting the modification time back, which the import then cannot notice.
+            var status = stat()
+            #expect(stat(file.path, &status) == 0)
+            let handle = try FileHandle(forWritingTo: file)
+            try handle.seek(toOffset: UInt64(data.count - 1))
+            try handle.write(contentsOf: Data([data[data.count - 1] ^ 0xFF]))
+            try handle.close()
+            let mtime = "@\(status.st_mtim.tv_sec).\(String(format: "%09d", status.st_mtim.tv_nsec))"
+            try await ProgramRunner.run("touch", ["-m", "-d", mtime, file.path])
+            #expect(try await store.importImage(file, name: "nocloud").sha256 == image.sha256)
+            // A new modification time is noticed, and the changed bytes make a new entry.
+            try await ProgramRunner.run("touch", ["-m", file.path])
+            let changed = try await store.importImage(file, name: "changed")
+            #expect(changed.sha256 != image.sha256)
+            try await store.remove("changed")
+            try data.write(to: file)
             // Importing the same bytes again makes no second entry.
             let again = try await store.pull(.file(file), as: "file://" + file.path)
             #expect(again.sha256 == image.sha256)
