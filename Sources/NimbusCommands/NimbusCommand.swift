@@ -31,7 +31,7 @@ public struct NimbusCommand: AsyncParsableCommand {
                     AccessLogs.self,
                 ]),
             CommandGroup(name: "Snapshots and fleets", subcommands: [SnapshotCommand.self, FleetApply.self]),
-            CommandGroup(name: "Seeds", subcommands: [SeedCommand.self]),
+            CommandGroup(name: "Images and seeds", subcommands: [Image.self, SeedCommand.self]),
             CommandGroup(name: "Host", subcommands: [HostDoctor.self]),
         ]
     )

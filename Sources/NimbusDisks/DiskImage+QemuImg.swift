@@ -24,7 +24,9 @@ extension DiskImage {
         }
         let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
         let absoluteBase = base.standardizedFileURL.path
-        var arguments = ["create", "-q", "-f", "qcow2", "-b", absoluteBase, "-F", baseInfo.format.rawValue, overlay.path]
+        var arguments = [
+            "create", "-q", "-f", "qcow2", "-b", absoluteBase, "-F", baseInfo.format.rawValue, overlay.path,
+        ]
         if let size { arguments.append(String(size)) }
         try await ProgramRunner.run(qemuImg, arguments)
         return try inspect(overlay)
@@ -59,7 +61,8 @@ extension DiskImage {
             .appending(path: ".\(destination.lastPathComponent).\(getpid()).convert")
         do {
             try await ProgramRunner.run(
-                qemuImg, ["convert", "-q", "-f", info.format.rawValue, "-O", format.rawValue, source.path, temporary.path])
+                qemuImg,
+                ["convert", "-q", "-f", info.format.rawValue, "-O", format.rawValue, source.path, temporary.path])
         } catch {
             try? FileManager.default.removeItem(at: temporary)
             throw error

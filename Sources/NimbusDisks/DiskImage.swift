@@ -103,11 +103,13 @@ public enum DiskImage {
         guard count >= 0 else { throw posixFailure("read", url) }
         head = Array(head.prefix(count))
         do {
-            return try parse(head, fileSize: fileSize, path: url.path, readAt: { offset, length in
-                var buffer = [UInt8](repeating: 0, count: length)
-                let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, length, off_t(offset)) }
-                return n == length ? buffer : nil
-            })
+            return try parse(
+                head, fileSize: fileSize, path: url.path,
+                readAt: { offset, length in
+                    var buffer = [UInt8](repeating: 0, count: length)
+                    let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, length, off_t(offset)) }
+                    return n == length ? buffer : nil
+                })
         } catch {
             throw NimbusError(.invalidArgument, "\(error): it cannot be used as a disk image", cause: error)
         }

@@ -33,6 +33,9 @@ public struct CachedImage: Sendable, Codable, Equatable {
     /// For images that were decompressed: the SHA-256 of the file as published.
     public var sourceSHA256: String?
     public var pulledAt: Date
+    /// For imports: each local file this image was imported from, with its device, inode, size and
+    /// modification time when it was hashed, so importing the unchanged file again skips the hashing.
+    public var importedFrom: [String: String]?
 
     /// The image file as a URL.
     public var url: URL { URL(fileURLWithPath: path) }

@@ -22,6 +22,14 @@ public struct TransferProgress: Sendable {
     public var resumedFrom: UInt64
     /// True once, at the end.
     public var finished: Bool
+
+    public init(what: String, bytes: UInt64, total: UInt64?, resumedFrom: UInt64, finished: Bool) {
+        self.what = what
+        self.bytes = bytes
+        self.total = total
+        self.resumedFrom = resumedFrom
+        self.finished = finished
+    }
 }
 
 /// What a finished transfer produced.
@@ -192,7 +200,9 @@ struct Downloader: Sendable {
                     }
                     if offset - lastReported >= 1 << 20 {
                         lastReported = offset
-                        progress(TransferProgress(what: what, bytes: offset, total: total, resumedFrom: resumedFrom, finished: false))
+                        progress(
+                            TransferProgress(
+                                what: what, bytes: offset, total: total, resumedFrom: resumedFrom, finished: false))
                     }
                 }
                 if let total, offset < total {
@@ -207,7 +217,7 @@ struct Downloader: Sendable {
                             "download of \(what) was cut short at \(offset) of \(total) bytes after \(attempt) tries "
                                 + "(\(reason)); run the command again to resume", cause: failure)
                     }
-                    throw failure.error("downloading \(what)")
+                    throw failure.error(what)
                 }
                 try? await Task.sleep(for: policy.delay(beforeAttempt: attempt))
                 attempt += 1
@@ -233,7 +243,9 @@ struct Downloader: Sendable {
                 "size mismatch for \(what): the catalog says \(expected) bytes, the download has \(offset); "
                     + "the download was removed")
         }
-        progress(TransferProgress(what: what, bytes: offset, total: total ?? offset, resumedFrom: resumedFrom, finished: true))
+        progress(
+            TransferProgress(
+                what: what, bytes: offset, total: total ?? offset, resumedFrom: resumedFrom, finished: true))
         let (sha256, sha512) = digest.finalize()
         return TransferResult(sha256: sha256, sha512: sha512, bytes: offset)
     }

@@ -49,11 +49,11 @@ enum HTTPFailure: Error, Sendable, CustomStringConvertible {
         case .status(404, let url), .status(410, let url):
             NimbusError(.notFound, "\(what) is not on the mirror: \(url.absoluteString) answered HTTP 404", cause: self)
         case .status(let code, let url):
-            NimbusError(.network, "\(what) failed: \(url.absoluteString) answered HTTP \(code)", cause: self)
+            NimbusError(.network, "could not fetch \(what): \(url.absoluteString) answered HTTP \(code)", cause: self)
         case .connection(let url, let reason):
             NimbusError(
                 .network,
-                "\(what) failed: could not reach \(url.host ?? url.absoluteString) (\(reason)); check the network "
+                "could not fetch \(what): could not reach \(url.host ?? url.absoluteString) (\(reason)); check the network "
                     + "or the mirror setting", cause: self)
         }
     }
@@ -97,7 +97,8 @@ enum HTTP {
         }
     }
 
-    private static func getOnce(_ url: URL, headers: [(String, String)], limit: Int) async throws(HTTPFailure) -> Small {
+    private static func getOnce(_ url: URL, headers: [(String, String)], limit: Int) async throws(HTTPFailure) -> Small
+    {
         var request = HTTPClientRequest(url: url.absoluteString)
         request.headers.add(name: "User-Agent", value: "nimbus")
         for (name, value) in headers { request.headers.add(name: name, value: value) }

@@ -52,6 +52,9 @@ public enum ImageReference: Hashable, Sendable, CustomStringConvertible {
     case file(URL)
     /// An image at an HTTP(S) URL, with an optional checksum to verify it against.
     case url(URL, checksum: Checksum?)
+    /// An image already in the cache under this name (`nimbus image import --name`); made by
+    /// `ImageStore.reference(_:)` when the text names no catalog but a cached image.
+    case named(String)
 
     /// The Debian releases with genericcloud images, newest first; the first is the default.
     public static let debianReleases: [(version: String, codename: String)] = [
@@ -127,13 +130,15 @@ public enum ImageReference: Hashable, Sendable, CustomStringConvertible {
             guard coreOSStreams.contains(stream) else {
                 throw NimbusError(
                     .notFound,
-                    "Fedora CoreOS stream \"\(stream)\" is not known: use one of \(coreOSStreams.joined(separator: ", "))")
+                    "Fedora CoreOS stream \"\(stream)\" is not known: use one of \(coreOSStreams.joined(separator: ", "))"
+                )
             }
             return .catalog(.fedoraCoreOS, release: stream, stream: nil)
         default:
             if parts.count == 1, let target = aliases[trimmed] ?? aliases[lower] {
                 guard depth < 8 else {
-                    throw NimbusError(.invalidArgument, "image alias \"\(trimmed)\" refers to itself through other aliases")
+                    throw NimbusError(
+                        .invalidArgument, "image alias \"\(trimmed)\" refers to itself through other aliases")
                 }
                 return try parse(target, checksum: nil, aliases: aliases, depth: depth + 1)
             }
@@ -154,6 +159,7 @@ public enum ImageReference: Hashable, Sendable, CustomStringConvertible {
             return release.map { "\(distribution):\($0)" } ?? distribution.rawValue
         case .file(let url): return url.absoluteString
         case .url(let url, _): return url.absoluteString
+        case .named(let name): return name
         }
     }
 }

@@ -81,9 +81,19 @@ public actor ImageStore {
         try ImageAliases(paths: paths).load()
     }
 
-    /// Parses `text` with the user's aliases expanded.
+    /// Parses `text` with the user's aliases expanded; a bare name that is neither a catalog nor an alias
+    /// but names a cached image (an import) becomes `.named`.
     public func reference(_ text: String, checksum: String? = nil) throws(NimbusError) -> ImageReference {
-        try ImageReference.parse(text, checksum: checksum, aliases: aliases())
+        let all = try aliases()
+        do {
+            return try ImageReference.parse(text, checksum: checksum, aliases: all)
+        } catch {
+            let target = all[text] ?? text
+            if checksum == nil, !target.contains(":"), !target.contains("/"), try find(target) != nil {
+                return .named(target)
+            }
+            throw error
+        }
     }
 
     /// Sets (or with nil removes) an alias after checking that its target parses.
@@ -91,7 +101,11 @@ public actor ImageStore {
         if let target {
             var all = try aliases()
             all[name] = nil
-            _ = try ImageReference.parse(target, aliases: all)
+            do {
+                _ = try ImageReference.parse(target, aliases: all)
+            } catch {
+                guard try find(target) != nil else { throw error }
+            }
         } else if try aliases()[name] == nil {
             throw NimbusError(.notFound, "there is no image alias \"\(name)\": `nimbus image alias` lists them")
         }
@@ -154,6 +168,12 @@ public actor ImageStore {
             return RemoteImage(
                 reference: url.absoluteString, distribution: nil, release: nil, codename: nil, version: nil, arch: arch,
                 url: url, size: nil, checksum: nil)
+        case .named(let name):
+            let image = try info(name)
+            return RemoteImage(
+                reference: name, distribution: image.distribution, release: image.release, codename: image.codename,
+                version: image.version, arch: image.arch ?? arch, url: image.url, size: image.size,
+                checksum: Checksum(.sha256, image.sha256))
         }
     }
 
@@ -203,16 +223,19 @@ public actor ImageStore {
         if case .file(let url) = reference {
             return try await importImage(url, name: nil, as: typed)
         }
+        if case .named(let name) = reference { return try info(name) }
         let remote = try await resolve(reference, arch: arch)
         let names = [remote.reference, typed].compactMap { $0 }
         if let hit = try cachedEntry(for: remote) { return try record(hit, names: names) }
         if case .url(_, nil) = reference {
-            options.warn("warning: no --checksum given for \(remote.url.absoluteString): integrity rests on HTTPS alone")
+            options.warn(
+                "warning: no --checksum given for \(remote.url.absoluteString): integrity rests on HTTPS alone")
         }
         let key = lockKey(for: remote)
         try makeFolders()
         let lock = try await FileLock.acquire(
-            locksFolder.appending(path: "\(key).lock"), timeout: .seconds(6 * 3600), what: "the download of \(remote.reference)")
+            locksFolder.appending(path: "\(key).lock"), timeout: .seconds(6 * 3600),
+            what: "the download of \(remote.reference)")
         defer { lock.unlock() }
         // Another process may have finished it while this one waited.
         if let hit = try cachedEntry(for: remote) { return try record(hit, names: names) }
@@ -298,7 +321,7 @@ public actor ImageStore {
             sha256: sha256, path: imageFile(sha256).path, format: info.format, virtualSize: info.virtualSize,
             size: info.fileSize, references: [], name: nil, distribution: remote.distribution, release: remote.release,
             codename: remote.codename, version: remote.version, arch: remote.arch, source: remote.url.absoluteString,
-            sha512: result.sha512, sourceSHA256: sourceSHA256, pulledAt: Date())
+            sha512: result.sha512, sourceSHA256: sourceSHA256, pulledAt: Date(), importedFrom: nil)
         if let existing = entry(sha256) {
             image.references = existing.references
             discardPartial(imagePath, sourceNote)
@@ -327,6 +350,8 @@ public actor ImageStore {
 
     /// Adds `names` to an entry's references and writes its metadata.
     func record(_ image: CachedImage, names: [String]) throws(NimbusError) -> CachedImage {
+        // A cache hit under names already recorded writes nothing (no fsync on the fast path).
+        if !names.isEmpty, names.allSatisfy(image.references.contains), entry(image.sha256) == image { return image }
         var updated = image
         for name in names.reversed() where !name.isEmpty {
             updated.references.removeAll { $0 == name }
@@ -367,7 +392,8 @@ public actor ImageStore {
         } catch {
             try? FileManager.default.removeItem(at: output)
             throw NimbusError(
-                .integrity, "could not decompress \(compressed.lastPathComponent): \(error.message)", cause: error.cause)
+                .integrity, "could not decompress \(compressed.lastPathComponent): \(error.message)", cause: error.cause
+            )
         }
         let digest = try hashFile(output)
         return (output, digest)
@@ -388,11 +414,19 @@ public actor ImageStore {
         -> CachedImage
     {
         if let name, name.isEmpty || name.contains("/") || name.contains(where: \.isWhitespace) {
-            throw NimbusError(.invalidArgument, "image name \"\(name)\" is not valid: use letters, digits, '-', '.', ':'")
+            throw NimbusError(
+                .invalidArgument, "image name \"\(name)\" is not valid: use letters, digits, '-', '.', ':'")
         }
         let source = file.standardizedFileURL
         guard FileManager.default.fileExists(atPath: source.path) else {
             throw NimbusError(.notFound, "\(source.path) does not exist: check the path")
+        }
+        // The same unchanged file imported before (each launch from a local file comes here): no hashing.
+        let stamp = Self.stamp(source)
+        if let stamp, let known = try list().first(where: { $0.importedFrom?[source.absoluteString] == stamp }) {
+            var image = known
+            if let name { image.name = name }
+            return try record(image, names: [name, typed, source.absoluteString].compactMap { $0 })
         }
         // Refuse what is no disk image before copying gigabytes.
         let info = try DiskImage.inspect(source)
@@ -401,7 +435,8 @@ public actor ImageStore {
         let result: TransferResult
         do {
             result = try Downloader.copy(
-                source, into: partial, sha512: false, what: name ?? source.lastPathComponent, progress: options.progress)
+                source, into: partial, sha512: false, what: name ?? source.lastPathComponent, progress: options.progress
+            )
         } catch {
             try? FileManager.default.removeItem(at: partial)
             throw error
@@ -413,7 +448,7 @@ public actor ImageStore {
             sha256: result.sha256, path: imageFile(result.sha256).path, format: info.format,
             virtualSize: info.virtualSize, size: result.bytes, references: [], name: name, distribution: nil,
             release: nil, codename: nil, version: nil, arch: nil, source: source.absoluteString, sha512: nil,
-            sourceSHA256: nil, pulledAt: Date())
+            sourceSHA256: nil, pulledAt: Date(), importedFrom: nil)
         if let existing = entry(result.sha256) {
             try? FileManager.default.removeItem(at: partial)
             image = existing
@@ -421,7 +456,18 @@ public actor ImageStore {
         } else {
             try commit(partial, as: result.sha256)
         }
+        if let stamp {
+            image.importedFrom = (image.importedFrom ?? [:]).merging([source.absoluteString: stamp]) { $1 }
+            try writeMetadata(image)
+        }
         return try record(image, names: [name, typed, source.absoluteString].compactMap { $0 })
+    }
+
+    /// Device, inode, size and modification time of a regular file: what changes when its bytes do.
+    static func stamp(_ url: URL) -> String? {
+        var status = stat()
+        guard stat(url.path, &status) == 0, (status.st_mode & S_IFMT) == S_IFREG else { return nil }
+        return "\(status.st_dev):\(status.st_ino):\(status.st_size):\(status.st_mtim.tv_sec).\(status.st_mtim.tv_nsec)"
     }
 
     // MARK: Listing, lookup, removal
@@ -448,11 +494,13 @@ public actor ImageStore {
     public func find(_ text: String) throws(NimbusError) -> CachedImage? {
         let all = try list()
         var candidates = [text]
-        if let parsed = try? reference(text) {
+        if let parsed = try? ImageReference.parse(text, aliases: (try? aliases()) ?? [:]) {
             candidates.append(parsed.description)
             if case .catalog(let distribution, nil, _) = parsed { candidates.append(distribution.rawValue) }
         }
-        if let hit = all.first(where: { image in candidates.contains { image.references.contains($0) || image.name == $0 } }) {
+        if let hit = all.first(where: { image in
+            candidates.contains { image.references.contains($0) || image.name == $0 }
+        }) {
             return hit
         }
         let lower = text.lowercased().replacingOccurrences(of: "sha256:", with: "")
@@ -470,7 +518,8 @@ public actor ImageStore {
     public func info(_ text: String) throws(NimbusError) -> CachedImage {
         guard let image = try find(text) else {
             throw NimbusError(
-                .notFound, "no cached image matches \"\(text)\": `nimbus image list` shows them, `nimbus image pull` fetches")
+                .notFound,
+                "no cached image matches \"\(text)\": `nimbus image list` shows them, `nimbus image pull` fetches")
         }
         return image
     }
@@ -541,7 +590,8 @@ public actor ImageStore {
             for file in files.sorted() where file.hasSuffix(".qcow2") {
                 var disk = folder.appending(path: file)
                 for _ in 0..<16 {
-                    guard let info = try? DiskImage.inspect(disk), let backing = info.backingPath(relativeTo: disk) else {
+                    guard let info = try? DiskImage.inspect(disk), let backing = info.backingPath(relativeTo: disk)
+                    else {
                         break
                     }
                     let resolved = backing.resolvingSymlinksInPath()

@@ -33,10 +33,12 @@ struct MetadataCache: Sendable {
             } catch let error as NimbusError {
                 throw error
             } catch {
-                throw NimbusError(.notFound, "\(what) is not on the mirror: \(url.path) cannot be read", cause: YAMLErrorText(error))
+                throw NimbusError(
+                    .notFound, "\(what) is not on the mirror: \(url.path) cannot be read", cause: YAMLErrorText(error))
             }
         }
-        let key = SHA256.hash(data: Data(url.absoluteString.utf8)).prefix(16).map { String(format: "%02x", $0) }.joined()
+        let key = SHA256.hash(data: Data(url.absoluteString.utf8)).prefix(16).map { String(format: "%02x", $0) }
+            .joined()
         let bodyFile = folder.appending(path: "\(key).body")
         let validatorFile = folder.appending(path: "\(key).json")
         let cached: (Validators, Data)? = {
@@ -64,7 +66,7 @@ struct MetadataCache: Sendable {
                 warn("warning: \(error); using the \(what) cached \(age) minutes ago")
                 return body
             }
-            throw error.error("fetching the \(what)")
+            throw error.error("the \(what)")
         }
         if response.status == 304, let (validators, body) = cached {
             var renewed = validators

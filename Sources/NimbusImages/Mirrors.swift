@@ -123,7 +123,8 @@ public struct ImageAliases: Sendable {
 
     /// Sets `name` to `reference` (already validated by the caller), or removes it when `reference` is nil.
     public func set(_ name: String, to reference: String?) throws(NimbusError) {
-        let valid = name.first?.isLetter == true
+        let valid =
+            name.first?.isLetter == true
             && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" || $0 == ".") }
         guard valid, Distribution(rawValue: name.lowercased()) == nil, name.lowercased() != "fcos" else {
             throw NimbusError(
@@ -134,7 +135,8 @@ public struct ImageAliases: Sendable {
         var all = try load()
         all[name] = reference
         do {
-            try FileManager.default.createDirectory(at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                at: file.deletingLastPathComponent(), withIntermediateDirectories: true)
             let encoder = YAMLEncoder()
             encoder.options.sortKeys = true
             try AtomicFile.write(Data(try encoder.encode(all).utf8), to: file)

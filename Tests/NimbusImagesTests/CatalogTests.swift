@@ -5,7 +5,9 @@ import Testing
 
 @testable import NimbusImages
 
-@Suite("Catalogs in their published formats", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img", "xz"))))
+@Suite(
+    "Catalogs in their published formats",
+    .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img", "xz"))))
 struct CatalogTests {
     @Test("Ubuntu: default is the LTS, by version or codename, newest serial as a string, uefi1.img preferred")
     func ubuntuResolution() async throws {
@@ -19,8 +21,9 @@ struct CatalogTests {
                 #expect(remote.reference == "ubuntu:24.04", "\(text)")
                 #expect(remote.version == "20240423.1", "\(text)")
                 #expect(remote.codename == "noble")
-                #expect(remote.url.absoluteString.hasSuffix(
-                    "/released/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"))
+                #expect(
+                    remote.url.absoluteString.hasSuffix(
+                        "/releases/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"))
                 #expect(remote.checksum == Checksum(.sha256, Fixtures.sha256(image)))
                 #expect(remote.size == UInt64(image.count))
             }
@@ -39,8 +42,11 @@ struct CatalogTests {
             let image = try await Fixtures.qcow2(in: dir.url, megabytes: 1)
             try Fixtures.ubuntuTree(
                 on: server, stream: "daily",
-                images: [.init(version: "26.04", codename: "resolute", title: "26.04 LTS", aliases: "26.04,r,resolute,devel",
-                               arch: "amd64", serials: ["20261120", "20261124"], items: ["disk1.img"])],
+                images: [
+                    .init(
+                        version: "26.04", codename: "resolute", title: "26.04 LTS", aliases: "26.04,r,resolute,devel",
+                        arch: "amd64", serials: ["20261120", "20261124"], items: ["disk1.img"])
+                ],
                 image: image)
             let store = try Fixtures.store(dir, server: server)
             let remote = try await store.resolve(try ImageReference.parse("ubuntu:daily:26.04"), arch: .amd64)
@@ -61,12 +67,15 @@ struct CatalogTests {
                 try await store.resolve(.catalog(.ubuntu, release: "18.10", stream: "released"), arch: .amd64)
             }
             #expect(unknown?.code == .notFound)
-            #expect(unknown?.message == "Ubuntu release \"18.10\" is not in the released catalog: use ubuntu: with one of "
-                + "22.04 (jammy), 24.04 (noble), 25.10 (questing)")
+            #expect(
+                unknown?.message == "Ubuntu release \"18.10\" is not in the released catalog: use ubuntu: with one of "
+                    + "22.04 (jammy), 24.04 (noble), 25.10 (questing)")
             let arch = await #expect(throws: NimbusError.self) {
                 try await store.resolve(.catalog(.ubuntu, release: "jammy", stream: "released"), arch: .arm64)
             }
-            #expect(arch?.message == "Ubuntu jammy has no arm64 image in the released catalog (it has: amd64): pick another --arch")
+            #expect(
+                arch?.message
+                    == "Ubuntu jammy has no arm64 image in the released catalog (it has: amd64): pick another --arch")
         }
         await server.stop()
     }
@@ -92,22 +101,30 @@ struct CatalogTests {
                     catalog["products"] = products
                 }
                 let store = try Fixtures.store(dir, server: server)
-                let error = await #expect(throws: NimbusError.self) { try await store.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64) }
+                let error = await #expect(throws: NimbusError.self) {
+                    try await store.resolve(.catalog(.ubuntu, release: "24.04", stream: "released"), arch: .amd64)
+                }
                 #expect(error?.code == .integrity)
-                #expect(error?.message.contains("malformed metadata: product com.ubuntu.cloud:server:24.04:amd64") == true)
-                #expect(error?.message.contains("has no \(field == "sha256" ? "valid sha256" : field)") == true, "\(field)")
+                #expect(
+                    error?.message.contains("malformed metadata: product com.ubuntu.cloud:server:24.04:amd64") == true)
+                #expect(
+                    error?.message.contains("has no \(field == "sha256" ? "valid sha256" : field)") == true, "\(field)")
             }
             await server.stop()
         }
         let server = try await MirrorServer.start()
         try await TemporaryDirectory.with { dir in
-            server.put("released/streams/v1/index.json", "<html>captive portal</html>")
+            server.put("releases/streams/v1/index.json", "<html>captive portal</html>")
             let store = try Fixtures.store(dir, server: server)
-            let error = await #expect(throws: NimbusError.self) { try await store.resolve(.catalog(.ubuntu, release: nil, stream: "released"), arch: .amd64) }
+            let error = await #expect(throws: NimbusError.self) {
+                try await store.resolve(.catalog(.ubuntu, release: nil, stream: "released"), arch: .amd64)
+            }
             #expect(error?.message.contains("is not valid simplestreams JSON") == true)
-            server.put("released/streams/v1/index.json", "{\"format\": \"index:1.0\", \"index\": {}}")
+            server.put("releases/streams/v1/index.json", "{\"format\": \"index:1.0\", \"index\": {}}")
             let store2 = try Fixtures.store(dir, server: server, refresh: true)
-            let empty = await #expect(throws: NimbusError.self) { try await store2.resolve(.catalog(.ubuntu, release: nil, stream: "released"), arch: .amd64) }
+            let empty = await #expect(throws: NimbusError.self) {
+                try await store2.resolve(.catalog(.ubuntu, release: nil, stream: "released"), arch: .amd64)
+            }
             #expect(empty?.message.contains("has no image-downloads entry") == true)
         }
         await server.stop()
@@ -119,7 +136,9 @@ struct CatalogTests {
         try await TemporaryDirectory.with { dir in
             let image = try await Fixtures.qcow2(in: dir.url, megabytes: 1)
             server.put("debian/bookworm/latest/debian-12-genericcloud-amd64.qcow2", image)
-            server.put("debian/bookworm/latest/SHA512SUMS", """
+            server.put(
+                "debian/bookworm/latest/SHA512SUMS",
+                """
                 \(Fixtures.sha512(Data("other".utf8)))  debian-12-generic-amd64.qcow2
                 \(Fixtures.sha512(image))  debian-12-genericcloud-amd64.qcow2
                 \(Fixtures.sha512(Data("raw".utf8)))  debian-12-genericcloud-amd64.raw
@@ -137,16 +156,26 @@ struct CatalogTests {
             // The second pull matches the cache through the sha512 and downloads nothing.
             _ = try await store.pull(.catalog(.debian, release: "12", stream: nil), arch: .amd64)
             #expect(server.requests("debian/bookworm/latest/debian-12-genericcloud-amd64.qcow2").count == 1)
-            let arm = await #expect(throws: NimbusError.self) { try await store.resolve(.catalog(.debian, release: "12", stream: nil), arch: .arm64) }
+            let arm = await #expect(throws: NimbusError.self) {
+                try await store.resolve(.catalog(.debian, release: "12", stream: nil), arch: .arm64)
+            }
             #expect(arm?.message.contains("has no arm64 genericcloud image") == true)
             // A tampered image fails the sha512 check and leaves nothing behind.
             let published = image + Data([1])
             server.put("debian/trixie/latest/debian-13-genericcloud-amd64.qcow2", image + Data([2]))
-            server.put("debian/trixie/latest/SHA512SUMS", "\(Fixtures.sha512(published))  debian-13-genericcloud-amd64.qcow2\n")
-            let mismatch = await #expect(throws: NimbusError.self) { try await store.pull(.catalog(.debian, release: "13", stream: nil), arch: .amd64) }
-            #expect(mismatch?.message.contains("expected sha512 \(Fixtures.sha512(published)), got \(Fixtures.sha512(image + Data([2])))") == true)
+            server.put(
+                "debian/trixie/latest/SHA512SUMS", "\(Fixtures.sha512(published))  debian-13-genericcloud-amd64.qcow2\n"
+            )
+            let mismatch = await #expect(throws: NimbusError.self) {
+                try await store.pull(.catalog(.debian, release: "13", stream: nil), arch: .amd64)
+            }
+            #expect(
+                mismatch?.message.contains(
+                    "expected sha512 \(Fixtures.sha512(published)), got \(Fixtures.sha512(image + Data([2])))") == true)
             #expect(try await store.list().count == 1)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.paths.images.appending(path: ".partial").path).isEmpty)
+            #expect(
+                try FileManager.default.contentsOfDirectory(atPath: dir.paths.images.appending(path: ".partial").path)
+                    .isEmpty)
         }
         await server.stop()
     }
@@ -160,7 +189,16 @@ struct CatalogTests {
             "architectures": [
                 "x86_64": [
                     "artifacts": [
-                        "metal": ["release": "40.20240416.3.1", "formats": ["raw.xz": ["disk": ["location": "https://x/y.raw.xz", "sha256": String(repeating: "0", count: 64)]]]],
+                        "metal": [
+                            "release": "40.20240416.3.1",
+                            "formats": [
+                                "raw.xz": [
+                                    "disk": [
+                                        "location": "https://x/y.raw.xz", "sha256": String(repeating: "0", count: 64),
+                                    ]
+                                ]
+                            ],
+                        ],
                         "qemu": ["release": "40.20240416.3.1", "formats": ["qcow2.xz": ["disk": disk]]],
                     ],
                     "images": ["aws": ["regions": [:]]],
@@ -179,12 +217,15 @@ struct CatalogTests {
             try image.write(to: plain)
             try await ProgramRunner.run("xz", ["-k", "-0", plain.path])
             let compressed = try Data(contentsOf: dir.url.appending(path: "fcos.qcow2.xz"))
-            let path = "prod/streams/stable/builds/40.20240416.3.1/x86_64/fedora-coreos-40.20240416.3.1-qemu.x86_64.qcow2.xz"
+            let path =
+                "prod/streams/stable/builds/40.20240416.3.1/x86_64/fedora-coreos-40.20240416.3.1-qemu.x86_64.qcow2.xz"
             server.put("fcos/" + path, compressed)
             // Locations name the official host; the configured mirror serves the same path.
-            server.put("fcos/streams/stable.json", try Self.coreOSStream(
-                location: "https://builds.coreos.fedoraproject.org/" + path, sha256: Fixtures.sha256(compressed),
-                uncompressed: Fixtures.sha256(image)))
+            server.put(
+                "fcos/streams/stable.json",
+                try Self.coreOSStream(
+                    location: "https://builds.coreos.fedoraproject.org/" + path, sha256: Fixtures.sha256(compressed),
+                    uncompressed: Fixtures.sha256(image)))
             let store = try Fixtures.store(dir, server: server)
             let cached = try await store.pull(try ImageReference.parse("fedora-coreos"), arch: .amd64)
             #expect(cached.sha256 == Fixtures.sha256(image))
@@ -193,19 +234,30 @@ struct CatalogTests {
             #expect(cached.format == .qcow2)
             #expect(try Data(contentsOf: cached.url) == image)
             #expect(server.requests("fcos/" + path).count == 1)
-            let arm = await #expect(throws: NimbusError.self) { try await store.resolve(.catalog(.fedoraCoreOS, release: "stable", stream: nil), arch: .arm64) }
+            let arm = await #expect(throws: NimbusError.self) {
+                try await store.resolve(.catalog(.fedoraCoreOS, release: "stable", stream: nil), arch: .arm64)
+            }
             #expect(arm?.message.contains("has no aarch64 images (it has: x86_64)") == true)
 
             // Missing fields are malformed metadata, named by their path in the JSON.
-            server.put("fcos/streams/testing.json", try Self.coreOSStream(location: "https://builds.coreos.fedoraproject.org/" + path, sha256: nil, uncompressed: nil))
-            let malformed = await #expect(throws: NimbusError.self) { try await store.resolve(.catalog(.fedoraCoreOS, release: "testing", stream: nil), arch: .amd64) }
+            server.put(
+                "fcos/streams/testing.json",
+                try Self.coreOSStream(
+                    location: "https://builds.coreos.fedoraproject.org/" + path, sha256: nil, uncompressed: nil))
+            let malformed = await #expect(throws: NimbusError.self) {
+                try await store.resolve(.catalog(.fedoraCoreOS, release: "testing", stream: nil), arch: .amd64)
+            }
             #expect(malformed?.message.contains("formats[\"qcow2.xz\"].disk.sha256 is missing") == true)
             // A decompressed image whose sha256 differs from uncompressed-sha256 is refused.
-            server.put("fcos/streams/next.json", try Self.coreOSStream(
-                location: "https://builds.coreos.fedoraproject.org/" + path, sha256: Fixtures.sha256(compressed),
-                uncompressed: String(repeating: "a", count: 64)))
+            server.put(
+                "fcos/streams/next.json",
+                try Self.coreOSStream(
+                    location: "https://builds.coreos.fedoraproject.org/" + path, sha256: Fixtures.sha256(compressed),
+                    uncompressed: String(repeating: "a", count: 64)))
             try await store.remove("fedora-coreos")
-            let after = await #expect(throws: NimbusError.self) { try await store.pull(.catalog(.fedoraCoreOS, release: "next", stream: nil), arch: .amd64) }
+            let after = await #expect(throws: NimbusError.self) {
+                try await store.pull(.catalog(.fedoraCoreOS, release: "next", stream: nil), arch: .amd64)
+            }
             #expect(after?.message.contains("after decompression (expected sha256 aaaa") == true)
             #expect(try await store.list().isEmpty)
         }

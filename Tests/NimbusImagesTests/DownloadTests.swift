@@ -8,7 +8,7 @@ import Testing
 /// Pulls from a loopback mirror with faults injected by the server itself.
 @Suite("Verified downloads", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img"))))
 struct DownloadTests {
-    static let imagePath = "released/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"
+    static let imagePath = "releases/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"
     static let noble = ImageReference.catalog(.ubuntu, release: "24.04", stream: "released")
 
     /// A mirror with the standard Ubuntu tree around a 3 MiB qcow2.
@@ -28,12 +28,16 @@ struct DownloadTests {
     }
 
     func cacheFiles(_ dir: TemporaryDirectory) -> [String] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.path)) ?? []).filter { !$0.hasPrefix(".") }.sorted()
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir.paths.images.path)) ?? []).filter {
+            !$0.hasPrefix(".")
+        }.sorted()
     }
 
     func partialFiles(_ dir: TemporaryDirectory) -> [String] {
         let folder = dir.paths.images.appending(path: ".partial")
-        return ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).filter { !$0.hasSuffix(".source") }
+        return ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).filter {
+            !$0.hasSuffix(".source")
+        }
     }
 
     @Test("a pull streams, verifies and caches <sha256>.img + .json; the next pull is a cache hit")
@@ -67,8 +71,10 @@ struct DownloadTests {
             let store = try Fixtures.store(dir, server: server)
             let error = await #expect(throws: NimbusError.self) { try await store.pull(Self.noble, arch: .amd64) }
             #expect(error?.code == .integrity)
-            #expect(error?.message == "image checksum mismatch for ubuntu:24.04 (expected sha256 \(Fixtures.sha256(image)), got "
-                + "\(Fixtures.sha256(tampered))): the partial download was removed; run the command again")
+            #expect(
+                error?.message
+                    == "image checksum mismatch for ubuntu:24.04 (expected sha256 \(Fixtures.sha256(image)), got "
+                    + "\(Fixtures.sha256(tampered))): the partial download was removed; run the command again")
             #expect(cacheFiles(dir).isEmpty)
             #expect(partialFiles(dir).isEmpty)
         }
@@ -81,7 +87,9 @@ struct DownloadTests {
             let store = try Fixtures.store(dir, server: server)
             let error = await #expect(throws: NimbusError.self) { try await store.pull(Self.noble, arch: .amd64) }
             #expect(error?.code == .integrity)
-            #expect(error?.message.contains("size mismatch for ubuntu:24.04: the catalog says \(image.count) bytes") == true)
+            #expect(
+                error?.message.contains("size mismatch for ubuntu:24.04: the catalog says \(image.count) bytes") == true
+            )
             #expect(error?.message.contains("has \(image.count + 512)") == true)
             #expect(cacheFiles(dir).isEmpty)
             #expect(partialFiles(dir).isEmpty)
@@ -191,7 +199,7 @@ struct DownloadTests {
     @Test("catalog metadata is cached with its ETag, revalidated on --refresh (304), and used offline with a warning")
     func metadataCaching() async throws {
         try await withMirror { server, dir, _ in
-            let index = "released/streams/v1/index.json"
+            let index = "releases/streams/v1/index.json"
             _ = try await Fixtures.store(dir, server: server).resolve(Self.noble, arch: .amd64)
             #expect(server.requests(index).count == 1)
             _ = try await Fixtures.store(dir, server: server).resolve(Self.noble, arch: .amd64)

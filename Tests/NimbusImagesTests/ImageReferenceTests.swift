@@ -21,7 +21,10 @@ struct ImageReferenceTests {
             ("fedora-coreos", .catalog(.fedoraCoreOS, release: "stable", stream: nil)),
             ("fedora-coreos:testing", .catalog(.fedoraCoreOS, release: "testing", stream: nil)),
             ("fedora-coreos:next", .catalog(.fedoraCoreOS, release: "next", stream: nil)),
-            ("file:///srv/images/debian-12-nocloud.qcow2", .file(URL(fileURLWithPath: "/srv/images/debian-12-nocloud.qcow2"))),
+            (
+                "file:///srv/images/debian-12-nocloud.qcow2",
+                .file(URL(fileURLWithPath: "/srv/images/debian-12-nocloud.qcow2"))
+            ),
             ("/srv/x.qcow2", .file(URL(fileURLWithPath: "/srv/x.qcow2"))),
             ("https://example.org/x.img", .url(URL(string: "https://example.org/x.img")!, checksum: nil)),
         ]
@@ -41,7 +44,9 @@ struct ImageReferenceTests {
             try ImageReference.parse("https://example.org/x.img", checksum: "sha256:1234")
         }
         #expect(bad?.message.contains("sha256: followed by 64 hex digits") == true)
-        let misplaced = #expect(throws: NimbusError.self) { try ImageReference.parse("debian:12", checksum: "sha256:\(hex)") }
+        let misplaced = #expect(throws: NimbusError.self) {
+            try ImageReference.parse("debian:12", checksum: "sha256:\(hex)")
+        }
         #expect(misplaced?.code == .invalidArgument)
     }
 
@@ -49,7 +54,9 @@ struct ImageReferenceTests {
     func unknownRelease() {
         let debian = #expect(throws: NimbusError.self) { try ImageReference.parse("debian:buzz") }
         #expect(debian?.code == .notFound)
-        #expect(debian?.message == "Debian release \"buzz\" is not known: use one of 13 (trixie), 12 (bookworm), 11 (bullseye)")
+        #expect(
+            debian?.message
+                == "Debian release \"buzz\" is not known: use one of 13 (trixie), 12 (bookworm), 11 (bullseye)")
         let coreos = #expect(throws: NimbusError.self) { try ImageReference.parse("fedora-coreos:beta") }
         #expect(coreos?.message.contains("use one of stable, testing, next") == true)
     }
@@ -58,7 +65,9 @@ struct ImageReferenceTests {
     func aliases() throws {
         let unknown = #expect(throws: NimbusError.self) { try ImageReference.parse("centos") }
         #expect(unknown?.message.contains("nimbus image alias") == true)
-        #expect(try ImageReference.parse("web", aliases: ["web": "ubuntu:24.04"]) == .catalog(.ubuntu, release: "24.04", stream: "released"))
+        #expect(
+            try ImageReference.parse("web", aliases: ["web": "ubuntu:24.04"])
+                == .catalog(.ubuntu, release: "24.04", stream: "released"))
         let loop = #expect(throws: NimbusError.self) { try ImageReference.parse("a", aliases: ["a": "b", "b": "a"]) }
         #expect(loop?.message.contains("refers to itself") == true)
     }
@@ -94,13 +103,14 @@ struct ImageReferenceTests {
         defer { dir.remove() }
         let config = dir.url.appending(path: "config.yaml")
         try """
-            cpus: 2
-            driver: {name: qemu}
-            mirrors:
-              ubuntu: http://mirror.example/ubuntu
-              fedora-coreos: https://fcos.example/
-            """.write(to: config, atomically: true, encoding: .utf8)
-        let mirrors = try Mirrors.load(configFile: config, environment: ["NIMBUS_MIRROR_DEBIAN": "http://deb.example/cloud"])
+        cpus: 2
+        driver: {name: qemu}
+        mirrors:
+          ubuntu: http://mirror.example/ubuntu
+          fedora-coreos: https://fcos.example/
+        """.write(to: config, atomically: true, encoding: .utf8)
+        let mirrors = try Mirrors.load(
+            configFile: config, environment: ["NIMBUS_MIRROR_DEBIAN": "http://deb.example/cloud"])
         #expect(mirrors.ubuntu.absoluteString == "http://mirror.example/ubuntu/")
         #expect(mirrors.debian.absoluteString == "http://deb.example/cloud/")
         #expect(mirrors.fedoraCoreOS.absoluteString == "https://fcos.example/")

@@ -8,7 +8,8 @@ struct DebianCloud: Sendable {
     let metadata: MetadataCache
 
     func resolve(release: String, arch: Architecture) async throws(NimbusError) -> RemoteImage {
-        guard let known = ImageReference.debianReleases.first(where: { $0.version == release || $0.codename == release })
+        guard
+            let known = ImageReference.debianReleases.first(where: { $0.version == release || $0.codename == release })
         else {
             let list = ImageReference.debianReleases.map { "\($0.version) (\($0.codename))" }.joined(separator: ", ")
             throw NimbusError(.notFound, "Debian release \"\(release)\" is not known: use one of \(list)")
@@ -23,12 +24,14 @@ struct DebianCloud: Sendable {
             let fields = line.split(separator: " ", maxSplits: 1)
             guard fields.count == 2 else { continue }
             // coreutils marks binary mode with a leading '*' on the name.
-            let file = fields[1].trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "*"))
+            let file = fields[1].trimmingCharacters(in: .whitespaces).trimmingCharacters(
+                in: CharacterSet(charactersIn: "*"))
             if file == name {
                 guard let checksum = try? Checksum(parsing: "sha512:\(fields[0])") else {
                     throw NimbusError(
                         .integrity,
-                        "malformed metadata: the SHA512SUMS line for \(name) in \(sumsURL.absoluteString) has no valid sha512")
+                        "malformed metadata: the SHA512SUMS line for \(name) in \(sumsURL.absoluteString) has no valid sha512"
+                    )
                 }
                 found = checksum
             }
@@ -36,7 +39,8 @@ struct DebianCloud: Sendable {
         guard let found else {
             throw NimbusError(
                 .notFound,
-                "Debian \(known.version) has no \(arch) genericcloud image: \(sumsURL.absoluteString) does not list \(name)")
+                "Debian \(known.version) has no \(arch) genericcloud image: \(sumsURL.absoluteString) does not list \(name)"
+            )
         }
         return RemoteImage(
             reference: "debian:\(known.version)", distribution: .debian, release: known.version,

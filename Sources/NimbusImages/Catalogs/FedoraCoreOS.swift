@@ -42,15 +42,20 @@ struct FedoraCoreOS: Sendable {
         } catch {
             throw malformed("\(url.absoluteString) is not stream metadata JSON (\(error))")
         }
-        guard let architectures = parsed.architectures else { throw malformed("\(url.absoluteString) has no architectures") }
+        guard let architectures = parsed.architectures else {
+            throw malformed("\(url.absoluteString) has no architectures")
+        }
         guard let entry = architectures[arch.coreOSName] else {
             let available = architectures.keys.sorted().joined(separator: ", ")
             throw NimbusError(
-                .notFound, "Fedora CoreOS \(stream) has no \(arch.coreOSName) images (it has: \(available)): pick another --arch")
+                .notFound,
+                "Fedora CoreOS \(stream) has no \(arch.coreOSName) images (it has: \(available)): pick another --arch")
         }
         let at = "\(url.absoluteString) → architectures.\(arch.coreOSName).artifacts.qemu"
         guard let qemu = entry.artifacts?["qemu"] else { throw malformed("\(at) is missing") }
-        guard let disk = qemu.formats?["qcow2.xz"]?["disk"] else { throw malformed("\(at).formats[\"qcow2.xz\"].disk is missing") }
+        guard let disk = qemu.formats?["qcow2.xz"]?["disk"] else {
+            throw malformed("\(at).formats[\"qcow2.xz\"].disk is missing")
+        }
         guard let location = disk.location, let published = URL(string: location) else {
             throw malformed("\(at).formats[\"qcow2.xz\"].disk.location is missing")
         }

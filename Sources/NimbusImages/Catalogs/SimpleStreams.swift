@@ -20,28 +20,38 @@ struct SimpleStreams: Sendable {
         var format: String?
     }
 
-    struct Products: Decodable {
-        var content_id: String?
+    struct Products: Codable {
+        enum CodingKeys: String, CodingKey {
+            case contentID = "content_id"
+            case datatype, products
+        }
+
+        var contentID: String?
         var datatype: String?
         var products: [String: Product]?
     }
 
-    struct Product: Decodable {
+    struct Product: Codable {
+        enum CodingKeys: String, CodingKey {
+            case aliases, arch, os, release, supported, version, versions
+            case releaseTitle = "release_title"
+        }
+
         var aliases: String?
         var arch: String?
         var os: String?
         var release: String?
-        var release_title: String?
+        var releaseTitle: String?
         var supported: Bool?
         var version: String?
         var versions: [String: Version]?
     }
 
-    struct Version: Decodable {
+    struct Version: Codable {
         var items: [String: Item]?
     }
 
-    struct Item: Decodable {
+    struct Item: Codable {
         var ftype: String?
         var path: String?
         var size: UInt64?
@@ -54,7 +64,8 @@ struct SimpleStreams: Sendable {
     /// The keyring to check `.sjson` against; nil reads the unsigned `.json`.
     let keyring: URL?
 
-    var root: URL { mirror.appending(path: stream + "/") }
+    /// The stream's folder on the mirror: `releases/` for the released stream, `daily/` for daily.
+    var root: URL { mirror.appending(path: (stream == "released" ? "releases" : stream) + "/") }
 
     /// The products file of the stream, checked against the keyring when there is one.
     func products() async throws(NimbusError) -> Products {
@@ -66,21 +77,56 @@ struct SimpleStreams: Sendable {
         let entries = index.index ?? [:]
         guard
             let entry = entries[preferred]
-                ?? entries.sorted(by: { $0.key < $1.key }).first(where: { $0.value.datatype == "image-downloads" })?.value,
+                ?? entries.sorted(by: { $0.key < $1.key }).first(where: { $0.value.datatype == "image-downloads" })?
+                .value,
             var path = entry.path
         else {
             throw malformed("Ubuntu image index \(indexURL.absoluteString) has no image-downloads entry with a path")
         }
         if keyring != nil, path.hasSuffix(".json") { path = String(path.dropLast(5)) + ".sjson" }
         let productsURL = root.appending(path: path)
-        let data = try await fetch(productsURL, what: "Ubuntu \(stream) image catalog")
-        return try decode(Products.self, data, "Ubuntu image catalog \(productsURL.absoluteString)")
+        let what = "Ubuntu image catalog \(productsURL.absoluteString)"
+        // The real products file is megabytes of JSON; what is cached is its digest (each product's newest
+        // disk image only), so that resolving from cached metadata parses kilobytes.
+        let data = try await fetch(productsURL, what: "Ubuntu \(stream) image catalog") { data throws(NimbusError) in
+            let full = try decode(Products.self, data, what)
+            do {
+                return try JSONEncoder().encode(Self.digest(full))
+            } catch {
+                throw malformed("\(what) could not be re-encoded (\(error))")
+            }
+        }
+        return try decode(Products.self, data, what)
     }
 
-    private func fetch(_ url: URL, what: String) async throws(NimbusError) -> Data {
-        guard let keyring else { return try await metadata.fetch(url, what: what) }
+    /// The products with only the newest version that has a disk image, and only its disk items.
+    static func digest(_ products: Products) -> Products {
+        var reduced = products
+        reduced.products = products.products?.mapValues { product in
+            var slim = product
+            let withDisk = (product.versions ?? [:]).filter {
+                $0.value.items?["disk1.img"] != nil || $0.value.items?["uefi1.img"] != nil
+            }
+            if let serial = withDisk.keys.max(), let version = withDisk[serial] {
+                let items = (version.items ?? [:]).filter { $0.key == "disk1.img" || $0.key == "uefi1.img" }
+                slim.versions = [serial: Version(items: items)]
+            } else if let serial = product.versions?.keys.max() {
+                slim.versions = [serial: Version(items: [:])]
+            }
+            return slim
+        }
+        return reduced
+    }
+
+    private func fetch(
+        _ url: URL, what: String, then reduce: @escaping @Sendable (Data) throws(NimbusError) -> Data = { $0 }
+    ) async throws(NimbusError) -> Data {
+        guard let keyring else {
+            return try await metadata.fetch(url, what: what) { data throws(NimbusError) in try reduce(data) }
+        }
         return try await metadata.fetch(url, what: what) { data throws(NimbusError) in
-            try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)")
+            try reduce(
+                try await SignatureVerifier.verify(data, keyring: keyring, what: "\(what) \(url.absoluteString)"))
         }
     }
 
@@ -97,16 +143,20 @@ struct SimpleStreams: Sendable {
         var candidates = matches
         if candidates.isEmpty, release == nil || release == "lts" {
             // Streams without an `lts` alias: the newest version whose title says LTS.
-            let lts = all.filter { $0.value.release_title?.contains("LTS") == true }
-            if let newest = lts.values.compactMap(\.version).max(by: { $0.compare($1, options: .numeric) == .orderedAscending }) {
+            let lts = all.filter { $0.value.releaseTitle?.contains("LTS") == true }
+            if let newest = lts.values.compactMap(\.version).max(by: {
+                $0.compare($1, options: .numeric) == .orderedAscending
+            }) {
                 candidates = lts.filter { $0.value.version == newest }
             }
         }
         guard !candidates.isEmpty else {
-            let known = Set(all.values.compactMap { product -> String? in
-                guard let version = product.version else { return nil }
-                return product.release.map { "\(version) (\($0))" } ?? version
-            }).sorted { $0.compare($1, options: .numeric) == .orderedAscending }
+            let known = Set(
+                all.values.compactMap { product -> String? in
+                    guard let version = product.version else { return nil }
+                    return product.release.map { "\(version) (\($0))" } ?? version
+                }
+            ).sorted { $0.compare($1, options: .numeric) == .orderedAscending }
             let prefix = stream == "daily" ? "ubuntu:daily:" : "ubuntu:"
             throw NimbusError(
                 .notFound,
@@ -116,7 +166,9 @@ struct SimpleStreams: Sendable {
         guard let (key, product) = candidates.first(where: { $0.value.arch == arch.rawValue }) else {
             let arches = Set(candidates.values.compactMap(\.arch)).sorted().joined(separator: ", ")
             throw NimbusError(
-                .notFound, "Ubuntu \(wanted) has no \(arch) image in the \(stream) catalog (it has: \(arches)): pick another --arch")
+                .notFound,
+                "Ubuntu \(wanted) has no \(arch) image in the \(stream) catalog (it has: \(arches)): pick another --arch"
+            )
         }
         return try image(key: key, product: product, arch: arch, requested: wanted)
     }
@@ -137,28 +189,32 @@ struct SimpleStreams: Sendable {
     private func image(key: String, product: Product, arch: Architecture, requested: String?) throws(NimbusError)
         -> RemoteImage
     {
-        let where_ = "product \(key) in the Ubuntu \(stream) catalog"
-        guard let versions = product.versions, !versions.isEmpty else { throw malformed("\(where_) has no versions") }
+        let context = "product \(key) in the Ubuntu \(stream) catalog"
+        guard let versions = product.versions, !versions.isEmpty else { throw malformed("\(context) has no versions") }
         // Serials (20240423, 20240423.1) sort as strings, as simplestreams' own tools do.
         let withDisk = versions.filter { $0.value.items?["disk1.img"] != nil || $0.value.items?["uefi1.img"] != nil }
-        guard let serial = withDisk.keys.max() else { throw malformed("\(where_) has no version with a disk1.img item") }
+        guard let serial = withDisk.keys.max() else {
+            throw malformed("\(context) has no version with a disk1.img item")
+        }
         let items = withDisk[serial]?.items ?? [:]
-        guard let item = items["uefi1.img"] ?? items["disk1.img"] else { throw malformed("\(where_) lost its items") }
+        guard let item = items["uefi1.img"] ?? items["disk1.img"] else { throw malformed("\(context) lost its items") }
         let itemName = items["uefi1.img"] != nil ? "uefi1.img" : "disk1.img"
-        let at = "\(where_), version \(serial), item \(itemName)"
+        let at = "\(context), version \(serial), item \(itemName)"
         guard let path = item.path, !path.isEmpty else { throw malformed("\(at) has no path") }
         guard let size = item.size else { throw malformed("\(at) has no size") }
         guard let hex = item.sha256, let checksum = try? Checksum(parsing: "sha256:\(hex)") else {
             throw malformed("\(at) has no valid sha256")
         }
-        let reference = ImageReference.catalog(.ubuntu, release: product.version ?? requested, stream: stream).description
+        let reference = ImageReference.catalog(.ubuntu, release: product.version ?? requested, stream: stream)
+            .description
         return RemoteImage(
             reference: reference, distribution: .ubuntu, release: product.version, codename: product.release,
             version: serial, arch: arch, url: root.appending(path: path), size: size, checksum: checksum)
     }
 
     private func malformed(_ text: String) -> NimbusError {
-        NimbusError(.integrity, "malformed metadata: \(text); the mirror may be broken or not a simplestreams mirror",
+        NimbusError(
+            .integrity, "malformed metadata: \(text); the mirror may be broken or not a simplestreams mirror",
             cause: MalformedMetadata(description: text))
     }
 

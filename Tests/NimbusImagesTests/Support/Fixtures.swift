@@ -54,25 +54,36 @@ enum Fixtures {
         mutate: (inout [String: Any]) -> Void = { _ in }
     ) throws -> String {
         let contentID = "com.ubuntu.cloud:\(stream):download"
+        let root = stream == "released" ? "releases" : stream
         var products: [String: Any] = [:]
         for product in images {
             var versions: [String: Any] = [:]
             for serial in product.serials {
                 var items: [String: Any] = [:]
                 for item in product.items {
-                    let folder = stream == "daily" ? "server/\(product.codename)/\(serial)" : "server/releases/\(product.codename)/release-\(serial)"
+                    let folder =
+                        stream == "daily"
+                        ? "server/\(product.codename)/\(serial)"
+                        : "server/releases/\(product.codename)/release-\(serial)"
                     let suffix = item == "uefi1.img" ? "-uefi1" : ""
                     let path = "\(folder)/ubuntu-\(product.version)-server-cloudimg-\(product.arch)\(suffix).img"
-                    server.put("\(stream)/\(path)", image)
+                    server.put("\(root)/\(path)", image)
                     items[item] = [
                         "ftype": item, "path": path, "sha256": sha256(image), "size": image.count,
                         "md5": String(repeating: "0", count: 32),
                     ]
                 }
-                items["manifest"] = ["ftype": "manifest", "path": "server/x.manifest", "sha256": sha256(Data()), "size": 0]
-                versions[serial] = ["items": items, "label": "release", "pubname": "ubuntu-\(product.codename)-\(product.version)-\(product.arch)-server-\(serial)"]
+                items["manifest"] = [
+                    "ftype": "manifest", "path": "server/x.manifest", "sha256": sha256(Data()), "size": 0,
+                ]
+                versions[serial] = [
+                    "items": items, "label": "release",
+                    "pubname": "ubuntu-\(product.codename)-\(product.version)-\(product.arch)-server-\(serial)",
+                ]
             }
-            let key = (stream == "daily" ? "com.ubuntu.cloud.daily" : "com.ubuntu.cloud") + ":server:\(product.version):\(product.arch)"
+            let key =
+                (stream == "daily" ? "com.ubuntu.cloud.daily" : "com.ubuntu.cloud")
+                + ":server:\(product.version):\(product.arch)"
             products[key] = [
                 "aliases": product.aliases, "arch": product.arch, "os": "ubuntu", "release": product.codename,
                 "release_codename": product.codename.capitalized, "release_title": product.title,
@@ -95,24 +106,33 @@ enum Fixtures {
                     "products": Array(products.keys).sorted(), "updated": "Tue, 23 Apr 2024 10:00:00 +0000",
                 ],
                 "com.ubuntu.cloud:\(stream):aws": [
-                    "datatype": "image-ids", "format": "products:1.0", "path": "streams/v1/com.ubuntu.cloud:\(stream):aws.json",
+                    "datatype": "image-ids", "format": "products:1.0",
+                    "path": "streams/v1/com.ubuntu.cloud:\(stream):aws.json",
                 ],
             ],
         ]
-        server.put("\(stream)/streams/v1/index.json", try JSONSerialization.data(withJSONObject: index, options: [.sortedKeys, .prettyPrinted]))
-        server.put("\(stream)/\(productsPath)", try JSONSerialization.data(withJSONObject: catalog, options: [.sortedKeys, .prettyPrinted]))
-        return "\(stream)/\(productsPath)"
+        server.put(
+            "\(root)/streams/v1/index.json",
+            try JSONSerialization.data(withJSONObject: index, options: [.sortedKeys, .prettyPrinted]))
+        server.put(
+            "\(root)/\(productsPath)",
+            try JSONSerialization.data(withJSONObject: catalog, options: [.sortedKeys, .prettyPrinted]))
+        return "\(root)/\(productsPath)"
     }
 
     static let standardUbuntu: [UbuntuImage] = [
-        UbuntuImage(version: "22.04", codename: "jammy", title: "22.04 LTS", aliases: "22.04,j,jammy", arch: "amd64",
-                    serials: ["20240301"], items: ["disk1.img"]),
-        UbuntuImage(version: "24.04", codename: "noble", title: "24.04 LTS", aliases: "24.04,default,lts,n,noble",
-                    arch: "amd64", serials: ["20240423", "20240423.1", "20240325"], items: ["disk1.img"]),
-        UbuntuImage(version: "24.04", codename: "noble", title: "24.04 LTS", aliases: "24.04,default,lts,n,noble",
-                    arch: "arm64", serials: ["20240423"], items: ["disk1.img", "uefi1.img"]),
-        UbuntuImage(version: "25.10", codename: "questing", title: "25.10", aliases: "25.10,q,questing", arch: "amd64",
-                    serials: ["20251010"], items: ["disk1.img"]),
+        UbuntuImage(
+            version: "22.04", codename: "jammy", title: "22.04 LTS", aliases: "22.04,j,jammy", arch: "amd64",
+            serials: ["20240301"], items: ["disk1.img"]),
+        UbuntuImage(
+            version: "24.04", codename: "noble", title: "24.04 LTS", aliases: "24.04,default,lts,n,noble",
+            arch: "amd64", serials: ["20240423", "20240423.1", "20240325"], items: ["disk1.img"]),
+        UbuntuImage(
+            version: "24.04", codename: "noble", title: "24.04 LTS", aliases: "24.04,default,lts,n,noble",
+            arch: "arm64", serials: ["20240423"], items: ["disk1.img", "uefi1.img"]),
+        UbuntuImage(
+            version: "25.10", codename: "questing", title: "25.10", aliases: "25.10,q,questing", arch: "amd64",
+            serials: ["20251010"], items: ["disk1.img"]),
     ]
 
     /// A store over a fresh NIMBUS_HOME, reading every catalog from `server`, retrying quickly.
@@ -129,7 +149,8 @@ enum Fixtures {
         options.warn = { message in log?.append(message) }
         return try ImageStore(
             paths: dir.paths,
-            mirrors: Mirrors(ubuntu: base, debian: base.appending(path: "debian/"), fedoraCoreOS: base.appending(path: "fcos/")),
+            mirrors: Mirrors(
+                ubuntu: base, debian: base.appending(path: "debian/"), fedoraCoreOS: base.appending(path: "fcos/")),
             options: options, environment: [:])
     }
 }

@@ -61,6 +61,8 @@ final class MirrorServer: Sendable {
     /// Puts `data` at `path` (no leading slash).
     func put(_ path: String, _ data: Data) { files.withLock { $0["/" + path] = data } }
     func put(_ path: String, _ text: String) { put(path, Data(text.utf8)) }
+    /// What is served at `path`.
+    func file(_ path: String) -> Data? { files.withLock { $0["/" + path] } }
     func remove(_ path: String) { _ = files.withLock { $0.removeValue(forKey: "/" + path) } }
 
     /// Queues `fault` for the next `times` requests of `path`.
@@ -154,7 +156,8 @@ private final class MirrorHandler: ChannelInboundHandler {
         var headers = HTTPHeaders(extra)
         headers.add(name: "Content-Length", value: String(body?.count ?? 0))
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: status, headers: headers))), promise: nil)
         if let body, !body.isEmpty {
             let part = dropAfter.map { body.prefix($0) } ?? body
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: part)))), promise: nil)
