@@ -47,7 +47,7 @@ struct InstanceLifecycleTests {
         home.remove()
     }
 
-    @Test("launch, configure, stop, start, snapshot, restore, two at once, purge")
+    @Test("launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge")
     func lifecycle() async throws {
         defer { Task { await cleanUp() } }
         let share = home.url.appending(path: "share")
@@ -78,18 +78,32 @@ struct InstanceLifecycleTests {
             runcmd:
               - [sh, -c, "echo ran >> /var/tmp/runcmd-count"]
             """
-        var db = InstanceSpec(name: try InstanceName("db"), image: image)
-        db.memory = .mebibytes(768)
+        // db comes from a fleet file, launched by `apply` while web launches: two instances at once, each
+        // reachable on its own forward.
         let dbForward = try #require(Self.freePort())
-        db.forwards = [try .init(parsing: "\(dbForward):22")]
-
-        // Two instances at once, each reachable on its own forward.
-        let (webSpec, dbSpec, manager) = (web, db, manager)
+        let fleetFile = home.url.appending(path: "fleet.yaml")
+        try """
+            instances:
+              - name: db
+                image: \(image)
+                memory: 768M
+                forwards: ["\(dbForward):22"]
+            """.write(to: fleetFile, atomically: true, encoding: .utf8)
+        let fleet = try FleetFile(url: fleetFile, config: NimbusConfig())
+        let db = try #require(fleet.specs.first)
+        let (webSpec, manager) = (web, manager)
         try await withThrowingTaskGroup(of: Void.self) { group in
             group.addTask { try await manager.launch(webSpec, wait: true, timeout: .seconds(900)) }
-            group.addTask { try await manager.launch(dbSpec, wait: true, timeout: .seconds(900)) }
+            group.addTask {
+                let report = await manager.apply(fleet, prune: false, timeout: .seconds(900))
+                #expect(report.launched == [db.name])
+                #expect(report.failures.isEmpty, "\(report.failures)")
+            }
             try await group.waitForAll()
         }
+        // A second apply changes nothing.
+        let again = await manager.apply(fleet, prune: false, timeout: .seconds(900))
+        #expect(again.unchanged == [db.name] && again.launched.isEmpty)
         #expect(try await guest(db.name, "hostname") == "db")
         #expect(Self.sshBanner(port: dbForward).hasPrefix("SSH-2.0-"))
         let infos = await manager.list()
@@ -119,7 +133,11 @@ struct InstanceLifecycleTests {
             controlDirectory: webSSH.controlDirectory.appending(path: "alice"))
         #expect(try await alice.run(["whoami"]).standardOutput == "alice\n")
 
-        try await manager.delete(db.name, purge: true)
+        // The fleet no longer lists db: --prune purges it, and leaves web (not from the fleet) alone.
+        try "instances: []\n".write(to: fleetFile, atomically: true, encoding: .utf8)
+        let pruned = await manager.apply(try FleetFile(url: fleetFile, config: NimbusConfig()), prune: true, timeout: .seconds(60))
+        #expect(pruned.pruned == [db.name])
+        #expect(manager.store.names() == [web.name])
 
         // Stop and start: per-instance modules do not run again; the scratch disk comes back empty.
         _ = try await guest(web.name, "sudo touch /scratch/left-over")

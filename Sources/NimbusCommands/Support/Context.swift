@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NimbusCore
+import NimbusImages
 import NimbusInstances
 
 /// What every command needs to reach the store: the paths, the configuration, and a manager to act with.
@@ -14,9 +15,12 @@ struct CommandContext {
         paths = NimbusPaths.resolve()
         config = try NimbusConfig.load(paths: paths)
         let quiet = global.quiet
-        manager = InstanceManager(paths: paths, config: config) { message in
+        var manager = InstanceManager(paths: paths, config: config) { message in
             if !quiet { Console.status(message) }
         }
+        let display = ProgressDisplay(enabled: !quiet, terminal: isatty(STDERR_FILENO) == 1)
+        manager.imageProgress = { display.update($0) }
+        self.manager = manager
     }
 }
 
