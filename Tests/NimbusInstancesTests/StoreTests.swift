@@ -235,3 +235,39 @@ struct FleetFileTests {
         #expect(throws: NimbusError.self) { try readPublicKey(dir.url.appending(path: "missing.pub")) }
     }
 }
+
+@Suite("Instance locks")
+struct InstanceLockTests {
+    /// Records when each holder of a lock started and finished.
+    actor Timeline {
+        var events: [String] = []
+        func add(_ event: String) { events.append(event) }
+    }
+
+    @Test("work on one instance serialises; work on different instances overlaps")
+    func serialises() async throws {
+        try await TemporaryDirectory.with { dir in
+            let store = InstanceStore(paths: dir.paths)
+            let timeline = Timeline()
+            let web = try InstanceName("web")
+            let db = try InstanceName("db")
+            let hold = { (name: InstanceName, label: String) in
+                try await store.withLock(name) { _ in
+                    await timeline.add("\(label)+")
+                    try await Task.sleep(for: .milliseconds(300))
+                    await timeline.add("\(label)-")
+                }
+            }
+            async let first: Void = hold(web, "a")
+            try await Task.sleep(for: .milliseconds(50))
+            async let second: Void = hold(web, "b")
+            async let other: Void = hold(db, "c")
+            _ = try await (first, second, other)
+            let events = await timeline.events
+            // b starts only after a ended; c runs while a holds web's lock.
+            let index = { (event: String) in events.firstIndex(of: event) ?? -1 }
+            #expect(index("b+") > index("a-"))
+            #expect(index("c+") < index("a-"))
+        }
+    }
+}
