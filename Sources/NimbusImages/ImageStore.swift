@@ -262,6 +262,7 @@ public actor ImageStore {
         // A partial file from another URL (the catalog moved on) is not resumed.
         if (try? String(contentsOf: sourceNote, encoding: .utf8)) != remote.url.absoluteString {
             try? FileManager.default.removeItem(at: partial)
+            try? FileManager.default.removeItem(at: Downloader.etagFile(of: partial))
             try AtomicFile.write(Data(remote.url.absoluteString.utf8), to: sourceNote)
         }
         let wantsSHA512 = remote.checksum?.algorithm == .sha512
@@ -328,12 +329,14 @@ public actor ImageStore {
         } else {
             try commit(imagePath, as: sha256)
             try? FileManager.default.removeItem(at: sourceNote)
+            try? FileManager.default.removeItem(at: Downloader.etagFile(of: partial))
         }
         return try record(image, names: names)
     }
 
     func discardPartial(_ file: URL, _ note: URL) {
         try? FileManager.default.removeItem(at: file)
+        try? FileManager.default.removeItem(at: Downloader.etagFile(of: file))
         try? FileManager.default.removeItem(at: note)
     }
 

@@ -36,7 +36,7 @@ struct DownloadTests {
     func partialFiles(_ dir: TemporaryDirectory) -> [String] {
         let folder = dir.paths.images.appending(path: ".partial")
         return ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).filter {
-            !$0.hasSuffix(".source")
+            !$0.hasSuffix(".source") && !$0.hasSuffix(".etag")
         }
     }
 
@@ -129,6 +129,26 @@ struct DownloadTests {
             #expect(cached.sha256 == Fixtures.sha256(image))
             #expect(server.requests(Self.imagePath).last?.range?.hasPrefix("bytes=") == true)
             #expect(server.requests(Self.imagePath).last?.range != "bytes=0-")
+            #expect(partialFiles(dir).isEmpty)
+        }
+    }
+
+    @Test("a partial download of a file that changed on the mirror since is not resumed (If-Range)")
+    func ifRange() async throws {
+        try await withMirror { server, dir, image in
+            server.put("custom/moving.img", image)
+            let url = server.url("custom/moving.img").absoluteString
+            server.inject(.dropAfter(1 << 20), at: "custom/moving.img", times: 2)
+            let store = try Fixtures.store(dir, server: server, attempts: 2)
+            await #expect(throws: NimbusError.self) { try await store.pull(try ImageReference.parse(url)) }
+            #expect(partialFiles(dir).count == 1)
+            var replaced = image
+            replaced[0] ^= 0xFF
+            replaced[replaced.count - 1] ^= 0xFF
+            server.put("custom/moving.img", replaced)
+            let cached = try await Fixtures.store(dir, server: server).pull(try ImageReference.parse(url))
+            #expect(cached.sha256 == Fixtures.sha256(replaced))
+            #expect(server.requests("custom/moving.img").last?.range != nil)
             #expect(partialFiles(dir).isEmpty)
         }
     }
