@@ -23,6 +23,7 @@ public struct TransferProgress: Sendable {
     /// True once, at the end.
     public var finished: Bool
 
+    /// A progress report.
     public init(what: String, bytes: UInt64, total: UInt64?, resumedFrom: UInt64, finished: Bool) {
         self.what = what
         self.bytes = bytes
