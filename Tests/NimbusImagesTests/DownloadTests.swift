@@ -227,6 +227,10 @@ struct DownloadTests {
             _ = try await Fixtures.store(dir, server: server, refresh: true).resolve(Self.noble, arch: .amd64)
             #expect(server.requests(index).count == 2)
             #expect(server.requests(index).last?.ifNoneMatch != nil)
+            // Metadata older than its maximum age is revalidated the same way, without --refresh.
+            _ = try await Fixtures.store(dir, server: server, metadataMaxAge: 0).resolve(Self.noble, arch: .amd64)
+            #expect(server.requests(index).count == 3)
+            #expect(server.requests(index).last?.ifNoneMatch != nil)
             // The mirror goes away: --refresh falls back to the cached metadata and says so.
             await server.stop()
             let log = WarningLog()
