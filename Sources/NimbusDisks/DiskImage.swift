@@ -33,6 +33,7 @@ public struct DiskInfo: Sendable, Equatable, Codable {
     /// The file's size on disk (allocated length, not blocks).
     public var fileSize: UInt64
 
+    /// Header facts as read.
     public init(
         format: DiskFormat, virtualSize: UInt64, qcow2Version: UInt32? = nil, backingFile: String? = nil,
         backingFormat: String? = nil, fileSize: UInt64

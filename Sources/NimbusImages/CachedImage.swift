@@ -20,11 +20,15 @@ public struct CachedImage: Sendable, Codable, Equatable {
     public var references: [String]
     /// The name given to `nimbus image import --name`.
     public var name: String?
+    /// The catalog it came from; nil for imports and URLs.
     public var distribution: Distribution?
+    /// The release (`24.04`, `12`, `stable`).
     public var release: String?
+    /// The codename (`noble`, `bookworm`).
     public var codename: String?
     /// Serial, CoreOS release, `latest`; nil for imports.
     public var version: String?
+    /// The architecture the catalog named; nil for imports.
     public var arch: Architecture?
     /// The URL or file it came from.
     public var source: String
@@ -32,6 +36,7 @@ public struct CachedImage: Sendable, Codable, Equatable {
     public var sha512: String?
     /// For images that were decompressed: the SHA-256 of the file as published.
     public var sourceSHA256: String?
+    /// When it entered the cache.
     public var pulledAt: Date
     /// For imports: each local file this image was imported from, with its device, inode, size and
     /// modification time when it was hashed, so importing the unchanged file again skips the hashing.
@@ -45,6 +50,7 @@ public struct CachedImage: Sendable, Codable, Equatable {
 
 /// An image `prune` kept, and why.
 public struct KeptImage: Sendable, Codable, Equatable {
+    /// The image.
     public var image: CachedImage
     /// The overlays (`<instances>/<name>/disk.qcow2`) backed by it.
     public var usedBy: [String]
@@ -52,7 +58,9 @@ public struct KeptImage: Sendable, Codable, Equatable {
 
 /// What `prune` did.
 public struct PruneReport: Sendable, Codable, Equatable {
+    /// The images removed.
     public var removed: [CachedImage]
+    /// The images kept, each with the disks backed by it.
     public var kept: [KeptImage]
     /// Bytes freed.
     public var freed: UInt64
@@ -60,6 +68,8 @@ public struct PruneReport: Sendable, Codable, Equatable {
 
 /// A catalog image for `nimbus image list --remote`, with whether it is cached.
 public struct AvailableImage: Sendable, Codable, Equatable {
+    /// The catalog entry.
     public var image: RemoteImage
+    /// Whether the cache holds it already.
     public var cached: Bool
 }

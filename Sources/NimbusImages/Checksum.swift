@@ -11,10 +11,12 @@ public struct Checksum: Hashable, Sendable, Codable, CustomStringConvertible {
         var hexLength: Int { self == .sha256 ? 64 : 128 }
     }
 
+    /// The digest algorithm.
     public let algorithm: Algorithm
     /// Lower-case hex.
     public let hex: String
 
+    /// A digest from its algorithm and hex (any case).
     public init(_ algorithm: Algorithm, _ hex: String) {
         self.algorithm = algorithm
         self.hex = hex.lowercased()
@@ -40,6 +42,7 @@ public struct Checksum: Hashable, Sendable, Codable, CustomStringConvertible {
         self.init(algorithm, hex)
     }
 
+    /// `sha256:<hex>`.
     public var description: String { "\(algorithm.rawValue):\(hex)" }
 
     /// The first 12 digits, for tables.

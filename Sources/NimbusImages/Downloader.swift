@@ -23,6 +23,7 @@ public struct TransferProgress: Sendable {
     /// True once, at the end.
     public var finished: Bool
 
+    /// A progress report.
     public init(what: String, bytes: UInt64, total: UInt64?, resumedFrom: UInt64, finished: Bool) {
         self.what = what
         self.bytes = bytes
@@ -127,6 +128,7 @@ struct Downloader: Sendable {
         _ url: URL, into partial: URL, size expected: UInt64?, sha512: Bool, what: String
     ) async throws(NimbusError) -> TransferResult {
         let file = try PartialFile(partial)
+        let etagFile = Downloader.etagFile(of: partial)
         var digest = StreamingDigest(sha512: sha512)
         var offset = try file.rehash(into: &digest)
         try file.seekToEnd()
@@ -144,7 +146,14 @@ struct Downloader: Sendable {
                 if let expected, offset == expected, offset > 0 { break }
                 var request = HTTPClientRequest(url: url.absoluteString)
                 request.headers.add(name: "User-Agent", value: "nimbus")
-                if offset > 0 { request.headers.add(name: "Range", value: "bytes=\(offset)-") }
+                if offset > 0 {
+                    request.headers.add(name: "Range", value: "bytes=\(offset)-")
+                    // If the file changed since the bytes we hold were sent, the server answers 200 with
+                    // the whole new file instead of appending new bytes to old ones.
+                    if let etag = try? String(contentsOf: etagFile, encoding: .utf8) {
+                        request.headers.add(name: "If-Range", value: etag)
+                    }
+                }
                 let response: HTTPClientResponse
                 do {
                     response = try await HTTP.client.execute(request, timeout: .hours(24))
@@ -152,6 +161,9 @@ struct Downloader: Sendable {
                     throw HTTPFailure.connection(url, HTTP.describe(error))
                 }
                 let status = Int(response.status.code)
+                if status == 200 || status == 206, let etag = response.headers.first(name: "ETag"), !etag.hasPrefix("W/") {
+                    try? Data(etag.utf8).write(to: etagFile)
+                }
                 switch status {
                 case 200:
                     if offset > 0 {
@@ -249,6 +261,9 @@ struct Downloader: Sendable {
         let (sha256, sha512) = digest.finalize()
         return TransferResult(sha256: sha256, sha512: sha512, bytes: offset)
     }
+
+    /// Where the strong ETag of the response a partial file came from is kept, for `If-Range`.
+    static func etagFile(of partial: URL) -> URL { partial.appendingPathExtension("etag") }
 
     /// Copies a local file into `partial`, hashing while copying: the fast path for imports and for
     /// file:// mirrors.

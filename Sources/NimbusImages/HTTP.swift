@@ -12,6 +12,7 @@ public struct RetryPolicy: Sendable {
     /// The wait before the second try; doubled before each further one.
     public var initialDelay: Duration
 
+    /// Five tries, 0.5 s before the second, doubling.
     public init(attempts: Int = 5, initialDelay: Duration = .milliseconds(500)) {
         self.attempts = max(1, attempts)
         self.initialDelay = initialDelay

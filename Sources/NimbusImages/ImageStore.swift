@@ -34,7 +34,9 @@ public actor ImageStore {
         public var refresh = false
         /// Metadata younger than this is used without asking the mirror.
         public var metadataMaxAge: TimeInterval = 3600
+        /// The keyring for Ubuntu's signed metadata.
         public var keyring: Keyring = .automatic
+        /// Retries of metadata fetches and downloads.
         public var retry = RetryPolicy()
         /// Warnings for people (stale metadata, unchecked signatures); stderr by default.
         public var warn: @Sendable (String) -> Void = { message in
@@ -43,10 +45,13 @@ public actor ImageStore {
         /// Download and import progress.
         public var progress: @Sendable (TransferProgress) -> Void = { _ in }
 
+        /// The CLI's defaults.
         public init() {}
     }
 
+    /// Where the cache and the config live.
     public nonisolated let paths: NimbusPaths
+    /// Where each catalog is fetched from.
     public nonisolated let mirrors: Mirrors
     let options: Options
     let environment: [String: String]
@@ -262,6 +267,7 @@ public actor ImageStore {
         // A partial file from another URL (the catalog moved on) is not resumed.
         if (try? String(contentsOf: sourceNote, encoding: .utf8)) != remote.url.absoluteString {
             try? FileManager.default.removeItem(at: partial)
+            try? FileManager.default.removeItem(at: Downloader.etagFile(of: partial))
             try AtomicFile.write(Data(remote.url.absoluteString.utf8), to: sourceNote)
         }
         let wantsSHA512 = remote.checksum?.algorithm == .sha512
@@ -328,12 +334,14 @@ public actor ImageStore {
         } else {
             try commit(imagePath, as: sha256)
             try? FileManager.default.removeItem(at: sourceNote)
+            try? FileManager.default.removeItem(at: Downloader.etagFile(of: partial))
         }
         return try record(image, names: names)
     }
 
     func discardPartial(_ file: URL, _ note: URL) {
         try? FileManager.default.removeItem(at: file)
+        try? FileManager.default.removeItem(at: Downloader.etagFile(of: file))
         try? FileManager.default.removeItem(at: note)
     }
 
@@ -366,7 +374,7 @@ public actor ImageStore {
         do {
             data = try JSONEncoder.iso.encode(image)
         } catch {
-            throw NimbusError(.internalError, "could not encode image metadata", cause: YAMLErrorText(error))
+            throw NimbusError(.internalError, "could not encode image metadata", cause: ErrorText(error))
         }
         try AtomicFile.write(data, to: metadataFile(image.sha256))
     }
@@ -376,7 +384,7 @@ public actor ImageStore {
             do {
                 try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             } catch {
-                throw NimbusError(.io, "could not create \(folder.path)", cause: YAMLErrorText(error))
+                throw NimbusError(.io, "could not create \(folder.path)", cause: ErrorText(error))
             }
         }
     }

@@ -34,7 +34,7 @@ struct MetadataCache: Sendable {
                 throw error
             } catch {
                 throw NimbusError(
-                    .notFound, "\(what) is not on the mirror: \(url.path) cannot be read", cause: YAMLErrorText(error))
+                    .notFound, "\(what) is not on the mirror: \(url.path) cannot be read", cause: ErrorText(error))
             }
         }
         let key = SHA256.hash(data: Data(url.absoluteString.utf8)).prefix(16).map { String(format: "%02x", $0) }
@@ -86,7 +86,7 @@ struct MetadataCache: Sendable {
         do {
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
         } catch {
-            throw NimbusError(.io, "could not create \(folder.path)", cause: YAMLErrorText(error))
+            throw NimbusError(.io, "could not create \(folder.path)", cause: ErrorText(error))
         }
         if let body { try AtomicFile.write(body, to: bodyFile) }
         do {
@@ -94,7 +94,7 @@ struct MetadataCache: Sendable {
         } catch let error as NimbusError {
             throw error
         } catch {
-            throw NimbusError(.io, "could not encode metadata validators", cause: YAMLErrorText(error))
+            throw NimbusError(.io, "could not encode metadata validators", cause: ErrorText(error))
         }
     }
 }

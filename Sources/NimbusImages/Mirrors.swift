@@ -14,11 +14,13 @@ public struct Mirrors: Sendable, Equatable {
     /// Holds `streams/<stream>.json` and `prod/streams/…`.
     public var fedoraCoreOS: URL
 
+    /// The distributions' own hosts.
     public static let official = Mirrors(
         ubuntu: URL(string: "https://cloud-images.ubuntu.com/")!,
         debian: URL(string: "https://cloud.debian.org/images/cloud/")!,
         fedoraCoreOS: URL(string: "https://builds.coreos.fedoraproject.org/")!)
 
+    /// Mirrors at these base URLs (a trailing slash is added).
     public init(ubuntu: URL, debian: URL, fedoraCoreOS: URL) {
         self.ubuntu = ubuntu.withTrailingSlash
         self.debian = debian.withTrailingSlash
@@ -46,7 +48,7 @@ public struct Mirrors: Sendable, Equatable {
                 document = try Yams.load(yaml: text)
             } catch {
                 throw NimbusError(
-                    .invalidArgument, "\(configFile.path) is not valid YAML: fix the file", cause: YAMLErrorText(error))
+                    .invalidArgument, "\(configFile.path) is not valid YAML: fix the file", cause: ErrorText(error))
             }
             if let root = document as? [String: Any], let section = root["mirrors"] {
                 guard let table = section as? [String: Any] else {
@@ -88,8 +90,8 @@ public struct Mirrors: Sendable, Equatable {
     }
 }
 
-/// A Yams error as a Sendable cause (Yams' errors carry non-Sendable marks).
-struct YAMLErrorText: Error, Sendable, CustomStringConvertible {
+/// Any error as a Sendable cause, kept as its text (Yams and Foundation errors are not all Sendable).
+struct ErrorText: Error, Sendable, CustomStringConvertible {
     let description: String
     init(_ error: any Error) { description = String(describing: error) }
 }
@@ -103,8 +105,10 @@ extension URL {
 /// User-defined names for references (`nimbus image alias web ubuntu:24.04`), kept in
 /// `<config>/image-aliases.yaml` as a flat mapping.
 public struct ImageAliases: Sendable {
+    /// The aliases file.
     public let file: URL
 
+    /// The aliases of the installation at `paths`.
     public init(paths: NimbusPaths) {
         file = paths.config.appending(path: "image-aliases.yaml")
     }
@@ -117,7 +121,7 @@ public struct ImageAliases: Sendable {
         } catch {
             throw NimbusError(
                 .invalidArgument, "\(file.path) is not a mapping of alias names to image references: fix or remove it",
-                cause: YAMLErrorText(error))
+                cause: ErrorText(error))
         }
     }
 
@@ -143,7 +147,7 @@ public struct ImageAliases: Sendable {
         } catch let error as NimbusError {
             throw error
         } catch {
-            throw NimbusError(.io, "could not write \(file.path)", cause: YAMLErrorText(error))
+            throw NimbusError(.io, "could not write \(file.path)", cause: ErrorText(error))
         }
     }
 }

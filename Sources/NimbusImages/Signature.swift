@@ -16,7 +16,7 @@ enum SignatureVerifier {
             try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
             try signed.write(to: input)
         } catch {
-            throw NimbusError(.io, "could not write \(input.path) for signature checking", cause: YAMLErrorText(error))
+            throw NimbusError(.io, "could not write \(input.path) for signature checking", cause: ErrorText(error))
         }
         // An empty --homedir keeps the user's own trustedkeys.kbx out of the decision.
         let result = try await ProgramRunner.output(

@@ -263,4 +263,29 @@ struct CatalogTests {
         }
         await server.stop()
     }
+
+    @Test("list --remote: each catalog's newest images with whether they are cached; a failing catalog is a warning")
+    func available() async throws {
+        let server = try await MirrorServer.start()
+        try await TemporaryDirectory.with { dir in
+            let image = try await Fixtures.qcow2(in: dir.url, megabytes: 1)
+            try Fixtures.ubuntuTree(on: server, images: Fixtures.standardUbuntu, image: image)
+            server.put("debian/bookworm/latest/SHA512SUMS", "\(Fixtures.sha512(image))  debian-12-genericcloud-amd64.qcow2\n")
+            server.put("debian/bookworm/latest/debian-12-genericcloud-amd64.qcow2", image)
+            let log = WarningLog()
+            let store = try Fixtures.store(dir, server: server, warnings: log)
+            _ = try await store.pull(.catalog(.debian, release: "12", stream: nil), arch: .amd64)
+            let available = await store.available(arch: .amd64)
+            #expect(available.map(\.image.reference) == ["ubuntu:22.04", "ubuntu:24.04", "ubuntu:25.10", "debian:12"])
+            // Every test image has the same bytes, so the Ubuntu ones count as cached too.
+            #expect(available.allSatisfy { $0.cached })
+            // Debian 13 and 11 and the three CoreOS streams are missing from this mirror: one warning each.
+            let warnings = log.all
+            let debianWarnings = warnings.filter { line in line.hasPrefix("warning: debian:") }.count
+            let coreOSWarnings = warnings.filter { line in line.hasPrefix("warning: fedora-coreos:") }.count
+            #expect(debianWarnings == 2)
+            #expect(coreOSWarnings == 3)
+        }
+        await server.stop()
+    }
 }

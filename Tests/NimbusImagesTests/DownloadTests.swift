@@ -36,7 +36,7 @@ struct DownloadTests {
     func partialFiles(_ dir: TemporaryDirectory) -> [String] {
         let folder = dir.paths.images.appending(path: ".partial")
         return ((try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []).filter {
-            !$0.hasSuffix(".source")
+            !$0.hasSuffix(".source") && !$0.hasSuffix(".etag")
         }
     }
 
@@ -133,6 +133,26 @@ struct DownloadTests {
         }
     }
 
+    @Test("a partial download of a file that changed on the mirror since is not resumed (If-Range)")
+    func ifRange() async throws {
+        try await withMirror { server, dir, image in
+            server.put("custom/moving.img", image)
+            let url = server.url("custom/moving.img").absoluteString
+            server.inject(.dropAfter(1 << 20), at: "custom/moving.img", times: 2)
+            let store = try Fixtures.store(dir, server: server, attempts: 2)
+            await #expect(throws: NimbusError.self) { try await store.pull(try ImageReference.parse(url)) }
+            #expect(partialFiles(dir).count == 1)
+            var replaced = image
+            replaced[0] ^= 0xFF
+            replaced[replaced.count - 1] ^= 0xFF
+            server.put("custom/moving.img", replaced)
+            let cached = try await Fixtures.store(dir, server: server).pull(try ImageReference.parse(url))
+            #expect(cached.sha256 == Fixtures.sha256(replaced))
+            #expect(server.requests("custom/moving.img").last?.range != nil)
+            #expect(partialFiles(dir).isEmpty)
+        }
+    }
+
     @Test("404 is reported at once without retries")
     func notFound() async throws {
         try await withMirror { server, dir, _ in
@@ -206,6 +226,10 @@ struct DownloadTests {
             #expect(server.requests(index).count == 1, "fresh metadata is not fetched again")
             _ = try await Fixtures.store(dir, server: server, refresh: true).resolve(Self.noble, arch: .amd64)
             #expect(server.requests(index).count == 2)
+            #expect(server.requests(index).last?.ifNoneMatch != nil)
+            // Metadata older than its maximum age is revalidated the same way, without --refresh.
+            _ = try await Fixtures.store(dir, server: server, metadataMaxAge: 0).resolve(Self.noble, arch: .amd64)
+            #expect(server.requests(index).count == 3)
             #expect(server.requests(index).last?.ifNoneMatch != nil)
             // The mirror goes away: --refresh falls back to the cached metadata and says so.
             await server.stop()

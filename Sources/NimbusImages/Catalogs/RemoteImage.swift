@@ -9,6 +9,7 @@ public struct RemoteImage: Sendable, Codable, Equatable {
 
     /// The canonical reference (`ubuntu:24.04`, `debian:12`, `fedora-coreos:stable`, or the URL).
     public var reference: String
+    /// The catalog; nil for a URL.
     public var distribution: Distribution?
     /// The release as people name it (`24.04`, `12`, `stable`).
     public var release: String?
@@ -16,6 +17,7 @@ public struct RemoteImage: Sendable, Codable, Equatable {
     public var codename: String?
     /// The build: a simplestreams serial (`20240423`), a CoreOS release (`40.20240416.3.1`), or `latest`.
     public var version: String?
+    /// The architecture of the image.
     public var arch: Architecture
     /// Where the file is.
     public var url: URL
@@ -23,10 +25,12 @@ public struct RemoteImage: Sendable, Codable, Equatable {
     public var size: UInt64?
     /// The digest of the file at `url`, when known.
     public var checksum: Checksum?
+    /// How the file at `url` is packed.
     public var compression: Compression
     /// For compressed files: the SHA-256 of the decompressed image, when published.
     public var uncompressedSHA256: String?
 
+    /// A catalog entry.
     public init(
         reference: String, distribution: Distribution?, release: String?, codename: String?, version: String?,
         arch: Architecture, url: URL, size: UInt64?, checksum: Checksum?, compression: Compression = .none,
