@@ -126,7 +126,7 @@ struct ISO9660ImageTests {
 }
 
 @Suite("ISO 9660 images read by isoinfo, xorriso and blkid",
-       .enabled(if: Prerequisites.run(when: Prerequisites.programs("isoinfo", "xorriso", "blkid"))))
+       .enabled(if: Prerequisites.run(when: Prerequisites.programs("isoinfo", "xorriso", "blkid")), "needs isoinfo, xorriso and blkid (scripts/install-deps)"))
 struct ISO9660ToolTests {
     let directory: TemporaryDirectory
     let iso: URL

@@ -251,7 +251,7 @@ struct InstanceLockTests {
             let timeline = Timeline()
             let web = try InstanceName("web")
             let db = try InstanceName("db")
-            let hold = { (name: InstanceName, label: String) in
+            let hold: @Sendable (InstanceName, String) async throws -> Void = { name, label in
                 try await store.withLock(name) { _ in
                     await timeline.add("\(label)+")
                     try await Task.sleep(for: .milliseconds(300))

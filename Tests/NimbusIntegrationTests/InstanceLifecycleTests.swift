@@ -8,7 +8,7 @@ import Testing
 /// The instances issue's end-to-end scenario against the real Debian guest under QEMU (TCG here): launch with
 /// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, two instances at
 /// once, delete --purge, and `kill -9` of `nimbus launch` in each phase.
-@Suite("Instances end to end", .serialized, .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest)))
+@Suite("Instances end to end", .serialized, .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest), "needs QEMU, OVMF and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
 struct InstanceLifecycleTests {
     let home: TemporaryDirectory
     let manager: InstanceManager

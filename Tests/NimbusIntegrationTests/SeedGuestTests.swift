@@ -7,7 +7,7 @@ import Testing
 /// A Nimbus-made seed ISO in the real guest: the guest kernel reads the Rock Ridge names, cloud-init
 /// applies vendor-data and user-data, and the pinned host key is the one sshd presents.
 @Suite("Seed in a real guest", .serialized,
-       .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest && Prerequisites.programs("ssh", "mkfs.ext4"))))
+       .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest && Prerequisites.programs("ssh", "mkfs.ext4")), "needs QEMU, OVMF, ssh, mkfs.ext4 and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
 struct SeedGuestTests {
     @Test("cloud-init applies hostname, fqdn, locale, timezone, sudo user, write_files, runcmd and a mount")
     func seedApplies() async throws {

@@ -11,7 +11,9 @@ import Testing
 /// - `start`: one `QEMUDriver.start` of `$NIMBUS_BENCH_DIR/config.json`, then `quit` over QMP.
 /// - `inprocess`: N starts by Nimbus and N by the bare steps (run QEMU, connect QMP, query-status) in this
 ///   process, printing the mean of each and the RSS of an idle instance.
-@Suite("Machine start benchmark", .enabled(if: ProcessInfo.processInfo.environment["NIMBUS_BENCH_MACHINE"] != nil))
+@Suite(
+    "Machine start benchmark",
+    .enabled(if: ProcessInfo.processInfo.environment["NIMBUS_BENCH_MACHINE"] != nil, "runs only from bench/machine (NIMBUS_BENCH_MACHINE)"))
 struct MachineStartBench {
     @Test("bench: start a machine until QMP answers")
     func start() async throws {

@@ -3,7 +3,7 @@ import NimbusSeed
 import NimbusTestSupport
 import Testing
 
-@Suite("SSH key pairs", .enabled(if: Prerequisites.run(when: Prerequisites.programs("ssh-keygen"))))
+@Suite("SSH key pairs", .enabled(if: Prerequisites.run(when: Prerequisites.programs("ssh-keygen")), "needs ssh-keygen (openssh-client)"))
 struct SSHKeyPairTests {
     @Test("ssh-keygen -y reproduces the public line and -lf prints the same fingerprint")
     func matchesSSHKeygen() throws {
