@@ -175,8 +175,6 @@ extension ISO9660Layout {
     }
 
     /// RRIP 1.12 4.1.6: modification, access and attribute-change times, all the image's date.
-    func tfEntry() -> [UInt8] { Self.tf(date) }
-
     static func tf(_ date: ISO9660Date) -> [UInt8] {
         [UInt8(ascii: "T"), UInt8(ascii: "F"), UInt8(tfLength), 1, 0x0E] + date.shortForm + date.shortForm + date.shortForm
     }

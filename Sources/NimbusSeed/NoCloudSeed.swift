@@ -8,7 +8,8 @@ import Yams
 ///
 /// - `vendor-data`: Nimbus's defaults (its user and key, host keys, `growpart`, `manage_etc_hosts`, no
 ///   password logins), so that `user-data` stays the user's, as Multipass does.
-/// - `user-data`: what the user asked for. A user `#cloud-config` is merged with the config's keys (see
+/// - `user-data`: what the user asked for. A user `#cloud-config` is kept byte for byte when there is
+///   nothing to add to it, else merged with the config's keys (see
 ///   `CloudConfigMerge`); when it defines `users`, Nimbus's default user is appended to that list, because
 ///   cloud-init takes `users` from user-data over vendor-data whole. Any other kind (`#!`, `#include`,
 ///   jinja, MIME, gzip) is written untouched, and the config's own keys then go into vendor-data.
@@ -50,6 +51,9 @@ public struct NoCloudSeed: Sendable {
             self.userData = userData.bytes
             // The user's document is opaque: what the config asks for rides in vendor-data instead.
             vendorPairs = Self.combine(vendorPairs, asked)
+        } else if let userData, asked.isEmpty, config.defaultUser == nil || !Self.hasUsers(userData) {
+            // Nothing to merge: the user's #cloud-config reaches the guest as written, comments and all.
+            self.userData = userData.bytes
         } else {
             var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? .mapping(.init([])), nimbus: asked)
             if let user = config.defaultUser, case .mapping(var mapping) = document,
@@ -104,6 +108,11 @@ public struct NoCloudSeed: Sendable {
             warnings.append("no hostname given: the guest keeps the image's own")
         }
         self.warnings = warnings
+    }
+
+    static func hasUsers(_ userData: UserData) -> Bool {
+        guard case .mapping(let mapping)? = userData.cloudConfig else { return false }
+        return mapping[YAML.string("users")] != nil
     }
 
     /// Appends `extra` to `base`: new keys added, lists appended, `base` kept on a conflict.

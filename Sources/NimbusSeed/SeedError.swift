@@ -35,11 +35,8 @@ public enum SeedError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// The error as Nimbus reports it: user mistakes are `.invalidArgument`, file failures `.io`.
     public var nimbusError: NimbusError {
-        switch self {
-        case .io: return NimbusError(.io, description, cause: self)
-        case .image: return NimbusError(.invalidArgument, description, cause: self)
-        default: return NimbusError(.invalidArgument, description, cause: self)
-        }
+        if case .io = self { return NimbusError(.io, description, cause: self) }
+        return NimbusError(.invalidArgument, description, cause: self)
     }
 }
 
