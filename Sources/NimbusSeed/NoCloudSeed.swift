@@ -104,10 +104,15 @@ public struct NoCloudSeed: Sendable {
                 ("local-hostname", hostname.map(YAML.string)),
             ])).utf8)
         }
-        if config.hostname == nil, name == nil, metaData == nil {
+        if config.hostname == nil, name == nil, metaData == nil, !Self.hasHostname(userData) {
             warnings.append("no hostname given: the guest keeps the image's own")
         }
         self.warnings = warnings
+    }
+
+    static func hasHostname(_ userData: UserData?) -> Bool {
+        guard case .mapping(let mapping)? = userData?.cloudConfig else { return false }
+        return mapping[YAML.string("hostname")] != nil || mapping[YAML.string("fqdn")] != nil
     }
 
     static func hasUsers(_ userData: UserData) -> Bool {
@@ -132,19 +137,17 @@ public struct NoCloudSeed: Sendable {
                      files: files.map { ISO9660Image.File(name: $0.name, contents: $0.contents) })
     }
 
-    /// Writes the ISO to `url` atomically (temporary file, fsync, rename): on any error nothing is left.
-    public func writeISO(to url: URL, timestamp: Date) throws(SeedError) {
+    /// Writes the ISO to `url` atomically (temporary file in the same folder, renamed into place): on any
+    /// error nothing is left. `durable` also fsyncs the file and its folder, so the seed survives a host
+    /// crash (what an instance folder needs); `nimbus seed`, like cloud-localds, leaves that to the OS.
+    public func writeISO(to url: URL, timestamp: Date, durable: Bool = true) throws(SeedError) {
         let bytes: [UInt8]
         do {
             bytes = try isoImage(timestamp: timestamp).bytes()
         } catch {
             throw .image(error.description)
         }
-        do {
-            try SeedFiles.writeAtomically(Data(bytes), to: url, permissions: 0o644)
-        } catch {
-            throw .io(path: url.path, reason: error.message)
-        }
+        try SeedFiles.write(Data(bytes), to: url, durable: durable)
     }
 }
 
