@@ -96,7 +96,9 @@ public struct NoCloudSeed: Sendable {
                 digest.update(data: withUnsafeBytes(of: UInt64(part.count).bigEndian) { Array($0) })
                 digest.update(data: part)
             }
-            let hex = digest.finalize().map { String(format: "%02x", $0) }.joined().prefix(16)
+            let hex = digest.finalize().prefix(8).map { byte in
+                (byte < 16 ? "0" : "") + String(byte, radix: 16)
+            }.joined()
             let id = "iid-" + (name.map { $0 + "-" } ?? "") + hex
             instanceID = id
             self.metaData = Array(try YAML.emit(YAML.mapping([
