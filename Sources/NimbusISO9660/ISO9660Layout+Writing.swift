@@ -175,8 +175,6 @@ extension ISO9660Layout {
     }
 
     /// RRIP 1.12 4.1.6: modification, access and attribute-change times, all the image's date.
-    func tfEntry() -> [UInt8] { Self.tf(date) }
-
     static func tf(_ date: ISO9660Date) -> [UInt8] {
         [UInt8(ascii: "T"), UInt8(ascii: "F"), UInt8(tfLength), 1, 0x0E] + date.shortForm + date.shortForm + date.shortForm
     }
@@ -258,7 +256,12 @@ struct ISO9660Date {
         let clampedYear = min(max(year, 1900), 2155)
         let hour = Int(secondOfDay / 3600), minute = Int(secondOfDay % 3600 / 60), second = Int(secondOfDay % 60)
         shortForm = [UInt8(clampedYear - 1900), UInt8(month), UInt8(day), UInt8(hour), UInt8(minute), UInt8(second), 0]
-        let digits = String(format: "%04d%02d%02d%02d%02d%02d00", min(max(year, 1), 9999), month, day, hour, minute, second)
+        func padded(_ value: Int, _ width: Int) -> String {
+            let text = String(value)
+            return String(repeating: "0", count: max(0, width - text.count)) + text
+        }
+        let digits = padded(min(max(year, 1), 9999), 4) + padded(month, 2) + padded(day, 2) + padded(hour, 2)
+            + padded(minute, 2) + padded(second, 2) + "00"
         longForm = Array(digits.utf8) + [0]
     }
 

@@ -8,7 +8,8 @@ import Yams
 ///
 /// - `vendor-data`: Nimbus's defaults (its user and key, host keys, `growpart`, `manage_etc_hosts`, no
 ///   password logins), so that `user-data` stays the user's, as Multipass does.
-/// - `user-data`: what the user asked for. A user `#cloud-config` is merged with the config's keys (see
+/// - `user-data`: what the user asked for. A user `#cloud-config` is kept byte for byte when there is
+///   nothing to add to it, else merged with the config's keys (see
 ///   `CloudConfigMerge`); when it defines `users`, Nimbus's default user is appended to that list, because
 ///   cloud-init takes `users` from user-data over vendor-data whole. Any other kind (`#!`, `#include`,
 ///   jinja, MIME, gzip) is written untouched, and the config's own keys then go into vendor-data.
@@ -50,6 +51,9 @@ public struct NoCloudSeed: Sendable {
             self.userData = userData.bytes
             // The user's document is opaque: what the config asks for rides in vendor-data instead.
             vendorPairs = Self.combine(vendorPairs, asked)
+        } else if let userData, asked.isEmpty, config.defaultUser == nil || !Self.hasUsers(userData) {
+            // Nothing to merge: the user's #cloud-config reaches the guest as written, comments and all.
+            self.userData = userData.bytes
         } else {
             var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? .mapping(.init([])), nimbus: asked)
             if let user = config.defaultUser, case .mapping(var mapping) = document,
@@ -92,7 +96,9 @@ public struct NoCloudSeed: Sendable {
                 digest.update(data: withUnsafeBytes(of: UInt64(part.count).bigEndian) { Array($0) })
                 digest.update(data: part)
             }
-            let hex = digest.finalize().map { String(format: "%02x", $0) }.joined().prefix(16)
+            let hex = digest.finalize().prefix(8).map { byte in
+                (byte < 16 ? "0" : "") + String(byte, radix: 16)
+            }.joined()
             let id = "iid-" + (name.map { $0 + "-" } ?? "") + hex
             instanceID = id
             self.metaData = Array(try YAML.emit(YAML.mapping([
@@ -100,10 +106,20 @@ public struct NoCloudSeed: Sendable {
                 ("local-hostname", hostname.map(YAML.string)),
             ])).utf8)
         }
-        if config.hostname == nil, name == nil, metaData == nil {
+        if config.hostname == nil, name == nil, metaData == nil, !Self.hasHostname(userData) {
             warnings.append("no hostname given: the guest keeps the image's own")
         }
         self.warnings = warnings
+    }
+
+    static func hasHostname(_ userData: UserData?) -> Bool {
+        guard case .mapping(let mapping)? = userData?.cloudConfig else { return false }
+        return mapping[YAML.string("hostname")] != nil || mapping[YAML.string("fqdn")] != nil
+    }
+
+    static func hasUsers(_ userData: UserData) -> Bool {
+        guard case .mapping(let mapping)? = userData.cloudConfig else { return false }
+        return mapping[YAML.string("users")] != nil
     }
 
     /// Appends `extra` to `base`: new keys added, lists appended, `base` kept on a conflict.
@@ -123,19 +139,17 @@ public struct NoCloudSeed: Sendable {
                      files: files.map { ISO9660Image.File(name: $0.name, contents: $0.contents) })
     }
 
-    /// Writes the ISO to `url` atomically (temporary file, fsync, rename): on any error nothing is left.
-    public func writeISO(to url: URL, timestamp: Date) throws(SeedError) {
+    /// Writes the ISO to `url` atomically (temporary file in the same folder, renamed into place): on any
+    /// error nothing is left. `durable` also fsyncs the file and its folder, so the seed survives a host
+    /// crash (what an instance folder needs); `nimbus seed`, like cloud-localds, leaves that to the OS.
+    public func writeISO(to url: URL, timestamp: Date, durable: Bool = true) throws(SeedError) {
         let bytes: [UInt8]
         do {
             bytes = try isoImage(timestamp: timestamp).bytes()
         } catch {
             throw .image(error.description)
         }
-        do {
-            try SeedFiles.writeAtomically(Data(bytes), to: url, permissions: 0o644)
-        } catch {
-            throw .io(path: url.path, reason: error.message)
-        }
+        try SeedFiles.write(Data(bytes), to: url, durable: durable)
     }
 }
 

@@ -35,17 +35,40 @@ public enum SeedError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// The error as Nimbus reports it: user mistakes are `.invalidArgument`, file failures `.io`.
     public var nimbusError: NimbusError {
-        switch self {
-        case .io: return NimbusError(.io, description, cause: self)
-        case .image: return NimbusError(.invalidArgument, description, cause: self)
-        default: return NimbusError(.invalidArgument, description, cause: self)
-        }
+        if case .io = self { return NimbusError(.io, description, cause: self) }
+        return NimbusError(.invalidArgument, description, cause: self)
     }
 }
 
-/// Writing files all-or-nothing, through NimbusCore's AtomicFile.
+/// Writing files all-or-nothing.
 enum SeedFiles {
+    /// Through NimbusCore's AtomicFile: temporary file, fsync, rename, fsync of the folder.
     static func writeAtomically(_ data: Data, to url: URL, permissions: mode_t) throws(NimbusError) {
         try AtomicFile.write(data, to: url, permissions: permissions)
+    }
+
+    /// All-or-nothing; fsync'ed only when `durable`.
+    static func write(_ data: Data, to url: URL, durable: Bool) throws(SeedError) {
+        if durable {
+            do {
+                try writeAtomically(data, to: url, permissions: 0o644)
+            } catch {
+                throw .io(path: url.path, reason: error.message)
+            }
+            return
+        }
+        let temporary = url.deletingLastPathComponent()
+            .appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
+        do {
+            try data.write(to: temporary, options: [.withoutOverwriting])
+        } catch {
+            try? FileManager.default.removeItem(at: temporary)
+            throw .io(path: url.path, reason: "cannot write it (does the folder exist and is it writable?)")
+        }
+        guard rename(temporary.path, url.path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            try? FileManager.default.removeItem(at: temporary)
+            throw .io(path: url.path, reason: reason)
+        }
     }
 }

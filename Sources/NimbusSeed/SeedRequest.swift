@@ -55,17 +55,14 @@ public struct SeedRequest: Sendable {
             }
         }
 
-        /// Writes the ISO or the JSON to `url`, atomically: on error nothing is left there.
-        public func write(to url: URL, timestamp: Date) throws(SeedError) {
+        /// Writes the ISO or the JSON to `url`, atomically: on error nothing is left there. `durable` as in
+        /// `NoCloudSeed.writeISO`.
+        public func write(to url: URL, timestamp: Date, durable: Bool = true) throws(SeedError) {
             switch self {
             case .nocloud(let seed):
-                try seed.writeISO(to: url, timestamp: timestamp)
+                try seed.writeISO(to: url, timestamp: timestamp, durable: durable)
             case .ignition(let config):
-                do {
-                    try SeedFiles.writeAtomically(Data(config.json.utf8), to: url, permissions: 0o644)
-                } catch {
-                    throw .io(path: url.path, reason: error.message)
-                }
+                try SeedFiles.write(Data(config.json.utf8), to: url, durable: durable)
             }
         }
     }

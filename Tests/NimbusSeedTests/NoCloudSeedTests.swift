@@ -125,6 +125,17 @@ struct NoCloudSeedTests {
         #expect(String(decoding: seed.metaData, as: UTF8.self).contains("local-hostname: from-file"))
     }
 
+    @Test("a #cloud-config with nothing to merge reaches the guest byte for byte, comments included")
+    func untouchedCloudConfig() throws {
+        let text = "#cloud-config\n# my comment\nhostname:   web   # spaced\nruncmd: [ls]\n"
+        let user = try UserData(bytes: Array(text.utf8), source: "ud")
+        #expect(try NoCloudSeed(config: InstanceConfig(), userData: user).userData == Array(text.utf8))
+        var config = InstanceConfig()
+        config.defaultUser = InstanceConfig.User(name: "nimbus")
+        // Nimbus's user lives in vendor-data, which this user-data does not shadow: still untouched.
+        #expect(try NoCloudSeed(config: config, userData: user).userData == Array(text.utf8))
+    }
+
     @Test("scripts, includes, jinja, MIME and gzip user-data pass through untouched", arguments: [
         ("#!/bin/sh\necho hi\n", UserData.Kind.script),
         ("#include\nhttp://10.0.2.2/a.yaml\n", .include),

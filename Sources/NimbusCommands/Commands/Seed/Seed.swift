@@ -106,7 +106,8 @@ public struct SeedCommand: AsyncParsableCommand {
         }
         guard let output else { return }
         do {
-            try result.write(to: URL(fileURLWithPath: output), timestamp: Self.timestamp())
+            // Like cloud-localds: atomic (temp + rename) but not fsync'ed; instances write theirs durably.
+            try result.write(to: URL(fileURLWithPath: output), timestamp: Self.timestamp(), durable: false)
         } catch {
             throw error.nimbusError
         }
