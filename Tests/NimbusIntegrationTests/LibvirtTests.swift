@@ -71,7 +71,8 @@ struct LibvirtTests {
         #expect(try await LibvirtDaemon.virsh(["domstate", domain]).standardOutput.contains("running"))
         let metadata = try await LibvirtDaemon.virsh(
             ["metadata", domain, "--uri", LibvirtDomainXML.metadataNamespace])
-        #expect(metadata.standardOutput.contains("<nimbus:name>\(name)</nimbus:name>"), "\(metadata)")
+        // virsh prints the element without its prefix.
+        #expect(metadata.standardOutput.contains("<name>\(name)</name>"), "\(metadata)")
 
         let ssh = try await manager.sshAccess(name)
         let hostname = try await ssh.run(["hostname"])
@@ -108,7 +109,42 @@ struct LibvirtTests {
         #expect(result.status == NimbusError.Code.unsupported.exitStatus, "\(result.standardError)")
         #expect(result.standardError.contains("permission denied on libvirt's socket"), "\(result.standardError)")
         #expect(result.standardError.contains("libvirt group"))
-        let instances = home.url.appending(path: "nimbus/instances")
+        let instances = NimbusPaths.resolve(environment: ["NIMBUS_HOME": home.url.path + "/nimbus"]).instances
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: instances.path)) ?? []).isEmpty)
+    }
+}
+
+/// `nimbus launch --driver/--connect` mistakes, through the real binary: refused before anything is written.
+@Suite("launch --driver and --connect")
+struct LibvirtLaunchFlagTests {
+    func launch(_ arguments: [String]) async throws -> (ProgramOutput, [String]) {
+        try await TemporaryDirectory.with("nimbus-driver-flags") { home in
+            let result = try await NimbusBinary.run(["launch", "--no-wait"] + arguments + ["file:///missing.qcow2"], home: home.url)
+            let instances = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
+            return (result, instances)
+        }
+    }
+
+    @Test("an unknown --driver is a usage error naming the drivers")
+    func unknownDriver() async throws {
+        let (result, instances) = try await launch(["--driver", "xen"])
+        #expect(result.status == 64)
+        #expect(result.standardError.contains("--driver xen is not one of qemu, libvirt"), "\(result.standardError)")
+        #expect(instances.isEmpty)
+    }
+
+    @Test("--connect with --driver qemu is a usage error")
+    func connectWithQEMU() async throws {
+        let (result, _) = try await launch(["--driver", "qemu", "--connect", "qemu:///system"])
+        #expect(result.status == 64)
+        #expect(result.standardError.contains("--connect needs --driver libvirt"), "\(result.standardError)")
+    }
+
+    @Test("a --connect URI that does not parse is refused before the image is read")
+    func badURI() async throws {
+        let (result, instances) = try await launch(["--driver", "libvirt", "--connect", "qemu:/system"])
+        #expect(result.status == 64, "\(result.standardError)")
+        #expect(result.standardError.contains("libvirt URI \"qemu:/system\" does not parse"), "\(result.standardError)")
+        #expect(instances.isEmpty)
     }
 }
