@@ -125,6 +125,34 @@ struct LibvirtDriverTests {
             #expect(state.contains("shut off"))
         }
     }
+
+    @Test(
+        "libvirtd restarted while a machine runs: status says it does not answer, then finds the machine again",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func daemonRestart() async throws {
+        try await LibvirtTestDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            let config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            let running = try await driver.start(config, in: directory)
+
+            try await LibvirtTestDaemon.stop()
+            let down = await driver.status(of: directory)
+            #expect(down.state == .unresponsive)
+            #expect(down.detail?.contains("libvirtd is not running") == true, "\(down.detail ?? "")")
+            // QEMU does not depend on libvirtd: the guest runs on.
+            #expect(kill(running.pid, 0) == 0)
+
+            try await LibvirtTestDaemon.ensureRunning()
+            #expect(await driver.status(of: directory).state == .running)
+            let outcome = try await driver.stop(directory, timeout: .seconds(1), progress: nil)
+            #expect(outcome.endedBy != .alreadyStopped)
+            #expect(try await Self.domainExists(domain) == false)
+        }
+    }
 }
 
 /// Clean-up from `defer`, which cannot await: virsh run synchronously with Foundation's Process.

@@ -31,4 +31,18 @@ enum LibvirtTestDaemon {
         }
         throw NimbusError(.timeout, "libvirtd did not answer on \(socket)")
     }
+
+    /// Stops libvirtd (SIGTERM to the pid in its pidfile) and waits until it has gone; QEMU processes of
+    /// running domains live on, as they do when an administrator restarts the daemon.
+    static func stop() async throws {
+        guard let text = try? String(contentsOfFile: "/run/libvirtd.pid", encoding: .utf8),
+            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
+        else { throw NimbusError(.notFound, "libvirtd is not running (no /run/libvirtd.pid)") }
+        kill(pid, SIGTERM)
+        for _ in 0..<120 {
+            if kill(pid, 0) != 0 && !FileManager.default.fileExists(atPath: socket) { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw NimbusError(.timeout, "libvirtd (pid \(pid)) did not stop")
+    }
 }
