@@ -25,8 +25,12 @@ struct LibvirtDriverTests {
         }
     }
 
-    @Test("a URI with a driver libvirt does not have is an invalid argument from libvirt itself")
+    @Test(
+        "a URI with a driver libvirt does not have is an invalid argument from libvirt itself",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
     func unknownDriver() async throws {
+        // The client hands an unknown scheme to the daemon, which is what answers "no connection driver".
+        try await LibvirtTestDaemon.ensureRunning()
         let error = #expect(throws: NimbusError.self) { try LibvirtConnection(uri: "nosuchdriver:///system") }
         #expect(error?.code == .invalidArgument, "\(error?.message ?? "")")
         #expect(error?.message.contains("nosuchdriver:///system") == true)
@@ -150,6 +154,29 @@ struct LibvirtDriverTests {
             #expect(await driver.status(of: directory).state == .running)
             let outcome = try await driver.stop(directory, timeout: .seconds(1), progress: nil)
             #expect(outcome.endedBy != .alreadyStopped)
+            #expect(try await Self.domainExists(domain) == false)
+        }
+    }
+
+    @Test(
+        "a live snapshot of a UEFI machine is refused with the ways that work",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func uefiSnapshot() async throws {
+        try await LibvirtTestDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            var config = Self.firmwareOnly("sn-\(UUID().uuidString.prefix(6).lowercased())")
+            config.firmware = .uefi()
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            _ = try await driver.start(config, in: directory)
+            // libvirt made the machine's own variable store from the OVMF template.
+            #expect(FileManager.default.fileExists(atPath: directory.url.appending(path: LibvirtDomainXML.nvramName).path))
+            let error = await #expect(throws: NimbusError.self) { try await driver.saveSnapshot("before", in: directory) }
+            #expect(error?.code == .unsupported)
+            #expect(error?.message.contains("--driver qemu") == true, "\(error?.message ?? "")")
+            try await driver.kill(directory)
             #expect(try await Self.domainExists(domain) == false)
         }
     }

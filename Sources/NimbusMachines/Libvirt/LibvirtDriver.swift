@@ -209,6 +209,14 @@ public struct LibvirtDriver: Hypervisor {
 
     public func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         let domain = try running(directory, "save snapshot \(name)")
+        // libvirt 9.0 refuses internal snapshots of a domain with pflash firmware (its NVRAM is raw; qcow2
+        // NVRAM came in 9.2), so say so before it does, with the ways that work.
+        if FileManager.default.fileExists(atPath: directory.url.appending(path: LibvirtDomainXML.nvramName).path) {
+            throw NimbusError(
+                .unsupported,
+                "libvirt cannot take a live snapshot of UEFI machine \(domain.name) (its UEFI variables are a raw file): stop the instance and snapshot it while stopped, or use --driver qemu for live snapshots"
+            )
+        }
         let xml = "<domainsnapshot><name>\(LibvirtDomainXML.escape(name))</name></domainsnapshot>"
         guard let snapshot = virDomainSnapshotCreateXML(domain.pointer, xml, 0) else {
             let error = LibvirtError.last("virDomainSnapshotCreateXML")
