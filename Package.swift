@@ -36,7 +36,7 @@ let package = Package(
         ),
 
         // libvirt's C API (Debian's libvirt-dev), used only by NimbusMachines' LibvirtDriver.
-        .systemLibrary(name: "CLibvirt", providers: [.apt(["libvirt-dev"])]),
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"]), .brew(["libvirt"])]),
 
         // The shared floor: errors, paths, sizes, running programs, atomic files.
         .target(
