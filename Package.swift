@@ -35,6 +35,9 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
+        // libvirt's C API (Debian's libvirt-dev), used only by NimbusMachines' LibvirtDriver.
+        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"]), .brew(["libvirt"])]),
+
         // The shared floor: errors, paths, sizes, running programs, atomic files.
         .target(
             name: "NimbusCore",
@@ -72,10 +75,11 @@ let package = Package(
         .target(
             name: "NimbusMachines",
             dependencies: [
-                "NimbusCore", "NimbusDisks", "NimbusQMP",
+                "NimbusCore", "NimbusDisks", "NimbusQMP", "CLibvirt",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],
+            exclude: ["Libvirt/README.md"],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -4,6 +4,7 @@ import NimbusDisks
 import NimbusImages
 import NimbusMachines
 import NimbusSeed
+import Yams
 
 /// What users do with instances: launch, start, stop, delete, reach. It joins images, disks, seeds and
 /// machines; the CLI only parses and formats around it.
@@ -24,7 +25,7 @@ public struct InstanceManager: Sendable {
         self.paths = paths
         self.config = config
         self.store = InstanceStore(paths: paths)
-        self.hypervisor = QEMUDriver(paths: paths)
+        self.hypervisor = InstanceDrivers(hostFactsCache: paths.hostFacts)
         self.progress = progress
     }
 
@@ -39,6 +40,7 @@ public struct InstanceManager: Sendable {
     public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
         try checkResources(spec)
+        try InstanceDrivers.check(spec)
         var userData: UserData?
         if let text = spec.userData {
             do {
@@ -324,4 +326,56 @@ public struct InstanceManager: Sendable {
 
 extension String {
     var nonEmpty: String? { isEmpty ? nil : self }
+}
+
+/// Picks each instance's machine driver from its spec (`driver`, `connect` in instance.yaml, which sits in
+/// the machine's folder): QEMU directly, or libvirt at the spec's URI.
+struct InstanceDrivers: Hypervisor {
+    let name = "instance"
+    let hostFactsCache: URL?
+
+    /// Checks the spec's driver before anything is written; for libvirt, that its daemon answers.
+    static func check(_ spec: InstanceSpec) throws(NimbusError) {
+        switch spec.driver {
+        case "qemu":
+            guard spec.connect == nil else {
+                throw NimbusError(.invalidArgument, "--connect \(spec.connect ?? "") needs --driver libvirt")
+            }
+        case "libvirt":
+            try LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: nil).checkConnection()
+        default:
+            throw NimbusError(.invalidArgument, "driver \"\(spec.driver)\" is not one of qemu, libvirt")
+        }
+    }
+
+    func driver(_ directory: MachineDirectory) -> any Hypervisor {
+        let file = directory.url.appending(path: "instance.yaml")
+        guard let text = try? String(contentsOf: file, encoding: .utf8),
+            let spec = try? YAMLDecoder().decode(InstanceSpec.self, from: text), spec.driver == "libvirt"
+        else { return QEMUDriver(hostFactsCache: hostFactsCache) }
+        return LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: hostFactsCache)
+    }
+
+    func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) -> RunningMachine {
+        try await driver(directory).start(config, in: directory)
+    }
+    func status(of directory: MachineDirectory) async -> MachineStatus { await driver(directory).status(of: directory) }
+    func stop(_ directory: MachineDirectory, timeout: Duration, progress: (@Sendable (String) -> Void)?)
+        async throws(NimbusError) -> StopOutcome
+    {
+        try await driver(directory).stop(directory, timeout: timeout, progress: progress)
+    }
+    func suspend(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).suspend(directory) }
+    func resume(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).resume(directory) }
+    func reset(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).reset(directory) }
+    func kill(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).kill(directory) }
+    func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).saveSnapshot(name, in: directory)
+    }
+    func loadSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).loadSnapshot(name, in: directory)
+    }
+    func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).deleteSnapshot(name, in: directory)
+    }
 }

@@ -34,6 +34,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var firmware: String = "uefi"
     /// `qemu` or `libvirt`.
     public var driver: String = "qemu"
+    /// The libvirt URI (`--connect`), with the libvirt driver; nil is `qemu:///system`.
+    public var connect: String?
     /// The absolute path of the fleet file (`nimbus apply -f`) this instance was launched from, if any.
     public var fleet: String?
 
@@ -47,7 +49,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, mounts, forwards,
-            ephemeral, accelerator, firmware, driver, fleet
+            ephemeral, accelerator, firmware, driver, connect, fleet
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -70,6 +72,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
+        connect = try c.decodeIfPresent(String.self, forKey: .connect)
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
     }
 }

@@ -55,6 +55,12 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "Firmware: uefi or bios.")
     var firmware: String?
 
+    @Option(help: "Machine driver: qemu or libvirt (default from config.yaml, else qemu).")
+    var driver: String?
+
+    @Option(help: "The libvirt URI, with --driver libvirt (default qemu:///system).")
+    var connect: String?
+
     @Option(help: "Seconds to wait for the instance to be ready.")
     var timeout: Int = 600
 
@@ -72,6 +78,12 @@ struct InstanceLaunch: AsyncParsableCommand {
             }
             if let firmware, !["uefi", "bios"].contains(firmware) {
                 throw ValidationError("--firmware \(firmware) is not one of uefi, bios")
+            }
+            if let driver, !["qemu", "libvirt"].contains(driver) {
+                throw ValidationError("--driver \(driver) is not one of qemu, libvirt")
+            }
+            if connect != nil, driver == "qemu" {
+                throw ValidationError("--connect needs --driver libvirt")
             }
             guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
             for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
@@ -93,6 +105,8 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.timezone = timezone
         spec.accelerator = accel ?? context.config.accelerator
         spec.firmware = firmware ?? context.config.firmware
+        spec.driver = driver ?? context.config.driver
+        spec.connect = connect
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }

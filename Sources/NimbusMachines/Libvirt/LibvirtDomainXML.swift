@@ -1,0 +1,340 @@
+import Foundation
+import NimbusCore
+
+/// The libvirt domain XML for a `MachineConfig`: the same machine `QEMUCommandLine.machine` builds, told
+/// to libvirt. See README.md beside this file for the choices (networking, serial log, metadata).
+public enum LibvirtDomainXML {
+    /// The namespace of Nimbus's `<metadata>` element; a domain without it is not Nimbus's.
+    public static let metadataNamespace = "https://nimbus.dev/xmlns/instance/1"
+    /// The namespace of libvirt's QEMU command-line passthrough.
+    public static let qemuNamespace = "http://libvirt.org/schemas/domain/qemu/1.0"
+
+    /// The domain name for a machine: prefixed, so `virsh list` shows what is Nimbus's at a glance and a
+    /// user's own `web` domain does not collide with Nimbus's instance `web`.
+    public static func domainName(for machine: String) -> String { "nimbus-\(machine)" }
+
+    /// A uid:gid QEMU runs as (`<seclabel type='static' model='dac' relabel='no'>`), so libvirt neither
+    /// chowns the user's files nor needs them readable by libvirt-qemu. Only for local URIs.
+    public struct Owner: Sendable, Hashable {
+        public var uid: UInt32
+        public var gid: UInt32
+        public init(uid: UInt32, gid: UInt32) {
+            self.uid = uid
+            self.gid = gid
+        }
+
+        /// The calling process's user.
+        public static var current: Owner { Owner(uid: getuid(), gid: getgid()) }
+    }
+
+    /// What the metadata element records about the instance behind a domain.
+    public struct Metadata: Sendable, Hashable {
+        /// The instance (machine) name.
+        public var name: String
+        /// The machine folder on the host that created the domain.
+        public var folder: String
+        /// The host that created it.
+        public var origin: String
+
+        public init(name: String, folder: String, origin: String) {
+            self.name = name
+            self.folder = folder
+            self.origin = origin
+        }
+
+        /// The element, as libvirt stores it and `virDomainGetMetadata` returns it.
+        public var element: String {
+            "<nimbus:instance xmlns:nimbus=\"\(metadataNamespace)\">"
+                + "<nimbus:name>\(escape(name))</nimbus:name>"
+                + "<nimbus:folder>\(escape(folder))</nimbus:folder>"
+                + "<nimbus:origin>\(escape(origin))</nimbus:origin>"
+                + "</nimbus:instance>"
+        }
+
+        /// Reads the element back from `virDomainGetMetadata`, which looks it up by Nimbus's namespace and
+        /// returns it with or without a prefix (libvirt 9.0 drops it); nil when it is not an instance element.
+        public init?(element text: String) {
+            let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            guard trimmed.hasPrefix("<instance") || trimmed.range(of: "^<[A-Za-z0-9_]+:instance[ >]", options: .regularExpression) != nil
+            else { return nil }
+            func field(_ name: String) -> String? {
+                guard let open = text.range(of: ":\(name)>") ?? text.range(of: "<\(name)>") else { return nil }
+                let rest = text[open.upperBound...]
+                guard let close = rest.range(of: "</") else { return nil }
+                return unescape(String(rest[..<close.lowerBound]))
+            }
+            guard let name = field("name"), let folder = field("folder") else { return nil }
+            self.init(name: name, folder: folder, origin: field("origin") ?? "")
+        }
+    }
+
+    /// The file name of the per-domain UEFI variable store in the machine folder (raw: libvirt 9.0 has no
+    /// qcow2 NVRAM, so it is not the QEMU driver's `efi-vars.qcow2`).
+    public static let nvramName = "efi-vars.fd"
+
+    /// Renders `config` as a domain document for the machine in `directory`.
+    public static func render(
+        _ config: MachineConfig,
+        in directory: MachineDirectory,
+        accelerator: Accelerator,
+        sshHostPort: UInt16?,
+        owner: Owner?,
+        origin: String = ProcessInfo.processInfo.hostName
+    ) throws(NimbusError) -> String {
+        try config.validate()
+        guard config.machineType == .q35 else {
+            throw NimbusError(
+                .unsupported, "the libvirt driver runs q35 machines only: use --driver qemu for microvm")
+        }
+        let x = XMLWriter()
+        x.line("<domain type='\(accelerator == .kvm ? "kvm" : "qemu")' xmlns:qemu='\(qemuNamespace)'>")
+        x.indent {
+            x.element("name", domainName(for: config.name))
+            x.line("<metadata>")
+            x.indent {
+                let metadata = Metadata(name: config.name, folder: directory.url.path, origin: origin)
+                x.line(metadata.element)
+            }
+            x.line("</metadata>")
+            x.line("<memory unit='MiB'>\(config.memory.bytes >> 20)</memory>")
+            x.line("<vcpu>\(config.cpus)</vcpu>")
+            switch config.seed {
+            case .ignition(let file):
+                // Ignition's QEMU platform reads its config from this fw_cfg entry.
+                x.line("<sysinfo type='fwcfg'>")
+                x.indent { x.line("<entry name='opt/com.coreos/config' file='\(escape(file))'/>") }
+                x.line("</sysinfo>")
+            case .noCloudNet(let url):
+                x.line("<sysinfo type='smbios'>")
+                x.indent {
+                    x.line("<system>")
+                    x.indent { x.element("entry", "ds=nocloud;s=\(url)", attributes: "name='serial'") }
+                    x.line("</system>")
+                }
+                x.line("</sysinfo>")
+            case .none, .noCloud:
+                break
+            }
+            x.line("<os>")
+            x.indent {
+                x.line("<type arch='x86_64' machine='q35'>hvm</type>")
+                if case .uefi(let code, let variables) = config.firmware {
+                    x.element("loader", code, attributes: "readonly='yes' type='pflash'")
+                    x.element(
+                        "nvram", directory.url.appending(path: nvramName).path,
+                        attributes: "template='\(escape(variables))'")
+                }
+                if let kernel = config.kernel {
+                    x.element("kernel", kernel.kernel)
+                    if let initrd = kernel.initrd { x.element("initrd", initrd) }
+                    if let commandLine = kernel.commandLine { x.element("cmdline", commandLine) }
+                }
+                if case .noCloudNet = config.seed { x.line("<smbios mode='sysinfo'/>") }
+            }
+            x.line("</os>")
+            x.line("<features>")
+            // ACPI is what makes the power button (virDomainShutdown) reach the guest.
+            x.indent {
+                x.line("<acpi/>")
+                x.line("<apic/>")
+            }
+            x.line("</features>")
+            switch accelerator {
+            case .kvm: x.line("<cpu mode='host-passthrough'/>")
+            // The same as the QEMU driver's `-cpu max` under TCG.
+            case .tcg: x.line("<cpu mode='maximum' check='none'/>")
+            }
+            x.line("<clock offset='utc'/>")
+            x.element("on_poweroff", "destroy")
+            x.element("on_reboot", "restart")
+            x.element("on_crash", "destroy")
+            x.line("<devices>")
+            x.indent { devices(config, directory, sshHostPort: sshHostPort, into: x) }
+            x.line("</devices>")
+            if let owner {
+                x.line("<seclabel type='static' model='dac' relabel='no'>")
+                x.indent { x.element("label", "+\(owner.uid):+\(owner.gid)") }
+                x.line("</seclabel>")
+            }
+            let arguments = qemuArguments(config, sshHostPort: sshHostPort)
+            if !arguments.isEmpty {
+                x.line("<qemu:commandline>")
+                x.indent { for argument in arguments { x.line("<qemu:arg value='\(escape(argument))'/>") } }
+                x.line("</qemu:commandline>")
+            }
+        }
+        x.line("</domain>")
+        return x.text
+    }
+
+    private static func devices(
+        _ config: MachineConfig, _ directory: MachineDirectory, sshHostPort: UInt16?, into x: XMLWriter
+    ) {
+        let letters = Array("abcdefghijklmnopqrstuvwxyz")
+        var virtioCount = 0
+        var scsiCount = 0
+        for (index, disk) in config.disks.enumerated() {
+            x.line("<disk type='file' device='disk'>")
+            x.indent {
+                if disk.readOnly {
+                    x.line("<driver name='qemu' type='\(disk.format.rawValue)'/>")
+                } else {
+                    // The guest's TRIM reaches the image, so deleted files give space back to the host.
+                    x.line("<driver name='qemu' type='\(disk.format.rawValue)' discard='unmap' detect_zeroes='unmap'/>")
+                }
+                x.line("<source file='\(escape(disk.path))'/>")
+                switch disk.interface {
+                case .virtioBlk:
+                    x.line("<target dev='vd\(letters[virtioCount % 26])' bus='virtio'/>")
+                    virtioCount += 1
+                case .virtioSCSI:
+                    x.line("<target dev='sd\(letters[scsiCount % 26])' bus='scsi'/>")
+                    scsiCount += 1
+                }
+                if disk.readOnly { x.line("<readonly/>") }
+                if index == 0 && config.kernel == nil { x.line("<boot order='1'/>") }
+            }
+            x.line("</disk>")
+        }
+        if case .noCloud(let iso) = config.seed {
+            x.line("<disk type='file' device='cdrom'>")
+            x.indent {
+                x.line("<driver name='qemu' type='raw'/>")
+                x.line("<source file='\(escape(iso))'/>")
+                // SATA on q35's AHCI; its own letter after any SCSI disks, so the names never clash.
+                x.line("<target dev='sd\(letters[scsiCount % 26])' bus='sata'/>")
+                x.line("<readonly/>")
+            }
+            x.line("</disk>")
+        }
+        if scsiCount > 0 { x.line("<controller type='scsi' model='virtio-scsi'/>") }
+        // Like the QEMU driver's -nodefaults: no USB controller nobody plugs anything into.
+        x.line("<controller type='usb' model='none'/>")
+
+        switch config.network.mode {
+        case .none, .user:
+            // User-mode networking is passed through to QEMU; see README.md.
+            break
+        case .bridge(let name):
+            x.line("<interface type='bridge'>")
+            x.indent {
+                x.line("<mac address='\(config.macAddress)'/>")
+                x.line("<source bridge='\(escape(name))'/>")
+                x.line("<model type='virtio'/>")
+            }
+            x.line("</interface>")
+        case .tap(let name):
+            x.line("<interface type='ethernet'>")
+            x.indent {
+                x.line("<mac address='\(config.macAddress)'/>")
+                x.line("<target dev='\(escape(name))' managed='no'/>")
+                x.line("<model type='virtio'/>")
+            }
+            x.line("</interface>")
+        }
+
+        for share in config.shares {
+            let mode = share.securityModel == .mappedXattr ? "mapped" : "squash"
+            x.line("<filesystem type='mount' accessmode='\(mode)'>")
+            x.indent {
+                x.line("<source dir='\(escape(share.hostPath))'/>")
+                x.line("<target dir='\(escape(share.tag))'/>")
+                if share.readOnly { x.line("<readonly/>") }
+            }
+            x.line("</filesystem>")
+        }
+
+        // The serial console: a pty (virDomainOpenConsole, `virsh console`), and everything the guest
+        // prints is also appended to serial.log by virtlogd.
+        x.line("<serial type='pty'>")
+        x.indent {
+            x.line("<log file='\(escape(directory.serialLog.path))' append='on'/>")
+            x.line("<target type='isa-serial' port='0'>")
+            x.indent { x.line("<model name='isa-serial'/>") }
+            x.line("</target>")
+        }
+        x.line("</serial>")
+        x.line("<console type='pty'>")
+        x.indent { x.line("<target type='serial' port='0'/>") }
+        x.line("</console>")
+
+        if config.vnc {
+            x.line("<graphics type='vnc' socket='\(escape(directory.vncSocket.path))'/>")
+            x.line("<video>")
+            x.indent { x.line("<model type='vga'/>") }
+            x.line("</video>")
+        }
+        if config.randomNumberGenerator {
+            x.line("<rng model='virtio'>")
+            x.indent { x.element("backend", "/dev/urandom", attributes: "model='random'") }
+            x.line("</rng>")
+        }
+        // Like the QEMU driver's -nodefaults: no balloon the guest did not ask for.
+        x.line("<memballoon model='none'/>")
+    }
+
+    /// The QEMU arguments passed through: user-mode networking with the forwards, then the user's own.
+    static func qemuArguments(_ config: MachineConfig, sshHostPort: UInt16?) -> [String] {
+        var arguments: [String] = []
+        if config.network.mode == .user {
+            var rules: [String] = []
+            if config.network.forwardSSH, let sshHostPort { rules.append("tcp:127.0.0.1:\(sshHostPort)-:22") }
+            for forward in config.network.forwards {
+                rules.append("\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
+            }
+            let netdev = (["user", "id=nimbus-net0"] + rules.map { "hostfwd=\(QEMUCommandLine.escape($0))" })
+                .joined(separator: ",")
+            // An explicit slot on the root bus: libvirt does not know this device, and QEMU would otherwise give
+            // it the first free slot, which libvirt assigns to its own first root port. libvirt fills root
+            // ports from slot 1 upward and integrated ICH9 functions from 0x1f downward; 0x10 is neither.
+            arguments += [
+                "-netdev", netdev,
+                "-device", "virtio-net-pci,netdev=nimbus-net0,mac=\(config.macAddress),bus=pcie.0,addr=0x10",
+            ]
+        }
+        return arguments + config.extraArguments
+    }
+
+    /// XML-escapes text for an element or a single-quoted attribute.
+    static func escape(_ text: String) -> String {
+        var result = ""
+        for character in text {
+            switch character {
+            case "&": result += "&amp;"
+            case "<": result += "&lt;"
+            case ">": result += "&gt;"
+            case "'": result += "&apos;"
+            case "\"": result += "&quot;"
+            default: result.append(character)
+            }
+        }
+        return result
+    }
+
+    static func unescape(_ text: String) -> String {
+        text.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
+            .replacingOccurrences(of: "&apos;", with: "'").replacingOccurrences(of: "&quot;", with: "\"")
+            .replacingOccurrences(of: "&#39;", with: "'").replacingOccurrences(of: "&amp;", with: "&")
+    }
+}
+
+/// Indented XML lines; a class so nested `indent` blocks write to the same text.
+private final class XMLWriter {
+    var text = ""
+    var depth = 0
+
+    func line(_ content: String) {
+        text += String(repeating: "  ", count: depth) + content + "\n"
+    }
+
+    func element(_ name: String, _ value: String, attributes: String? = nil) {
+        let open = attributes.map { "\(name) \($0)" } ?? name
+        line("<\(open)>\(LibvirtDomainXML.escape(value))</\(name)>")
+    }
+
+    func indent(_ body: () -> Void) {
+        depth += 1
+        body()
+        depth -= 1
+    }
+}

@@ -1,0 +1,150 @@
+import Foundation
+import NimbusCore
+import NimbusInstances
+import NimbusMachines
+import NimbusTestSupport
+import Testing
+
+/// libvirtd for the tests: started here when it is not running (as root: `virtlogd -d` and `libvirtd -d`;
+/// CI, without systemd either, does the same), and left running.
+enum LibvirtDaemon {
+    static var installed: Bool {
+        Prerequisites.programs("libvirtd", "virtlogd", "virsh", "runuser") && getuid() == 0
+    }
+
+    static func ensureRunning() async throws {
+        if !FileManager.default.fileExists(atPath: "/run/libvirt/virtlogd-sock") {
+            try await ProgramRunner.run("virtlogd", ["-d"])
+        }
+        if !FileManager.default.fileExists(atPath: "/run/libvirt/libvirt-sock") {
+            try await ProgramRunner.run("libvirtd", ["-d"])
+        }
+        for _ in 0..<120 {
+            if (try? await virsh(["version"]).status) == 0 { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw NimbusError(.timeout, "libvirtd did not answer on /run/libvirt/libvirt-sock")
+    }
+
+    static func virsh(_ arguments: [String]) async throws -> ProgramOutput {
+        try await ProgramRunner.output("virsh", ["-c", "qemu:///system"] + arguments)
+    }
+
+    /// The names of all domains, running or defined.
+    static func domains() async throws -> [String] {
+        try await virsh(["list", "--all", "--name"]).standardOutput.split(separator: "\n").map(String.init)
+    }
+}
+
+/// The instances issue's core path through libvirt: the real Debian guest launched on the local libvirtd
+/// (qemu:///system, TCG), reached by exec, stopped, and purged without a domain left behind.
+@Suite(
+    "Instances through libvirt", .serialized,
+    .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest && LibvirtDaemon.installed)))
+struct LibvirtTests {
+    @Test("launch through libvirtd, exec reaches the guest, stop, delete --purge leaves no domain")
+    func lifecycle() async throws {
+        try await LibvirtDaemon.ensureRunning()
+        let home = try TemporaryDirectory("nimbus-libvirt-e2e")
+        let manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        let name = try InstanceName("lv-\(UUID().uuidString.prefix(6).lowercased())")
+        let domain = "nimbus-\(name)"
+        defer {
+            // Never leave a domain running, whatever failed.
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
+            process.arguments = ["-c", "qemu:///system", "destroy", domain]
+            process.standardError = FileHandle.nullDevice
+            process.standardOutput = FileHandle.nullDevice
+            try? process.run()
+            process.waitUntilExit()
+            home.remove()
+        }
+
+        var spec = InstanceSpec(name: name, image: "file://" + (Prerequisites.guestImage?.path ?? "/missing"))
+        spec.memory = .mebibytes(1024)
+        spec.driver = "libvirt"
+        spec.accelerator = "tcg"
+        let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
+        #expect(info.state == .running)
+        #expect(info.driver == "libvirt")
+        #expect(try await LibvirtDaemon.virsh(["domstate", domain]).standardOutput.contains("running"))
+        let metadata = try await LibvirtDaemon.virsh(
+            ["metadata", domain, "--uri", LibvirtDomainXML.metadataNamespace])
+        // virsh prints the element without its prefix.
+        #expect(metadata.standardOutput.contains("<name>\(name)</name>"), "\(metadata)")
+
+        let ssh = try await manager.sshAccess(name)
+        let hostname = try await ssh.run(["hostname"])
+        #expect(hostname.status == 0, "\(hostname.standardError)")
+        #expect(hostname.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == name.rawValue)
+
+        try await manager.stop(name, force: false, timeout: .seconds(180))
+        #expect(try await manager.info(name).state == .stopped)
+        #expect(try await LibvirtDaemon.domains().contains(domain) == false)
+
+        try await manager.delete(name, purge: true)
+        #expect(!manager.store.exists(name))
+        #expect(try await LibvirtDaemon.domains().contains(domain) == false)
+    }
+
+    @Test("permission denied on libvirt's socket says how to get access, before anything is written")
+    func permissionDenied() async throws {
+        let home = try TemporaryDirectory("nimbus-libvirt-denied")
+        defer { home.remove() }
+        chmod(home.url.path, 0o777)
+        // A socket only its owner (root) may use, reached by an unprivileged user: what a user outside the
+        // libvirt group meets on a host whose socket is 0770 root:libvirt.
+        let socket = home.url.appending(path: "libvirt-sock")
+        try await ProgramRunner.run(
+            "python3", ["-c", "import socket,sys; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1])", socket.path])
+        chmod(socket.path, 0o700)
+        let result = try await ProgramRunner.output(
+            "runuser",
+            [
+                "-u", "nobody", "--", "env", "NIMBUS_HOME=\(home.url.path)/nimbus", NimbusBinary.url.path, "launch",
+                "--driver", "libvirt", "--connect", "qemu:///system?socket=\(socket.path)", "--no-wait",
+                "file://" + (Prerequisites.guestImage?.path ?? "/missing"),
+            ])
+        #expect(result.status == NimbusError.Code.unsupported.exitStatus, "\(result.standardError)")
+        #expect(result.standardError.contains("permission denied on libvirt's socket"), "\(result.standardError)")
+        #expect(result.standardError.contains("libvirt group"))
+        let instances = NimbusPaths.resolve(environment: ["NIMBUS_HOME": home.url.path + "/nimbus"]).instances
+        #expect(((try? FileManager.default.contentsOfDirectory(atPath: instances.path)) ?? []).isEmpty)
+    }
+}
+
+/// `nimbus launch --driver/--connect` mistakes, through the real binary: refused before anything is written.
+@Suite("launch --driver and --connect")
+struct LibvirtLaunchFlagTests {
+    func launch(_ arguments: [String]) async throws -> (ProgramOutput, [String]) {
+        try await TemporaryDirectory.with("nimbus-driver-flags") { home in
+            let result = try await NimbusBinary.run(["launch", "--no-wait"] + arguments + ["file:///missing.qcow2"], home: home.url)
+            let instances = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
+            return (result, instances)
+        }
+    }
+
+    @Test("an unknown --driver is a usage error naming the drivers")
+    func unknownDriver() async throws {
+        let (result, instances) = try await launch(["--driver", "xen"])
+        #expect(result.status == 64)
+        #expect(result.standardError.contains("--driver xen is not one of qemu, libvirt"), "\(result.standardError)")
+        #expect(instances.isEmpty)
+    }
+
+    @Test("--connect with --driver qemu is a usage error")
+    func connectWithQEMU() async throws {
+        let (result, _) = try await launch(["--driver", "qemu", "--connect", "qemu:///system"])
+        #expect(result.status == 64)
+        #expect(result.standardError.contains("--connect needs --driver libvirt"), "\(result.standardError)")
+    }
+
+    @Test("a --connect URI that does not parse is refused before the image is read")
+    func badURI() async throws {
+        let (result, instances) = try await launch(["--driver", "libvirt", "--connect", "qemu:/system"])
+        #expect(result.status == 64, "\(result.standardError)")
+        #expect(result.standardError.contains("libvirt URI \"qemu:/system\" does not parse"), "\(result.standardError)")
+        #expect(instances.isEmpty)
+    }
+}

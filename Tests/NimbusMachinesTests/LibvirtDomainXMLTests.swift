@@ -1,0 +1,188 @@
+import Foundation
+import NimbusCore
+import NimbusTestSupport
+import Testing
+
+@testable import NimbusMachines
+
+/// The domain XML rendered from `MachineConfig`: a golden document, and every rendered document checked
+/// against libvirt's own RelaxNG schema with `virt-xml-validate`.
+@Suite("Libvirt domain XML")
+struct LibvirtDomainXMLTests {
+    static let directory = MachineDirectory(URL(fileURLWithPath: "/home/alice/.local/share/nimbus/instances/web/machine"))
+
+    /// The config `nimbus launch` builds for a cloud image with a NoCloud seed.
+    static var cloudImage: MachineConfig {
+        var config = MachineConfig(name: "web")
+        config.cpus = 2
+        config.memory = .mebibytes(1024)
+        config.disks = [MachineConfig.Disk(path: directory.url.path + "/overlay.qcow2")]
+        config.seed = .noCloud(iso: directory.url.path + "/seed.iso")
+        config.network.forwards = [MachineConfig.PortForward(hostPort: 8080, guestPort: 80)]
+        return config
+    }
+
+    /// Checks `xml` with `virt-xml-validate FILE domain`; returns its complaint, nil when valid.
+    static func validate(_ xml: String) async throws -> String? {
+        let file = FileManager.default.temporaryDirectory.appending(path: "nimbus-domain-\(UUID().uuidString).xml")
+        try xml.write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let result = try await ProgramRunner.output("virt-xml-validate", [file.path, "domain"])
+        return result.status == 0 ? nil : result.standardError + result.standardOutput
+    }
+
+    static let golden = """
+        <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+          <name>nimbus-web</name>
+          <metadata>
+            <nimbus:instance xmlns:nimbus="https://nimbus.dev/xmlns/instance/1"><nimbus:name>web</nimbus:name><nimbus:folder>/home/alice/.local/share/nimbus/instances/web/machine</nimbus:folder><nimbus:origin>build-host</nimbus:origin></nimbus:instance>
+          </metadata>
+          <memory unit='MiB'>1024</memory>
+          <vcpu>2</vcpu>
+          <os>
+            <type arch='x86_64' machine='q35'>hvm</type>
+            <loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>
+            <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>/home/alice/.local/share/nimbus/instances/web/machine/efi-vars.fd</nvram>
+          </os>
+          <features>
+            <acpi/>
+            <apic/>
+          </features>
+          <cpu mode='maximum' check='none'/>
+          <clock offset='utc'/>
+          <on_poweroff>destroy</on_poweroff>
+          <on_reboot>restart</on_reboot>
+          <on_crash>destroy</on_crash>
+          <devices>
+            <disk type='file' device='disk'>
+              <driver name='qemu' type='qcow2' discard='unmap' detect_zeroes='unmap'/>
+              <source file='/home/alice/.local/share/nimbus/instances/web/machine/overlay.qcow2'/>
+              <target dev='vda' bus='virtio'/>
+              <boot order='1'/>
+            </disk>
+            <disk type='file' device='cdrom'>
+              <driver name='qemu' type='raw'/>
+              <source file='/home/alice/.local/share/nimbus/instances/web/machine/seed.iso'/>
+              <target dev='sda' bus='sata'/>
+              <readonly/>
+            </disk>
+            <controller type='usb' model='none'/>
+            <serial type='pty'>
+              <log file='/home/alice/.local/share/nimbus/instances/web/machine/serial.log' append='on'/>
+              <target type='isa-serial' port='0'>
+                <model name='isa-serial'/>
+              </target>
+            </serial>
+            <console type='pty'>
+              <target type='serial' port='0'/>
+            </console>
+            <rng model='virtio'>
+              <backend model='random'>/dev/urandom</backend>
+            </rng>
+            <memballoon model='none'/>
+          </devices>
+          <seclabel type='static' model='dac' relabel='no'>
+            <label>+1000:+1000</label>
+          </seclabel>
+          <qemu:commandline>
+            <qemu:arg value='-netdev'/>
+            <qemu:arg value='user,id=nimbus-net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80'/>
+            <qemu:arg value='-device'/>
+            <qemu:arg value='virtio-net-pci,netdev=nimbus-net0,mac=\(cloudImage.macAddress),bus=pcie.0,addr=0x10'/>
+          </qemu:commandline>
+        </domain>
+
+        """
+
+    @Test("a cloud image with a NoCloud seed renders the golden document, which libvirt's schema accepts")
+    func golden() async throws {
+        let xml = try LibvirtDomainXML.render(
+            Self.cloudImage, in: Self.directory, accelerator: .tcg, sshHostPort: 2222,
+            owner: LibvirtDomainXML.Owner(uid: 1000, gid: 1000), origin: "build-host")
+        #expect(xml == Self.golden)
+        let complaint = try await Self.validate(xml)
+        #expect(complaint == nil, "\(complaint ?? "")")
+    }
+
+    @Test("KVM renders a kvm domain with host-passthrough")
+    func kvm() async throws {
+        let xml = try LibvirtDomainXML.render(
+            Self.cloudImage, in: Self.directory, accelerator: .kvm, sshHostPort: 2222, owner: nil)
+        #expect(xml.hasPrefix("<domain type='kvm'"))
+        #expect(xml.contains("<cpu mode='host-passthrough'/>"))
+        #expect(!xml.contains("seclabel"))
+        #expect(try await Self.validate(xml) == nil)
+    }
+
+    @Test("BIOS, Ignition, virtio-scsi, a bridge, a share and VNC render a valid document")
+    func variants() async throws {
+        var config = MachineConfig(name: "core")
+        config.firmware = .bios
+        config.disks = [
+            MachineConfig.Disk(path: "/srv/core/overlay.qcow2", interface: .virtioSCSI),
+            MachineConfig.Disk(path: "/srv/core/data.raw", format: .raw, readOnly: true),
+        ]
+        config.seed = .ignition(config: "/srv/core/config.ign")
+        config.network = MachineConfig.Network(mode: .bridge(name: "br0"))
+        config.shares = [MachineConfig.Share(hostPath: "/srv/src", tag: "src", readOnly: true)]
+        config.vnc = true
+        let xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: nil, owner: nil)
+        #expect(!xml.contains("<loader"))
+        #expect(xml.contains("<entry name='opt/com.coreos/config' file='/srv/core/config.ign'/>"))
+        #expect(xml.contains("<target dev='sda' bus='scsi'/>"))
+        #expect(xml.contains("<controller type='scsi' model='virtio-scsi'/>"))
+        #expect(xml.contains("<source bridge='br0'/>"))
+        #expect(xml.contains("<target dir='src'/>"))
+        #expect(!xml.contains("qemu:commandline"))
+        let complaint = try await Self.validate(xml)
+        #expect(complaint == nil, "\(complaint ?? "")")
+    }
+
+    @Test("NoCloud over HTTP goes through the SMBIOS serial, direct kernel boot has no boot order")
+    func noCloudNet() async throws {
+        var config = MachineConfig(name: "net")
+        config.firmware = .bios
+        config.disks = [MachineConfig.Disk(path: "/srv/net/overlay.qcow2")]
+        config.kernel = MachineConfig.DirectKernelBoot(kernel: "/srv/vmlinuz", initrd: "/srv/initrd.img", commandLine: "root=/dev/vda1 console=ttyS0")
+        config.seed = .noCloudNet(url: "http://10.0.2.2:8000/")
+        config.extraArguments = ["-global", "ICH9-LPC.disable_s3=1"]
+        let xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2200, owner: nil)
+        #expect(xml.contains("<entry name='serial'>ds=nocloud;s=http://10.0.2.2:8000/</entry>"))
+        #expect(xml.contains("<smbios mode='sysinfo'/>"))
+        #expect(!xml.contains("<boot order"))
+        #expect(xml.contains("<qemu:arg value='ICH9-LPC.disable_s3=1'/>"))
+        let complaint = try await Self.validate(xml)
+        #expect(complaint == nil, "\(complaint ?? "")")
+    }
+
+    @Test("names and paths with XML characters are escaped, and the metadata reads back")
+    func escaping() async throws {
+        var config = Self.cloudImage
+        config.disks = [MachineConfig.Disk(path: "/tmp/a&b/<o'v>.qcow2")]
+        let directory = MachineDirectory(URL(fileURLWithPath: "/tmp/a&b \"q\""))
+        let xml = try LibvirtDomainXML.render(config, in: directory, accelerator: .tcg, sshHostPort: 2222, owner: nil, origin: "h<1>")
+        #expect(xml.contains("/tmp/a&amp;b/&lt;o&apos;v&gt;.qcow2"))
+        #expect(try await Self.validate(xml) == nil)
+        let metadata = LibvirtDomainXML.Metadata(name: "web", folder: directory.url.path, origin: "h<1>")
+        #expect(LibvirtDomainXML.Metadata(element: metadata.element) == metadata)
+        // libvirt may give the namespace another prefix, or none, when it returns the element.
+        let unprefixed = "<instance>\n  <name>web</name>\n  <folder>\(LibvirtDomainXML.escape(directory.url.path))</folder>\n  <origin>h&lt;1&gt;</origin>\n</instance>\n"
+        #expect(LibvirtDomainXML.Metadata(element: unprefixed) == metadata)
+        let rewritten = metadata.element.replacingOccurrences(of: "nimbus:", with: "ns0:")
+            .replacingOccurrences(of: "xmlns:nimbus", with: "xmlns:ns0")
+        #expect(LibvirtDomainXML.Metadata(element: rewritten) == metadata)
+        #expect(LibvirtDomainXML.Metadata(element: "<other><name>web</name><folder>/x</folder></other>") == nil)
+    }
+
+    @Test("a microvm machine is refused with the way out")
+    func microvm() throws {
+        var config = MachineConfig(name: "tiny")
+        config.machineType = .microvm
+        config.firmware = .bios
+        config.kernel = MachineConfig.DirectKernelBoot(kernel: "/srv/vmlinuz")
+        let error = #expect(throws: NimbusError.self) {
+            try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: nil, owner: nil)
+        }
+        #expect(error?.message.contains("--driver qemu") == true)
+    }
+}

@@ -1,0 +1,199 @@
+import Foundation
+import NimbusCore
+import NimbusTestSupport
+import Testing
+
+@testable import NimbusMachines
+
+/// The libvirt driver against the host's real libvirtd (started by the tests when it is not running) and
+/// real QEMU under TCG. The lifecycle test boots no OS: a BIOS machine without disks sits in SeaBIOS,
+/// which is enough to drive start, status, suspend, resume and the stop ladder through libvirt.
+@Suite("Libvirt driver", .serialized)
+struct LibvirtDriverTests {
+    @Test("a URI that does not parse is refused before any connection, naming the URI and the forms to use")
+    func badURI() async throws {
+        for uri in ["not a uri", "qemu:/system", "::", "qemu+://host/system"] {
+            let driver = LibvirtDriver(uri: uri, hostFactsCache: nil)
+            try await TemporaryDirectory.with { home in
+                let error = await #expect(throws: NimbusError.self) {
+                    try await driver.start(Self.firmwareOnly("bad-uri"), in: MachineDirectory(home.url))
+                }
+                #expect(error?.code == .invalidArgument)
+                #expect(error?.message.contains("\"\(uri)\"") == true, "\(error?.message ?? "")")
+                #expect(error?.message.contains("qemu:///system") == true)
+            }
+        }
+    }
+
+    @Test(
+        "a URI with a driver libvirt does not have is an invalid argument from libvirt itself",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func unknownDriver() async throws {
+        // The client hands an unknown scheme to the daemon, which is what answers "no connection driver".
+        try await LibvirtTestDaemon.ensureRunning()
+        let error = #expect(throws: NimbusError.self) { try LibvirtConnection(uri: "nosuchdriver:///system") }
+        #expect(error?.code == .invalidArgument, "\(error?.message ?? "")")
+        #expect(error?.message.contains("nosuchdriver:///system") == true)
+    }
+
+    @Test("libvirtd not running: the message says how to start it")
+    func daemonNotRunning() async throws {
+        try await TemporaryDirectory.with { home in
+            // A socket path nothing listens on is exactly what a stopped libvirtd leaves.
+            let uri = "qemu:///system?socket=\(home.url.path)/libvirt-sock"
+            let error = #expect(throws: NimbusError.self) { try LibvirtConnection(uri: uri) }
+            #expect(error?.code == .unsupported)
+            #expect(error?.message.contains("libvirtd is not running") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains("libvirtd -d") == true)
+            #expect(error?.message.contains("systemctl start libvirtd") == true)
+        }
+    }
+
+    /// A machine that needs no disk or image: BIOS, no network, nothing to boot.
+    static func firmwareOnly(_ name: String) -> MachineConfig {
+        var config = MachineConfig(name: name)
+        config.cpus = 1
+        config.memory = .mebibytes(128)
+        config.firmware = .bios
+        config.network.mode = .none
+        config.accelerator = .tcg
+        return config
+    }
+
+    static func domainExists(_ name: String) async throws -> Bool {
+        try await ProgramRunner.output("virsh", ["-c", "qemu:///system", "domstate", name]).status == 0
+    }
+
+    @Test(
+        "start, status, suspend, resume and the stop ladder through libvirtd; no domain is left",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func lifecycle() async throws {
+        try await LibvirtTestDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            let config = Self.firmwareOnly("lt-\(UUID().uuidString.prefix(6).lowercased())")
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+
+            let running = try await driver.start(config, in: directory)
+            #expect(running.accelerator.accelerator == .tcg)
+            #expect(running.pid > 0)
+            #expect(await driver.status(of: directory).state == .running)
+            let second = await #expect(throws: NimbusError.self) { try await driver.start(config, in: directory) }
+            #expect(second?.code == .invalidState)
+
+            try await driver.suspend(directory)
+            #expect(await driver.status(of: directory).state == .paused)
+            try await driver.resume(directory)
+            #expect(await driver.status(of: directory).state == .running)
+
+            // SeaBIOS with nothing to boot ignores the power button: the ladder goes on to destroy.
+            let outcome = try await driver.stop(directory, timeout: .seconds(2), progress: nil)
+            #expect(outcome.endedBy == .terminate || outcome.endedBy == .kill, "\(outcome.steps)")
+            #expect(outcome.steps.first?.contains("ACPI power button") == true)
+            #expect(await driver.status(of: directory).state == .stopped)
+            #expect(try await Self.domainExists(domain) == false)
+
+            let again = try await driver.stop(directory, timeout: .seconds(2), progress: nil)
+            #expect(again.endedBy == .alreadyStopped)
+            let notRunning = await #expect(throws: NimbusError.self) { try await driver.suspend(directory) }
+            #expect(notRunning?.code == .invalidState)
+        }
+    }
+
+    @Test(
+        "a domain name taken by a domain Nimbus did not create is refused and left untouched",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func foreignDomain() async throws {
+        try await LibvirtTestDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let config = Self.firmwareOnly("foreign-\(UUID().uuidString.prefix(6).lowercased())")
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let file = home.url.appending(path: "foreign.xml")
+            try """
+            <domain type='qemu'><name>\(domain)</name><memory unit='MiB'>64</memory>
+            <os><type arch='x86_64' machine='q35'>hvm</type></os></domain>
+            """.write(to: file, atomically: true, encoding: .utf8)
+            try await ProgramRunner.run("virsh", ["-c", "qemu:///system", "define", file.path])
+            defer { _ = try? ProgramRunnerSync.undefine(domain) }
+
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            let error = await #expect(throws: NimbusError.self) { try await driver.start(config, in: directory) }
+            #expect(error?.code == .alreadyExists)
+            #expect(error?.message.contains("was not created by Nimbus") == true, "\(error?.message ?? "")")
+            #expect(error?.message.contains(domain) == true)
+            // Still there, still defined, still off.
+            let state = try await ProgramRunner.run("virsh", ["-c", "qemu:///system", "domstate", domain])
+            #expect(state.contains("shut off"))
+        }
+    }
+
+    @Test(
+        "libvirtd restarted while a machine runs: status says it does not answer, then finds the machine again",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func daemonRestart() async throws {
+        try await LibvirtTestDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            let config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            let running = try await driver.start(config, in: directory)
+
+            try await LibvirtTestDaemon.stop()
+            let down = await driver.status(of: directory)
+            #expect(down.state == .unresponsive)
+            #expect(down.detail?.contains("libvirtd is not running") == true, "\(down.detail ?? "")")
+            // QEMU does not depend on libvirtd: the guest runs on.
+            #expect(kill(running.pid, 0) == 0)
+
+            try await LibvirtTestDaemon.ensureRunning()
+            #expect(await driver.status(of: directory).state == .running)
+            let outcome = try await driver.stop(directory, timeout: .seconds(1), progress: nil)
+            #expect(outcome.endedBy != .alreadyStopped)
+            #expect(try await Self.domainExists(domain) == false)
+        }
+    }
+
+    @Test(
+        "a live snapshot of a UEFI machine is refused with the ways that work",
+        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+    func uefiSnapshot() async throws {
+        try await LibvirtTestDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            var config = Self.firmwareOnly("sn-\(UUID().uuidString.prefix(6).lowercased())")
+            config.firmware = .uefi()
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            _ = try await driver.start(config, in: directory)
+            // libvirt made the machine's own variable store from the OVMF template.
+            #expect(FileManager.default.fileExists(atPath: directory.url.appending(path: LibvirtDomainXML.nvramName).path))
+            let error = await #expect(throws: NimbusError.self) { try await driver.saveSnapshot("before", in: directory) }
+            #expect(error?.code == .unsupported)
+            #expect(error?.message.contains("--driver qemu") == true, "\(error?.message ?? "")")
+            try await driver.kill(directory)
+            #expect(try await Self.domainExists(domain) == false)
+        }
+    }
+}
+
+/// Clean-up from `defer`, which cannot await: virsh run synchronously with Foundation's Process.
+enum ProgramRunnerSync {
+    static func virsh(_ arguments: [String]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
+        process.arguments = ["-c", "qemu:///system"] + arguments
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        process.waitUntilExit()
+    }
+
+    static func destroy(_ domain: String) throws { try virsh(["destroy", domain]) }
+    static func undefine(_ domain: String) throws { try virsh(["undefine", domain]) }
+}
