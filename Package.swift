@@ -78,6 +78,7 @@ let package = Package(
                 "NimbusCore", "NimbusDisks", "NimbusQMP", "CLibvirt",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
             exclude: ["Libvirt/README.md"],
             swiftSettings: swiftSettings

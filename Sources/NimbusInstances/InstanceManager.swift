@@ -65,13 +65,14 @@ public struct InstanceManager: Sendable {
         }
         let userKey = try await installationKey()
 
-        try await store.withLock(spec.name) { lock in
+        // With the seed over HTTP, startMachine returns the server this boot fetches it from.
+        let seedServer = try await store.withLock(spec.name) { lock in
             _ = try await store.create(spec) { staging in
                 try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
             }
             progress("\(spec.name): created from \(image.reference) (\(elapsed(since: clock)))")
             do {
-                try await startMachine(spec.name, clock: clock)
+                return try await startMachine(spec.name, clock: clock)
             } catch {
                 // A launch whose machine never ran leaves nothing behind, so the same command can be retried
                 // once the cause (a port in use, a missing firmware) is fixed.
@@ -80,6 +81,8 @@ public struct InstanceManager: Sendable {
                 throw error
             }
         }
+        // Outside the lock, like readiness; even without `wait`, as no one else would serve the seed.
+        if let seedServer { try await serveSeed(seedServer, to: spec.name, clock: clock, timeout: timeout) }
         if wait { try await waitUntilReady(spec.name, clock: clock, timeout: timeout) }
         return try await info(spec.name)
     }
@@ -104,7 +107,11 @@ public struct InstanceManager: Sendable {
                 try AtomicFile.write(Data(ignition.json.utf8), to: dir.ignition, permissions: 0o600)
             } else {
                 let seed = try NoCloudSeed(config: personality, name: spec.name.rawValue, userData: userData)
-                try seed.writeISO(to: dir.seed, timestamp: Date())
+                if spec.seedTransport == .http {
+                    try writeSeedFolder(seed, in: dir)  // served by SeedServer at each start; no seed.iso
+                } else {
+                    try seed.writeISO(to: dir.seed, timestamp: Date())
+                }
                 state.seedInstanceID = seed.instanceID
             }
         } catch let error as SeedError {
@@ -215,15 +222,18 @@ public struct InstanceManager: Sendable {
 
     // MARK: Start
 
-    /// Starts the instance's machine. Call it with the instance's lock held.
-    func startMachine(_ name: InstanceName, clock: ContinuousClock.Instant) async throws {
+    /// Starts the instance's machine. Call it with the instance's lock held. For a seed over HTTP it
+    /// returns the running `SeedServer`, which the caller hands to `serveSeed` once the lock is released.
+    @discardableResult
+    func startMachine(_ name: InstanceName, clock: ContinuousClock.Instant) async throws -> SeedServer? {
         let dir = store.directory(name)
         let spec = try store.loadSpec(name)
         var state = try store.loadState(name)
         if let ephemeral = spec.ephemeral {
             try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
         }
-        let machine = machineConfig(spec, state: state, in: dir)
+        let seedServer = try await startSeedServer(name, spec: spec)
+        let machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
         do {
             let running = try await hypervisor.start(machine, in: dir.machine)
             if let notice = running.accelerator.notice { progress(notice) }
@@ -236,14 +246,18 @@ public struct InstanceManager: Sendable {
             try store.saveState(state, in: dir)
             progress("\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))")
         } catch {
+            await seedServer?.shutdown()
             state.lastError = error.message
             try? store.saveState(state, in: dir)
             throw error
         }
+        return seedServer
     }
 
-    /// The machine an instance runs as.
-    func machineConfig(_ spec: InstanceSpec, state: InstanceState, in dir: InstanceDirectory) -> MachineConfig {
+    /// The machine an instance runs as; `seedURL` is where a seed served over HTTP is (no seed disk then).
+    func machineConfig(_ spec: InstanceSpec, state: InstanceState, in dir: InstanceDirectory, seedURL: String? = nil)
+        -> MachineConfig
+    {
         var machine = MachineConfig(name: spec.name.rawValue)
         machine.cpus = spec.cpus
         machine.memory = spec.memory
@@ -253,6 +267,8 @@ public struct InstanceManager: Sendable {
         }
         if FileManager.default.fileExists(atPath: dir.ignition.path) {
             machine.seed = .ignition(config: dir.ignition.path)
+        } else if let seedURL {
+            machine.seed = .noCloudNet(url: seedURL)
         } else {
             machine.seed = .noCloud(iso: dir.seed.path)
         }
@@ -270,7 +286,7 @@ public struct InstanceManager: Sendable {
     /// Starts a stopped instance; with `wait`, returns when it is ready.
     public func start(_ name: InstanceName, wait: Bool, timeout: Duration) async throws {
         let clock = ContinuousClock.now
-        try await store.withLock(name) { _ in
+        let seedServer = try await store.withLock(name) { _ in
             let state = try store.loadState(name)
             try requireUsable(name, state)
             switch await hypervisor.status(of: store.directory(name).machine).state {
@@ -280,8 +296,10 @@ public struct InstanceManager: Sendable {
             default:
                 throw NimbusError(.invalidState, "\(name) is running already")
             }
-            try await startMachine(name, clock: clock)
+            return try await startMachine(name, clock: clock)
         }
+        // cloud-init reads its datasource at every boot: serve the seed again, even without `wait`.
+        if let seedServer { try await serveSeed(seedServer, to: name, clock: clock, timeout: timeout) }
         if wait { try await waitUntilReady(name, clock: clock, timeout: timeout) }
     }
 

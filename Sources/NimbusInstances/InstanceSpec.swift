@@ -38,6 +38,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var connect: String?
     /// The absolute path of the fleet file (`nimbus apply -f`) this instance was launched from, if any.
     public var fleet: String?
+    /// How the NoCloud seed reaches the guest: a CD-ROM, or HTTP from Nimbus (`--seed-over-http`).
+    public var seedTransport: SeedTransport = .iso
 
     public init(name: InstanceName, image: String) {
         self.name = name
@@ -49,7 +51,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, mounts, forwards,
-            ephemeral, accelerator, firmware, driver, connect, fleet
+            ephemeral, accelerator, firmware, driver, connect, fleet, seedTransport
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -74,7 +76,17 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
         connect = try c.decodeIfPresent(String.self, forKey: .connect)
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
+        seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso
     }
+}
+
+/// How an instance's NoCloud seed reaches the guest.
+public enum SeedTransport: String, Codable, Sendable, Equatable, CaseIterable {
+    /// `seed.iso`, attached read-only as a CD-ROM.
+    case iso
+    /// No seed disk: the files in the instance's `seed/` folder, served by Nimbus on 127.0.0.1 (the guest's
+    /// 10.0.2.2) while each boot fetches them; the machine is told the URL in its SMBIOS serial number.
+    case http
 }
 
 /// `--mount HOST:GUEST`: a host folder shared into the guest.

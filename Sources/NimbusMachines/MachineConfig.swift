@@ -120,8 +120,9 @@ extension MachineConfig {
         /// An Ignition config (Fedora CoreOS, Flatcar), passed through QEMU's firmware config device as
         /// `opt/com.coreos/config`, where Ignition's QEMU platform reads it.
         case ignition(config: String)
-        /// NoCloud over HTTP: the guest reads `ds=nocloud;s=URL` from the SMBIOS serial number and
-        /// fetches meta-data and user-data from `URL` (Nimbus serves it), so no seed disk is needed.
+        /// NoCloud over HTTP: the guest reads `ds=nocloud-net;s=URL` from the SMBIOS serial number and
+        /// fetches meta-data, user-data and vendor-data from `URL`, which ends with `/` (`SeedServer` serves
+        /// them), so no seed disk is needed.
         case noCloudNet(url: String)
     }
 

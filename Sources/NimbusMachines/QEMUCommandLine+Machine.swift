@@ -109,7 +109,11 @@ extension QEMUCommandLine {
         case .ignition(let config):
             add("-fw_cfg", nil, ["name": "opt/com.coreos/config", "file": config])
         case .noCloudNet(let url):
-            add("-smbios", "type=1", ["serial": "ds=nocloud;s=\(url)"])
+            // `nocloud-net`, not `nocloud`: cloud-init up to 23.x accepts an http(s) seedfrom only from the
+            // network-stage datasource, and with `ds=nocloud` it pins dsmode to local, so the network stage
+            // would fetch the seed and then exit without running the init modules (DataSourceNoCloud.py,
+            // load_cmdline_data; cmd/main.py). Newer cloud-init keeps `nocloud-net` as an alias.
+            add("-smbios", "type=1", ["serial": "ds=nocloud-net;s=\(url)"])
         }
 
         switch config.network.mode {

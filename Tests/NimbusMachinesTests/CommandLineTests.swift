@@ -150,7 +150,7 @@ struct CommandLineTests {
             ])
         #expect(values(of: "-netdev") == ["bridge,id=net0,br=br0"])
         #expect(values(of: "-vnc") == ["unix:vnc.sock"])
-        #expect(values(of: "-smbios") == ["type=1,serial=ds=nocloud;s=http://10.0.2.2:8000/"])
+        #expect(values(of: "-smbios") == ["type=1,serial=ds=nocloud-net;s=http://10.0.2.2:8000/"])
         #expect(!arguments.contains { $0.contains("pflash") })
         #expect(Array(arguments.suffix(2)) == ["-device", "pvpanic"])
     }

@@ -64,8 +64,17 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the instance to be ready.")
     var timeout: Int = 600
 
-    @Flag(help: "Return once QEMU has started, without waiting for cloud-init.")
+    @Flag(help: "Return once QEMU has started (with --seed-over-http, once the guest has fetched its seed), without waiting for cloud-init.")
     var noWait = false
+
+    @Flag(help: ArgumentHelp(
+        "Serve the NoCloud seed over HTTP instead of attaching a seed disk.",
+        discussion: """
+            The guest is told http://10.0.2.2:PORT/ in its SMBIOS serial number; Nimbus listens on 127.0.0.1 only. \
+            Nimbus has no daemon: this launch, and every later `nimbus start`, stays until the guest has fetched \
+            its seed, even with --no-wait. Needs cloud-init with NoCloud over HTTP (ds=nocloud-net).
+            """))
+    var seedOverHttp = false
 
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
@@ -114,6 +123,7 @@ struct InstanceLaunch: AsyncParsableCommand {
             try readPublicKey(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath))
         }
         if let cloudInit { spec.userData = try readUserData(cloudInit) }
+        if seedOverHttp { spec.seedTransport = .http }
 
         let info = try await context.manager.launch(spec, wait: !noWait, timeout: .seconds(timeout))
         if format == .json {
