@@ -52,7 +52,7 @@ let package = Package(
         .target(
             name: "NimbusImages",
             dependencies: [
-                "NimbusCore", "NimbusDisks",
+                "NimbusCore",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

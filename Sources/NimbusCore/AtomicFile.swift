@@ -14,7 +14,7 @@ public enum AtomicFile {
         let folder = url.deletingLastPathComponent()
         let temporary = folder.appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
         let fd = open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions)
-        guard fd >= 0 else { throw ioError("create", temporary) }
+        guard fd >= 0 else { throw posixFailure("create", temporary) }
         var written = 0
         let ok: Bool = data.withUnsafeBytes { buffer in
             while written < buffer.count {
@@ -32,10 +32,10 @@ public enum AtomicFile {
         guard ok else {
             unlink(temporary.path)
             errno = saved
-            throw ioError("write", url)
+            throw posixFailure("write", url)
         }
         guard rename(temporary.path, url.path) == 0 else {
-            let error = ioError("rename into place", url)
+            let error = posixFailure("rename into place", url)
             unlink(temporary.path)
             throw error
         }
@@ -50,8 +50,10 @@ public enum AtomicFile {
         close(fd)
     }
 
-    static func ioError(_ action: String, _ url: URL) -> NimbusError {
-        let reason = String(cString: strerror(errno))
-        return NimbusError(.io, "could not \(action) \(url.path): \(reason)")
-    }
+}
+
+/// A failed system call on `url` as a NimbusError naming the action, the path and errno's text. Call it
+/// right after the failing call, before anything else can change errno.
+public func posixFailure(_ action: String, _ url: URL) -> NimbusError {
+    NimbusError(.io, "could not \(action) \(url.path): \(String(cString: strerror(errno)))")
 }

@@ -29,7 +29,7 @@ public final class FileLock: Sendable {
         let deadline = ContinuousClock.now + timeout
         while true {
             let fd = open(url.path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-            guard fd >= 0 else { throw AtomicFile.ioError("open the lock", url) }
+            guard fd >= 0 else { throw posixFailure("open the lock", url) }
             if let lock = try await waitForLock(fd, url: url, deadline: deadline, what: what) { return lock }
         }
     }
@@ -40,7 +40,7 @@ public final class FileLock: Sendable {
     ) async throws(NimbusError) -> FileLock? {
         while flock(fd, LOCK_EX | LOCK_NB) != 0 {
             guard errno == EWOULDBLOCK || errno == EINTR else {
-                let error = AtomicFile.ioError("lock", url)
+                let error = posixFailure("lock", url)
                 close(fd)
                 throw error
             }
@@ -73,7 +73,7 @@ public final class FileLock: Sendable {
     /// Takes the lock only if it is free now; nil when another process holds it.
     public static func attempt(_ url: URL) throws(NimbusError) -> FileLock? {
         let fd = open(url.path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw AtomicFile.ioError("open the lock", url) }
+        guard fd >= 0 else { throw posixFailure("open the lock", url) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0, isCurrent(fd, url) else {
             close(fd)
             return nil

@@ -1,5 +1,5 @@
 import Foundation
-import NimbusDisks
+import NimbusCore
 
 /// An image in the cache: `<sha256>.img` verified on the way in, described by `<sha256>.json`.
 ///

@@ -1,7 +1,6 @@
 import Crypto
 import Foundation
 import NimbusCore
-import NimbusDisks
 import Synchronization
 
 #if canImport(Glibc)
@@ -586,7 +585,7 @@ public actor ImageStore {
     }
 
     /// Which cached images back which instance disks: every `*.qcow2` in each instance folder, its
-    /// backing chain followed through the headers (NimbusDisks) to a `<sha256>.img` in the cache.
+    /// backing chain followed through the headers (DiskImage) to a `<sha256>.img` in the cache.
     public func usage() throws(NimbusError) -> [String: [String]] {
         var users: [String: [String]] = [:]
         let instances = paths.instances

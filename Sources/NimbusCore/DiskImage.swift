@@ -1,5 +1,4 @@
 import Foundation
-import NimbusCore
 
 #if canImport(Glibc)
     import Glibc
@@ -186,9 +185,4 @@ public enum DiskImage {
     static func be64(_ bytes: [UInt8], _ at: Int) -> UInt64 {
         bytes[at..<at + 8].reduce(0) { $0 << 8 | UInt64($1) }
     }
-}
-
-/// A failed system call on `url` as a NimbusError naming the action, the path and errno's text.
-func posixFailure(_ action: String, _ url: URL) -> NimbusError {
-    NimbusError(.io, "could not \(action) \(url.path): \(String(cString: strerror(errno)))")
 }
