@@ -12,7 +12,8 @@ public enum AtomicFile {
     /// Replaces `url` with `data`, creating it with `permissions`.
     public static func write(_ data: Data, to url: URL, permissions: mode_t = 0o644) throws(NimbusError) {
         let folder = url.deletingLastPathComponent()
-        let temporary = folder.appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
+        let temporary = folder.appending(
+            path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
         let fd = open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions)
         guard fd >= 0 else { throw posixFailure("create", temporary) }
         var written = 0

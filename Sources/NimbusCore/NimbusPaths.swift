@@ -28,7 +28,8 @@ public struct NimbusPaths: Sendable, Equatable {
                 config: root.appending(path: "config", directoryHint: .isDirectory)
             )
         }
-        let userHome = environment["HOME"].map { URL(fileURLWithPath: $0, isDirectory: true) }
+        let userHome =
+            environment["HOME"].map { URL(fileURLWithPath: $0, isDirectory: true) }
             ?? FileManager.default.homeDirectoryForCurrentUser
         func base(_ variable: String, _ fallback: String) -> URL {
             // XDG says a relative value is invalid and must be ignored.

@@ -164,7 +164,8 @@ public enum ISO9660Error: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .fileTooLarge(let name, let size):
-            return "\(name) is \(size) bytes, over the ISO 9660 single-extent limit of \(ISO9660Image.maximumFileSize) bytes (4 GiB - 1): "
+            return
+                "\(name) is \(size) bytes, over the ISO 9660 single-extent limit of \(ISO9660Image.maximumFileSize) bytes (4 GiB - 1): "
                 + "pass large files on a disk image instead"
         case .invalidName(let name, let reason):
             return "\"\(name)\" cannot be a file name on the volume: \(reason)"

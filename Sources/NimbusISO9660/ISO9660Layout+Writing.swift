@@ -36,7 +36,9 @@ extension ISO9660Layout {
                 if field.count < length { field.append(0) }
                 out.bytes(field)
             } else {
-                out.bytes(Array(value.utf8.prefix(length)) + [UInt8](repeating: 0x20, count: max(0, length - value.utf8.count)))
+                out.bytes(
+                    Array(value.utf8.prefix(length))
+                        + [UInt8](repeating: 0x20, count: max(0, length - value.utf8.count)))
             }
         }
         text("LINUX", 32)  // system identifier
@@ -49,7 +51,8 @@ extension ISO9660Layout {
         out.both16(1)  // volume sequence number
         out.both16(UInt16(Self.sector))
         out.both32(UInt32(pathTableSize))
-        let tables = joliet
+        let tables =
+            joliet
             ? (Self.pathTableSectors.jolietL, Self.pathTableSectors.jolietM)
             : (Self.pathTableSectors.isoL, Self.pathTableSectors.isoM)
         out.le32(UInt32(tables.0))
@@ -94,26 +97,32 @@ extension ISO9660Layout {
         let tf = Self.tf(date)
         // `.` of the root: SP first (SUSP 5.3), then CE to the area holding ER (SUSP 5.5, RRIP 1.12 4.3).
         let ce = Self.ce(sector: Self.continuationSector, offset: 0, length: Self.rripExtensionReference.count)
-        directory.add(&out, self, identifier: [0], sector: Self.isoRootSector, length: rootLength, directory: true,
-                      systemUse: Self.sp + ce + directoryPX + tf)
-        directory.add(&out, self, identifier: [1], sector: Self.isoRootSector, length: rootLength, directory: true,
-                      systemUse: directoryPX + tf)
+        directory.add(
+            &out, self, identifier: [0], sector: Self.isoRootSector, length: rootLength, directory: true,
+            systemUse: Self.sp + ce + directoryPX + tf)
+        directory.add(
+            &out, self, identifier: [1], sector: Self.isoRootSector, length: rootLength, directory: true,
+            systemUse: directoryPX + tf)
         for index in isoOrder {
             let file = files[index]
             let px = Self.px(mode: 0o100000 | (file.permissions & 0o7777), links: 1, serial: UInt32(index + 2))
-            directory.add(&out, self, identifier: isoNames[index], sector: fileSectors[index], length: fileSizes[index],
-                          directory: false, systemUse: px + tf + Self.nm(file.name))
+            directory.add(
+                &out, self, identifier: isoNames[index], sector: fileSectors[index], length: fileSizes[index],
+                directory: false, systemUse: px + tf + Self.nm(file.name))
         }
     }
 
     func writeJolietRoot(_ out: inout ByteWriter) {
         let rootLength = UInt64(jolietRootSectors * Self.sector)
         var directory = DirectoryWriter(start: jolietRootSector * Self.sector)
-        directory.add(&out, self, identifier: [0], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
-        directory.add(&out, self, identifier: [1], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
+        directory.add(
+            &out, self, identifier: [0], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
+        directory.add(
+            &out, self, identifier: [1], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
         for index in jolietOrder {
-            directory.add(&out, self, identifier: jolietNames[index], sector: fileSectors[index], length: fileSizes[index],
-                          directory: false, systemUse: [])
+            directory.add(
+                &out, self, identifier: jolietNames[index], sector: fileSectors[index], length: fileSizes[index],
+                directory: false, systemUse: [])
         }
     }
 
@@ -145,10 +154,13 @@ extension ISO9660Layout {
     static let rripExtensionReference: [UInt8] = {
         let identifier = Array("IEEE_1282".utf8)
         let descriptor = Array("THE IEEE 1282 PROTOCOL PROVIDES SUPPORT FOR POSIX FILE SYSTEM SEMANTICS.".utf8)
-        let source = Array("PLEASE CONTACT THE IEEE STANDARDS DEPARTMENT, PISCATAWAY, NJ, USA FOR THE 1282 SPECIFICATION.".utf8)
+        let source = Array(
+            "PLEASE CONTACT THE IEEE STANDARDS DEPARTMENT, PISCATAWAY, NJ, USA FOR THE 1282 SPECIFICATION.".utf8)
         let length = 8 + identifier.count + descriptor.count + source.count
-        return [UInt8(ascii: "E"), UInt8(ascii: "R"), UInt8(length), 1,
-                UInt8(identifier.count), UInt8(descriptor.count), UInt8(source.count), 1]
+        return [
+            UInt8(ascii: "E"), UInt8(ascii: "R"), UInt8(length), 1,
+            UInt8(identifier.count), UInt8(descriptor.count), UInt8(source.count), 1,
+        ]
             + identifier + descriptor + source
     }()
 
@@ -176,7 +188,8 @@ extension ISO9660Layout {
 
     /// RRIP 1.12 4.1.6: modification, access and attribute-change times, all the image's date.
     static func tf(_ date: ISO9660Date) -> [UInt8] {
-        [UInt8(ascii: "T"), UInt8(ascii: "F"), UInt8(tfLength), 1, 0x0E] + date.shortForm + date.shortForm + date.shortForm
+        [UInt8(ascii: "T"), UInt8(ascii: "F"), UInt8(tfLength), 1, 0x0E] + date.shortForm + date.shortForm
+            + date.shortForm
     }
 
     /// RRIP 1.12 4.1.4: the whole name in one NM entry.
@@ -200,8 +213,9 @@ struct DirectoryWriter {
         let sectorSize = ISO9660Layout.sector
         if position % sectorSize + size > sectorSize { position += sectorSize - position % sectorSize }
         out.position = position
-        layout.writeRecord(&out, identifier: identifier, sector: sector, length: length, directory: directory,
-                           systemUse: systemUse)
+        layout.writeRecord(
+            &out, identifier: identifier, sector: sector, length: length, directory: directory,
+            systemUse: systemUse)
         position += size
     }
 }
@@ -254,13 +268,16 @@ struct ISO9660Date {
         let secondOfDay = seconds - days * 86_400
         let (year, month, day) = Self.civil(fromDays: days)
         let clampedYear = min(max(year, 1900), 2155)
-        let hour = Int(secondOfDay / 3600), minute = Int(secondOfDay % 3600 / 60), second = Int(secondOfDay % 60)
+        let hour = Int(secondOfDay / 3600)
+        let minute = Int(secondOfDay % 3600 / 60)
+        let second = Int(secondOfDay % 60)
         shortForm = [UInt8(clampedYear - 1900), UInt8(month), UInt8(day), UInt8(hour), UInt8(minute), UInt8(second), 0]
         func padded(_ value: Int, _ width: Int) -> String {
             let text = String(value)
             return String(repeating: "0", count: max(0, width - text.count)) + text
         }
-        let digits = padded(min(max(year, 1), 9999), 4) + padded(month, 2) + padded(day, 2) + padded(hour, 2)
+        let digits =
+            padded(min(max(year, 1), 9999), 4) + padded(month, 2) + padded(day, 2) + padded(hour, 2)
             + padded(minute, 2) + padded(second, 2) + "00"
         longForm = Array(digits.utf8) + [0]
     }

@@ -104,7 +104,8 @@ struct ISO9660Layout {
             throw .invalidName(name, reason: "Rock Ridge names here are limited to 128 UTF-8 bytes (one NM entry)")
         }
         if name.unicodeScalars.contains(where: { $0.value > 0xFFFF }) {
-            throw .invalidName(name, reason: "Joliet (UCS-2) cannot hold characters outside the Basic Multilingual Plane")
+            throw .invalidName(
+                name, reason: "Joliet (UCS-2) cannot hold characters outside the Basic Multilingual Plane")
         }
     }
 
@@ -190,7 +191,8 @@ struct ISO9660Layout {
     static let ceLength = 28
 
     static func dotRecordSize(rockRidgeRoot: Bool) -> Int {
-        paddedRecordSize(identifierLength: 1, systemUse: (rockRidgeRoot ? spLength + ceLength : 0) + pxLength + tfLength)
+        paddedRecordSize(
+            identifierLength: 1, systemUse: (rockRidgeRoot ? spLength + ceLength : 0) + pxLength + tfLength)
     }
 
     static func isoFileRecordSize(isoName: [UInt8], name: String) -> Int {

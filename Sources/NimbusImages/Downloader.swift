@@ -161,7 +161,9 @@ struct Downloader: Sendable {
                     throw HTTPFailure.connection(url, HTTP.describe(error))
                 }
                 let status = Int(response.status.code)
-                if status == 200 || status == 206, let etag = response.headers.first(name: "ETag"), !etag.hasPrefix("W/") {
+                if status == 200 || status == 206, let etag = response.headers.first(name: "ETag"),
+                    !etag.hasPrefix("W/")
+                {
                     try? Data(etag.utf8).write(to: etagFile)
                 }
                 switch status {

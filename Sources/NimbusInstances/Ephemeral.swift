@@ -14,7 +14,8 @@ enum Ephemeral {
     static func format(_ url: URL, size: ByteSize) async throws(NimbusError) {
         let mkfs = try ProgramRunner.require("mkfs.ext4", package: "e2fsprogs")
         try? FileManager.default.removeItem(at: url)
-        guard FileManager.default.createFile(atPath: url.path, contents: nil, attributes: [.posixPermissions: 0o600]) else {
+        guard FileManager.default.createFile(atPath: url.path, contents: nil, attributes: [.posixPermissions: 0o600])
+        else {
             throw NimbusError(.io, "could not create the scratch disk \(url.path)")
         }
         do {
@@ -41,7 +42,9 @@ enum PortProbe {
         address.sin_port = port.bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         } == 0
     }
 }

@@ -103,9 +103,10 @@ public struct FleetFile: Sendable {
             guard seen.insert(rawName).inserted else {
                 throw NimbusError(.invalidArgument, "\(label): the name \"\(rawName)\" is used twice")
             }
-            specs.append(try Self.within("\(label) (\(rawName))") { () throws(NimbusError) in
-                try Self.spec(name: name, entry: entry, config: config, base: base, fleet: absolute.path)
-            })
+            specs.append(
+                try Self.within("\(label) (\(rawName))") { () throws(NimbusError) in
+                    try Self.spec(name: name, entry: entry, config: config, base: base, fleet: absolute.path)
+                })
         }
         self.specs = specs
     }
@@ -115,13 +116,21 @@ public struct FleetFile: Sendable {
     {
         var spec = InstanceSpec(name: name, image: entry.image ?? config.image)
         spec.cpus = entry.cpus ?? config.cpus
-        spec.memory = try entry.memory.map { (m: String) throws(NimbusError) in try ByteSize(parsing: m, what: "memory") } ?? config.memory
-        spec.disk = try entry.disk.map { (d: String) throws(NimbusError) in try ByteSize(parsing: d, what: "disk") } ?? config.disk
+        spec.memory =
+            try entry.memory.map { (m: String) throws(NimbusError) in try ByteSize(parsing: m, what: "memory") }
+            ?? config.memory
+        spec.disk =
+            try entry.disk.map { (d: String) throws(NimbusError) in try ByteSize(parsing: d, what: "disk") }
+            ?? config.disk
         spec.hostname = entry.hostname
         spec.locale = entry.locale
         spec.timezone = entry.timezone
-        spec.forwards = try (entry.forwards ?? []).map { (f: String) throws(NimbusError) in try MachineConfig.PortForward(parsing: f) }
-        spec.mounts = try (entry.mounts ?? []).map { (m: String) throws(NimbusError) in try Mount(parsing: m, relativeTo: base) }
+        spec.forwards = try (entry.forwards ?? []).map { (f: String) throws(NimbusError) in
+            try MachineConfig.PortForward(parsing: f)
+        }
+        spec.mounts = try (entry.mounts ?? []).map { (m: String) throws(NimbusError) in
+            try Mount(parsing: m, relativeTo: base)
+        }
         spec.ephemeral = try entry.ephemeral.map { (e: String) throws(NimbusError) in try EphemeralDisk(parsing: e) }
         spec.accelerator = config.accelerator
         spec.firmware = config.firmware
@@ -156,12 +165,14 @@ public func readPublicKey(_ url: URL) throws(NimbusError) -> String {
     guard let text = try? String(contentsOf: url, encoding: .utf8) else {
         throw NimbusError(.invalidArgument, "cannot read the SSH key \(url.path): check the path and its permissions")
     }
-    let line = text.split(whereSeparator: \.isNewline).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
+    let line =
+        text.split(whereSeparator: \.isNewline).first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? ""
     let kinds = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-", "sk-ssh-ed25519", "sk-ecdsa-sha2-", "ssh-dss"]
     guard kinds.contains(where: line.hasPrefix), line.split(separator: " ").count >= 2 else {
         throw NimbusError(
             .invalidArgument,
-            "\(url.path) is not an OpenSSH public key (expected a line like `ssh-ed25519 AAAA… comment`): pass the .pub file")
+            "\(url.path) is not an OpenSSH public key (expected a line like `ssh-ed25519 AAAA… comment`): pass the .pub file"
+        )
     }
     return line
 }

@@ -86,7 +86,8 @@ extension InstanceManager {
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
             cloudInit: state.cloudInitStatus, driver: spec.driver, host: nil,
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
-            error: status.state == .crashed ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError)
+            error: status.state == .crashed
+                ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError)
     }
 
     /// An instance whose files cannot be read: shown as `error` so `recover` or `delete` can deal with it.

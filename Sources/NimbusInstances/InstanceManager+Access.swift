@@ -20,7 +20,8 @@ extension InstanceManager {
     /// The SSH access recorded in `state`, without checking that the instance runs.
     func sshAccess(_ name: InstanceName, state: InstanceState) throws(NimbusError) -> SSHAccess {
         guard let port = state.sshPort else {
-            throw NimbusError(.invalidState, "\(name) has no SSH port forwarded: it was started without user-mode networking")
+            throw NimbusError(
+                .invalidState, "\(name) has no SSH port forwarded: it was started without user-mode networking")
         }
         return sshAccess(name, state: state, port: port)
     }

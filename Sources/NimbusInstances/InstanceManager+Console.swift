@@ -17,7 +17,9 @@ extension InstanceManager {
     public func attachConsole(_ name: InstanceName) async throws {
         let dir = try store.requireExisting(name)
         guard await hypervisor.status(of: dir.machine).state != .stopped else {
-            throw NimbusError(.invalidState, "\(name) is stopped: `nimbus start \(name)` first, or `nimbus logs \(name)` to read its log")
+            throw NimbusError(
+                .invalidState,
+                "\(name) is stopped: `nimbus start \(name)` first, or `nimbus logs \(name)` to read its log")
         }
         let socketPath = dir.machine.consoleSocket.path
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
@@ -25,18 +27,22 @@ extension InstanceManager {
         // sun_path holds 108 bytes; connect through /proc/self/fd when the folder's path is longer.
         let folder = open(dir.url.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         defer { if folder >= 0 { close(folder) } }
-        let reachable = socketPath.utf8.count < 100 ? socketPath : "/proc/self/fd/\(folder)/\(MachineDirectory.consoleSocketName)"
+        let reachable =
+            socketPath.utf8.count < 100 ? socketPath : "/proc/self/fd/\(folder)/\(MachineDirectory.consoleSocketName)"
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { buffer in
             for (index, byte) in reachable.utf8.prefix(buffer.count - 1).enumerated() { buffer[index] = byte }
         }
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         guard connected == 0 else {
             close(fd)
-            throw NimbusError(.io, "could not attach to \(name)'s console at \(socketPath): \(String(cString: strerror(errno)))")
+            throw NimbusError(
+                .io, "could not attach to \(name)'s console at \(socketPath): \(String(cString: strerror(errno)))")
         }
         FileHandle.standardError.write(Data("attached to \(name)'s console; Ctrl-] detaches\r\n".utf8))
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

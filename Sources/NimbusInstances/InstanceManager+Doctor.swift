@@ -32,11 +32,15 @@ extension InstanceManager {
         for firmware in [MachineConfig.Firmware.ovmfCode, MachineConfig.Firmware.ovmfVariables] {
             let present = FileManager.default.fileExists(atPath: firmware)
             findings.append(
-                DoctorFinding(subject: "UEFI firmware", detail: present ? firmware : "\(firmware) missing: `apt-get install ovmf`", ok: present))
+                DoctorFinding(
+                    subject: "UEFI firmware",
+                    detail: present ? firmware : "\(firmware) missing: `apt-get install ovmf`", ok: present))
         }
         do {
             let decision = try AcceleratorProbe.resolve(.auto, cache: paths.hostFacts)
-            findings.append(DoctorFinding(subject: "accelerator", detail: "\(decision.accelerator.rawValue): \(decision.reason)", ok: true))
+            findings.append(
+                DoctorFinding(
+                    subject: "accelerator", detail: "\(decision.accelerator.rawValue): \(decision.reason)", ok: true))
         } catch {
             findings.append(DoctorFinding(subject: "accelerator", detail: "\(error)", ok: false))
         }
@@ -57,7 +61,8 @@ extension InstanceManager {
         }
         for process in orphanedQEMU() {
             var finding = DoctorFinding(
-                subject: "QEMU pid \(process.pid)", detail: "runs for \(process.folder), which is not an instance", ok: false)
+                subject: "QEMU pid \(process.pid)", detail: "runs for \(process.folder), which is not an instance",
+                ok: false)
             if fix, kill(process.pid, SIGKILL) == 0 {
                 finding.fixed = true
                 finding.detail += "; killed"
@@ -74,7 +79,10 @@ extension InstanceManager {
         let subject = "instance \(name)"
         let dir = store.directory(name)
         guard (try? store.loadSpec(name)) != nil, (try? store.loadState(name)) != nil else {
-            return [DoctorFinding(subject: subject, detail: "its files cannot be read: `nimbus delete --purge \(name)`", ok: false)]
+            return [
+                DoctorFinding(
+                    subject: subject, detail: "its files cannot be read: `nimbus delete --purge \(name)`", ok: false)
+            ]
         }
         var findings: [DoctorFinding] = []
         if let info = try? DiskImage.inspect(dir.disk), let base = info.backingPath(relativeTo: dir.disk),
@@ -83,17 +91,21 @@ extension InstanceManager {
             findings.append(
                 DoctorFinding(
                     subject: subject,
-                    detail: "its base image \(base.path) is gone from the cache: the instance cannot start; pull the image again or delete the instance",
+                    detail:
+                        "its base image \(base.path) is gone from the cache: the instance cannot start; pull the image again or delete the instance",
                     ok: false))
         }
         let status = await hypervisor.status(of: dir.machine)
         let machine = dir.machine
         if status.state == .stopped {
-            let leftovers = [machine.pidFile, machine.qmpSocket].filter { FileManager.default.fileExists(atPath: $0.path) }
+            let leftovers = [machine.pidFile, machine.qmpSocket].filter {
+                FileManager.default.fileExists(atPath: $0.path)
+            }
             if !leftovers.isEmpty {
                 var finding = DoctorFinding(
                     subject: subject,
-                    detail: "stale \(leftovers.map(\.lastPathComponent).joined(separator: " and ")) of a QEMU that is gone",
+                    detail:
+                        "stale \(leftovers.map(\.lastPathComponent).joined(separator: " and ")) of a QEMU that is gone",
                     ok: false)
                 if fix {
                     for file in leftovers { try? FileManager.default.removeItem(at: file) }
@@ -104,7 +116,9 @@ extension InstanceManager {
             }
         } else if status.state == .unresponsive {
             findings.append(
-                DoctorFinding(subject: subject, detail: "QEMU runs but does not answer on QMP: `nimbus stop --force \(name)`", ok: false))
+                DoctorFinding(
+                    subject: subject, detail: "QEMU runs but does not answer on QMP: `nimbus stop --force \(name)`",
+                    ok: false))
         }
         if findings.isEmpty {
             findings.append(DoctorFinding(subject: subject, detail: status.state.rawValue, ok: true))

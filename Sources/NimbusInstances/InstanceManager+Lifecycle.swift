@@ -66,7 +66,9 @@ extension InstanceManager {
                     try await hypervisor.kill(dir.machine)
                 } else {
                     let report = progress
-                    _ = try await hypervisor.stop(dir.machine, timeout: .seconds(config.stopTimeout)) { report("\(name): \($0)") }
+                    _ = try await hypervisor.stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
+                        report("\(name): \($0)")
+                    }
                 }
             }
             if purge {
@@ -74,7 +76,8 @@ extension InstanceManager {
                 progress("\(name): purged")
             } else {
                 try store.updateState(name) { $0.deleted = true }
-                progress("\(name): deleted (`nimbus recover \(name)` brings it back, `nimbus purge` removes it for good)")
+                progress(
+                    "\(name): deleted (`nimbus recover \(name)` brings it back, `nimbus purge` removes it for good)")
             }
         }
     }
@@ -95,7 +98,8 @@ extension InstanceManager {
             if status.state == .unresponsive || status.state == .crashed {
                 try await hypervisor.kill(dir.machine)
             }
-            guard state.lastError != nil || !state.complete || status.state == .unresponsive || status.state == .crashed else {
+            guard state.lastError != nil || !state.complete || status.state == .unresponsive || status.state == .crashed
+            else {
                 progress("\(name) needs no recovery")
                 return
             }

@@ -63,7 +63,9 @@ extension InstanceManager {
             }
         } catch let error as SeedServerError {
             await server.shutdown()
-            guard case .notFetched(let missing, _, let url, let clientGone) = error else { throw NimbusError(.network, "\(error)") }
+            guard case .notFetched(let missing, _, let url, let clientGone) = error else {
+                throw NimbusError(.network, "\(error)")
+            }
             let files = missing.map(\.rawValue).joined(separator: ", ")
             if clientGone {
                 throw NimbusError(

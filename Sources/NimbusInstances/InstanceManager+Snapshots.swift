@@ -17,7 +17,8 @@ extension InstanceManager {
         try Self.checkSnapshotName(label)
         return try await withStoppedDisk(name, doing: "snapshot") { disk in
             if try await listSnapshots(disk).contains(where: { $0.name == label }) {
-                throw NimbusError(.alreadyExists, "\(name) has a snapshot named \"\(label)\" already: choose another name")
+                throw NimbusError(
+                    .alreadyExists, "\(name) has a snapshot named \"\(label)\" already: choose another name")
             }
             try await ProgramRunner.run("qemu-img", ["snapshot", "-c", label, disk.path])
             return label
@@ -51,7 +52,8 @@ extension InstanceManager {
             let names = known.map(\.name)
             throw NimbusError(
                 .notFound,
-                "\(name) has no snapshot \"\(snapshot)\"" + (names.isEmpty ? "" : ": it has \(names.joined(separator: ", "))"))
+                "\(name) has no snapshot \"\(snapshot)\""
+                    + (names.isEmpty ? "" : ": it has \(names.joined(separator: ", "))"))
         }
     }
 
@@ -92,7 +94,8 @@ extension InstanceManager {
         do {
             info = try JSONDecoder().decode(Info.self, from: Data(output.utf8))
         } catch {
-            throw NimbusError(.internalError, "qemu-img info printed JSON Nimbus cannot read for \(disk.path)", cause: error)
+            throw NimbusError(
+                .internalError, "qemu-img info printed JSON Nimbus cannot read for \(disk.path)", cause: error)
         }
         let formatter = ISO8601DateFormatter()
         return (info.snapshots ?? []).map {
@@ -108,7 +111,8 @@ extension InstanceManager {
         }
         guard !name.isEmpty, name.count <= 64, allowed, name.first != "-" else {
             throw NimbusError(
-                .invalidArgument, "snapshot name \"\(name)\" is not valid: use letters, digits, '-', '_' and '.', at most 64")
+                .invalidArgument,
+                "snapshot name \"\(name)\" is not valid: use letters, digits, '-', '_' and '.', at most 64")
         }
     }
 

@@ -53,7 +53,8 @@ public struct InstanceManager: Sendable {
         guard !store.exists(spec.name) else {
             throw NimbusError(
                 .alreadyExists,
-                "an instance named \"\(spec.name)\" exists already: choose another --name, or `nimbus delete --purge \(spec.name)` first")
+                "an instance named \"\(spec.name)\" exists already: choose another --name, or `nimbus delete --purge \(spec.name)` first"
+            )
         }
 
         let image = try await pullImage(spec.image)
@@ -100,7 +101,8 @@ public struct InstanceManager: Sendable {
         state.imageDigest = image.sha256
         state.imageDescription = describe(image)
         state.sshUser = image.distribution == .fedoraCoreOS ? "core" : Self.defaultUser
-        let personality = personality(spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
+        let personality = personality(
+            spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
         do {
             if image.distribution == .fedoraCoreOS {
                 let ignition = try IgnitionConfig(config: personality, userData: userData)
@@ -138,16 +140,19 @@ public struct InstanceManager: Sendable {
         // Matched by the MAC QEMU gives the NIC: renderers such as Debian's ifupdown (ENI) cannot match a
         // name glob, and the MAC is known before boot.
         config.network.interfaces = [
-            InstanceConfig.Network.Interface(macAddress: MachineConfig(name: spec.name.rawValue).macAddress, dhcp4: true)
+            InstanceConfig.Network.Interface(
+                macAddress: MachineConfig(name: spec.name.rawValue).macAddress, dhcp4: true)
         ]
         for (index, mount) in spec.mounts.enumerated() {
             config.mounts.append([
-                Self.shareTag(index), mount.guestPath, "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0", "0",
+                Self.shareTag(index), mount.guestPath, "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0",
+                "0",
             ])
         }
         if let ephemeral = spec.ephemeral {
             config.mounts.append([
-                "LABEL=\(Ephemeral.label)", ephemeral.mountPoint, "ext4", "defaults,nofail,x-systemd.device-timeout=10s",
+                "LABEL=\(Ephemeral.label)", ephemeral.mountPoint, "ext4",
+                "defaults,nofail,x-systemd.device-timeout=10s",
                 "0", "2",
             ])
         }
@@ -169,10 +174,12 @@ public struct InstanceManager: Sendable {
         if let total = Self.hostMemory(), spec.memory.bytes > total {
             throw NimbusError(
                 .invalidArgument,
-                "--memory \(spec.memory) is more than this host's \(ByteSize(bytes: total).humanReadable): ask for less")
+                "--memory \(spec.memory) is more than this host's \(ByteSize(bytes: total).humanReadable): ask for less"
+            )
         }
         guard spec.memory >= .mebibytes(128) else {
-            throw NimbusError(.invalidArgument, "--memory \(spec.memory) is too small to boot a cloud image: ask for at least 128M")
+            throw NimbusError(
+                .invalidArgument, "--memory \(spec.memory) is too small to boot a cloud image: ask for at least 128M")
         }
         guard (1...255).contains(spec.cpus) else {
             throw NimbusError(.invalidArgument, "--cpus \(spec.cpus) is out of range: use 1 to 255")
@@ -210,7 +217,8 @@ public struct InstanceManager: Sendable {
                     return try SSHKeyPair(openSSHPrivateKey: text)
                 } catch {
                     throw NimbusError(
-                        .io, "\(privateKey.path) is not a usable key: move it away and Nimbus makes a new one", cause: error)
+                        .io, "\(privateKey.path) is not a usable key: move it away and Nimbus makes a new one",
+                        cause: error)
                 }
             }
             let pair = SSHKeyPair(comment: "nimbus@\(ProcessInfo.processInfo.hostName)")
@@ -244,7 +252,9 @@ public struct InstanceManager: Sendable {
             state.lastError = nil
             state.cloudInitStatus = nil
             try store.saveState(state, in: dir)
-            progress("\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))")
+            progress(
+                "\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))"
+            )
         } catch {
             await seedServer?.shutdown()
             state.lastError = error.message
@@ -320,10 +330,14 @@ public struct InstanceManager: Sendable {
             try store.updateState(name) { $0.cloudInitStatus = result.status }
         }
         if result.status == "error" {
-            let modules = result.errors.isEmpty ? (result.detail ?? "see `nimbus exec \(name) -- cloud-init status --long`") : result.errors.joined(separator: "; ")
+            let modules =
+                result.errors.isEmpty
+                ? (result.detail ?? "see `nimbus exec \(name) -- cloud-init status --long`")
+                : result.errors.joined(separator: "; ")
             throw NimbusError(
                 .processFailed,
-                "cloud-init finished with errors in \(name): \(modules). The instance is left running: `nimbus shell \(name)` to look, /var/log/cloud-init.log has the details")
+                "cloud-init finished with errors in \(name): \(modules). The instance is left running: `nimbus shell \(name)` to look, /var/log/cloud-init.log has the details"
+            )
         }
     }
 
@@ -383,8 +397,12 @@ struct InstanceDrivers: Hypervisor {
     {
         try await driver(directory).stop(directory, timeout: timeout, progress: progress)
     }
-    func suspend(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).suspend(directory) }
-    func resume(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).resume(directory) }
+    func suspend(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).suspend(directory)
+    }
+    func resume(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).resume(directory)
+    }
     func reset(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).reset(directory) }
     func kill(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).kill(directory) }
     func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {

@@ -15,7 +15,9 @@ public struct InstanceName: Hashable, Sendable, Comparable, Codable, CustomStrin
                 .invalidArgument,
                 "instance name \"\(text)\" is \(text.count) characters long: a hostname label has at most 63")
         }
-        let allowed = text.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" }
+        let allowed = text.unicodeScalars.allSatisfy {
+            ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-"
+        }
         guard allowed, text.first != "-", text.last != "-" else {
             throw NimbusError(
                 .invalidArgument,

@@ -95,7 +95,9 @@ public struct Mount: Codable, Sendable, Equatable {
     public var guestPath: String
 
     /// Parses `HOST:GUEST`; the host folder must exist, both paths are made absolute.
-    public init(parsing text: String, relativeTo base: URL = URL(fileURLWithPath: FileManager.default.currentDirectoryPath))
+    public init(
+        parsing text: String, relativeTo base: URL = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
+    )
         throws(NimbusError)
     {
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
@@ -103,7 +105,8 @@ public struct Mount: Codable, Sendable, Equatable {
             throw NimbusError(
                 .invalidArgument, "--mount \"\(text)\" is not HOST:GUEST with an absolute guest path, like ~/src:/src")
         }
-        let host = URL(fileURLWithPath: (parts[0] as NSString).expandingTildeInPath, relativeTo: base).standardizedFileURL
+        let host = URL(fileURLWithPath: (parts[0] as NSString).expandingTildeInPath, relativeTo: base)
+            .standardizedFileURL
         var isFolder: ObjCBool = false
         guard FileManager.default.fileExists(atPath: host.path, isDirectory: &isFolder), isFolder.boolValue else {
             throw NimbusError(.invalidArgument, "--mount \"\(text)\": \(host.path) is not a folder on this host")
@@ -123,7 +126,8 @@ public struct EphemeralDisk: Codable, Sendable, Equatable {
         size = try ByteSize(parsing: parts.first ?? "", what: "--ephemeral")
         mountPoint = parts.count > 1 ? parts[1] : "/mnt"
         guard mountPoint.hasPrefix("/") else {
-            throw NimbusError(.invalidArgument, "--ephemeral \"\(text)\": the mount point must be absolute, like 4G:/scratch")
+            throw NimbusError(
+                .invalidArgument, "--ephemeral \"\(text)\": the mount point must be absolute, like 4G:/scratch")
         }
     }
 }

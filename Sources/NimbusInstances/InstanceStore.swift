@@ -63,7 +63,8 @@ public struct InstanceStore: Sendable {
         do {
             return try YAMLDecoder().decode(InstanceSpec.self, from: String(contentsOf: url, encoding: .utf8))
         } catch {
-            throw NimbusError(.io, "\(url.path) is damaged: `nimbus recover \(name)` or `nimbus delete \(name)`", cause: error)
+            throw NimbusError(
+                .io, "\(url.path) is damaged: `nimbus recover \(name)` or `nimbus delete \(name)`", cause: error)
         }
     }
 
@@ -74,7 +75,8 @@ public struct InstanceStore: Sendable {
             decoder.dateDecodingStrategy = .iso8601
             return try decoder.decode(InstanceState.self, from: Data(contentsOf: url))
         } catch {
-            throw NimbusError(.io, "\(url.path) is damaged: `nimbus recover \(name)` or `nimbus delete \(name)`", cause: error)
+            throw NimbusError(
+                .io, "\(url.path) is damaged: `nimbus recover \(name)` or `nimbus delete \(name)`", cause: error)
         }
     }
 
@@ -88,7 +90,8 @@ public struct InstanceStore: Sendable {
         } catch let error as NimbusError {
             throw error
         } catch {
-            throw NimbusError(.internalError, "could not encode the state of \(dir.url.lastPathComponent)", cause: error)
+            throw NimbusError(
+                .internalError, "could not encode the state of \(dir.url.lastPathComponent)", cause: error)
         }
     }
 
@@ -123,11 +126,13 @@ public struct InstanceStore: Sendable {
         guard !exists(spec.name) else {
             throw NimbusError(
                 .alreadyExists,
-                "an instance named \"\(spec.name)\" exists already: choose another --name, or `nimbus delete \(spec.name)` first")
+                "an instance named \"\(spec.name)\" exists already: choose another --name, or `nimbus delete \(spec.name)` first"
+            )
         }
         try createFolder(paths.instances)
         let staging = InstanceDirectory(
-            url: paths.instances.appending(path: ".creating-\(spec.name)-\(UUID().uuidString.prefix(8))", directoryHint: .isDirectory))
+            url: paths.instances.appending(
+                path: ".creating-\(spec.name)-\(UUID().uuidString.prefix(8))", directoryHint: .isDirectory))
         try createFolder(staging.url)
         do {
             try AtomicFile.write(try Self.encodeSpec(spec), to: staging.spec)
@@ -178,7 +183,8 @@ public struct InstanceStore: Sendable {
 
     func createFolder(_ url: URL) throws(NimbusError) {
         do {
-            try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+            try FileManager.default.createDirectory(
+                at: url, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         } catch {
             throw NimbusError(.io, "could not create \(url.path)", cause: error)
         }

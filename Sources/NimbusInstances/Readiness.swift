@@ -95,7 +95,8 @@ public struct Readiness: Sendable {
         }
         throw NimbusError(
             .timeout,
-            "timed out waiting for cloud-init to finish (last ssh error: \(last.isEmpty ? "none" : last))\(serialTail())")
+            "timed out waiting for cloud-init to finish (last ssh error: \(last.isEmpty ? "none" : last))\(serialTail())"
+        )
     }
 
     func timedOut(_ phase: BootPhase) -> NimbusError {
@@ -104,7 +105,9 @@ public struct Readiness: Sendable {
 
     /// The last lines of the serial log, for error messages.
     public func serialTail(lines: Int = 15) -> String {
-        guard let data = try? Data(contentsOf: serialLog), !data.isEmpty else { return "; the serial log \(serialLog.path) is empty" }
+        guard let data = try? Data(contentsOf: serialLog), !data.isEmpty else {
+            return "; the serial log \(serialLog.path) is empty"
+        }
         let text = String(decoding: data.suffix(64 * 1024), as: UTF8.self)
         let tail = text.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines)
             .map { "  " + $0.trimmingCharacters(in: .controlCharacters) }

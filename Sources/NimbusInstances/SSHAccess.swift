@@ -86,7 +86,8 @@ public struct SSHAccess: Sendable {
     /// the guest command's own. Returns only if exec fails.
     public static func execReplacingProcess(_ program: String, _ arguments: [String]) -> NimbusError {
         guard let path = ProgramRunner.find(program) else {
-            return NimbusError(.unsupported, "\(program) is not installed: install it with `apt-get install openssh-client`")
+            return NimbusError(
+                .unsupported, "\(program) is not installed: install it with `apt-get install openssh-client`")
         }
         var argv: [UnsafeMutablePointer<CChar>?] = ([program] + arguments).map { strdup($0) }
         argv.append(nil)
@@ -96,7 +97,8 @@ public struct SSHAccess: Sendable {
 
     /// Single-quotes a word for a POSIX shell unless it is plainly safe.
     static func shellQuote(_ word: String) -> String {
-        let safe = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+        let safe = CharacterSet(
+            charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
         if !word.isEmpty, word.unicodeScalars.allSatisfy(safe.contains) { return word }
         return "'" + word.replacingOccurrences(of: "'", with: "'\\''") + "'"
     }

@@ -250,10 +250,13 @@ private final class SeedHandler: ChannelInboundHandler {
     func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
         let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "/"
         guard head.method == .GET || head.method == .HEAD else {
-            send(context, head, status: .methodNotAllowed, body: Array("only GET and HEAD\n".utf8), extra: [("Allow", "GET, HEAD")])
+            send(
+                context, head, status: .methodNotAllowed, body: Array("only GET and HEAD\n".utf8),
+                extra: [("Allow", "GET, HEAD")])
             return
         }
-        guard path.hasPrefix("/"), let file = SeedServer.File(rawValue: String(path.dropFirst())), let body = core.files[file]
+        guard path.hasPrefix("/"), let file = SeedServer.File(rawValue: String(path.dropFirst())),
+            let body = core.files[file]
         else {
             send(context, head, status: .notFound, body: Array("not found\n".utf8))
             return
@@ -266,7 +269,8 @@ private final class SeedHandler: ChannelInboundHandler {
         extra: [(String, String)] = [], served: SeedServer.File? = nil
     ) {
         var headers = HTTPHeaders(extra)
-        headers.add(name: "Content-Type", value: status == .ok ? "application/octet-stream" : "text/plain; charset=utf-8")
+        headers.add(
+            name: "Content-Type", value: status == .ok ? "application/octet-stream" : "text/plain; charset=utf-8")
         headers.add(name: "Content-Length", value: String(body.count))
         headers.add(name: "Cache-Control", value: "no-store")
         let keepAlive = request.isKeepAlive

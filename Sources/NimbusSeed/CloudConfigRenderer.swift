@@ -10,10 +10,14 @@ enum CloudConfigRenderer {
         var pairs: [(String, Node?)] = []
         if let user = config.defaultUser { pairs.append(("users", YAML.sequence([userNode(user)]))) }
         if let keys = config.hostKeys {
-            pairs.append(("ssh_keys", YAML.mapping([
-                ("ed25519_private", YAML.string(keys.ed25519Private)),
-                ("ed25519_public", YAML.string(keys.ed25519Public)),
-            ])))
+            pairs.append(
+                (
+                    "ssh_keys",
+                    YAML.mapping([
+                        ("ed25519_private", YAML.string(keys.ed25519Private)),
+                        ("ed25519_public", YAML.string(keys.ed25519Public)),
+                    ])
+                ))
         }
         pairs.append(("ssh_pwauth", YAML.bool(false)))
         pairs.append(("growpart", YAML.mapping([("mode", YAML.string("auto")), ("devices", YAML.strings(["/"]))])))
@@ -30,37 +34,62 @@ enum CloudConfigRenderer {
         pairs.append(("locale", config.locale.map(YAML.string)))
         pairs.append(("timezone", config.timezone.map(YAML.string)))
         if !config.users.isEmpty { pairs.append(("users", YAML.sequence(config.users.map(userNode)))) }
-        if !config.sshAuthorizedKeys.isEmpty { pairs.append(("ssh_authorized_keys", YAML.strings(config.sshAuthorizedKeys))) }
+        if !config.sshAuthorizedKeys.isEmpty {
+            pairs.append(("ssh_authorized_keys", YAML.strings(config.sshAuthorizedKeys)))
+        }
         if config.sshPasswordAuthentication { pairs.append(("ssh_pwauth", YAML.bool(true))) }
         if !config.mounts.isEmpty { pairs.append(("mounts", YAML.sequence(config.mounts.map(YAML.strings)))) }
         // `None` marks a field cloud-init fills itself: YAML null, as its documentation's example means.
-        pairs.append(("mount_default_fields", config.mountDefaultFields.map { fields in
-            YAML.sequence(fields.map { ["none", "null", "~"].contains($0.lowercased()) ? .scalar(.init("null", Tag(.null), .plain)) : YAML.string($0) })
-        }))
+        pairs.append(
+            (
+                "mount_default_fields",
+                config.mountDefaultFields.map { fields in
+                    YAML.sequence(
+                        fields.map {
+                            ["none", "null", "~"].contains($0.lowercased())
+                                ? .scalar(.init("null", Tag(.null), .plain)) : YAML.string($0)
+                        })
+                }
+            ))
         if let swap = config.swap {
-            pairs.append(("swap", YAML.mapping([
-                ("filename", swap.filename.map(YAML.string)), ("size", scalar(swap.size)),
-                ("maxsize", swap.maxsize.map(scalar)),
-            ])))
+            pairs.append(
+                (
+                    "swap",
+                    YAML.mapping([
+                        ("filename", swap.filename.map(YAML.string)), ("size", scalar(swap.size)),
+                        ("maxsize", swap.maxsize.map(scalar)),
+                    ])
+                ))
         }
         pairs.append(("package_update", config.packageUpdate.map(YAML.bool)))
         pairs.append(("package_upgrade", config.packageUpgrade.map(YAML.bool)))
         if !config.packages.isEmpty { pairs.append(("packages", YAML.strings(config.packages))) }
         if !config.bootcmd.isEmpty { pairs.append(("bootcmd", YAML.sequence(config.bootcmd.map(commandNode)))) }
-        if !config.writeFiles.isEmpty { pairs.append(("write_files", YAML.sequence(config.writeFiles.map(writeFileNode)))) }
+        if !config.writeFiles.isEmpty {
+            pairs.append(("write_files", YAML.sequence(config.writeFiles.map(writeFileNode))))
+        }
         if !config.runcmd.isEmpty { pairs.append(("runcmd", YAML.sequence(config.runcmd.map(commandNode)))) }
         if let phone = config.phoneHome {
-            pairs.append(("phone_home", YAML.mapping([
-                ("url", YAML.string(phone.url)), ("post", phone.post.map { $0.isEmpty ? YAML.string("all") : YAML.strings($0) }),
-                ("tries", phone.tries.map(YAML.int)),
-            ])))
+            pairs.append(
+                (
+                    "phone_home",
+                    YAML.mapping([
+                        ("url", YAML.string(phone.url)),
+                        ("post", phone.post.map { $0.isEmpty ? YAML.string("all") : YAML.strings($0) }),
+                        ("tries", phone.tries.map(YAML.int)),
+                    ])
+                ))
         }
         if let power = config.powerState {
-            pairs.append(("power_state", YAML.mapping([
-                ("mode", YAML.string(power.mode)), ("delay", power.delay.map(YAML.string)),
-                ("message", power.message.map(YAML.string)), ("timeout", power.timeout.map(YAML.int)),
-                ("condition", power.condition.map(YAML.string)),
-            ])))
+            pairs.append(
+                (
+                    "power_state",
+                    YAML.mapping([
+                        ("mode", YAML.string(power.mode)), ("delay", power.delay.map(YAML.string)),
+                        ("message", power.message.map(YAML.string)), ("timeout", power.timeout.map(YAML.int)),
+                        ("condition", power.condition.map(YAML.string)),
+                    ])
+                ))
         }
         return pairs.filter { $0.1 != nil }
     }
@@ -130,20 +159,28 @@ enum CloudConfigRenderer {
                     ("search", interface.searchDomains.isEmpty ? nil : YAML.strings(interface.searchDomains)),
                 ])
             }
-            let match: Node = interface.macAddress.map { YAML.mapping([("macaddress", YAML.string($0.lowercased()))]) }
+            let match: Node =
+                interface.macAddress.map { YAML.mapping([("macaddress", YAML.string($0.lowercased()))]) }
                 ?? YAML.mapping([("name", YAML.string(interface.name ?? "eth\(index)"))])
-            ethernets.append((id, YAML.mapping([
-                ("match", match),
-                ("set-name", interface.macAddress != nil ? interface.name.map(YAML.string) : nil),
-                ("dhcp4", YAML.bool(interface.dhcp4 ?? !isStatic)),
-                // Extra NICs must not hold up boot or steal the default route.
-                ("dhcp4-overrides", index > 0 && (interface.dhcp4 ?? !isStatic)
-                    ? YAML.mapping([("route-metric", YAML.int(100 * (index + 1)))]) : nil),
-                ("optional", index > 0 ? YAML.bool(true) : nil),
-                ("addresses", isStatic ? YAML.strings(interface.addresses) : nil),
-                ("routes", routes),
-                ("nameservers", dns),
-            ])))
+            ethernets.append(
+                (
+                    id,
+                    YAML.mapping([
+                        ("match", match),
+                        ("set-name", interface.macAddress != nil ? interface.name.map(YAML.string) : nil),
+                        ("dhcp4", YAML.bool(interface.dhcp4 ?? !isStatic)),
+                        // Extra NICs must not hold up boot or steal the default route.
+                        (
+                            "dhcp4-overrides",
+                            index > 0 && (interface.dhcp4 ?? !isStatic)
+                                ? YAML.mapping([("route-metric", YAML.int(100 * (index + 1)))]) : nil
+                        ),
+                        ("optional", index > 0 ? YAML.bool(true) : nil),
+                        ("addresses", isStatic ? YAML.strings(interface.addresses) : nil),
+                        ("routes", routes),
+                        ("nameservers", dns),
+                    ])
+                ))
         }
         return YAML.mapping([("version", YAML.int(2)), ("ethernets", YAML.mapping(ethernets))])
     }

@@ -18,7 +18,9 @@ public struct IgnitionConfig: Sendable {
         var config = config
         if let userData {
             guard userData.kind == .cloudConfig, let node = userData.cloudConfig else {
-                throw .invalidValue("\(userData.source) is \(userData.kind.rawValue) user-data: Ignition can only translate #cloud-config")
+                throw .invalidValue(
+                    "\(userData.source) is \(userData.kind.rawValue) user-data: Ignition can only translate #cloud-config"
+                )
             }
             config = config.merged(withUserConfig: try Self.decode(node, source: userData.source))
         }
@@ -39,26 +41,38 @@ public struct IgnitionConfig: Sendable {
             let name = key.string ?? ""
             if ["manage_etc_hosts", "growpart", "prefer_fqdn_over_hostname"].contains(name) { continue }
             if name == "ssh_pwauth", value.bool == false { continue }
-            guard translatable.contains(name) || ["mounts", "mount_default_fields", "swap", "packages", "package_update",
-                "package_upgrade", "bootcmd", "phone_home", "power_state"].contains(name)
+            guard
+                translatable.contains(name)
+                    || [
+                        "mounts", "mount_default_fields", "swap", "packages", "package_update",
+                        "package_upgrade", "bootcmd", "phone_home", "power_state",
+                    ].contains(name)
             else { throw .unsupportedByIgnition(option: name) }
             if name == "users", case .sequence(let users) = value {
                 // `default` names the image's default user: on CoreOS that is `core`, made anyway.
                 let named = users.filter { $0.string != "default" }.map { user -> Node in
                     guard case .mapping(var fields) = user else { return user }
                     if let groups = fields["groups"]?.string {
-                        fields["groups"] = YAML.strings(groups.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+                        fields["groups"] = YAML.strings(
+                            groups.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
                     }
                     if case .sequence? = fields["sudo"] { fields["sudo"] = fields["sudo"]?.sequence?.first }
                     return .mapping(fields)
                 }
                 kept.append((key, .sequence(.init(named))))
             } else if name == "write_files", case .sequence(let files) = value {
-                kept.append((key, .sequence(.init(files.map { file -> Node in
-                    guard case .mapping(var fields) = file, let permissions = fields["permissions"] else { return file }
-                    fields["permissions"] = YAML.string(permissions.string ?? "")
-                    return .mapping(fields)
-                }))))
+                kept.append(
+                    (
+                        key,
+                        .sequence(
+                            .init(
+                                files.map { file -> Node in
+                                    guard case .mapping(var fields) = file, let permissions = fields["permissions"]
+                                    else { return file }
+                                    fields["permissions"] = YAML.string(permissions.string ?? "")
+                                    return .mapping(fields)
+                                }))
+                    ))
             } else {
                 kept.append((key, value))
             }
@@ -147,33 +161,51 @@ public struct IgnitionConfig: Sendable {
             if let index = users.firstIndex(where: { $0.name == "core" }) {
                 users[index].sshAuthorizedKeys += config.sshAuthorizedKeys
             } else {
-                users.append(InstanceConfig.User(name: "core", sshAuthorizedKeys: config.sshAuthorizedKeys, sudo: nil, shell: nil))
+                users.append(
+                    InstanceConfig.User(
+                        name: "core", sshAuthorizedKeys: config.sshAuthorizedKeys, sudo: nil, shell: nil))
             }
         }
         var files: [File] = []
         var links: [Link] = []
         var units: [Unit] = []
         for user in users where user.sudo != nil {
-            files.append(File(path: "/etc/sudoers.d/\(user.name)", mode: 0o440, overwrite: true,
-                              contents: Contents(source: dataURL("\(user.name) \(user.sudo ?? "")\n"))))
+            files.append(
+                File(
+                    path: "/etc/sudoers.d/\(user.name)", mode: 0o440, overwrite: true,
+                    contents: Contents(source: dataURL("\(user.name) \(user.sudo ?? "")\n"))))
         }
         if let hostname = config.resolvedFQDN ?? config.hostname {
-            files.append(File(path: "/etc/hostname", mode: 0o644, overwrite: true, contents: Contents(source: dataURL(hostname + "\n"))))
+            files.append(
+                File(
+                    path: "/etc/hostname", mode: 0o644, overwrite: true,
+                    contents: Contents(source: dataURL(hostname + "\n"))))
         }
         if let locale = config.locale {
-            files.append(File(path: "/etc/locale.conf", mode: 0o644, overwrite: true, contents: Contents(source: dataURL("LANG=\(locale)\n"))))
+            files.append(
+                File(
+                    path: "/etc/locale.conf", mode: 0o644, overwrite: true,
+                    contents: Contents(source: dataURL("LANG=\(locale)\n"))))
         }
         if let keys = config.hostKeys {
-            files.append(File(path: "/etc/ssh/ssh_host_ed25519_key", mode: 0o600, overwrite: true,
-                              contents: Contents(source: dataURL(keys.ed25519Private))))
-            files.append(File(path: "/etc/ssh/ssh_host_ed25519_key.pub", mode: 0o644, overwrite: true,
-                              contents: Contents(source: dataURL(keys.ed25519Public + "\n"))))
+            files.append(
+                File(
+                    path: "/etc/ssh/ssh_host_ed25519_key", mode: 0o600, overwrite: true,
+                    contents: Contents(source: dataURL(keys.ed25519Private))))
+            files.append(
+                File(
+                    path: "/etc/ssh/ssh_host_ed25519_key.pub", mode: 0o644, overwrite: true,
+                    contents: Contents(source: dataURL(keys.ed25519Public + "\n"))))
         }
         for file in config.writeFiles {
             let mode: Int
             if let permissions = file.permissions {
-                guard let parsed = Int(permissions.hasPrefix("0o") ? String(permissions.dropFirst(2)) : permissions, radix: 8) else {
-                    throw .invalidValue("write_files \(file.path): permissions \"\(permissions)\" is not an octal mode like \"0644\"")
+                guard
+                    let parsed = Int(
+                        permissions.hasPrefix("0o") ? String(permissions.dropFirst(2)) : permissions, radix: 8)
+                else {
+                    throw .invalidValue(
+                        "write_files \(file.path): permissions \"\(permissions)\" is not an octal mode like \"0644\"")
                 }
                 mode = parsed
             } else {
@@ -185,42 +217,54 @@ public struct IgnitionConfig: Sendable {
             default: source = dataURL(file.content)
             }
             let owner = file.owner?.split(separator: ":", maxSplits: 1).map(String.init) ?? []
-            files.append(File(
-                path: file.path, mode: mode, overwrite: file.append ? nil : true,
-                contents: file.append ? nil : Contents(source: source), append: file.append ? [Contents(source: source)] : nil,
-                user: owner.first.map(Owner.init), group: owner.count > 1 ? Owner(name: owner[1]) : nil))
+            files.append(
+                File(
+                    path: file.path, mode: mode, overwrite: file.append ? nil : true,
+                    contents: file.append ? nil : Contents(source: source),
+                    append: file.append ? [Contents(source: source)] : nil,
+                    user: owner.first.map(Owner.init), group: owner.count > 1 ? Owner(name: owner[1]) : nil))
         }
         if let timezone = config.timezone {
             links.append(Link(path: "/etc/localtime", target: "../usr/share/zoneinfo/\(timezone)"))
         }
         if !config.runcmd.isEmpty {
-            let script = "#!/bin/sh\n# cloud-config runcmd, translated by Nimbus\nset -e\n"
+            let script =
+                "#!/bin/sh\n# cloud-config runcmd, translated by Nimbus\nset -e\n"
                 + config.runcmd.map(\.shellLine).joined(separator: "\n") + "\n"
-            files.append(File(path: "/usr/local/bin/nimbus-runcmd", mode: 0o755, overwrite: true, contents: Contents(source: dataURL(script))))
-            units.append(Unit(name: "nimbus-runcmd.service", enabled: true, contents: """
-                [Unit]
-                Description=Nimbus first-boot commands (cloud-config runcmd)
-                Wants=network-online.target
-                After=network-online.target
-                ConditionPathExists=!/var/lib/nimbus/runcmd.done
+            files.append(
+                File(
+                    path: "/usr/local/bin/nimbus-runcmd", mode: 0o755, overwrite: true,
+                    contents: Contents(source: dataURL(script))))
+            units.append(
+                Unit(
+                    name: "nimbus-runcmd.service", enabled: true,
+                    contents: """
+                        [Unit]
+                        Description=Nimbus first-boot commands (cloud-config runcmd)
+                        Wants=network-online.target
+                        After=network-online.target
+                        ConditionPathExists=!/var/lib/nimbus/runcmd.done
 
-                [Service]
-                Type=oneshot
-                RemainAfterExit=yes
-                ExecStart=/usr/local/bin/nimbus-runcmd
-                ExecStartPost=/usr/bin/mkdir -p /var/lib/nimbus
-                ExecStartPost=/usr/bin/touch /var/lib/nimbus/runcmd.done
+                        [Service]
+                        Type=oneshot
+                        RemainAfterExit=yes
+                        ExecStart=/usr/local/bin/nimbus-runcmd
+                        ExecStartPost=/usr/bin/mkdir -p /var/lib/nimbus
+                        ExecStartPost=/usr/bin/touch /var/lib/nimbus/runcmd.done
 
-                [Install]
-                WantedBy=multi-user.target
+                        [Install]
+                        WantedBy=multi-user.target
 
-                """))
+                        """))
         }
         let document = Config(
-            passwd: Passwd(users: users.map { user in
-                User(name: user.name, sshAuthorizedKeys: user.sshAuthorizedKeys.isEmpty ? nil : user.sshAuthorizedKeys,
-                     groups: user.groups.isEmpty ? nil : user.groups, shell: user.shell)
-            }),
+            passwd: Passwd(
+                users: users.map { user in
+                    User(
+                        name: user.name,
+                        sshAuthorizedKeys: user.sshAuthorizedKeys.isEmpty ? nil : user.sshAuthorizedKeys,
+                        groups: user.groups.isEmpty ? nil : user.groups, shell: user.shell)
+                }),
             storage: Storage(files: files, links: links.isEmpty ? nil : links),
             systemd: Systemd(units: units))
         let encoder = JSONEncoder()

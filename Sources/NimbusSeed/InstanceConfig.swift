@@ -71,10 +71,16 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case version, hostname, fqdn, domain, locale, timezone, users, mounts, swap, packages, bootcmd, runcmd, network
-        case sshAuthorizedKeys = "ssh_authorized_keys", defaultUser = "default_user", hostKeys = "host_keys"
-        case sshPasswordAuthentication = "ssh_pwauth", mountDefaultFields = "mount_default_fields"
-        case packageUpdate = "package_update", packageUpgrade = "package_upgrade", writeFiles = "write_files"
-        case phoneHome = "phone_home", powerState = "power_state"
+        case sshAuthorizedKeys = "ssh_authorized_keys"
+        case defaultUser = "default_user"
+        case hostKeys = "host_keys"
+        case sshPasswordAuthentication = "ssh_pwauth"
+        case mountDefaultFields = "mount_default_fields"
+        case packageUpdate = "package_update"
+        case packageUpgrade = "package_upgrade"
+        case writeFiles = "write_files"
+        case phoneHome = "phone_home"
+        case powerState = "power_state"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -120,9 +126,10 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
         public var lockPassword: Bool = true
 
         /// The usual Nimbus user: passwordless sudo, bash, locked password.
-        public init(name: String, sshAuthorizedKeys: [String] = [], groups: [String] = [],
-                    sudo: String? = "ALL=(ALL) NOPASSWD:ALL", shell: String? = "/bin/bash", lockPassword: Bool = true)
-        {
+        public init(
+            name: String, sshAuthorizedKeys: [String] = [], groups: [String] = [],
+            sudo: String? = "ALL=(ALL) NOPASSWD:ALL", shell: String? = "/bin/bash", lockPassword: Bool = true
+        ) {
             self.name = name
             self.sshAuthorizedKeys = sshAuthorizedKeys
             self.groups = groups
@@ -133,7 +140,8 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
 
         enum CodingKeys: String, CodingKey {
             case name, groups, sudo, shell
-            case sshAuthorizedKeys = "ssh_authorized_keys", lockPassword = "lock_passwd"
+            case sshAuthorizedKeys = "ssh_authorized_keys"
+            case lockPassword = "lock_passwd"
         }
 
         public init(from decoder: any Decoder) throws {
@@ -165,7 +173,8 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case ed25519Private = "ed25519_private", ed25519Public = "ed25519_public"
+            case ed25519Private = "ed25519_private"
+            case ed25519Public = "ed25519_public"
         }
     }
 
@@ -176,7 +185,11 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
 
         public init(from decoder: any Decoder) throws {
             let c = try decoder.singleValueContainer()
-            if let line = try? c.decode(String.self) { self = .shell(line) } else { self = .arguments(try c.decode([String].self)) }
+            if let line = try? c.decode(String.self) {
+                self = .shell(line)
+            } else {
+                self = .arguments(try c.decode([String].self))
+            }
         }
 
         public func encode(to encoder: any Encoder) throws {
@@ -192,7 +205,8 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
             switch self {
             case .shell(let line): return line
             case .arguments(let arguments):
-                return arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+                return arguments.map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(
+                    separator: " ")
             }
         }
     }
@@ -212,9 +226,10 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
         /// Append instead of replacing.
         public var append: Bool = false
 
-        public init(path: String, content: String, encoding: String? = nil, owner: String? = nil,
-                    permissions: String? = nil, append: Bool = false)
-        {
+        public init(
+            path: String, content: String, encoding: String? = nil, owner: String? = nil,
+            permissions: String? = nil, append: Bool = false
+        ) {
             self.path = path
             self.content = content
             self.encoding = encoding
@@ -272,7 +287,9 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
         public var timeout: Int?
         public var condition: String?
 
-        public init(mode: String, delay: String? = nil, message: String? = nil, timeout: Int? = nil, condition: String? = nil) {
+        public init(
+            mode: String, delay: String? = nil, message: String? = nil, timeout: Int? = nil, condition: String? = nil
+        ) {
             self.mode = mode
             self.delay = delay
             self.message = message
@@ -310,9 +327,10 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
             /// DNS search domains.
             public var searchDomains: [String] = []
 
-            public init(name: String? = nil, macAddress: String? = nil, dhcp4: Bool? = nil, addresses: [String] = [],
-                        gateway4: String? = nil, nameservers: [String] = [], searchDomains: [String] = [])
-            {
+            public init(
+                name: String? = nil, macAddress: String? = nil, dhcp4: Bool? = nil, addresses: [String] = [],
+                gateway4: String? = nil, nameservers: [String] = [], searchDomains: [String] = []
+            ) {
                 self.name = name
                 self.macAddress = macAddress
                 self.dhcp4 = dhcp4
@@ -324,7 +342,8 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
 
             enum CodingKeys: String, CodingKey {
                 case name, dhcp4, addresses, gateway4, nameservers
-                case macAddress = "mac_address", searchDomains = "search_domains"
+                case macAddress = "mac_address"
+                case searchDomains = "search_domains"
             }
 
             public init(from decoder: any Decoder) throws {

@@ -75,7 +75,8 @@ public struct NoCloudSeed: Sendable {
             try networkConfig.checkMapping()
             self.networkConfig = networkConfig.bytes
         } else {
-            self.networkConfig = config.network.interfaces.isEmpty
+            self.networkConfig =
+                config.network.interfaces.isEmpty
                 ? Array(CloudConfigRenderer.fallbackNetworkConfig.utf8)
                 : Array(try YAML.emit(CloudConfigRenderer.networkNode(config.network)).utf8)
         }
@@ -101,10 +102,13 @@ public struct NoCloudSeed: Sendable {
             }.joined()
             let id = "iid-" + (name.map { $0 + "-" } ?? "") + hex
             instanceID = id
-            self.metaData = Array(try YAML.emit(YAML.mapping([
-                ("instance-id", YAML.string(id)),
-                ("local-hostname", hostname.map(YAML.string)),
-            ])).utf8)
+            self.metaData = Array(
+                try YAML.emit(
+                    YAML.mapping([
+                        ("instance-id", YAML.string(id)),
+                        ("local-hostname", hostname.map(YAML.string)),
+                    ])
+                ).utf8)
         }
         if config.hostname == nil, name == nil, metaData == nil, !Self.hasHostname(userData) {
             warnings.append("no hostname given: the guest keeps the image's own")
@@ -124,19 +128,25 @@ public struct NoCloudSeed: Sendable {
 
     /// Appends `extra` to `base`: new keys added, lists appended, `base` kept on a conflict.
     static func combine(_ base: [(String, Node?)], _ extra: [(String, Node?)]) -> [(String, Node?)] {
-        guard case .mapping(let merged) = CloudConfigMerge.merge(user: YAML.mapping(base), nimbus: extra) else { return base }
+        guard case .mapping(let merged) = CloudConfigMerge.merge(user: YAML.mapping(base), nimbus: extra) else {
+            return base
+        }
         return merged.map { ($0.key.string ?? "", $0.value) }
     }
 
     /// The files by their NoCloud names, in the order `--print` shows them.
     public var files: [(name: String, contents: [UInt8])] {
-        [("meta-data", metaData), ("user-data", userData), ("vendor-data", vendorData), ("network-config", networkConfig)]
+        [
+            ("meta-data", metaData), ("user-data", userData), ("vendor-data", vendorData),
+            ("network-config", networkConfig),
+        ]
     }
 
     /// The `cidata` volume holding the four files, every date set to `timestamp`.
     public func isoImage(timestamp: Date) -> ISO9660Image {
-        ISO9660Image(volumeIdentifier: "cidata", timestamp: timestamp,
-                     files: files.map { ISO9660Image.File(name: $0.name, contents: $0.contents) })
+        ISO9660Image(
+            volumeIdentifier: "cidata", timestamp: timestamp,
+            files: files.map { ISO9660Image.File(name: $0.name, contents: $0.contents) })
     }
 
     /// Writes the ISO to `url` atomically (temporary file in the same folder, renamed into place): on any
@@ -181,8 +191,9 @@ public struct UserFile: Sendable {
         let node = try YAML.parse(String(decoding: bytes, as: UTF8.self), file: source)
         guard let node else { return }
         guard case .mapping = node else {
-            throw .invalidDocument(file: source, line: node.mark?.line ?? 1, column: node.mark?.column ?? 1,
-                                   problem: "must be a YAML mapping of keys, not \(YAML.kind(node))")
+            throw .invalidDocument(
+                file: source, line: node.mark?.line ?? 1, column: node.mark?.column ?? 1,
+                problem: "must be a YAML mapping of keys, not \(YAML.kind(node))")
         }
     }
 

@@ -63,7 +63,8 @@ public struct SSHKeyPair: Sendable, Equatable {
         guard let type = inner.string(), type == Array("ssh-ed25519".utf8) else {
             throw .invalidKey("only ssh-ed25519 keys are supported")
         }
-        guard inner.string() != nil, let secret = inner.string(), secret.count == 64, let comment = inner.string() else {
+        guard inner.string() != nil, let secret = inner.string(), secret.count == 64, let comment = inner.string()
+        else {
             throw .invalidKey("malformed ed25519 private key")
         }
         do {
@@ -190,7 +191,9 @@ struct SSHReader {
 
 extension [UInt8] {
     mutating func appendUInt32(_ value: UInt32) {
-        append(contentsOf: [UInt8(value >> 24), UInt8((value >> 16) & 0xFF), UInt8((value >> 8) & 0xFF), UInt8(value & 0xFF)])
+        append(contentsOf: [
+            UInt8(value >> 24), UInt8((value >> 16) & 0xFF), UInt8((value >> 8) & 0xFF), UInt8(value & 0xFF),
+        ])
     }
 
     mutating func appendSSHString(_ bytes: [UInt8]) {

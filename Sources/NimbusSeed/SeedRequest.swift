@@ -47,7 +47,8 @@ public struct SeedRequest: Sendable {
                 return config.json
             case .nocloud(let seed):
                 return seed.files.map { name, contents in
-                    let text = UserData.classify(contents) == .gzip || String(validating: contents, as: UTF8.self) == nil
+                    let text =
+                        UserData.classify(contents) == .gzip || String(validating: contents, as: UTF8.self) == nil
                         ? "<\(contents.count) bytes of binary data>\n"
                         : String(decoding: contents, as: UTF8.self)
                     return "# ---- \(name) ----\n" + text + (text.hasSuffix("\n") ? "" : "\n")
@@ -109,37 +110,46 @@ public struct SeedRequest: Sendable {
         }
         switch format {
         case .ignition:
-            for (flag, path) in [("META-DATA", metaDataPath), ("--network-config", networkConfigPath), ("--vendor-data", vendorDataPath)]
+            for (flag, path) in [
+                ("META-DATA", metaDataPath), ("--network-config", networkConfigPath), ("--vendor-data", vendorDataPath),
+            ]
             where path != nil {
                 throw .invalidValue("\(flag) has no Ignition equivalent: leave it out with --format ignition")
             }
             return .ignition(try IgnitionConfig(config: config, userData: userData))
         case .nocloud:
-            return .nocloud(try NoCloudSeed(
-                config: config, name: config.hostname, userData: userData,
-                metaData: try metaDataPath.map { path throws(SeedError) in try UserFile.read(path) },
-                vendorData: try vendorDataPath.map { path throws(SeedError) in try UserFile.read(path) },
-                networkConfig: try networkConfigPath.map { path throws(SeedError) in try UserFile.read(path) }))
+            return .nocloud(
+                try NoCloudSeed(
+                    config: config, name: config.hostname, userData: userData,
+                    metaData: try metaDataPath.map { path throws(SeedError) in try UserFile.read(path) },
+                    vendorData: try vendorDataPath.map { path throws(SeedError) in try UserFile.read(path) },
+                    networkConfig: try networkConfigPath.map { path throws(SeedError) in try UserFile.read(path) }))
         }
     }
 
     /// RFC 1123 labels: a-z, 0-9 and '-', not at either end, 63 characters at most each.
     static func checkHostname(_ name: String) throws(SeedError) {
         let labels = name.split(separator: ".", omittingEmptySubsequences: false)
-        let valid = !name.isEmpty && name.count <= 253 && labels.allSatisfy { label in
-            !label.isEmpty && label.count <= 63 && !label.hasPrefix("-") && !label.hasSuffix("-")
-                && label.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "-" }
-        }
+        let valid =
+            !name.isEmpty && name.count <= 253
+            && labels.allSatisfy { label in
+                !label.isEmpty && label.count <= 63 && !label.hasPrefix("-") && !label.hasSuffix("-")
+                    && label.allSatisfy { ($0.isASCII && ($0.isLetter || $0.isNumber)) || $0 == "-" }
+            }
         guard valid else {
-            throw .invalidValue("host name \"\(name)\" is not valid: use letters, digits and '-' in dot-separated labels (like web-1.example.test)")
+            throw .invalidValue(
+                "host name \"\(name)\" is not valid: use letters, digits and '-' in dot-separated labels (like web-1.example.test)"
+            )
         }
     }
 
     static func checkUserName(_ name: String) throws(SeedError) {
-        let valid = !name.isEmpty && name.count <= 32 && name.first.map { $0 == "_" || ($0.isASCII && $0.isLowercase) } == true
+        let valid =
+            !name.isEmpty && name.count <= 32 && name.first.map { $0 == "_" || ($0.isASCII && $0.isLowercase) } == true
             && name.allSatisfy { ($0.isASCII && ($0.isLowercase || $0.isNumber)) || $0 == "_" || $0 == "-" }
         guard valid else {
-            throw .invalidValue("user name \"\(name)\" is not valid: start with a-z or '_', then a-z, 0-9, '_' or '-' (at most 32)")
+            throw .invalidValue(
+                "user name \"\(name)\" is not valid: start with a-z or '_', then a-z, 0-9, '_' or '-' (at most 32)")
         }
     }
 }

@@ -39,8 +39,11 @@ public struct UserData {
         kind = Self.classify(bytes)
         guard kind == .cloudConfig else {
             cloudConfig = nil
-            warnings = kind == .unknown
-                ? ["\(source) is not a format cloud-init recognises (#cloud-config, #!, #include, MIME, gzip...): it is passed on unchanged and cloud-init will likely ignore it"]
+            warnings =
+                kind == .unknown
+                ? [
+                    "\(source) is not a format cloud-init recognises (#cloud-config, #!, #include, MIME, gzip...): it is passed on unchanged and cloud-init will likely ignore it"
+                ]
                 : []
             return
         }
@@ -51,19 +54,22 @@ public struct UserData {
             return
         }
         guard case .mapping(let mapping) = node else {
-            throw .invalidDocument(file: source, line: node.mark?.line ?? 1, column: node.mark?.column ?? 1,
-                                   problem: "#cloud-config must be a mapping of keys (like `hostname: web`), not \(YAML.kind(node))")
+            throw .invalidDocument(
+                file: source, line: node.mark?.line ?? 1, column: node.mark?.column ?? 1,
+                problem: "#cloud-config must be a mapping of keys (like `hostname: web`), not \(YAML.kind(node))")
         }
         var warnings: [String] = []
         for (key, value) in mapping {
             guard let name = key.string else {
-                throw .invalidDocument(file: source, line: key.mark?.line ?? 1, column: key.mark?.column ?? 1,
-                                       problem: "top-level keys must be strings")
+                throw .invalidDocument(
+                    file: source, line: key.mark?.line ?? 1, column: key.mark?.column ?? 1,
+                    problem: "top-level keys must be strings")
             }
             try CloudConfigSchema.check(key: name, value: value, file: source)
             if !CloudConfigSchema.knownKeys.contains(name) {
-                let where_ = key.mark.map { "\(source):\($0.line):\($0.column)" } ?? source
-                warnings.append("\(where_): unknown cloud-config key `\(name)` is passed on; cloud-init may ignore it")
+                let location = key.mark.map { "\(source):\($0.line):\($0.column)" } ?? source
+                warnings.append(
+                    "\(location): unknown cloud-config key `\(name)` is passed on; cloud-init may ignore it")
             }
         }
         cloudConfig = node
@@ -73,7 +79,8 @@ public struct UserData {
     static func classify(_ bytes: [UInt8]) -> Kind {
         if bytes.starts(with: [0x1F, 0x8B]) { return .gzip }
         let head = String(decoding: bytes.prefix(64), as: UTF8.self)
-        let firstLine = head.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
+        let firstLine =
+            head.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
         let trimmed = firstLine.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "\r", with: "")
         if trimmed.hasPrefix("#cloud-config-archive") { return .cloudConfigArchive }
         if trimmed.hasPrefix("#cloud-config") { return .cloudConfig }
@@ -143,8 +150,11 @@ enum CloudConfigSchema {
         }
         guard ok else {
             let mark = value.mark
-            throw .invalidDocument(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1,
-                                   problem: "`\(key)` must be \(expected.phrase), not \(YAML.kind(value)): write \(expected.example.replacingOccurrences(of: "KEY", with: key))")
+            throw .invalidDocument(
+                file: file, line: mark?.line ?? 1, column: mark?.column ?? 1,
+                problem:
+                    "`\(key)` must be \(expected.phrase), not \(YAML.kind(value)): write \(expected.example.replacingOccurrences(of: "KEY", with: key))"
+            )
         }
     }
 

@@ -24,7 +24,9 @@ enum YAML {
         if value.isEmpty { return true }
         let lower = value.lowercased()
         if ["true", "false", "yes", "no", "on", "off", "y", "n", "null", "~"].contains(lower) { return true }
-        if let first = value.first, first.isNumber || ((first == "-" || first == "+" || first == ".") && value.count > 1) {
+        if let first = value.first,
+            first.isNumber || ((first == "-" || first == "+" || first == ".") && value.count > 1)
+        {
             return true
         }
         return false
@@ -54,14 +56,17 @@ enum YAML {
     static func locate(_ error: YamlError, file: String) -> SeedError {
         switch error {
         case .scanner(let context, let problem, let mark, _):
-            return .invalidYAML(file: file, line: mark.line, column: mark.column,
-                                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
+            return .invalidYAML(
+                file: file, line: mark.line, column: mark.column,
+                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
         case .parser(let context, let problem, let mark, _):
-            return .invalidYAML(file: file, line: mark.line, column: mark.column,
-                                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
+            return .invalidYAML(
+                file: file, line: mark.line, column: mark.column,
+                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
         case .composer(let context, let problem, let mark, _):
-            return .invalidYAML(file: file, line: mark.line, column: mark.column,
-                                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
+            return .invalidYAML(
+                file: file, line: mark.line, column: mark.column,
+                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
         default:
             return .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
         }

@@ -16,22 +16,40 @@ struct CLIErrorTests {
     }
 
     static let cases: [Case] = [
-        Case(arguments: ["launch", "--name", "Web_1", "x"], status: 64, message: "instance name \"Web_1\" is not a valid hostname"),
+        Case(
+            arguments: ["launch", "--name", "Web_1", "x"], status: 64,
+            message: "instance name \"Web_1\" is not a valid hostname"),
         Case(arguments: ["launch", "--name", "../x", "x"], status: 64, message: "is not a valid hostname"),
         Case(arguments: ["launch", "--name", "a/b", "x"], status: 64, message: "is not a valid hostname"),
         Case(arguments: ["launch", "--name", ".", "x"], status: 64, message: "is not a valid hostname"),
-        Case(arguments: ["launch", "--name", String(repeating: "a", count: 64), "x"], status: 64, message: "at most 63"),
+        Case(
+            arguments: ["launch", "--name", String(repeating: "a", count: 64), "x"], status: 64, message: "at most 63"),
         Case(arguments: ["launch", "--disk=-1G", "x"], status: 64, message: "--disk \"-1G\" is not a size"),
-        Case(arguments: ["launch", "--memory", "0", "x"], status: 64, message: "--memory \"0\" must be larger than zero"),
-        Case(arguments: ["launch", "--memory", "1.5.2G", "x"], status: 64, message: "--memory \"1.5.2G\" is not a size"),
+        Case(
+            arguments: ["launch", "--memory", "0", "x"], status: 64, message: "--memory \"0\" must be larger than zero"),
+        Case(
+            arguments: ["launch", "--memory", "1.5.2G", "x"], status: 64, message: "--memory \"1.5.2G\" is not a size"),
         Case(arguments: ["launch", "--memory", "100000G", "x"], status: 64, message: "is more than this host's"),
-        Case(arguments: ["launch", "--forward", "80", "x"], status: 64, message: "port forward \"80\" is not HOST:GUEST"),
-        Case(arguments: ["launch", "--accel", "hvf", "x"], status: 64, message: "--accel hvf is not one of auto, kvm, tcg"),
-        Case(arguments: ["launch", "--cloud-init", "/nonexistent/user-data", "x"], status: 64, message: "cannot read --cloud-init /nonexistent/user-data"),
-        Case(arguments: ["launch", "--ssh-key", "/nonexistent/id.pub", "x"], status: 64, message: "cannot read the SSH key /nonexistent/id.pub"),
-        Case(arguments: ["launch", "--mount", "/nonexistent:/src", "x"], status: 64, message: "/nonexistent is not a folder on this host"),
-        Case(arguments: ["launch", "file:///nonexistent/image.qcow2", "--name", "web"], status: 3, message: "/nonexistent/image.qcow2 does not exist"),
-        Case(arguments: ["info", "nope"], status: 3, message: "instance \"nope\" does not exist: `nimbus list` shows the instances"),
+        Case(
+            arguments: ["launch", "--forward", "80", "x"], status: 64, message: "port forward \"80\" is not HOST:GUEST"),
+        Case(
+            arguments: ["launch", "--accel", "hvf", "x"], status: 64,
+            message: "--accel hvf is not one of auto, kvm, tcg"),
+        Case(
+            arguments: ["launch", "--cloud-init", "/nonexistent/user-data", "x"], status: 64,
+            message: "cannot read --cloud-init /nonexistent/user-data"),
+        Case(
+            arguments: ["launch", "--ssh-key", "/nonexistent/id.pub", "x"], status: 64,
+            message: "cannot read the SSH key /nonexistent/id.pub"),
+        Case(
+            arguments: ["launch", "--mount", "/nonexistent:/src", "x"], status: 64,
+            message: "/nonexistent is not a folder on this host"),
+        Case(
+            arguments: ["launch", "file:///nonexistent/image.qcow2", "--name", "web"], status: 3,
+            message: "/nonexistent/image.qcow2 does not exist"),
+        Case(
+            arguments: ["info", "nope"], status: 3,
+            message: "instance \"nope\" does not exist: `nimbus list` shows the instances"),
         Case(arguments: ["stop", "nope"], status: 3, message: "instance \"nope\" does not exist"),
         Case(arguments: ["exec", "nope", "--", "true"], status: 3, message: "instance \"nope\" does not exist"),
         Case(arguments: ["exec", "web"], status: 64, message: "give the command after --"),
@@ -55,7 +73,9 @@ struct CLIErrorTests {
     /// An instance folder as a launch leaves it, without booting anything.
     func makeStoppedInstance(_ name: String, home: TemporaryDirectory) async throws {
         let store = InstanceStore(paths: home.paths)
-        _ = try await store.create(InstanceSpec(name: try InstanceName(name), image: "debian:12")) { _ in InstanceState() }
+        _ = try await store.create(InstanceSpec(name: try InstanceName(name), image: "debian:12")) { _ in
+            InstanceState()
+        }
     }
 
     @Test("launching an existing name fails cleanly, naming it, and leaves the instance as it was")
@@ -70,12 +90,14 @@ struct CLIErrorTests {
         }
     }
 
-    @Test("an action that does not fit the state says what to do instead", arguments: [
-        (["resume", "web"], "web is stopped, not suspended: `nimbus start web`"),
-        (["suspend", "web"], "web is stopped, not running"),
-        (["exec", "web", "--", "true"], "web is stopped: `nimbus start web` first"),
-        (["shell", "web"], "web is stopped: `nimbus start web` first"),
-    ])
+    @Test(
+        "an action that does not fit the state says what to do instead",
+        arguments: [
+            (["resume", "web"], "web is stopped, not suspended: `nimbus start web`"),
+            (["suspend", "web"], "web is stopped, not running"),
+            (["exec", "web", "--", "true"], "web is stopped: `nimbus start web` first"),
+            (["shell", "web"], "web is stopped: `nimbus start web` first"),
+        ])
     func wrongState(arguments: [String], message: String) async throws {
         try await TemporaryDirectory.with { home in
             try await makeStoppedInstance("web", home: home)
@@ -87,13 +109,18 @@ struct CLIErrorTests {
 
     @Test(
         "a disk smaller than the image is refused with the image's size named",
-        .enabled(if: Prerequisites.run(when: Prerequisites.guestImage != nil), "needs the guest image (NIMBUS_TEST_IMAGE_DIR)"))
+        .enabled(
+            if: Prerequisites.run(when: Prerequisites.guestImage != nil),
+            "needs the guest image (NIMBUS_TEST_IMAGE_DIR)"))
     func diskTooSmall() async throws {
         let image = try #require(Prerequisites.guestImage, "NIMBUS_TEST_IMAGE_DIR names no guest image")
         try await TemporaryDirectory.with { home in
-            let result = try await NimbusBinary.run(["launch", "file://\(image.path)", "--disk", "1G", "--name", "small"], home: home.url)
+            let result = try await NimbusBinary.run(
+                ["launch", "file://\(image.path)", "--disk", "1G", "--name", "small"], home: home.url)
             #expect(result.status == 64)
-            #expect(result.standardError.contains("--disk 1G is smaller than the image's virtual size"), "\(result.standardError)")
+            #expect(
+                result.standardError.contains("--disk 1G is smaller than the image's virtual size"),
+                "\(result.standardError)")
             #expect((try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? [] == [])
         }
     }

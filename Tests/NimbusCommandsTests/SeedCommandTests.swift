@@ -37,7 +37,8 @@ struct SeedCommandTests {
             try await run([output, userData, metaData])
             #expect(FileManager.default.fileExists(atPath: output))
             if Prerequisites.programs("isoinfo") {
-                let listing = try ProgramRunnerSync.output("/usr/bin/isoinfo", ["-R", "-i", output, "-x", "/meta-data"])
+                let listing = try ProgramRunnerSync.output(
+                    "/usr/bin/isoinfo", ["-R", "-i", output, "-x", "/meta-data"])
                 #expect(listing == "instance-id: abc\n")
             }
         }
@@ -47,9 +48,12 @@ struct SeedCommandTests {
     func flagsOnly() async throws {
         try await withFolder { folder in
             let key = try write(Self.publicKey, "id.pub", in: folder)
-            let command = try #require(try NimbusCommand.parseAsRoot(
-                ["seed", "--print", "--hostname", "web.example.test", "--user", "dev", "--ssh-key", key,
-                 "--locale", "en_US.UTF-8", "--timezone", "Europe/Paris", "--mac", "52:54:00:12:34:56"]) as? SeedCommand)
+            let command = try #require(
+                try NimbusCommand.parseAsRoot(
+                    [
+                        "seed", "--print", "--hostname", "web.example.test", "--user", "dev", "--ssh-key", key,
+                        "--locale", "en_US.UTF-8", "--timezone", "Europe/Paris", "--mac", "52:54:00:12:34:56",
+                    ]) as? SeedCommand)
             let output = try command.request.render()
             let text = output.printed
             #expect(text.contains("# ---- user-data ----\n#cloud-config\nhostname: web\nfqdn: web.example.test\n"))
@@ -73,19 +77,24 @@ struct SeedCommandTests {
         }
     }
 
-    @Test("each user error fails before anything is written, naming the problem", arguments: [
-        (["#cloud-config\nhostname: [a]\n"], [String](), "`hostname` must be a string"),
-        (["#cloud-config\nusers: web\n"], [], "`users` must be a list"),
-        (["#cloud-config\nfoo: [\n"], [], "user-data:3:1: invalid YAML"),
-        (["#cloud-config\n- a\n"], [], "must be a mapping"),
-        (["#cloud-config\nhostname: a\n"], ["--ssh-key", "/nonexistent/id.pub"], "/nonexistent/id.pub: no such file"),
-        (["#cloud-config\nhostname: a\n"], ["--hostname", "Web_1"], "host name \"Web_1\" is not valid"),
-        (["#cloud-config\nhostname: a\n"], ["--user", "Root!"], "user name \"Root!\" is not valid"),
-        (["#cloud-config\nhostname: a\n"], ["--network-config", "NETWORK"], "must be a YAML mapping"),
-        (["#cloud-config\npackages: [jq]\n"], ["--format", "ignition"], "`packages` has no Ignition equivalent"),
-        (["#cloud-config\nhostname: a\n"], ["--mac", "52:54:00"], "MAC address \"52:54:00\" is not six hex pairs"),
-        (["#cloud-config\nhostname: a\n"], ["--timezone", "Europe / Paris"], "is not a tz database name"),
-    ])
+    @Test(
+        "each user error fails before anything is written, naming the problem",
+        arguments: [
+            (["#cloud-config\nhostname: [a]\n"], [String](), "`hostname` must be a string"),
+            (["#cloud-config\nusers: web\n"], [], "`users` must be a list"),
+            (["#cloud-config\nfoo: [\n"], [], "user-data:3:1: invalid YAML"),
+            (["#cloud-config\n- a\n"], [], "must be a mapping"),
+            (
+                ["#cloud-config\nhostname: a\n"], ["--ssh-key", "/nonexistent/id.pub"],
+                "/nonexistent/id.pub: no such file"
+            ),
+            (["#cloud-config\nhostname: a\n"], ["--hostname", "Web_1"], "host name \"Web_1\" is not valid"),
+            (["#cloud-config\nhostname: a\n"], ["--user", "Root!"], "user name \"Root!\" is not valid"),
+            (["#cloud-config\nhostname: a\n"], ["--network-config", "NETWORK"], "must be a YAML mapping"),
+            (["#cloud-config\npackages: [jq]\n"], ["--format", "ignition"], "`packages` has no Ignition equivalent"),
+            (["#cloud-config\nhostname: a\n"], ["--mac", "52:54:00"], "MAC address \"52:54:00\" is not six hex pairs"),
+            (["#cloud-config\nhostname: a\n"], ["--timezone", "Europe / Paris"], "is not a tz database name"),
+        ])
     func errors(files: [String], flags: [String], message: String) async throws {
         try await withFolder { folder in
             let userData = try write(files[0], "user-data", in: folder)
@@ -100,7 +109,9 @@ struct SeedCommandTests {
                     || error.code == .io && error.message.contains(message)
             }
             #expect(!FileManager.default.fileExists(atPath: output), "an output was left behind")
-            let leftovers = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasSuffix(".tmp") }
+            let leftovers = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter {
+                $0.hasSuffix(".tmp")
+            }
             #expect(leftovers.isEmpty)
         }
     }
@@ -108,7 +119,8 @@ struct SeedCommandTests {
     @Test("a private key passed as --ssh-key is refused")
     func privateKeyRefused() async throws {
         try await withFolder { folder in
-            let key = try write("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n", "id", in: folder)
+            let key = try write(
+                "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n", "id", in: folder)
             let output = folder.appending(path: "seed.iso").path
             await #expect {
                 try await run([output, "--ssh-key", key])
@@ -119,25 +131,31 @@ struct SeedCommandTests {
         }
     }
 
-    @Test("argument mistakes are caught by validate()", arguments: [
-        [String](), ["a.iso", "b", "c", "d"], ["--print", "a", "b", "c"], ["a.iso"],
-    ])
+    @Test(
+        "argument mistakes are caught by validate()",
+        arguments: [
+            [String](), ["a.iso", "b", "c", "d"], ["--print", "a", "b", "c"], ["a.iso"],
+        ])
     func validation(arguments: [String]) {
         #expect(throws: (any Error).self) { try NimbusCommand.parseAsRoot(["seed"] + arguments) }
     }
 
-    @Test("the built binary reads user-data from stdin and fails with a non-zero status on bad input",
-          .enabled(if: FileManager.default.isExecutableFile(atPath: builtNimbus)))
+    @Test(
+        "the built binary reads user-data from stdin and fails with a non-zero status on bad input",
+        .enabled(if: FileManager.default.isExecutableFile(atPath: builtNimbus)))
     func binary() async throws {
         try await withFolder { folder in
             let output = folder.appending(path: "seed.iso").path
-            let good = try ProgramRunnerSync.run(Self.binary, ["seed", output, "-"], input: "#cloud-config\nhostname: piped\n")
+            let good = try ProgramRunnerSync.run(
+                Self.binary, ["seed", output, "-"], input: "#cloud-config\nhostname: piped\n")
             #expect(good.status == 0, "\(good.output)")
             if Prerequisites.programs("isoinfo") {
-                let userData = try ProgramRunnerSync.output("/usr/bin/isoinfo", ["-R", "-i", output, "-x", "/user-data"])
+                let userData = try ProgramRunnerSync.output(
+                    "/usr/bin/isoinfo", ["-R", "-i", output, "-x", "/user-data"])
                 #expect(userData.contains("hostname: piped"))
             }
-            let bad = try ProgramRunnerSync.run(Self.binary, ["seed", output + "2", "-"], input: "#cloud-config\nhostname: [x]\n")
+            let bad = try ProgramRunnerSync.run(
+                Self.binary, ["seed", output + "2", "-"], input: "#cloud-config\nhostname: [x]\n")
             #expect(bad.status != 0)
             #expect(bad.output.contains("<stdin>:2:11: `hostname` must be a string"))
             #expect(!FileManager.default.fileExists(atPath: output + "2"))
@@ -153,7 +171,9 @@ let builtNimbus = URL(fileURLWithPath: #filePath).deletingLastPathComponent().de
 
 /// Blocking process runs for these tests (short, local programs).
 enum ProgramRunnerSync {
-    static func run(_ path: String, _ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String) {
+    static func run(_ path: String, _ arguments: [String], input: String? = nil) throws -> (
+        status: Int32, output: String
+    ) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments

@@ -50,7 +50,9 @@ struct ISO9660ImageTests {
     @Test("the same files and timestamp give identical bytes, whatever the input order")
     func deterministic() throws {
         let a = try SeedFixture.image.bytes()
-        let b = try ISO9660Image(volumeIdentifier: "cidata", timestamp: SeedFixture.date, files: SeedFixture.files.reversed()).bytes()
+        let b = try ISO9660Image(
+            volumeIdentifier: "cidata", timestamp: SeedFixture.date, files: SeedFixture.files.reversed()
+        ).bytes()
         let same = a == b
         #expect(same)
         #expect(a.count % 2048 == 0)
@@ -62,11 +64,13 @@ struct ISO9660ImageTests {
         let golden = try [UInt8](Data(contentsOf: url))
         let bytes = try SeedFixture.image.bytes()
         if ProcessInfo.processInfo.environment["NIMBUS_UPDATE_GOLDEN"] == "1" {
-            try Data(bytes).write(to: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appending(path: "Resources/seed.iso"))
+            try Data(bytes).write(
+                to: URL(fileURLWithPath: #filePath).deletingLastPathComponent().appending(path: "Resources/seed.iso"))
         }
         let firstDifference = zip(bytes, golden).enumerated().first { $0.element.0 != $0.element.1 }?.offset
-        #expect(bytes.count == golden.count && firstDifference == nil,
-                "\(bytes.count) bytes against \(golden.count), first difference at \(String(describing: firstDifference))")
+        #expect(
+            bytes.count == golden.count && firstDifference == nil,
+            "\(bytes.count) bytes against \(golden.count), first difference at \(String(describing: firstDifference))")
     }
 
     @Test("writing to a file gives the same bytes as building in memory")
@@ -103,9 +107,11 @@ struct ISO9660ImageTests {
         #expect(message.contains("disk.img") && message.contains("4 GiB - 1"))
     }
 
-    @Test("bad names, duplicates and volume identifiers are rejected", arguments: [
-        ("", "empty"), ("a/b", "'/'"), ("..", "reserved"), (String(repeating: "x", count: 65), "64"),
-    ])
+    @Test(
+        "bad names, duplicates and volume identifiers are rejected",
+        arguments: [
+            ("", "empty"), ("a/b", "'/'"), ("..", "reserved"), (String(repeating: "x", count: 65), "64"),
+        ])
     func invalidNames(name: String, reason: String) {
         let image = ISO9660Image(timestamp: SeedFixture.date, files: [.init(name: name, contents: [])])
         #expect {
@@ -118,15 +124,20 @@ struct ISO9660ImageTests {
 
     @Test("duplicate names and long volume identifiers are rejected")
     func duplicates() {
-        let twice = ISO9660Image(timestamp: SeedFixture.date, files: [.init(name: "a", contents: []), .init(name: "a", contents: [1])])
+        let twice = ISO9660Image(
+            timestamp: SeedFixture.date, files: [.init(name: "a", contents: []), .init(name: "a", contents: [1])])
         #expect(throws: ISO9660Error.duplicateName("a")) { try twice.bytes() }
-        let long = ISO9660Image(volumeIdentifier: String(repeating: "v", count: 33), timestamp: SeedFixture.date, files: [])
+        let long = ISO9660Image(
+            volumeIdentifier: String(repeating: "v", count: 33), timestamp: SeedFixture.date, files: [])
         #expect(throws: ISO9660Error.invalidVolumeIdentifier(String(repeating: "v", count: 33))) { try long.bytes() }
     }
 }
 
-@Suite("ISO 9660 images read by isoinfo, xorriso and blkid",
-       .enabled(if: Prerequisites.run(when: Prerequisites.programs("isoinfo", "xorriso", "blkid")), "needs isoinfo, xorriso and blkid (scripts/install-deps)"))
+@Suite(
+    "ISO 9660 images read by isoinfo, xorriso and blkid",
+    .enabled(
+        if: Prerequisites.run(when: Prerequisites.programs("isoinfo", "xorriso", "blkid")),
+        "needs isoinfo, xorriso and blkid (scripts/install-deps)"))
 struct ISO9660ToolTests {
     let directory: TemporaryDirectory
     let iso: URL
@@ -139,7 +150,9 @@ struct ISO9660ToolTests {
         files += [
             .init(name: "network-config-2", contents: Array("x".utf8)),
             .init(name: "empty", contents: []),
-            .init(name: "big.tar.gz", contents: (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }, permissions: 0o600),
+            .init(
+                name: "big.tar.gz", contents: (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7) },
+                permissions: 0o600),
         ]
         try ISO9660Image(volumeIdentifier: "cidata", timestamp: SeedFixture.date, files: files).write(to: iso)
     }
@@ -159,7 +172,9 @@ struct ISO9660ToolTests {
         defer { directory.remove() }
         let rockRidge = try run("/usr/bin/isoinfo", ["-R", "-l", "-i", iso.path])
         let joliet = try run("/usr/bin/isoinfo", ["-J", "-l", "-i", iso.path])
-        for name in ["user-data", "meta-data", "vendor-data", "network-config", "network-config-2", "empty", "big.tar.gz"] {
+        for name in [
+            "user-data", "meta-data", "vendor-data", "network-config", "network-config-2", "empty", "big.tar.gz",
+        ] {
             #expect(rockRidge.contains(" \(name) ") || rockRidge.contains(" \(name)\n"), "Rock Ridge lacks \(name)")
             #expect(joliet.contains(" \(name) ") || joliet.contains(" \(name)\n"), "Joliet lacks \(name)")
         }

@@ -270,7 +270,8 @@ struct CatalogTests {
         try await TemporaryDirectory.with { dir in
             let image = try await Fixtures.qcow2(in: dir.url, megabytes: 1)
             try Fixtures.ubuntuTree(on: server, images: Fixtures.standardUbuntu, image: image)
-            server.put("debian/bookworm/latest/SHA512SUMS", "\(Fixtures.sha512(image))  debian-12-genericcloud-amd64.qcow2\n")
+            server.put(
+                "debian/bookworm/latest/SHA512SUMS", "\(Fixtures.sha512(image))  debian-12-genericcloud-amd64.qcow2\n")
             server.put("debian/bookworm/latest/debian-12-genericcloud-amd64.qcow2", image)
             let log = WarningLog()
             let store = try Fixtures.store(dir, server: server, warnings: log)

@@ -27,7 +27,8 @@ struct ManagerMappingTests {
         defer { dir.remove() }
         let manager = InstanceManager(paths: dir.paths, config: NimbusConfig())
         let hostKey = SSHKeyPair(comment: "host")
-        let config = manager.personality(try spec(in: dir), userKeys: ["ssh-ed25519 AAAA me"], hostKey: hostKey, user: "nimbus")
+        let config = manager.personality(
+            try spec(in: dir), userKeys: ["ssh-ed25519 AAAA me"], hostKey: hostKey, user: "nimbus")
         #expect(config.hostname == "web")
         #expect(config.locale == "en_GB.UTF-8" && config.timezone == "Europe/Paris")
         #expect(config.defaultUser?.name == "nimbus")
@@ -112,9 +113,11 @@ struct ManagerMappingTests {
             let first = try await manager.installationKey()
             let second = try await manager.installationKey()
             #expect(first.publicKeyLine == second.publicKeyLine)
-            let attributes = try FileManager.default.attributesOfItem(atPath: dir.paths.keys.appending(path: "id_ed25519").path)
+            let attributes = try FileManager.default.attributesOfItem(
+                atPath: dir.paths.keys.appending(path: "id_ed25519").path)
             #expect((attributes[.posixPermissions] as? Int) == 0o600)
-            let derived = try await ProgramRunner.run("ssh-keygen", ["-y", "-f", dir.paths.keys.appending(path: "id_ed25519").path])
+            let derived = try await ProgramRunner.run(
+                "ssh-keygen", ["-y", "-f", dir.paths.keys.appending(path: "id_ed25519").path])
             #expect(derived.hasPrefix(first.publicKeyLine.split(separator: " ").prefix(2).joined(separator: " ")))
         }
     }

@@ -20,7 +20,8 @@ struct SeedTransportTests {
         try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
         try "name: old\nimage: debian:12\n".write(to: folder.spec, atomically: true, encoding: .utf8)
         #expect(try store.loadSpec(InstanceName("old")).seedTransport == .iso)
-        try "name: old\nimage: debian:12\nseedTransport: http\n".write(to: folder.spec, atomically: true, encoding: .utf8)
+        try "name: old\nimage: debian:12\nseedTransport: http\n".write(
+            to: folder.spec, atomically: true, encoding: .utf8)
         #expect(try store.loadSpec(InstanceName("old")).seedTransport == .http)
     }
 
@@ -61,7 +62,8 @@ struct SeedTransportTests {
         let folder = manager.store.directory(spec.name)
         let machine = manager.machineConfig(spec, state: InstanceState(), in: folder, seedURL: "http://10.0.2.2:4242/")
         #expect(machine.seed == .noCloudNet(url: "http://10.0.2.2:4242/"))
-        let arguments = try QEMUCommandLine.machine(machine, in: folder.machine, accelerator: .tcg, sshHostPort: 2200).render()
+        let arguments = try QEMUCommandLine.machine(machine, in: folder.machine, accelerator: .tcg, sshHostPort: 2200)
+            .render()
         #expect(!arguments.contains { $0.contains("seed.iso") || $0.contains("ide-cd") })
         #expect(arguments.contains("type=1,serial=ds=nocloud-net;s=http://10.0.2.2:4242/"))
     }
@@ -87,7 +89,8 @@ struct SeedTransportTests {
         let name = try InstanceName("web")
         var config = InstanceConfig()
         config.hostname = "web"
-        try manager.writeSeedFolder(try NoCloudSeed(config: config, name: "web", userData: nil), in: manager.store.directory(name))
+        try manager.writeSeedFolder(
+            try NoCloudSeed(config: config, name: "web", userData: nil), in: manager.store.directory(name))
         var spec = InstanceSpec(name: name, image: "debian:12")
         spec.seedTransport = .http
         let server = try #require(try await manager.startSeedServer(name, spec: spec))
@@ -96,10 +99,12 @@ struct SeedTransportTests {
             try await manager.serveSeed(server, to: name, clock: .now, timeout: .seconds(600))
         }
         #expect(error?.code == .processFailed)
-        #expect(error?.message.contains("web stopped before its guest fetched meta-data, user-data, vendor-data") == true)
+        #expect(
+            error?.message.contains("web stopped before its guest fetched meta-data, user-data, vendor-data") == true)
         #expect(error?.message.contains("serial.log") == true)
         // The server was shut down.
-        let output = try await ProgramRunner.output("curl", ["--silent", "--max-time", "5", server.hostURL + "meta-data"])
+        let output = try await ProgramRunner.output(
+            "curl", ["--silent", "--max-time", "5", server.hostURL + "meta-data"])
         #expect(output.status == 7)
     }
 
@@ -114,7 +119,8 @@ struct SeedTransportTests {
             try await manager.serveSeed(server, to: try InstanceName("web"), clock: .now, timeout: .zero)
         }
         #expect(error?.code == .timeout)
-        #expect(error?.message.contains("did not fetch meta-data, user-data, vendor-data from http://10.0.2.2:") == true)
+        #expect(
+            error?.message.contains("did not fetch meta-data, user-data, vendor-data from http://10.0.2.2:") == true)
         #expect(error?.message.contains("`nimbus stop web`, then `nimbus start web` serves the seed again") == true)
     }
 }

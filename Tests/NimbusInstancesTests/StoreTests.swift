@@ -1,7 +1,7 @@
 import Foundation
 import NimbusCore
-import NimbusTestSupport
 import NimbusMachines
+import NimbusTestSupport
 import Testing
 
 @testable import NimbusInstances
@@ -13,9 +13,11 @@ struct InstanceNameTests {
         #expect(try InstanceName(name).rawValue == name)
     }
 
-    @Test("anything else is rejected before anything is written, naming the fix", arguments: [
-        "Web_1", "../x", "a/b", ".", "", "-web", "web-", "UPPER", "has space", String(repeating: "a", count: 64),
-    ])
+    @Test(
+        "anything else is rejected before anything is written, naming the fix",
+        arguments: [
+            "Web_1", "../x", "a/b", ".", "", "-web", "web-", "UPPER", "has space", String(repeating: "a", count: 64),
+        ])
     func rejects(name: String) {
         let error = #expect(throws: NimbusError.self) { try InstanceName(name) }
         #expect(error?.code == .invalidArgument)
@@ -24,7 +26,9 @@ struct InstanceNameTests {
     @Test("the message for a bad character says what is allowed")
     func message() {
         let error = #expect(throws: NimbusError.self) { try InstanceName("Web_1") }
-        #expect(error?.message == "instance name \"Web_1\" is not a valid hostname: use a-z, 0-9 and '-', neither first nor last")
+        #expect(
+            error?.message
+                == "instance name \"Web_1\" is not a valid hostname: use a-z, 0-9 and '-', neither first nor last")
     }
 
     @Test("generated names are two words and avoid taken ones")
@@ -112,7 +116,9 @@ struct InstanceStoreTests {
     func unknown() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let error = #expect(throws: NimbusError.self) { try InstanceStore(paths: dir.paths).loadSpec(InstanceName("nope")) }
+        let error = #expect(throws: NimbusError.self) {
+            try InstanceStore(paths: dir.paths).loadSpec(InstanceName("nope"))
+        }
         #expect(error?.code == .notFound)
         #expect(error?.message == "instance \"nope\" does not exist: `nimbus list` shows the instances")
     }
@@ -125,7 +131,9 @@ struct InstanceStoreTests {
             _ = try await store.create(InstanceSpec(name: name, image: "x")) { _ in InstanceState() }
             try await store.withLock(name) { lock in try store.remove(name, lock: lock) }
             #expect(store.names().isEmpty)
-            #expect(try FileManager.default.contentsOfDirectory(atPath: dir.paths.data.appending(path: "locks").path).isEmpty)
+            #expect(
+                try FileManager.default.contentsOfDirectory(atPath: dir.paths.data.appending(path: "locks").path)
+                    .isEmpty)
         }
     }
 
@@ -150,14 +158,18 @@ struct ConfigTests {
         defer { dir.remove() }
         #expect(try NimbusConfig.load(paths: dir.paths) == NimbusConfig())
         try FileManager.default.createDirectory(at: dir.paths.config, withIntermediateDirectories: true)
-        try "cpus: 4\nmemory: 4G\nmirrors:\n  debian: http://127.0.0.1:1/\n".write(to: dir.paths.configFile, atomically: true, encoding: .utf8)
+        try "cpus: 4\nmemory: 4G\nmirrors:\n  debian: http://127.0.0.1:1/\n".write(
+            to: dir.paths.configFile, atomically: true, encoding: .utf8)
         let config = try NimbusConfig.load(paths: dir.paths)
         #expect(config.cpus == 4 && config.memory == .gibibytes(4) && config.disk == .gibibytes(10))
     }
 
-    @Test("a bad value names the file and the key", arguments: [
-        ("memory: lots\n", "memory \"lots\" is not a size"), ("cpus: [1]\n", "cpus"), ("cpus: 2\n  bad: [\n", "config.yaml"),
-    ])
+    @Test(
+        "a bad value names the file and the key",
+        arguments: [
+            ("memory: lots\n", "memory \"lots\" is not a size"), ("cpus: [1]\n", "cpus"),
+            ("cpus: 2\n  bad: [\n", "config.yaml"),
+        ])
     func bad(text: String, expected: String) throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
@@ -181,9 +193,11 @@ struct FleetFileTests {
     func parse() throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        try "#cloud-config\nruncmd: [true]\n".write(to: dir.url.appending(path: "db.yaml"), atomically: true, encoding: .utf8)
+        try "#cloud-config\nruncmd: [true]\n".write(
+            to: dir.url.appending(path: "db.yaml"), atomically: true, encoding: .utf8)
         try FileManager.default.createDirectory(at: dir.url.appending(path: "site"), withIntermediateDirectories: true)
-        let url = try write("""
+        let url = try write(
+            """
             defaults:
               image: debian:12
               memory: 1G
@@ -200,25 +214,30 @@ struct FleetFileTests {
             """, in: dir)
         let fleet = try FleetFile(url: url, config: NimbusConfig())
         #expect(fleet.specs.map(\.name.rawValue) == ["web", "db"])
-        #expect(fleet.specs.allSatisfy { $0.image == "debian:12" && $0.memory == .gibibytes(1) && $0.fleet == url.path })
+        #expect(
+            fleet.specs.allSatisfy { $0.image == "debian:12" && $0.memory == .gibibytes(1) && $0.fleet == url.path })
         #expect(fleet.specs[0].forwards == [MachineConfig.PortForward(hostPort: 8080, guestPort: 80)])
         #expect(fleet.specs[0].mounts.first?.hostPath == dir.url.appending(path: "site").standardizedFileURL.path)
         #expect(fleet.specs[1].userData == "#cloud-config\nruncmd: [true]\n")
         #expect(fleet.specs[1].cpus == 4)
     }
 
-    @Test("mistakes name the file, the entry and the problem", arguments: [
-        ("instances:\n  - image: debian:12\n", "instances[0] has no name"),
-        ("instances:\n  - name: Web_1\n", "instances[0]: instance name \"Web_1\" is not a valid hostname"),
-        ("instances:\n  - name: a\n  - name: a\n", "the name \"a\" is used twice"),
-        ("instances:\n  - name: a\n    memory: 1.5.2G\n", "(a): memory \"1.5.2G\" is not a size"),
-        ("instances:\n  - name: a\n    cloud-init-file: missing.yaml\n", "missing.yaml cannot be read"),
-        ("instances: [\n", "fleet.yaml"),
-    ])
+    @Test(
+        "mistakes name the file, the entry and the problem",
+        arguments: [
+            ("instances:\n  - image: debian:12\n", "instances[0] has no name"),
+            ("instances:\n  - name: Web_1\n", "instances[0]: instance name \"Web_1\" is not a valid hostname"),
+            ("instances:\n  - name: a\n  - name: a\n", "the name \"a\" is used twice"),
+            ("instances:\n  - name: a\n    memory: 1.5.2G\n", "(a): memory \"1.5.2G\" is not a size"),
+            ("instances:\n  - name: a\n    cloud-init-file: missing.yaml\n", "missing.yaml cannot be read"),
+            ("instances: [\n", "fleet.yaml"),
+        ])
     func errors(text: String, expected: String) throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
-        let error = #expect(throws: NimbusError.self) { try FleetFile(url: write(text, in: dir), config: NimbusConfig()) }
+        let error = #expect(throws: NimbusError.self) {
+            try FleetFile(url: write(text, in: dir), config: NimbusConfig())
+        }
         #expect(error?.message.contains(expected) == true, "\(error?.message ?? "")")
     }
 

@@ -8,7 +8,11 @@ import Testing
 /// The instances issue's end-to-end scenario against the real Debian guest under QEMU (TCG here): launch with
 /// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, two instances at
 /// once, delete --purge, and `kill -9` of `nimbus launch` in each phase.
-@Suite("Instances end to end", .serialized, .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest), "needs QEMU, OVMF and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
+@Suite(
+    "Instances end to end", .serialized,
+    .enabled(
+        if: Prerequisites.run(when: Prerequisites.canBootGuest),
+        "needs QEMU, OVMF and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
 struct InstanceLifecycleTests {
     let home: TemporaryDirectory
     let manager: InstanceManager
@@ -33,7 +37,8 @@ struct InstanceLifecycleTests {
     /// Processes of QEMU started for this test's NIMBUS_HOME.
     func qemuProcesses() -> [Int32] {
         ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
-            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else {
+            guard let pid = Int32(entry), let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else {
                 return nil
             }
             let line = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
@@ -83,16 +88,16 @@ struct InstanceLifecycleTests {
         let dbForward = try #require(Self.freePort())
         let fleetFile = home.url.appending(path: "fleet.yaml")
         try """
-            instances:
-              - name: db
-                image: \(image)
-                memory: 768M
-                forwards: ["\(dbForward):22"]
-                cloud-init: |
-                  #cloud-config
-                  runcmd:
-                    - [sh, -c, "exit 3"]
-            """.write(to: fleetFile, atomically: true, encoding: .utf8)
+        instances:
+          - name: db
+            image: \(image)
+            memory: 768M
+            forwards: ["\(dbForward):22"]
+            cloud-init: |
+              #cloud-config
+              runcmd:
+                - [sh, -c, "exit 3"]
+        """.write(to: fleetFile, atomically: true, encoding: .utf8)
         let fleet = try FleetFile(url: fleetFile, config: NimbusConfig())
         let db = try #require(fleet.specs.first)
         let (webSpec, manager) = (web, manager)
@@ -103,8 +108,11 @@ struct InstanceLifecycleTests {
                 // instance is left running for inspection.
                 let report = await manager.apply(fleet, prune: false, timeout: .seconds(900))
                 let failure = report.failures.first { $0.0 == db.name }?.1
-                #expect(failure?.message.contains("cloud-init finished with errors in db") == true, "\(report.failures)")
-                #expect(failure?.message.contains("scripts_user") == true || failure?.message.contains("scripts-user") == true, "\(failure?.message ?? "")")
+                #expect(
+                    failure?.message.contains("cloud-init finished with errors in db") == true, "\(report.failures)")
+                #expect(
+                    failure?.message.contains("scripts_user") == true
+                        || failure?.message.contains("scripts-user") == true, "\(failure?.message ?? "")")
             }
             try await group.waitForAll()
         }
@@ -137,14 +145,18 @@ struct InstanceLifecycleTests {
         try userKey.write(privateKeyTo: aliceKey)
         let webSSH = try await manager.sshAccess(web.name)
         let alice = SSHAccess(
-            identity: aliceKey, knownHosts: webSSH.knownHosts, hostAlias: webSSH.hostAlias, user: "alice", port: webSSH.port,
+            identity: aliceKey, knownHosts: webSSH.knownHosts, hostAlias: webSSH.hostAlias, user: "alice",
+            port: webSSH.port,
             controlDirectory: webSSH.controlDirectory.appending(path: "alice"))
         #expect(try await alice.run(["whoami"]).standardOutput == "alice\n")
 
         // The commands people type, through the real binary, on the running instance.
-        let cli = { (arguments: [String], input: String?) in try await NimbusBinary.run(arguments, home: home.url, input: input) }
+        let cli = { (arguments: [String], input: String?) in
+            try await NimbusBinary.run(arguments, home: home.url, input: input)
+        }
         #expect(try await cli(["exec", "web", "--", "sh", "-c", "exit 3"], nil).status == 3)
-        #expect(try await cli(["exec", "web", "--", "cat"], "streamed through\n").standardOutput == "streamed through\n")
+        #expect(
+            try await cli(["exec", "web", "--", "cat"], "streamed through\n").standardOutput == "streamed through\n")
         #expect(try await cli(["exec", "web", "--", "ls", "/nonexistent"], nil).standardError.contains("No such file"))
         let local = home.url.appending(path: "copy-me.txt")
         try "copied both ways\n".write(to: local, atomically: true, encoding: .utf8)
@@ -155,7 +167,8 @@ struct InstanceLifecycleTests {
         #expect(try await cli(["logs", "web"], nil).standardOutput.contains("Linux version"))
         let sshConfig = home.url.appending(path: "ssh_config")
         try await cli(["ssh-config", "web"], nil).standardOutput.write(to: sshConfig, atomically: true, encoding: .utf8)
-        let plain = try await ProgramRunner.output("ssh", ["-F", sshConfig.path, "-o", "BatchMode=yes", "web", "hostname"])
+        let plain = try await ProgramRunner.output(
+            "ssh", ["-F", sshConfig.path, "-o", "BatchMode=yes", "web", "hostname"])
         #expect(plain.standardOutput == "web\n", "\(plain.standardError)")
         let json = try await cli(["info", "web", "--format", "json"], nil).standardOutput
         let parsed = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
@@ -165,7 +178,8 @@ struct InstanceLifecycleTests {
 
         // The fleet no longer lists db: --prune purges it, and leaves web (not from the fleet) alone.
         try "instances: []\n".write(to: fleetFile, atomically: true, encoding: .utf8)
-        let pruned = await manager.apply(try FleetFile(url: fleetFile, config: NimbusConfig()), prune: true, timeout: .seconds(60))
+        let pruned = await manager.apply(
+            try FleetFile(url: fleetFile, config: NimbusConfig()), prune: true, timeout: .seconds(60))
         #expect(pruned.pruned == [db.name])
         #expect(manager.store.names() == [web.name])
 
@@ -193,7 +207,8 @@ struct InstanceLifecycleTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path).isEmpty)
         let data = try FileManager.default.contentsOfDirectory(atPath: home.paths.data.path).sorted()
         #expect(Set(data).isSubset(of: ["instances", "keys", "locks", "ssh"]))
-        #expect(try FileManager.default.contentsOfDirectory(atPath: home.paths.data.appending(path: "locks").path).isEmpty)
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: home.paths.data.appending(path: "locks").path).isEmpty)
     }
 
     /// Phases of `nimbus launch`, by the stderr line that starts each.
@@ -271,7 +286,9 @@ struct InstanceLifecycleTests {
         address.sin_port = port.bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         try #require(bound == 0 && listen(fd, 1) == 0)
         let result = try await NimbusBinary.run(
@@ -292,7 +309,9 @@ struct InstanceLifecycleTests {
             address.sin_port = port.bigEndian
             address.sin_addr.s_addr = inet_addr("127.0.0.1")
             let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
             }
             if bound == 0 { return port }
         }
@@ -310,7 +329,9 @@ struct InstanceLifecycleTests {
         address.sin_port = port.bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         var buffer = [UInt8](repeating: 0, count: 64)
         let count = recv(fd, &buffer, buffer.count, 0)

@@ -119,7 +119,8 @@ struct LibvirtTests {
 struct LibvirtLaunchFlagTests {
     func launch(_ arguments: [String]) async throws -> (ProgramOutput, [String]) {
         try await TemporaryDirectory.with("nimbus-driver-flags") { home in
-            let result = try await NimbusBinary.run(["launch", "--no-wait"] + arguments + ["file:///missing.qcow2"], home: home.url)
+            let result = try await NimbusBinary.run(
+                ["launch", "--no-wait"] + arguments + ["file:///missing.qcow2"], home: home.url)
             let instances = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
             return (result, instances)
         }

@@ -6,8 +6,11 @@ import Testing
 
 /// A Nimbus-made seed ISO in the real guest: the guest kernel reads the Rock Ridge names, cloud-init
 /// applies vendor-data and user-data, and the pinned host key is the one sshd presents.
-@Suite("Seed in a real guest", .serialized,
-       .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest && Prerequisites.programs("ssh", "mkfs.ext4")), "needs QEMU, OVMF, ssh, mkfs.ext4 and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
+@Suite(
+    "Seed in a real guest", .serialized,
+    .enabled(
+        if: Prerequisites.run(when: Prerequisites.canBootGuest && Prerequisites.programs("ssh", "mkfs.ext4")),
+        "needs QEMU, OVMF, ssh, mkfs.ext4 and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
 struct SeedGuestTests {
     @Test("cloud-init applies hostname, fqdn, locale, timezone, sudo user, write_files, runcmd and a mount")
     func seedApplies() async throws {
@@ -30,7 +33,9 @@ struct SeedGuestTests {
         config.hostKeys = InstanceConfig.HostKeys(ed25519: hostKey)
         config.users = [InstanceConfig.User(name: "alice", sshAuthorizedKeys: [userKey.publicKeyLine], groups: ["adm"])]
         config.mounts = [["LABEL=nimbus-data", "/srv/data", "ext4", "defaults,nofail", "0", "2"]]
-        config.writeFiles = [InstanceConfig.WriteFile(path: "/etc/nimbus/hello.txt", content: "hello from nimbus\n", permissions: "0640")]
+        config.writeFiles = [
+            InstanceConfig.WriteFile(path: "/etc/nimbus/hello.txt", content: "hello from nimbus\n", permissions: "0640")
+        ]
         config.runcmd = [.shell("echo ran > /var/tmp/runcmd-done")]
         config.network = InstanceConfig.Network(interfaces: [.init(macAddress: mac)])
         let seed = try NoCloudSeed(config: config, name: "seedvm")
@@ -38,8 +43,12 @@ struct SeedGuestTests {
         try seed.writeISO(to: iso, timestamp: Date())
 
         let overlay = folder.appending(path: "disk.qcow2").path
-        try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                                                 imageDirectory.appending(path: "debian-12-nocloud.qcow2").path, overlay, "4G"])
+        try await ProgramRunner.run(
+            "qemu-img",
+            [
+                "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                imageDirectory.appending(path: "debian-12-nocloud.qcow2").path, overlay, "4G",
+            ])
         let data = folder.appending(path: "data.img").path
         try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", data, "64M"])
         try await ProgramRunner.run("mkfs.ext4", ["-q", "-L", "nimbus-data", data])
@@ -103,25 +112,27 @@ struct SeedGuestTests {
         }
         #expect(status.contains("status: done"), "cloud-init did not finish: \(status)")
 
-        let report = try ssh("""
+        let report = try ssh(
+            """
             hostname; hostname -f; grep -c '127.0.1.1 seedvm.nimbus.test seedvm' /etc/hosts; \
             grep LANG= /etc/default/locale; readlink /etc/localtime; sudo -n id -u; \
             stat -c '%a %U' /etc/nimbus/hello.txt; sudo cat /etc/nimbus/hello.txt; cat /var/tmp/runcmd-done; \
             findmnt -n -o TARGET,FSTYPE /srv/data
             """)
-        #expect(report.standardOutput == """
-            seedvm
-            seedvm.nimbus.test
-            1
-            LANG=en_US.UTF-8
-            /usr/share/zoneinfo/Europe/Paris
-            0
-            640 root
-            hello from nimbus
-            ran
-            /srv/data ext4
+        #expect(
+            report.standardOutput == """
+                seedvm
+                seedvm.nimbus.test
+                1
+                LANG=en_US.UTF-8
+                /usr/share/zoneinfo/Europe/Paris
+                0
+                640 root
+                hello from nimbus
+                ran
+                /srv/data ext4
 
-            """)
+                """)
     }
 
     static func freePort() throws -> Int {
@@ -133,7 +144,9 @@ struct SeedGuestTests {
         address.sin_port = 0
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
         let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0
+            }
         }
         guard bound else { throw NimbusError(.io, "no free loopback port") }
         return Int(UInt16(bigEndian: address.sin_port))

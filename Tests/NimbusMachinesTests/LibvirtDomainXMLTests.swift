@@ -9,7 +9,8 @@ import Testing
 /// against libvirt's own RelaxNG schema with `virt-xml-validate`.
 @Suite("Libvirt domain XML")
 struct LibvirtDomainXMLTests {
-    static let directory = MachineDirectory(URL(fileURLWithPath: "/home/alice/.local/share/nimbus/instances/web/machine"))
+    static let directory = MachineDirectory(
+        URL(fileURLWithPath: "/home/alice/.local/share/nimbus/instances/web/machine"))
 
     /// The config `nimbus launch` builds for a cloud image with a NoCloud seed.
     static var cloudImage: MachineConfig {
@@ -126,7 +127,8 @@ struct LibvirtDomainXMLTests {
         config.network = MachineConfig.Network(mode: .bridge(name: "br0"))
         config.shares = [MachineConfig.Share(hostPath: "/srv/src", tag: "src", readOnly: true)]
         config.vnc = true
-        let xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: nil, owner: nil)
+        let xml = try LibvirtDomainXML.render(
+            config, in: Self.directory, accelerator: .tcg, sshHostPort: nil, owner: nil)
         #expect(!xml.contains("<loader"))
         #expect(xml.contains("<entry name='opt/com.coreos/config' file='/srv/core/config.ign'/>"))
         #expect(xml.contains("<target dev='sda' bus='scsi'/>"))
@@ -143,10 +145,12 @@ struct LibvirtDomainXMLTests {
         var config = MachineConfig(name: "net")
         config.firmware = .bios
         config.disks = [MachineConfig.Disk(path: "/srv/net/overlay.qcow2")]
-        config.kernel = MachineConfig.DirectKernelBoot(kernel: "/srv/vmlinuz", initrd: "/srv/initrd.img", commandLine: "root=/dev/vda1 console=ttyS0")
+        config.kernel = MachineConfig.DirectKernelBoot(
+            kernel: "/srv/vmlinuz", initrd: "/srv/initrd.img", commandLine: "root=/dev/vda1 console=ttyS0")
         config.seed = .noCloudNet(url: "http://10.0.2.2:8000/")
         config.extraArguments = ["-global", "ICH9-LPC.disable_s3=1"]
-        let xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2200, owner: nil)
+        let xml = try LibvirtDomainXML.render(
+            config, in: Self.directory, accelerator: .tcg, sshHostPort: 2200, owner: nil)
         #expect(xml.contains("<entry name='serial'>ds=nocloud;s=http://10.0.2.2:8000/</entry>"))
         #expect(xml.contains("<smbios mode='sysinfo'/>"))
         #expect(!xml.contains("<boot order"))
@@ -160,13 +164,15 @@ struct LibvirtDomainXMLTests {
         var config = Self.cloudImage
         config.disks = [MachineConfig.Disk(path: "/tmp/a&b/<o'v>.qcow2")]
         let directory = MachineDirectory(URL(fileURLWithPath: "/tmp/a&b \"q\""))
-        let xml = try LibvirtDomainXML.render(config, in: directory, accelerator: .tcg, sshHostPort: 2222, owner: nil, origin: "h<1>")
+        let xml = try LibvirtDomainXML.render(
+            config, in: directory, accelerator: .tcg, sshHostPort: 2222, owner: nil, origin: "h<1>")
         #expect(xml.contains("/tmp/a&amp;b/&lt;o&apos;v&gt;.qcow2"))
         #expect(try await Self.validate(xml) == nil)
         let metadata = LibvirtDomainXML.Metadata(name: "web", folder: directory.url.path, origin: "h<1>")
         #expect(LibvirtDomainXML.Metadata(element: metadata.element) == metadata)
         // libvirt may give the namespace another prefix, or none, when it returns the element.
-        let unprefixed = "<instance>\n  <name>web</name>\n  <folder>\(LibvirtDomainXML.escape(directory.url.path))</folder>\n  <origin>h&lt;1&gt;</origin>\n</instance>\n"
+        let unprefixed =
+            "<instance>\n  <name>web</name>\n  <folder>\(LibvirtDomainXML.escape(directory.url.path))</folder>\n  <origin>h&lt;1&gt;</origin>\n</instance>\n"
         #expect(LibvirtDomainXML.Metadata(element: unprefixed) == metadata)
         let rewritten = metadata.element.replacingOccurrences(of: "nimbus:", with: "ns0:")
             .replacingOccurrences(of: "xmlns:nimbus", with: "xmlns:ns0")

@@ -172,8 +172,11 @@ struct LibvirtDriverTests {
             defer { _ = try? ProgramRunnerSync.destroy(domain) }
             _ = try await driver.start(config, in: directory)
             // libvirt made the machine's own variable store from the OVMF template.
-            #expect(FileManager.default.fileExists(atPath: directory.url.appending(path: LibvirtDomainXML.nvramName).path))
-            let error = await #expect(throws: NimbusError.self) { try await driver.saveSnapshot("before", in: directory) }
+            #expect(
+                FileManager.default.fileExists(atPath: directory.url.appending(path: LibvirtDomainXML.nvramName).path))
+            let error = await #expect(throws: NimbusError.self) {
+                try await driver.saveSnapshot("before", in: directory)
+            }
             #expect(error?.code == .unsupported)
             #expect(error?.message.contains("--driver qemu") == true, "\(error?.message ?? "")")
             try await driver.kill(directory)

@@ -13,7 +13,9 @@ import Testing
 ///   process, printing the mean of each and the RSS of an idle instance.
 @Suite(
     "Machine start benchmark",
-    .enabled(if: ProcessInfo.processInfo.environment["NIMBUS_BENCH_MACHINE"] != nil, "runs only from bench/machine (NIMBUS_BENCH_MACHINE)"))
+    .enabled(
+        if: ProcessInfo.processInfo.environment["NIMBUS_BENCH_MACHINE"] != nil,
+        "runs only from bench/machine (NIMBUS_BENCH_MACHINE)"))
 struct MachineStartBench {
     @Test("bench: start a machine until QMP answers")
     func start() async throws {

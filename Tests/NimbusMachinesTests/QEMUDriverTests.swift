@@ -41,7 +41,9 @@ struct MachineFixture {
 @Suite(
     "QEMU driver with a real QEMU",
     .serialized,
-    .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img")), "needs qemu-system-x86_64 and qemu-img (scripts/install-deps)")
+    .enabled(
+        if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img")),
+        "needs qemu-system-x86_64 and qemu-img (scripts/install-deps)")
 )
 struct QEMUDriverTests {
     @Test(

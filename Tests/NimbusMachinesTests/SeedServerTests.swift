@@ -16,7 +16,9 @@ struct SeedServerTests {
 
     /// curl's status code and body for `method` of `url`.
     func curl(_ url: String, method: String = "GET") async throws -> (status: Int, body: String) {
-        var arguments = ["--silent", "--show-error", "--path-as-is", "--max-time", "20", "--write-out", "\n%{http_code}"]
+        var arguments = [
+            "--silent", "--show-error", "--path-as-is", "--max-time", "20", "--write-out", "\n%{http_code}",
+        ]
         arguments += method == "HEAD" ? ["--head"] : ["--request", method]
         let output = try await ProgramRunner.output("curl", arguments + [url])
         #expect(output.status == 0, "curl \(url): \(output.standardError)")
@@ -89,8 +91,9 @@ struct SeedServerTests {
             try await server.waitUntilFetched(timeout: .milliseconds(300))
         }
         #expect(
-            error == .notFetched(
-                missing: [.userData, .vendorData], fetched: [.metaData], url: server.guestURL, clientGone: false))
+            error
+                == .notFetched(
+                    missing: [.userData, .vendorData], fetched: [.metaData], url: server.guestURL, clientGone: false))
         #expect(error.map { "\($0)" }?.contains("user-data, vendor-data not fetched from http://10.0.2.2:") == true)
     }
 
@@ -102,7 +105,9 @@ struct SeedServerTests {
             try await server.waitUntilFetched(timeout: .seconds(600)) { false }
         }
         #expect(
-            error == .notFetched(missing: [.metaData, .userData, .vendorData], fetched: [], url: server.guestURL, clientGone: true))
+            error
+                == .notFetched(
+                    missing: [.metaData, .userData, .vendorData], fetched: [], url: server.guestURL, clientGone: true))
     }
 
     @Test("a cancelled wait ends at once")
@@ -135,7 +140,8 @@ struct SeedServerTests {
     func shutdown() async throws {
         let server = try await SeedServer.start(files: Self.seed)
         await server.shutdown()
-        let output = try await ProgramRunner.output("curl", ["--silent", "--max-time", "5", server.hostURL + "meta-data"])
+        let output = try await ProgramRunner.output(
+            "curl", ["--silent", "--max-time", "5", server.hostURL + "meta-data"])
         #expect(output.status == 7)  // curl: failed to connect
     }
 }

@@ -11,10 +11,14 @@ struct IgnitionConfigTests {
         config.timezone = "Europe/Paris"
         config.locale = "C.UTF-8"
         config.sshAuthorizedKeys = [try Fixtures.userKey().publicKeyLine]
-        config.users = [InstanceConfig.User(name: "dev", sshAuthorizedKeys: [try Fixtures.userKey().publicKeyLine], groups: ["wheel"])]
+        config.users = [
+            InstanceConfig.User(
+                name: "dev", sshAuthorizedKeys: [try Fixtures.userKey().publicKeyLine], groups: ["wheel"])
+        ]
         config.hostKeys = InstanceConfig.HostKeys(ed25519: try Fixtures.hostKey())
         config.writeFiles = [
-            InstanceConfig.WriteFile(path: "/etc/nimbus/hello.txt", content: "hello\n", owner: "root:root", permissions: "0640"),
+            InstanceConfig.WriteFile(
+                path: "/etc/nimbus/hello.txt", content: "hello\n", owner: "root:root", permissions: "0640"),
             InstanceConfig.WriteFile(path: "/etc/nimbus/blob", content: "aGVsbG8=", encoding: "b64"),
             InstanceConfig.WriteFile(path: "/etc/motd", content: "more\n", append: true),
         ]
@@ -31,28 +35,38 @@ struct IgnitionConfigTests {
         #expect(ignition.json.contains("[Install]\\nWantedBy=multi-user.target"))
     }
 
-    @Test("every rendered config passes ignition-validate",
-          .enabled(if: Prerequisites.run(when: Prerequisites.programs("ignition-validate")), "needs ignition-validate (package ignition)"))
+    @Test(
+        "every rendered config passes ignition-validate",
+        .enabled(
+            if: Prerequisites.run(when: Prerequisites.programs("ignition-validate")),
+            "needs ignition-validate (package ignition)"))
     func validate() throws {
         try expectValidIgnition(try IgnitionConfig(config: Self.config()).json)
         try expectValidIgnition(try IgnitionConfig(config: InstanceConfig()).json)
-        let user = try UserData(bytes: Array("#cloud-config\nhostname: x\nusers: [default, {name: u, groups: 'a, b', sudo: ALL=(ALL) ALL}]\nwrite_files: [{path: /a, content: b, permissions: '0600'}]\n".utf8), source: "ud")
+        let user = try UserData(
+            bytes: Array(
+                "#cloud-config\nhostname: x\nusers: [default, {name: u, groups: 'a, b', sudo: ALL=(ALL) ALL}]\nwrite_files: [{path: /a, content: b, permissions: '0600'}]\n"
+                    .utf8), source: "ud")
         try expectValidIgnition(try IgnitionConfig(config: InstanceConfig(), userData: user).json)
     }
 
     @Test("with no user named, keys go to core")
     func coreByDefault() throws {
         var config = InstanceConfig()
-        config.sshAuthorizedKeys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB k"]
+        config.sshAuthorizedKeys = [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB k"
+        ]
         let json = try IgnitionConfig(config: config).json
         #expect(json.contains("\"name\" : \"core\""))
         #expect(json.contains("AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB k"))
     }
 
-    @Test("options with no Ignition equivalent are errors naming them", arguments: [
-        "packages: [htop]", "mounts: [[/dev/vdb, /srv]]", "bootcmd: [echo]", "apt: {preserve_sources_list: true}",
-        "power_state: {mode: reboot}", "ssh_pwauth: true",
-    ])
+    @Test(
+        "options with no Ignition equivalent are errors naming them",
+        arguments: [
+            "packages: [htop]", "mounts: [[/dev/vdb, /srv]]", "bootcmd: [echo]", "apt: {preserve_sources_list: true}",
+            "power_state: {mode: reboot}", "ssh_pwauth: true",
+        ])
     func unsupported(line: String) throws {
         let option = String(line.prefix { $0 != ":" })
         let user = try UserData(bytes: Array("#cloud-config\n\(line)\n".utf8), source: "ud")

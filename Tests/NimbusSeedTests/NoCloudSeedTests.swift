@@ -29,30 +29,40 @@ struct NoCloudSeedTests {
         #expect(try Yams.load(yaml: text) == nil)
         let vendor = String(decoding: seed.vendorData, as: UTF8.self)
         #expect(vendor.hasPrefix("#cloud-config\n"))
-        #expect(vendor.contains("ssh_pwauth: false") && vendor.contains("manage_etc_hosts: true") && vendor.contains("growpart:"))
+        #expect(
+            vendor.contains("ssh_pwauth: false") && vendor.contains("manage_etc_hosts: true")
+                && vendor.contains("growpart:"))
     }
 
-    @Test("a NIC known by MAC gets network-config v2 with DHCP, matched by that MAC",
-          .enabled(if: Prerequisites.run(when: Prerequisites.programs("cloud-init")), "needs cloud-init for `cloud-init schema` (scripts/install-deps)"))
+    @Test(
+        "a NIC known by MAC gets network-config v2 with DHCP, matched by that MAC",
+        .enabled(
+            if: Prerequisites.run(when: Prerequisites.programs("cloud-init")),
+            "needs cloud-init for `cloud-init schema` (scripts/install-deps)"))
     func networkByMAC() throws {
         var config = InstanceConfig()
         config.network = InstanceConfig.Network(interfaces: [.init(macAddress: "52:54:00:AA:BB:CC")])
         let seed = try NoCloudSeed(config: config)
-        #expect(String(decoding: seed.networkConfig, as: UTF8.self) == """
-            version: 2
-            ethernets:
-              primary:
-                match:
-                  macaddress: "52:54:00:aa:bb:cc"
-                dhcp4: true
+        #expect(
+            String(decoding: seed.networkConfig, as: UTF8.self) == """
+                version: 2
+                ethernets:
+                  primary:
+                    match:
+                      macaddress: "52:54:00:aa:bb:cc"
+                    dhcp4: true
 
-            """)
+                """)
         // cloud-init itself reads it (Debian's renderer is ENI).
         try TemporaryDirectory.withSync { directory in
             let input = directory.url.appending(path: "network-config")
             try Data(seed.networkConfig).write(to: input)
-            let result = try runProgram("/usr/bin/cloud-init", ["devel", "net-convert", "-p", input.path, "-k", "yaml",
-                                                               "-d", directory.url.path, "-D", "debian", "-O", "eni"])
+            let result = try runProgram(
+                "/usr/bin/cloud-init",
+                [
+                    "devel", "net-convert", "-p", input.path, "-k", "yaml",
+                    "-d", directory.url.path, "-D", "debian", "-O", "eni",
+                ])
             #expect(result.status == 0, "\(result.output)")
         }
     }
@@ -69,20 +79,25 @@ struct NoCloudSeedTests {
         #expect(try NoCloudSeed(config: Fixtures.fullConfig(), name: "db").instanceID != a.instanceID)
     }
 
-    @Test("user-data and vendor-data pass cloud-init schema",
-          .enabled(if: Prerequisites.run(when: Prerequisites.programs("cloud-init")), "needs cloud-init for `cloud-init schema` (scripts/install-deps)"))
+    @Test(
+        "user-data and vendor-data pass cloud-init schema",
+        .enabled(
+            if: Prerequisites.run(when: Prerequisites.programs("cloud-init")),
+            "needs cloud-init for `cloud-init schema` (scripts/install-deps)"))
     func schema() throws {
-        let user = try UserData(bytes: Array("""
-            #cloud-config
-            hostname: mine
-            users:
-              - default
-              - name: bob
-                ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB bob]
-            ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB x]
-            runcmd: [[ls, /]]
+        let user = try UserData(
+            bytes: Array(
+                """
+                #cloud-config
+                hostname: mine
+                users:
+                  - default
+                  - name: bob
+                    ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB bob]
+                ssh_authorized_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB x]
+                runcmd: [[ls, /]]
 
-            """.utf8), source: "user-data")
+                """.utf8), source: "user-data")
         for seed in [
             try NoCloudSeed(config: Fixtures.fullConfig(), name: "web"),
             try NoCloudSeed(config: InstanceConfig()),
@@ -98,21 +113,26 @@ struct NoCloudSeedTests {
         var config = InstanceConfig()
         config.hostname = "flag-name"
         config.timezone = "UTC"
-        config.defaultUser = InstanceConfig.User(name: "nimbus", sshAuthorizedKeys: [try Fixtures.userKey().publicKeyLine])
+        config.defaultUser = InstanceConfig.User(
+            name: "nimbus", sshAuthorizedKeys: [try Fixtures.userKey().publicKeyLine])
         config.users = [InstanceConfig.User(name: "dev")]
-        config.sshAuthorizedKeys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB flag"]
+        config.sshAuthorizedKeys = [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB flag"
+        ]
         config.runcmd = [.shell("echo from-flags")]
-        let user = try UserData(bytes: Array("""
-            #cloud-config
-            hostname: from-file
-            users:
-              - name: alice
-            ssh_authorized_keys:
-              - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB file
-            runcmd:
-              - echo from-file
+        let user = try UserData(
+            bytes: Array(
+                """
+                #cloud-config
+                hostname: from-file
+                users:
+                  - name: alice
+                ssh_authorized_keys:
+                  - ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB file
+                runcmd:
+                  - echo from-file
 
-            """.utf8), source: "user-data")
+                """.utf8), source: "user-data")
         let seed = try NoCloudSeed(config: config, name: "web", userData: user)
         try Fixtures.expectGolden(seed.userData, "merged.user-data")
         let parsed = try #require(try Yams.load(yaml: String(decoding: seed.userData, as: UTF8.self)) as? [String: Any])
@@ -120,7 +140,8 @@ struct NoCloudSeedTests {
         #expect(parsed["timezone"] as? String == "UTC")
         let users = try #require(parsed["users"] as? [[String: Any]])
         #expect(users.map { $0["name"] as? String } == ["alice", "dev", "nimbus"])
-        #expect((parsed["ssh_authorized_keys"] as? [String])?.map { $0.split(separator: " ").last } == ["file", "flag"])
+        #expect(
+            (parsed["ssh_authorized_keys"] as? [String])?.map { $0.split(separator: " ").last } == ["file", "flag"])
         #expect(parsed["runcmd"] as? [String] == ["echo from-file", "echo from-flags"])
         #expect(String(decoding: seed.metaData, as: UTF8.self).contains("local-hostname: from-file"))
     }
@@ -136,13 +157,15 @@ struct NoCloudSeedTests {
         #expect(try NoCloudSeed(config: config, userData: user).userData == Array(text.utf8))
     }
 
-    @Test("scripts, includes, jinja, MIME and gzip user-data pass through untouched", arguments: [
-        ("#!/bin/sh\necho hi\n", UserData.Kind.script),
-        ("#include\nhttp://10.0.2.2/a.yaml\n", .include),
-        ("## template: jinja\n#cloud-config\nhostname: {{ v1.local_hostname }}\n", .jinjaTemplate),
-        ("Content-Type: multipart/mixed; boundary=\"X\"\nMIME-Version: 1.0\n\n--X\n--X--\n", .mimeMultipart),
-        ("#cloud-boothook\n#!/bin/sh\n", .boothook),
-    ])
+    @Test(
+        "scripts, includes, jinja, MIME and gzip user-data pass through untouched",
+        arguments: [
+            ("#!/bin/sh\necho hi\n", UserData.Kind.script),
+            ("#include\nhttp://10.0.2.2/a.yaml\n", .include),
+            ("## template: jinja\n#cloud-config\nhostname: {{ v1.local_hostname }}\n", .jinjaTemplate),
+            ("Content-Type: multipart/mixed; boundary=\"X\"\nMIME-Version: 1.0\n\n--X\n--X--\n", .mimeMultipart),
+            ("#cloud-boothook\n#!/bin/sh\n", .boothook),
+        ])
     func passThrough(text: String, kind: UserData.Kind) throws {
         let user = try UserData(bytes: Array(text.utf8), source: "user-data")
         #expect(user.kind == kind)
@@ -155,7 +178,10 @@ struct NoCloudSeedTests {
 
     @Test("gzip'ed user-data is recognised and kept byte for byte")
     func gzip() throws {
-        let bytes: [UInt8] = [0x1F, 0x8B, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0, 0, 0]
+        let bytes: [UInt8] = [
+            0x1F, 0x8B, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x01, 0x00, 0x00, 0xFF, 0xFF, 0, 0, 0, 0, 0, 0,
+            0, 0,
+        ]
         let user = try UserData(bytes: bytes, source: "user-data.gz")
         #expect(user.kind == .gzip)
         #expect(try NoCloudSeed(config: InstanceConfig(), userData: user).userData == bytes)
@@ -163,7 +189,11 @@ struct NoCloudSeedTests {
 
     @Test("invalid YAML names file:line:column")
     func invalidYAML() {
-        #expect(throws: SeedError.invalidYAML(file: "ud.yaml", line: 3, column: 1, problem: "while parsing a flow node did not find expected node content")) {
+        #expect(
+            throws: SeedError.invalidYAML(
+                file: "ud.yaml", line: 3, column: 1,
+                problem: "while parsing a flow node did not find expected node content")
+        ) {
             try UserData(bytes: Array("#cloud-config\nfoo: [\n".utf8), source: "ud.yaml")
         }
     }
@@ -173,16 +203,19 @@ struct NoCloudSeedTests {
         #expect {
             try UserData(bytes: Array("#cloud-config\n- a\n- b\n".utf8), source: "ud")
         } throws: { error in
-            (error as? SeedError)?.description == "ud:2:1: #cloud-config must be a mapping of keys (like `hostname: web`), not a sequence"
+            (error as? SeedError)?.description
+                == "ud:2:1: #cloud-config must be a mapping of keys (like `hostname: web`), not a sequence"
         }
     }
 
-    @Test("a wrong type on a key Nimbus reads names the key", arguments: [
-        ("hostname: [a]", "ud:2:11: `hostname` must be a string, not a sequence"),
-        ("users: web", "ud:2:8: `users` must be a list, not a scalar"),
-        ("write_files: [/etc/x]", "ud:2:14: `write_files` must be a list of mappings, not a sequence"),
-        ("package_update: maybe", "ud:2:17: `package_update` must be true or false, not a scalar"),
-    ])
+    @Test(
+        "a wrong type on a key Nimbus reads names the key",
+        arguments: [
+            ("hostname: [a]", "ud:2:11: `hostname` must be a string, not a sequence"),
+            ("users: web", "ud:2:8: `users` must be a list, not a scalar"),
+            ("write_files: [/etc/x]", "ud:2:14: `write_files` must be a list of mappings, not a sequence"),
+            ("package_update: maybe", "ud:2:17: `package_update` must be true or false, not a scalar"),
+        ])
     func wrongTypes(line: String, message: String) {
         #expect {
             try UserData(bytes: Array("#cloud-config\n\(line)\n".utf8), source: "ud")
@@ -204,7 +237,8 @@ struct NoCloudSeedTests {
         #expect(seed.metaData == meta.bytes)
         #expect(seed.instanceID == nil)
         #expect {
-            try NoCloudSeed(config: InstanceConfig(), networkConfig: UserFile(bytes: Array("- eth0\n".utf8), source: "net"))
+            try NoCloudSeed(
+                config: InstanceConfig(), networkConfig: UserFile(bytes: Array("- eth0\n".utf8), source: "net"))
         } throws: { error in
             (error as? SeedError)?.description == "net:1:1: must be a YAML mapping of keys, not a sequence"
         }

@@ -3,7 +3,9 @@ import NimbusSeed
 import NimbusTestSupport
 import Testing
 
-@Suite("SSH key pairs", .enabled(if: Prerequisites.run(when: Prerequisites.programs("ssh-keygen")), "needs ssh-keygen (openssh-client)"))
+@Suite(
+    "SSH key pairs",
+    .enabled(if: Prerequisites.run(when: Prerequisites.programs("ssh-keygen")), "needs ssh-keygen (openssh-client)"))
 struct SSHKeyPairTests {
     @Test("ssh-keygen -y reproduces the public line and -lf prints the same fingerprint")
     func matchesSSHKeygen() throws {
@@ -27,7 +29,9 @@ struct SSHKeyPairTests {
     func readsBack() throws {
         try TemporaryDirectory.withSync { directory in
             let key = directory.url.appending(path: "theirs")
-            #expect(try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "them", "-f", key.path]).status == 0)
+            #expect(
+                try runProgram("/usr/bin/ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "them", "-f", key.path])
+                    .status == 0)
             let pair = try SSHKeyPair(openSSHPrivateKey: String(decoding: try Data(contentsOf: key), as: UTF8.self))
             let expected = String(decoding: try Data(contentsOf: key.appendingPathExtension("pub")), as: UTF8.self)
             #expect(pair.publicKeyLine == expected.trimmingCharacters(in: .newlines))

@@ -8,7 +8,8 @@ import Testing
 struct SeedBenchmark {
     @Test("render + ISO of a typical seed, median over many runs")
     func renderAndISO() throws {
-        let userData = Array("""
+        let userData = Array(
+            """
             #cloud-config
             hostname: bench
             users:
@@ -22,7 +23,9 @@ struct SeedBenchmark {
         var config = InstanceConfig()
         config.hostname = "bench"
         config.timezone = "UTC"
-        config.defaultUser = InstanceConfig.User(name: "nimbus", sshAuthorizedKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB n"])
+        config.defaultUser = InstanceConfig.User(
+            name: "nimbus",
+            sshAuthorizedKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPA/lmdaI4jHKfq2Ev6ymPMA45fCDR2Jnn86VoLICWrB n"])
         config.network = InstanceConfig.Network(interfaces: [.init(macAddress: "52:54:00:12:34:56")])
         let date = Date(timeIntervalSince1970: 1_767_225_600)
         var samples: [Double] = []
@@ -38,7 +41,9 @@ struct SeedBenchmark {
         samples.sort()
         let median = samples[samples.count / 2]
         let p90 = samples[samples.count * 9 / 10]
-        print("seed-benchmark: render + ISO (\(size) bytes): median \(String(format: "%.1f", median)) µs, p90 \(String(format: "%.1f", p90)) µs over \(samples.count) runs")
+        print(
+            "seed-benchmark: render + ISO (\(size) bytes): median \(String(format: "%.1f", median)) µs, p90 \(String(format: "%.1f", p90)) µs over \(samples.count) runs"
+        )
         #expect(size > 0)
     }
 }

@@ -63,7 +63,8 @@ final class LibvirtConnection: @unchecked Sendable {
                     ? "start it with `systemctl start libvirtd`, or without systemd as root with `virtlogd -d && libvirtd -d`"
                     : "start libvirtd on that host and check that it listens (libvirtd --listen, or the libvirtd-tcp.socket unit)"
                 return NimbusError(
-                    .unsupported, "libvirtd is not running for \(uri): \(start) (libvirt: \(error.message))", cause: error)
+                    .unsupported, "libvirtd is not running for \(uri): \(start) (libvirt: \(error.message))",
+                    cause: error)
             default:
                 break
             }
@@ -86,7 +87,8 @@ final class LibvirtConnection: @unchecked Sendable {
         guard let domain = virDomainLookupByName(pointer, name) else {
             let error = LibvirtError.last("virDomainLookupByName")
             if error.matches(VIR_ERR_NO_DOMAIN) { return nil }
-            throw NimbusError(.network, "libvirt at \(uri) could not look up domain \(name): \(error.message)", cause: error)
+            throw NimbusError(
+                .network, "libvirt at \(uri) could not look up domain \(name): \(error.message)", cause: error)
         }
         return LibvirtDomain(domain, connection: self, name: name)
     }
@@ -111,8 +113,9 @@ final class LibvirtDomain: @unchecked Sendable {
 
     /// Nimbus's metadata element, nil when the domain has none (it is not Nimbus's).
     var metadata: LibvirtDomainXML.Metadata? {
-        guard let text = virDomainGetMetadata(
-            pointer, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), LibvirtDomainXML.metadataNamespace, 0)
+        guard
+            let text = virDomainGetMetadata(
+                pointer, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), LibvirtDomainXML.metadataNamespace, 0)
         else {
             virResetLastError()
             return nil
@@ -127,7 +130,8 @@ final class LibvirtDomain: @unchecked Sendable {
         var reason: Int32 = 0
         guard virDomainGetState(pointer, &state, &reason, 0) == 0 else {
             let error = LibvirtError.last("virDomainGetState")
-            throw NimbusError(.network, "libvirt could not read the state of domain \(name): \(error.message)", cause: error)
+            throw NimbusError(
+                .network, "libvirt could not read the state of domain \(name): \(error.message)", cause: error)
         }
         return (virDomainState(rawValue: UInt32(bitPattern: state)), reason)
     }

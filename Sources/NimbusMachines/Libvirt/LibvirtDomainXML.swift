@@ -55,7 +55,9 @@ public enum LibvirtDomainXML {
         /// returns it with or without a prefix (libvirt 9.0 drops it); nil when it is not an instance element.
         public init?(element text: String) {
             let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            guard trimmed.hasPrefix("<instance") || trimmed.range(of: "^<[A-Za-z0-9_]+:instance[ >]", options: .regularExpression) != nil
+            guard
+                trimmed.hasPrefix("<instance")
+                    || trimmed.range(of: "^<[A-Za-z0-9_]+:instance[ >]", options: .regularExpression) != nil
             else { return nil }
             func field(_ name: String) -> String? {
                 guard let open = text.range(of: ":\(name)>") ?? text.range(of: "<\(name)>") else { return nil }
@@ -280,7 +282,8 @@ public enum LibvirtDomainXML {
             var rules: [String] = []
             if config.network.forwardSSH, let sshHostPort { rules.append("tcp:127.0.0.1:\(sshHostPort)-:22") }
             for forward in config.network.forwards {
-                rules.append("\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
+                rules.append(
+                    "\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
             }
             let netdev = (["user", "id=nimbus-net0"] + rules.map { "hostfwd=\(QEMUCommandLine.escape($0))" })
                 .joined(separator: ",")

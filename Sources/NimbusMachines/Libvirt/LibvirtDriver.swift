@@ -89,7 +89,8 @@ public struct LibvirtDriver: Hypervisor {
         if let existing = try connection.domain(named: domainName) {
             try Self.checkOwnership(existing, directory: directory, uri: uri)
             if existing.isActive {
-                throw NimbusError(.invalidState, "machine \(config.name) is already running (libvirt domain \(domainName) on \(uri))")
+                throw NimbusError(
+                    .invalidState, "machine \(config.name) is already running (libvirt domain \(domainName) on \(uri))")
             }
             // A shut-off definition of this very machine (left by hand or by an older Nimbus): replace it.
             _ = virDomainUndefineFlags(existing.pointer, UInt32(VIR_DOMAIN_UNDEFINE_KEEP_NVRAM.rawValue))
@@ -111,7 +112,8 @@ public struct LibvirtDriver: Hypervisor {
         encoder.outputFormatting = [.sortedKeys]
         do {
             try AtomicFile.write(
-                try encoder.encode(Record(uri: uri, domain: domainName)), to: Self.recordFile(directory), permissions: 0o600)
+                try encoder.encode(Record(uri: uri, domain: domainName)), to: Self.recordFile(directory),
+                permissions: 0o600)
         } catch {
             throw NimbusError(.io, "could not write \(Self.recordFile(directory).path)", cause: error)
         }
@@ -130,7 +132,9 @@ public struct LibvirtDriver: Hypervisor {
             }
             let xml = try LibvirtDomainXML.render(
                 config, in: directory, accelerator: decision.accelerator, sshHostPort: sshHostPort, owner: owner)
-            if let domainPointer = virDomainCreateXML(connection.pointer, xml, UInt32(VIR_DOMAIN_START_VALIDATE.rawValue)) {
+            if let domainPointer = virDomainCreateXML(
+                connection.pointer, xml, UInt32(VIR_DOMAIN_START_VALIDATE.rawValue))
+            {
                 let domain = LibvirtDomain(domainPointer, connection: connection, name: domainName)
                 let pid = local ? Self.qemuPID(domainName, uri: uri) : 0
                 return RunningMachine(
@@ -140,10 +144,13 @@ public struct LibvirtDriver: Hypervisor {
             }
             let error = LibvirtError.last("virDomainCreateXML")
             // A free port found by binding port 0 can be taken again before QEMU binds it; retry that race.
-            if error.message.contains("Could not set up host forwarding rule"), fixedPort == nil, attempt < 3 { continue }
+            if error.message.contains("Could not set up host forwarding rule"), fixedPort == nil, attempt < 3 {
+                continue
+            }
             try? FileManager.default.removeItem(at: Self.recordFile(directory))
             throw NimbusError(
-                .processFailed, "libvirt at \(uri) could not start machine \(config.name): \(error.message)", cause: error)
+                .processFailed, "libvirt at \(uri) could not start machine \(config.name): \(error.message)",
+                cause: error)
         }
     }
 
@@ -165,7 +172,8 @@ public struct LibvirtDriver: Hypervisor {
             let (state, _) = try domain.state()
             let pid = Self.qemuPID(record.domain, uri: record.uri)
             switch state {
-            case VIR_DOMAIN_RUNNING, VIR_DOMAIN_BLOCKED: return MachineStatus(state: .running, pid: pid, detail: "running")
+            case VIR_DOMAIN_RUNNING, VIR_DOMAIN_BLOCKED:
+                return MachineStatus(state: .running, pid: pid, detail: "running")
             case VIR_DOMAIN_PAUSED: return MachineStatus(state: .paused, pid: pid, detail: "paused")
             case VIR_DOMAIN_PMSUSPENDED: return MachineStatus(state: .paused, pid: pid, detail: "pmsuspended")
             case VIR_DOMAIN_CRASHED: return MachineStatus(state: .crashed, pid: pid, detail: "crashed")
@@ -220,7 +228,9 @@ public struct LibvirtDriver: Hypervisor {
         let xml = "<domainsnapshot><name>\(LibvirtDomainXML.escape(name))</name></domainsnapshot>"
         guard let snapshot = virDomainSnapshotCreateXML(domain.pointer, xml, 0) else {
             let error = LibvirtError.last("virDomainSnapshotCreateXML")
-            throw NimbusError(.processFailed, "libvirt could not save snapshot \(name) of domain \(domain.name): \(error.message)", cause: error)
+            throw NimbusError(
+                .processFailed, "libvirt could not save snapshot \(name) of domain \(domain.name): \(error.message)",
+                cause: error)
         }
         virDomainSnapshotFree(snapshot)
     }
@@ -229,20 +239,25 @@ public struct LibvirtDriver: Hypervisor {
         let domain = try running(directory, "load snapshot \(name)")
         let snapshot = try Self.snapshot(name, of: domain)
         defer { virDomainSnapshotFree(snapshot) }
-        try domain.call("revert to snapshot \(name) of", "virDomainRevertToSnapshot") { _ in virDomainRevertToSnapshot(snapshot, 0) }
+        try domain.call("revert to snapshot \(name) of", "virDomainRevertToSnapshot") { _ in
+            virDomainRevertToSnapshot(snapshot, 0)
+        }
     }
 
     public func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         let domain = try running(directory, "delete snapshot \(name)")
         let snapshot = try Self.snapshot(name, of: domain)
         defer { virDomainSnapshotFree(snapshot) }
-        try domain.call("delete snapshot \(name) of", "virDomainSnapshotDelete") { _ in virDomainSnapshotDelete(snapshot, 0) }
+        try domain.call("delete snapshot \(name) of", "virDomainSnapshotDelete") { _ in
+            virDomainSnapshotDelete(snapshot, 0)
+        }
     }
 
     private static func snapshot(_ name: String, of domain: LibvirtDomain) throws(NimbusError) -> virDomainSnapshotPtr {
         guard let snapshot = virDomainSnapshotLookupByName(domain.pointer, name, 0) else {
             let error = LibvirtError.last("virDomainSnapshotLookupByName")
-            throw NimbusError(.notFound, "domain \(domain.name) has no snapshot \(name): \(error.message)", cause: error)
+            throw NimbusError(
+                .notFound, "domain \(domain.name) has no snapshot \(name): \(error.message)", cause: error)
         }
         return snapshot
     }
@@ -272,7 +287,9 @@ public struct LibvirtDriver: Hypervisor {
         var endedBy: StopOutcome.Rung?
         var reason: String?
         if virDomainShutdownFlags(domain.pointer, UInt32(VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN.rawValue)) == 0 {
-            log("pressed the ACPI power button (virDomainShutdown); waiting up to \(timeout) for the guest to shut down")
+            log(
+                "pressed the ACPI power button (virDomainShutdown); waiting up to \(timeout) for the guest to shut down"
+            )
             if await Self.waitUntilGone(domain, timeout: timeout) {
                 log("the guest shut down")
                 endedBy = .guestShutdown
@@ -281,7 +298,9 @@ public struct LibvirtDriver: Hypervisor {
                 log("no shutdown within \(timeout)")
             }
         } else {
-            log("the power button failed (\(LibvirtError.last("virDomainShutdownFlags").message)); destroying the domain")
+            log(
+                "the power button failed (\(LibvirtError.last("virDomainShutdownFlags").message)); destroying the domain"
+            )
         }
         if endedBy == nil, domain.isActive {
             log("destroying domain \(domain.name) gracefully (SIGTERM to QEMU)")

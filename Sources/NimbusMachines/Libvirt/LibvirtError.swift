@@ -21,7 +21,8 @@ public struct LibvirtError: Error, Sendable, Hashable, CustomStringConvertible {
     /// The last error of this thread, cleared after reading.
     static func last(_ call: String) -> LibvirtError {
         guard let error = virGetLastError() else {
-            return LibvirtError(code: -1, domain: 0, systemErrno: 0, message: "\(call) failed with no error from libvirt", call: call)
+            return LibvirtError(
+                code: -1, domain: 0, systemErrno: 0, message: "\(call) failed with no error from libvirt", call: call)
         }
         let code = error.pointee.code
         let message = error.pointee.message.map { String(cString: $0) } ?? "\(call) failed"

@@ -132,7 +132,8 @@ private final class MirrorHandler: ChannelInboundHandler {
         var status = HTTPResponseStatus.ok
         // RFC 9110 13.1.5: a Range whose If-Range validator no longer matches gets the whole file.
         let ifRange = head.headers.first(name: "If-Range")
-        if let range, ifRange == nil || ifRange == etag, range.hasPrefix("bytes="), let dash = range.firstIndex(of: "-"),
+        if let range, ifRange == nil || ifRange == etag, range.hasPrefix("bytes="),
+            let dash = range.firstIndex(of: "-"),
             let start = Int(range[range.index(range.startIndex, offsetBy: 6)..<dash])
         {
             let endText = range[range.index(after: dash)...]

@@ -24,7 +24,8 @@ struct AccessExec: AsyncParsableCommand {
         let ssh = try await context.manager.sshAccess(try instance.instanceName)
         try ssh.prepare()
         let terminal = Console.stdinIsTerminal && Console.stdoutIsTerminal
-        throw SSHAccess.execReplacingProcess("ssh", ssh.sshArguments(command: command, terminal: terminal, batch: !terminal))
+        throw SSHAccess.execReplacingProcess(
+            "ssh", ssh.sshArguments(command: command, terminal: terminal, batch: !terminal))
     }
 }
 
@@ -39,7 +40,8 @@ struct AccessShell: AsyncParsableCommand {
         let context = try CommandContext(global: global)
         let ssh = try await context.manager.sshAccess(try instance.instanceName)
         try ssh.prepare()
-        throw SSHAccess.execReplacingProcess("ssh", ssh.sshArguments(command: [], terminal: Console.stdinIsTerminal, batch: false))
+        throw SSHAccess.execReplacingProcess(
+            "ssh", ssh.sshArguments(command: [], terminal: Console.stdinIsTerminal, batch: false))
     }
 }
 
@@ -67,7 +69,8 @@ struct AccessCopy: AsyncParsableCommand {
             guard paths.count >= 2 else { throw ValidationError("give at least one source and a destination") }
             let names = Set(paths.compactMap { Self.guestPath($0)?.0 })
             guard names.count == 1 else {
-                throw ValidationError("name exactly one instance, as NAME:path, on one side, like: nimbus copy ./a web:/tmp/")
+                throw ValidationError(
+                    "name exactly one instance, as NAME:path, on one side, like: nimbus copy ./a web:/tmp/")
             }
             let destinationIsGuest = Self.guestPath(paths[paths.count - 1]) != nil
             guard paths.dropLast().allSatisfy({ (Self.guestPath($0) != nil) != destinationIsGuest }) else {
@@ -105,7 +108,8 @@ struct AccessSSHConfig: AsyncParsableCommand {
 
 /// `nimbus logs NAME [--follow]`: the serial console log.
 struct AccessLogs: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "logs", abstract: "Print an instance's serial console log.")
+    static let configuration = CommandConfiguration(
+        commandName: "logs", abstract: "Print an instance's serial console log.")
 
     @OptionGroup var global: Flags.Global
     @OptionGroup var instance: Flags.Instance

@@ -6,7 +6,9 @@ import NimbusInstances
 struct FleetApply: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "apply", abstract: "Launch the instances a fleet file declares, in parallel.",
-        discussion: "Idempotent: instances that exist are left as they are. --prune deletes the file's instances it no longer lists.")
+        discussion:
+            "Idempotent: instances that exist are left as they are. --prune deletes the file's instances it no longer lists."
+    )
 
     @OptionGroup var global: Flags.Global
 

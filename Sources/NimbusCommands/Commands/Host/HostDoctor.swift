@@ -16,10 +16,12 @@ struct HostDoctor: AsyncParsableCommand {
         let context = try CommandContext(global: global)
         let findings = await context.manager.doctor(fix: fix)
         for finding in findings {
-            Console.result("\(finding.ok ? "ok  " : (finding.fixed ? "fixed" : "FAIL")) \(finding.subject): \(finding.detail)\n")
+            Console.result(
+                "\(finding.ok ? "ok  " : (finding.fixed ? "fixed" : "FAIL")) \(finding.subject): \(finding.detail)\n")
         }
         if findings.contains(where: { !$0.ok && !$0.fixed }) {
-            throw NimbusError(.invalidState, "doctor found problems\(fix ? "" : ": `nimbus doctor --fix` repairs what is safe")")
+            throw NimbusError(
+                .invalidState, "doctor found problems\(fix ? "" : ": `nimbus doctor --fix` repairs what is safe")")
         }
     }
 }

@@ -64,16 +64,20 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "Seconds to wait for the instance to be ready.")
     var timeout: Int = 600
 
-    @Flag(help: "Return once QEMU has started (with --seed-over-http, once the guest has fetched its seed), without waiting for cloud-init.")
+    @Flag(
+        help:
+            "Return once QEMU has started (with --seed-over-http, once the guest has fetched its seed), without waiting for cloud-init."
+    )
     var noWait = false
 
-    @Flag(help: ArgumentHelp(
-        "Serve the NoCloud seed over HTTP instead of attaching a seed disk.",
-        discussion: """
-            The guest is told http://10.0.2.2:PORT/ in its SMBIOS serial number; Nimbus listens on 127.0.0.1 only. \
-            Nimbus has no daemon: this launch, and every later `nimbus start`, stays until the guest has fetched \
-            its seed, even with --no-wait. Needs cloud-init with NoCloud over HTTP (ds=nocloud-net).
-            """))
+    @Flag(
+        help: ArgumentHelp(
+            "Serve the NoCloud seed over HTTP instead of attaching a seed disk.",
+            discussion: """
+                The guest is told http://10.0.2.2:PORT/ in its SMBIOS serial number; Nimbus listens on 127.0.0.1 only. \
+                Nimbus has no daemon: this launch, and every later `nimbus start`, stays until the guest has fetched \
+                its seed, even with --no-wait. Needs cloud-init with NoCloud over HTTP (ds=nocloud-net).
+                """))
     var seedOverHttp = false
 
     @Option(help: "Output format: table or json.")
@@ -103,7 +107,8 @@ struct InstanceLaunch: AsyncParsableCommand {
     func run() async throws {
         let context = try CommandContext(global: global)
         let store = InstanceStore(paths: context.paths)
-        let instanceName = try name.map { try InstanceName($0) }
+        let instanceName =
+            try name.map { try InstanceName($0) }
             ?? InstanceName.generate(avoiding: Set(store.names().map(\.rawValue)))
         var spec = InstanceSpec(name: instanceName, image: image ?? context.config.image)
         spec.cpus = resources.cpus ?? context.config.cpus

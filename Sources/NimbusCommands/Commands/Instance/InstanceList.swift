@@ -65,10 +65,14 @@ enum InstanceTable {
     static func details(_ info: InstanceInfo) -> String {
         var lines: [(String, String)] = [
             ("Name", info.name), ("State", info.state.rawValue), ("Image", info.image),
-            ("Image version", info.imageVersion ?? "-"), ("IPv4", info.ipv4.isEmpty ? "-" : info.ipv4.joined(separator: ", ")),
+            ("Image version", info.imageVersion ?? "-"),
+            ("IPv4", info.ipv4.isEmpty ? "-" : info.ipv4.joined(separator: ", ")),
             ("SSH", info.ssh ?? "-"), ("CPUs", String(info.cpus)), ("Memory", info.memory.humanReadable),
             ("Disk", "\(info.diskUsed.map(\.humanReadable) ?? "-") used of \(info.diskSize.humanReadable)"),
-            ("Accelerator", [info.accelerator, info.acceleratorReason.map { "(\($0))" }].compactMap { $0 }.joined(separator: " ")),
+            (
+                "Accelerator",
+                [info.accelerator, info.acceleratorReason.map { "(\($0))" }].compactMap { $0 }.joined(separator: " ")
+            ),
             ("Uptime", info.uptime.map(formatUptime) ?? "-"), ("cloud-init", info.cloudInit ?? "-"),
             ("Forwards", info.forwards.isEmpty ? "-" : info.forwards.joined(separator: ", ")),
             ("Driver", info.driver),

@@ -18,8 +18,10 @@ public struct SeedCommand: AsyncParsableCommand {
             The ISO's dates come from SOURCE_DATE_EPOCH when set, so builds can be reproducible.
             """)
 
-    @Argument(help: ArgumentHelp("OUTPUT, then USER-DATA and META-DATA (OUTPUT is left out with --print).",
-                                 valueName: "output> <user-data> <meta-data"))
+    @Argument(
+        help: ArgumentHelp(
+            "OUTPUT, then USER-DATA and META-DATA (OUTPUT is left out with --print).",
+            valueName: "output> <user-data> <meta-data"))
     public var files: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Use this network-config (version 1 or 2) as is.", valueName: "file"))
@@ -31,7 +33,8 @@ public struct SeedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Host name, or a fully qualified name (web.example.test).")
     public var hostname: String?
 
-    @Option(name: .long, help: ArgumentHelp("Authorize the keys of this .pub file (repeatable).", valueName: "file.pub"))
+    @Option(
+        name: .long, help: ArgumentHelp("Authorize the keys of this .pub file (repeatable).", valueName: "file.pub"))
     public var sshKey: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("Create this sudo user, holding the --ssh-key keys.", valueName: "name"))
@@ -43,7 +46,11 @@ public struct SeedCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Time zone, e.g. Europe/Paris.")
     public var timezone: String?
 
-    @Option(name: .long, help: ArgumentHelp("MAC address of the first NIC, for a network-config v2 giving it DHCP (without it, cloud-init's fallback does the same).", valueName: "address"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "MAC address of the first NIC, for a network-config v2 giving it DHCP (without it, cloud-init's fallback does the same).",
+            valueName: "address"))
     public var mac: String?
 
     @Option(name: .long, help: "nocloud (an ISO, the default) or ignition (an Ignition 3.4 JSON file).")
@@ -58,14 +65,18 @@ public struct SeedCommand: AsyncParsableCommand {
 
     public func validate() throws {
         let maximum = (print ? 2 : 3) - (format == .ignition ? 1 : 0)
-        if !print && files.isEmpty { throw ValidationError("give OUTPUT, the file to write (or --print to show the result)") }
+        if !print && files.isEmpty {
+            throw ValidationError("give OUTPUT, the file to write (or --print to show the result)")
+        }
         if files.count > maximum {
-            throw ValidationError(print
-                ? "with --print, give at most USER-DATA and META-DATA (OUTPUT is left out)"
-                : "give at most OUTPUT, USER-DATA and META-DATA (\(files.count) files given)")
+            throw ValidationError(
+                print
+                    ? "with --print, give at most USER-DATA and META-DATA (OUTPUT is left out)"
+                    : "give at most OUTPUT, USER-DATA and META-DATA (\(files.count) files given)")
         }
         if user == nil, hostname == nil, sshKey.isEmpty, locale == nil, timezone == nil, userData == nil, !print {
-            throw ValidationError("give USER-DATA, or build one with --hostname, --user, --ssh-key, --locale, --timezone")
+            throw ValidationError(
+                "give USER-DATA, or build one with --hostname, --user, --ssh-key, --locale, --timezone")
         }
     }
 
