@@ -16,7 +16,7 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var image: String
     /// Release and serial of the image, when known.
     public var imageVersion: String?
-    /// The guest's IPv4 addresses (user-mode networking: the fixed 10.0.2.15).
+    /// The guest's IPv4 addresses: both drivers use QEMU's user-mode network, where it is the fixed 10.0.2.15.
     public var ipv4: [String]
     /// `user@127.0.0.1:port`, while running.
     public var ssh: String?
@@ -80,7 +80,7 @@ extension InstanceManager {
         let port = running ? state.sshPort : nil
         return InstanceInfo(
             name: name.rawValue, state: resolved, image: spec.image, imageVersion: state.imageDescription,
-            ipv4: running && spec.driver == "qemu" ? ["10.0.2.15"] : [],
+            ipv4: running ? ["10.0.2.15"] : [],
             ssh: port.map { "\(state.sshUser)@127.0.0.1:\($0)" }, cpus: spec.cpus, memory: spec.memory, diskUsed: used,
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
