@@ -285,7 +285,7 @@ public struct InstanceManager: Sendable {
         machine.firmware = spec.firmware == "bios" ? .bios : .uefi()
         machine.network.forwards = spec.forwards
         // Keep the port of the last start when it is still free, so ssh-config blocks stay valid.
-        machine.network.sshHostPort = state.sshPort.flatMap { PortProbe.isFree($0) ? $0 : nil }
+        machine.network.sshHostPort = state.sshPort.flatMap { Loopback.isFree($0) ? $0 : nil }
         machine.shares = spec.mounts.enumerated().map { index, mount in
             MachineConfig.Share(hostPath: mount.hostPath, tag: Self.shareTag(index))
         }

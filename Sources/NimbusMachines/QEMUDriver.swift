@@ -146,21 +146,10 @@ public struct QEMUDriver: Hypervisor {
 
     /// A port on 127.0.0.1 that nothing listens on now.
     static func freeLoopbackPort() throws(NimbusError) -> UInt16 {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw NimbusError(.network, "could not open a socket to find a free port") }
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                bind(fd, socketAddress, length) == 0 && getsockname(fd, socketAddress, &length) == 0
-            }
+        guard let port = Loopback.freePort() else {
+            throw NimbusError(.network, "could not find a free port on 127.0.0.1")
         }
-        guard bound else { throw NimbusError(.network, "could not find a free port on 127.0.0.1") }
-        return UInt16(bigEndian: address.sin_port)
+        return port
     }
 
     // MARK: QMP

@@ -63,18 +63,9 @@ struct ManagerMappingTests {
 
     /// A socket listening on a free loopback port.
     static func listen() throws -> (Int32, UInt16) {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let ok = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, length) == 0 && Glibc.listen(fd, 1) == 0 && getsockname(fd, $0, &length) == 0
-            }
-        }
-        try #require(ok)
-        return (fd, UInt16(bigEndian: address.sin_port))
+        let (fd, port) = try #require(Loopback.bindSocket(port: 0))
+        try #require(Glibc.listen(fd, 1) == 0)
+        return (fd, port)
     }
 
     @Test("the scratch disk is a fresh labelled ext4 filesystem")

@@ -278,19 +278,9 @@ struct InstanceLifecycleTests {
     @Test("a forward port already in use fails the launch with QEMU's reason and leaves nothing")
     func forwardInUse() async throws {
         defer { Task { await cleanUp() } }
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        let (fd, port) = try #require(Loopback.bindSocket(port: 0))
         defer { close(fd) }
-        let port = try #require(Self.freePort())
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        try #require(bound == 0 && listen(fd, 1) == 0)
+        try #require(listen(fd, 1) == 0)
         let result = try await NimbusBinary.run(
             ["launch", image, "--name", "busy", "--memory", "768M", "--forward", "\(port):80"], home: home.url)
         #expect(result.status != 0)
@@ -299,40 +289,14 @@ struct InstanceLifecycleTests {
         #expect(qemuProcesses().isEmpty)
     }
 
-    static func freePort() -> UInt16? {
-        for _ in 0..<50 {
-            let port = UInt16.random(in: 20000...40000)
-            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-            defer { close(fd) }
-            var address = sockaddr_in()
-            address.sin_family = sa_family_t(AF_INET)
-            address.sin_port = port.bigEndian
-            address.sin_addr.s_addr = inet_addr("127.0.0.1")
-            let bound = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
-            if bound == 0 { return port }
-        }
-        return nil
-    }
+    static func freePort() -> UInt16? { Loopback.freePort() }
 
     /// The first bytes a server sends on `port`.
     static func sshBanner(port: UInt16) -> String {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard let fd = Loopback.connectSocket(port: port) else { return "" }
         defer { close(fd) }
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
         var buffer = [UInt8](repeating: 0, count: 64)
         let count = recv(fd, &buffer, buffer.count, 0)
         return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : ""
