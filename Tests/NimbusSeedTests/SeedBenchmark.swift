@@ -4,7 +4,10 @@ import Testing
 
 /// In-process cost of a typical seed (parse + validate + render + ISO bytes), for bench/seed. Runs only
 /// with NIMBUS_BENCH=1 and asserts nothing about time: it prints the figures.
-@Suite("Seed benchmark", .enabled(if: ProcessInfo.processInfo.environment["NIMBUS_BENCH"] == "1"))
+@Suite(
+    "Seed benchmark",
+    .enabled(
+        if: ProcessInfo.processInfo.environment["NIMBUS_BENCH"] == "1", "runs only from bench/seed (NIMBUS_BENCH=1)"))
 struct SeedBenchmark {
     @Test("render + ISO of a typical seed, median over many runs")
     func renderAndISO() throws {
