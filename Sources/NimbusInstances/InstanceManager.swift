@@ -283,6 +283,7 @@ public struct InstanceManager: Sendable {
             machine.seed = .noCloud(iso: dir.seed.path)
         }
         machine.firmware = spec.firmware == "bios" ? .bios : .uefi()
+        machine.kernel = spec.kernel
         machine.network.forwards = spec.forwards
         // Keep the port of the last start when it is still free, so ssh-config blocks stay valid.
         machine.network.sshHostPort = state.sshPort.flatMap { Loopback.isFree($0) ? $0 : nil }

@@ -34,6 +34,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var firmware: String = "uefi"
     /// `qemu` or `libvirt`.
     public var driver: String = "qemu"
+    /// A kernel booted by QEMU itself instead of the disk's bootloader (`--kernel`, `--initrd`, `--cmdline`).
+    public var kernel: MachineConfig.DirectKernelBoot?
     /// The libvirt URI (`--connect`), with the libvirt driver; nil is `qemu:///system`.
     public var connect: String?
     /// The absolute path of the fleet file (`nimbus apply -f`) this instance was launched from, if any.
@@ -51,7 +53,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, mounts, forwards,
-            ephemeral, accelerator, firmware, driver, connect, fleet, seedTransport
+            ephemeral, accelerator, firmware, driver, connect, fleet, seedTransport, kernel
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -75,6 +77,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
         connect = try c.decodeIfPresent(String.self, forKey: .connect)
+        kernel = try c.decodeIfPresent(MachineConfig.DirectKernelBoot.self, forKey: .kernel)
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
         seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso
     }

@@ -59,6 +59,14 @@ struct ManagerMappingTests {
         #expect(machine.network.sshHostPort == nil)
         #expect(machine.shares == [MachineConfig.Share(hostPath: dir.url.path, tag: "nimbus0")])
         #expect(machine.firmware == .uefi())
+        #expect(machine.kernel == nil)
+
+        var direct = try spec(in: dir)
+        direct.firmware = "bios"
+        direct.kernel = .init(kernel: "/k/vmlinuz", initrd: "/k/initrd.img", commandLine: "root=LABEL=nimbus-root")
+        let booted = manager.machineConfig(direct, state: InstanceState(), in: folder)
+        #expect(booted.kernel == direct.kernel)
+        #expect(booted.firmware == .bios)
     }
 
     /// A socket listening on a free loopback port.

@@ -61,6 +61,15 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "The libvirt URI, with --driver libvirt (default qemu:///system).")
     var connect: String?
 
+    @Option(help: "Boot this kernel directly instead of the disk's bootloader.")
+    var kernel: String?
+
+    @Option(help: "The initrd for --kernel.")
+    var initrd: String?
+
+    @Option(help: "The kernel command line for --kernel, like 'root=LABEL=root console=ttyS0'.")
+    var cmdline: String?
+
     @Option(help: "Seconds to wait for the instance to be ready.")
     var timeout: Int = 600
 
@@ -84,6 +93,14 @@ struct InstanceLaunch: AsyncParsableCommand {
     var format: OutputFormat = .table
 
     func validate() throws {
+        if kernel == nil, initrd != nil || cmdline != nil {
+            throw ValidationError("--initrd and --cmdline go with --kernel")
+        }
+        for (flag, path) in [("--kernel", kernel), ("--initrd", initrd)] {
+            if let path, !FileManager.default.isReadableFile(atPath: Self.absolute(path)) {
+                throw ValidationError("\(flag) \(path) cannot be read: check the path")
+            }
+        }
         try validating {
             if let name { _ = try InstanceName(name) }
             if let accel, !["auto", "kvm", "tcg"].contains(accel) {
@@ -124,6 +141,9 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }
+        spec.kernel = kernel.map {
+            .init(kernel: Self.absolute($0), initrd: initrd.map(Self.absolute), commandLine: cmdline)
+        }
         spec.sshAuthorizedKeys = try sshKey.map {
             try readPublicKey(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath))
         }
@@ -136,6 +156,13 @@ struct InstanceLaunch: AsyncParsableCommand {
         } else {
             Console.result("\(info.name) is \(info.state.rawValue): `nimbus shell \(info.name)` to log in\n")
         }
+    }
+}
+
+extension InstanceLaunch {
+    /// `path` made absolute against the working folder, with `~` expanded.
+    static func absolute(_ path: String) -> String {
+        URL(fileURLWithPath: (path as NSString).expandingTildeInPath).standardizedFileURL.path
     }
 }
 
