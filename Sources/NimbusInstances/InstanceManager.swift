@@ -15,7 +15,7 @@ public struct InstanceManager: Sendable {
     public let paths: NimbusPaths
     public let config: NimbusConfig
     public let store: InstanceStore
-    let hypervisor: any Hypervisor
+    let hypervisor: InstanceDrivers
     /// Messages for people (phases, notices), one line each; the CLI writes them to stderr.
     let progress: @Sendable (String) -> Void
     /// Image download and import progress; the CLI draws it.
@@ -383,9 +383,15 @@ struct InstanceDrivers: Hypervisor {
 
     func driver(_ directory: MachineDirectory) -> any Hypervisor {
         let file = directory.url.appending(path: "instance.yaml")
-        guard let text = try? String(contentsOf: file, encoding: .utf8),
-            let spec = try? YAMLDecoder().decode(InstanceSpec.self, from: text), spec.driver == "libvirt"
-        else { return QEMUDriver(hostFactsCache: hostFactsCache) }
+        let spec = (try? String(contentsOf: file, encoding: .utf8)).flatMap {
+            try? YAMLDecoder().decode(InstanceSpec.self, from: $0)
+        }
+        return driver(for: spec)
+    }
+
+    /// The driver of an instance whose spec is already read (`list` reads hundreds: parse each once).
+    func driver(for spec: InstanceSpec?) -> any Hypervisor {
+        guard let spec, spec.driver == "libvirt" else { return QEMUDriver(hostFactsCache: hostFactsCache) }
         return LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: hostFactsCache)
     }
 
