@@ -119,9 +119,7 @@ public struct InstanceManager: Sendable {
         } catch let error as SeedError {
             throw error.nimbusError
         }
-        if let ephemeral = spec.ephemeral {
-            try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
-        }
+        // The ephemeral disk is not made here: startMachine makes it anew before every start, the first too.
         return state
     }
 

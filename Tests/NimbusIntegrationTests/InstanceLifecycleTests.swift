@@ -85,7 +85,7 @@ struct InstanceLifecycleTests {
             """
         // db comes from a fleet file, launched by `apply` while web launches: two instances at once, each
         // reachable on its own forward.
-        let dbForward = try #require(Self.freePort())
+        let dbForward = try #require(Loopback.freePort())
         let fleetFile = home.url.appending(path: "fleet.yaml")
         try """
         instances:
@@ -288,8 +288,6 @@ struct InstanceLifecycleTests {
         #expect(!InstanceStore(paths: home.paths).exists(try InstanceName("busy")))
         #expect(qemuProcesses().isEmpty)
     }
-
-    static func freePort() -> UInt16? { Loopback.freePort() }
 
     /// The first bytes a server sends on `port`.
     static func sshBanner(port: UInt16) -> String {

@@ -123,11 +123,6 @@ extension Flags {
     InstanceStore(paths: NimbusPaths.resolve()).names().map(\.rawValue).filter { $0.hasPrefix(prefix) }
 }
 
-extension Duration {
-    /// Whole seconds from a command-line value.
-    static func parseSeconds(_ value: Int) -> Duration { .seconds(value) }
-}
-
 /// Runs checks that throw `NimbusError` inside a `validate()`, as `ValidationError`s, so argument mistakes
 /// all exit with the usage status and show the usage hint.
 func validating(_ body: () throws -> Void) throws {
