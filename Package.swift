@@ -121,7 +121,8 @@ let package = Package(
         .testTarget(name: "NimbusDisksTests", dependencies: ["NimbusDisks", "NimbusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusSeedTests", dependencies: ["NimbusSeed", "NimbusTestSupport"], resources: [.copy("Resources")], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusMachinesTests", dependencies: ["NimbusMachines", "NimbusTestSupport"], swiftSettings: swiftSettings),
-        .testTarget(name: "NimbusInstancesTests", dependencies: ["NimbusInstances", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(name: "NimbusInstancesTests",
+            dependencies: ["NimbusInstances", "NimbusTestSupport", .product(name: "Yams", package: "Yams")], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusCommandsTests", dependencies: ["NimbusCommands", "NimbusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "NimbusIntegrationTests",

@@ -42,9 +42,9 @@ public struct InstanceManager: Sendable {
         try checkResources(spec)
         try InstanceDrivers.check(spec)
         var userData: UserData?
-        if let text = spec.userData {
+        if let bytes = spec.userDataBytes {
             do {
-                userData = try UserData(bytes: Array(text.utf8), source: "--cloud-init")
+                userData = try UserData(bytes: bytes, source: "--cloud-init")
             } catch {
                 throw error.nimbusError
             }

@@ -22,6 +22,9 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var sshAuthorizedKeys: [String] = []
     /// The user's own user-data, verbatim.
     public var userData: String?
+    /// How `userData` holds its bytes: as text, or base64 for binary user-data (gzip), which must reach the
+    /// guest byte for byte.
+    public var userDataEncoding: UserDataEncoding = .text
     /// Host folders shared into the guest.
     public var mounts: [Mount] = []
     /// Extra host ports forwarded to the guest.
@@ -51,8 +54,34 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     /// The hostname the guest gets.
     public var effectiveHostname: String { hostname ?? name.rawValue }
 
+    /// The encodings of `userData`.
+    public enum UserDataEncoding: String, Codable, Sendable {
+        case text, base64
+    }
+
+    /// Stores the user's user-data: as text when it is UTF-8, else as base64, so no byte is changed.
+    public mutating func setUserData(_ bytes: [UInt8]) {
+        if let text = String(validating: bytes, as: UTF8.self) {
+            userData = text
+            userDataEncoding = .text
+        } else {
+            userData = Data(bytes).base64EncodedString()
+            userDataEncoding = .base64
+        }
+    }
+
+    /// The user's user-data exactly as given.
+    public var userDataBytes: [UInt8]? {
+        guard let userData else { return nil }
+        switch userDataEncoding {
+        case .text: return Array(userData.utf8)
+        case .base64: return Data(base64Encoded: userData).map { Array($0) }
+        }
+    }
+
     enum CodingKeys: String, CodingKey {
-        case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, mounts, forwards,
+        case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
+            forwards,
             ephemeral, accelerator, firmware, driver, connect, fleet, seedTransport, kernel
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
@@ -70,6 +99,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         timezone = try c.decodeIfPresent(String.self, forKey: .timezone)
         sshAuthorizedKeys = try c.decodeIfPresent([String].self, forKey: .sshAuthorizedKeys) ?? []
         userData = try c.decodeIfPresent(String.self, forKey: .userData)
+        userDataEncoding = try c.decodeIfPresent(UserDataEncoding.self, forKey: .userDataEncoding) ?? .text
         mounts = try c.decodeIfPresent([Mount].self, forKey: .mounts) ?? []
         forwards = try c.decodeIfPresent([MachineConfig.PortForward].self, forKey: .forwards) ?? []
         ephemeral = try c.decodeIfPresent(EphemeralDisk.self, forKey: .ephemeral)

@@ -4,6 +4,7 @@ import NimbusMachines
 import NimbusSeed
 import NimbusTestSupport
 import Testing
+import Yams
 
 @testable import NimbusInstances
 
@@ -124,5 +125,39 @@ struct ManagerMappingTests {
     @Test("snapshot names are checked before qemu-img sees them", arguments: ["", "-x", "a b", "a/b"])
     func snapshotNames(name: String) {
         #expect(throws: NimbusError.self) { try InstanceManager.checkSnapshotName(name) }
+    }
+}
+
+@Suite("User-data kept byte for byte")
+struct UserDataBytesTests {
+    @Test("gzip'ed user-data survives instance.yaml and reaches the seed untouched")
+    func gzip() async throws {
+        try await TemporaryDirectory.with { dir in
+            let plain = dir.url.appending(path: "user-data")
+            try "#cloud-config\nruncmd: [true]\n".write(to: plain, atomically: true, encoding: .utf8)
+            try await ProgramRunner.run("gzip", ["-n", plain.path])
+            let original = try [UInt8](Data(contentsOf: dir.url.appending(path: "user-data.gz")))
+
+            var spec = InstanceSpec(name: try InstanceName("web"), image: "debian:12")
+            spec.setUserData(original)
+            #expect(spec.userDataEncoding == .base64)
+            let stored = try YAMLDecoder().decode(InstanceSpec.self, from: try YAMLEncoder().encode(spec))
+            let bytes = try #require(stored.userDataBytes)
+            #expect(bytes == original)
+
+            let userData = try UserData(bytes: bytes, source: "test")
+            #expect(userData.kind == .gzip)
+            let seed = try NoCloudSeed(config: InstanceConfig(), name: "web", userData: userData)
+            #expect(seed.userData == original)
+        }
+    }
+
+    @Test("text user-data stays readable text in instance.yaml")
+    func text() throws {
+        var spec = InstanceSpec(name: try InstanceName("web"), image: "debian:12")
+        spec.setUserData(Array("#cloud-config\nhostname: a\n".utf8))
+        #expect(spec.userDataEncoding == .text)
+        #expect(spec.userData == "#cloud-config\nhostname: a\n")
+        #expect(spec.userDataBytes == Array("#cloud-config\nhostname: a\n".utf8))
     }
 }

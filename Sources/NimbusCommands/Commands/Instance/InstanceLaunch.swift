@@ -147,7 +147,7 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.sshAuthorizedKeys = try sshKey.map {
             try readPublicKey(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath))
         }
-        if let cloudInit { spec.userData = try readUserData(cloudInit) }
+        if let cloudInit { spec.setUserData(Array(try readUserData(cloudInit))) }
         if seedOverHttp { spec.seedTransport = .http }
 
         let info = try await context.manager.launch(spec, wait: !noWait, timeout: .seconds(timeout))
@@ -167,16 +167,12 @@ extension InstanceLaunch {
 }
 
 /// Reads `--cloud-init FILE` (or `-`, standard input), with an error that names the file.
-func readUserData(_ argument: String) throws -> String {
-    if argument == "-" {
-        let data = FileHandle.standardInput.readDataToEndOfFile()
-        return String(decoding: data, as: UTF8.self)
-    }
+/// The bytes are kept as they are: gzip'ed user-data reaches the guest untouched.
+func readUserData(_ argument: String) throws -> Data {
+    if argument == "-" { return FileHandle.standardInput.readDataToEndOfFile() }
     let url = URL(fileURLWithPath: (argument as NSString).expandingTildeInPath)
     guard let data = FileManager.default.contents(atPath: url.path) else {
         throw NimbusError(.invalidArgument, "cannot read --cloud-init \(url.path): check the path and its permissions")
     }
-    // gzip'ed user-data is passed to the guest untouched; anything else must be text.
-    if data.starts(with: [0x1f, 0x8b]) { return String(decoding: data.base64EncodedData(), as: UTF8.self) }
-    return String(decoding: data, as: UTF8.self)
+    return data
 }
