@@ -12,11 +12,9 @@ struct QEMUProcess: Sendable, Hashable {
 
     /// The running QEMU whose pidfile is in `directory`, or nil.
     static func find(in directory: MachineDirectory) -> QEMUProcess? {
-        guard let text = try? String(contentsOf: directory.pidFile, encoding: .utf8),
-            let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0
-        else { return nil }
+        guard let pid = PIDFile(directory.pidFile.path).livePID else { return nil }
         let process = QEMUProcess(pid: pid)
-        guard process.isAlive, process.commandLine.contains(directory.pidFile.path) else { return nil }
+        guard process.commandLine.contains(directory.pidFile.path) else { return nil }
         return process
     }
 
@@ -26,15 +24,8 @@ struct QEMUProcess: Sendable, Hashable {
         return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
     }
 
-    /// True while the process exists and is not a zombie. QEMU daemonizes, so its parent is init (or the
-    /// container's pid 1, which may never reap it): a zombie has closed every file, so it counts as gone.
-    var isAlive: Bool {
-        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-            let close = stat.lastIndex(of: ")")
-        else { return false }
-        let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
-        return state != "Z" && state != "X"
-    }
+    /// True while the process exists and is not a zombie (see `PIDFile.isAlive`).
+    var isAlive: Bool { PIDFile.isAlive(pid) }
 
     /// Resident memory, from /proc/PID/status (VmRSS).
     var residentBytes: UInt64? {

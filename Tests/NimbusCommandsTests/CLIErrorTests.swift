@@ -109,9 +109,7 @@ struct CLIErrorTests {
 
     @Test(
         "a disk smaller than the image is refused with the image's size named",
-        .enabled(
-            if: Prerequisites.run(when: Prerequisites.guestImage != nil),
-            "needs the guest image (NIMBUS_TEST_IMAGE_DIR)"))
+        .requires(.guestImage))
     func diskTooSmall() async throws {
         let image = try #require(Prerequisites.guestImage, "NIMBUS_TEST_IMAGE_DIR names no guest image")
         try await TemporaryDirectory.with { home in

@@ -5,7 +5,7 @@ import Testing
 
 @testable import NimbusDisks
 
-@Suite("Disk image headers and qemu-img", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img"))))
+@Suite("Disk image headers and qemu-img", .requires(.programs("qemu-img")))
 struct NimbusDisksTests {
     func qemuImg(_ arguments: String...) async throws {
         try await ProgramRunner.run("qemu-img", arguments)

@@ -135,9 +135,7 @@ struct ISO9660ImageTests {
 
 @Suite(
     "ISO 9660 images read by isoinfo, xorriso and blkid",
-    .enabled(
-        if: Prerequisites.run(when: Prerequisites.programs("isoinfo", "xorriso", "blkid")),
-        "needs isoinfo, xorriso and blkid (scripts/install-deps)"))
+    .requires(.programs("isoinfo", "xorriso", "blkid")))
 struct ISO9660ToolTests {
     let directory: TemporaryDirectory
     let iso: URL

@@ -7,7 +7,7 @@ import Testing
 
 @Suite(
     "Catalogs in their published formats",
-    .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img", "xz"))))
+    .requires(.programs("qemu-img", "xz")))
 struct CatalogTests {
     @Test("Ubuntu: default is the LTS, by version or codename, newest serial as a string, uefi1.img preferred")
     func ubuntuResolution() async throws {

@@ -6,7 +6,7 @@ import Testing
 @testable import NimbusImages
 
 /// Pulls from a loopback mirror with faults injected by the server itself.
-@Suite("Verified downloads", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img"))))
+@Suite("Verified downloads", .requires(.programs("qemu-img")))
 struct DownloadTests {
     static let imagePath = "releases/server/releases/noble/release-20240423.1/ubuntu-24.04-server-cloudimg-amd64.img"
     static let noble = ImageReference.catalog(.ubuntu, release: "24.04", stream: "released")

@@ -10,7 +10,7 @@ import Testing
     import Glibc
 #endif
 
-@Suite("The image cache", .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-img"))))
+@Suite("The image cache", .requires(.programs("qemu-img")))
 struct ImageStoreTests {
     @Test("import hashes while copying, finds the format by magic, and answers to its name")
     func importImage() async throws {
@@ -106,7 +106,7 @@ struct ImageStoreTests {
     /// image is pulled into it.
     @Test(
         "a full disk (ENOSPC) is a clear error and leaves no entry and no partial file",
-        .enabled(if: Prerequisites.run(when: geteuid() == 0 && Prerequisites.programs("mount", "umount"))))
+        .requires(.root, .programs("mount", "umount")))
     func diskFull() async throws {
         let server = try await MirrorServer.start()
         try await TemporaryDirectory.with { dir in

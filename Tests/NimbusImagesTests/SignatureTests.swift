@@ -58,7 +58,7 @@ struct TestSigner {
 
 @Suite(
     "Signed simplestreams metadata",
-    .enabled(if: Prerequisites.run(when: Prerequisites.programs("gpg", "gpgv", "gpgconf", "qemu-img"))))
+    .requires(.programs("gpg", "gpgv", "gpgconf", "qemu-img")))
 struct SignatureTests {
     static let productsJSON = "releases/streams/v1/com.ubuntu.cloud:released:download.json"
     static let productsSJSON = "releases/streams/v1/com.ubuntu.cloud:released:download.sjson"

@@ -10,9 +10,7 @@ import Testing
 /// once, delete --purge, and `kill -9` of `nimbus launch` in each phase.
 @Suite(
     "Instances end to end", .serialized,
-    .enabled(
-        if: Prerequisites.run(when: Prerequisites.canBootGuest),
-        "needs QEMU, OVMF and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
+    .requires(.guest))
 struct InstanceLifecycleTests {
     let home: TemporaryDirectory
     let manager: InstanceManager

@@ -5,42 +5,11 @@ import NimbusMachines
 import NimbusTestSupport
 import Testing
 
-/// libvirtd for the tests: started here when it is not running (as root: `virtlogd -d` and `libvirtd -d`;
-/// CI, without systemd either, does the same), and left running.
-enum LibvirtDaemon {
-    static var installed: Bool {
-        Prerequisites.programs("libvirtd", "virtlogd", "virsh", "runuser") && getuid() == 0
-    }
-
-    static func ensureRunning() async throws {
-        if !FileManager.default.fileExists(atPath: "/run/libvirt/virtlogd-sock") {
-            try await ProgramRunner.run("virtlogd", ["-d"])
-        }
-        if !FileManager.default.fileExists(atPath: "/run/libvirt/libvirt-sock") {
-            try await ProgramRunner.run("libvirtd", ["-d"])
-        }
-        for _ in 0..<120 {
-            if (try? await virsh(["version"]).status) == 0 { return }
-            try await Task.sleep(for: .milliseconds(250))
-        }
-        throw NimbusError(.timeout, "libvirtd did not answer on /run/libvirt/libvirt-sock")
-    }
-
-    static func virsh(_ arguments: [String]) async throws -> ProgramOutput {
-        try await ProgramRunner.output("virsh", ["-c", "qemu:///system"] + arguments)
-    }
-
-    /// The names of all domains, running or defined.
-    static func domains() async throws -> [String] {
-        try await virsh(["list", "--all", "--name"]).standardOutput.split(separator: "\n").map(String.init)
-    }
-}
-
 /// The instances issue's core path through libvirt: the real Debian guest launched on the local libvirtd
 /// (qemu:///system, TCG), reached by exec, stopped, and purged without a domain left behind.
 @Suite(
     "Instances through libvirt", .serialized,
-    .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest && LibvirtDaemon.installed)))
+    .requires(.guest, .libvirt, .programs("runuser")))
 struct LibvirtTests {
     @Test("launch through libvirtd, exec reaches the guest, stop, delete --purge leaves no domain")
     func lifecycle() async throws {

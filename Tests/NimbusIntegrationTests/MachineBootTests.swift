@@ -10,9 +10,7 @@ import Testing
 @Suite(
     "Machines boot the guest image",
     .serialized,
-    .enabled(
-        if: Prerequisites.run(when: Prerequisites.canBootGuest && Prerequisites.programs("cloud-localds")),
-        "needs QEMU, OVMF, cloud-localds and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)")
+    .requires(.guest, .programs("cloud-localds"))
 )
 struct MachineBootTests {
     /// Generous: under TCG on a busy host a boot with cloud-init takes minutes. Not an assertion on speed,

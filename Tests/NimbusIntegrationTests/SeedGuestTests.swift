@@ -8,9 +8,7 @@ import Testing
 /// applies vendor-data and user-data, and the pinned host key is the one sshd presents.
 @Suite(
     "Seed in a real guest", .serialized,
-    .enabled(
-        if: Prerequisites.run(when: Prerequisites.canBootGuest && Prerequisites.programs("ssh", "mkfs.ext4")),
-        "needs QEMU, OVMF, ssh, mkfs.ext4 and the guest image (NIMBUS_TEST_IMAGE_DIR; scripts/test sets it)"))
+    .requires(.guest, .programs("ssh", "mkfs.ext4")))
 struct SeedGuestTests {
     @Test("cloud-init applies hostname, fqdn, locale, timezone, sudo user, write_files, runcmd and a mount")
     func seedApplies() async throws {

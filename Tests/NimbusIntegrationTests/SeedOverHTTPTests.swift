@@ -7,7 +7,7 @@ import Testing
 
 /// `launch --seed-over-http` with the real Debian guest (cloud-init 22.4) under QEMU: no seed disk, the
 /// guest fetches its NoCloud seed from Nimbus at http://10.0.2.2:PORT/ and applies it.
-@Suite("Seed over HTTP", .serialized, .enabled(if: Prerequisites.run(when: Prerequisites.canBootGuest)))
+@Suite("Seed over HTTP", .serialized, .requires(.guest))
 struct SeedOverHTTPTests {
     let home: TemporaryDirectory
     let messages = Messages()

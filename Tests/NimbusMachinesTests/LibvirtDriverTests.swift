@@ -27,10 +27,10 @@ struct LibvirtDriverTests {
 
     @Test(
         "a URI with a driver libvirt does not have is an invalid argument from libvirt itself",
-        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+        .requires(.libvirt))
     func unknownDriver() async throws {
         // The client hands an unknown scheme to the daemon, which is what answers "no connection driver".
-        try await LibvirtTestDaemon.ensureRunning()
+        try await LibvirtDaemon.ensureRunning()
         let error = #expect(throws: NimbusError.self) { try LibvirtConnection(uri: "nosuchdriver:///system") }
         #expect(error?.code == .invalidArgument, "\(error?.message ?? "")")
         #expect(error?.message.contains("nosuchdriver:///system") == true)
@@ -66,9 +66,9 @@ struct LibvirtDriverTests {
 
     @Test(
         "start, status, suspend, resume and the stop ladder through libvirtd; no domain is left",
-        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+        .requires(.libvirt))
     func lifecycle() async throws {
-        try await LibvirtTestDaemon.ensureRunning()
+        try await LibvirtDaemon.ensureRunning()
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             let config = Self.firmwareOnly("lt-\(UUID().uuidString.prefix(6).lowercased())")
@@ -104,9 +104,9 @@ struct LibvirtDriverTests {
 
     @Test(
         "a domain name taken by a domain Nimbus did not create is refused and left untouched",
-        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+        .requires(.libvirt))
     func foreignDomain() async throws {
-        try await LibvirtTestDaemon.ensureRunning()
+        try await LibvirtDaemon.ensureRunning()
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let config = Self.firmwareOnly("foreign-\(UUID().uuidString.prefix(6).lowercased())")
             let domain = LibvirtDomainXML.domainName(for: config.name)
@@ -132,9 +132,9 @@ struct LibvirtDriverTests {
 
     @Test(
         "libvirtd restarted while a machine runs: status says it does not answer, then finds the machine again",
-        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+        .requires(.libvirt))
     func daemonRestart() async throws {
-        try await LibvirtTestDaemon.ensureRunning()
+        try await LibvirtDaemon.ensureRunning()
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             let config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
@@ -143,14 +143,14 @@ struct LibvirtDriverTests {
             defer { _ = try? ProgramRunnerSync.destroy(domain) }
             let running = try await driver.start(config, in: directory)
 
-            try await LibvirtTestDaemon.stop()
+            try await LibvirtDaemon.stop()
             let down = await driver.status(of: directory)
             #expect(down.state == .unresponsive)
             #expect(down.detail?.contains("libvirtd is not running") == true, "\(down.detail ?? "")")
             // QEMU does not depend on libvirtd: the guest runs on.
             #expect(kill(running.pid, 0) == 0)
 
-            try await LibvirtTestDaemon.ensureRunning()
+            try await LibvirtDaemon.ensureRunning()
             #expect(await driver.status(of: directory).state == .running)
             let outcome = try await driver.stop(directory, timeout: .seconds(1), progress: nil)
             #expect(outcome.endedBy != .alreadyStopped)
@@ -160,9 +160,9 @@ struct LibvirtDriverTests {
 
     @Test(
         "a live snapshot of a UEFI machine is refused with the ways that work",
-        .enabled(if: Prerequisites.run(when: LibvirtTestDaemon.installed)))
+        .requires(.libvirt))
     func uefiSnapshot() async throws {
-        try await LibvirtTestDaemon.ensureRunning()
+        try await LibvirtDaemon.ensureRunning()
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             var config = Self.firmwareOnly("sn-\(UUID().uuidString.prefix(6).lowercased())")

@@ -41,9 +41,7 @@ struct MachineFixture {
 @Suite(
     "QEMU driver with a real QEMU",
     .serialized,
-    .enabled(
-        if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img")),
-        "needs qemu-system-x86_64 and qemu-img (scripts/install-deps)")
+    .requires(.programs("qemu-system-x86_64", "qemu-img"))
 )
 struct QEMUDriverTests {
     @Test(

@@ -5,7 +5,7 @@ import Testing
 
 @Suite(
     "QMP client against a real QEMU",
-    .enabled(if: Prerequisites.run(when: Prerequisites.programs("qemu-system-x86_64", "qemu-img"))))
+    .requires(.programs("qemu-system-x86_64", "qemu-img")))
 struct QMPClientRealQEMUTests {
     @Test("greets, negotiates and answers query-status")
     func greetingAndStatus() async throws {

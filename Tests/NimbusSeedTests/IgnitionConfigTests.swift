@@ -37,9 +37,7 @@ struct IgnitionConfigTests {
 
     @Test(
         "every rendered config passes ignition-validate",
-        .enabled(
-            if: Prerequisites.run(when: Prerequisites.programs("ignition-validate")),
-            "needs ignition-validate (package ignition)"))
+        .requires(.programs("ignition-validate")))
     func validate() throws {
         try expectValidIgnition(try IgnitionConfig(config: Self.config()).json)
         try expectValidIgnition(try IgnitionConfig(config: InstanceConfig()).json)

@@ -36,9 +36,7 @@ struct NoCloudSeedTests {
 
     @Test(
         "a NIC known by MAC gets network-config v2 with DHCP, matched by that MAC",
-        .enabled(
-            if: Prerequisites.run(when: Prerequisites.programs("cloud-init")),
-            "needs cloud-init for `cloud-init schema` (scripts/install-deps)"))
+        .requires(.programs("cloud-init")))
     func networkByMAC() throws {
         var config = InstanceConfig()
         config.network = InstanceConfig.Network(interfaces: [.init(macAddress: "52:54:00:AA:BB:CC")])
@@ -81,9 +79,7 @@ struct NoCloudSeedTests {
 
     @Test(
         "user-data and vendor-data pass cloud-init schema",
-        .enabled(
-            if: Prerequisites.run(when: Prerequisites.programs("cloud-init")),
-            "needs cloud-init for `cloud-init schema` (scripts/install-deps)"))
+        .requires(.programs("cloud-init")))
     func schema() throws {
         let user = try UserData(
             bytes: Array(

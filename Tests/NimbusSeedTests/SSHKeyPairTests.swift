@@ -5,7 +5,7 @@ import Testing
 
 @Suite(
     "SSH key pairs",
-    .enabled(if: Prerequisites.run(when: Prerequisites.programs("ssh-keygen")), "needs ssh-keygen (openssh-client)"))
+    .requires(.programs("ssh-keygen")))
 struct SSHKeyPairTests {
     @Test("ssh-keygen -y reproduces the public line and -lf prints the same fingerprint")
     func matchesSSHKeygen() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import Testing
 
 /// A folder under the system temporary directory that is removed when the test is done.
 public struct TemporaryDirectory: Sendable {
@@ -26,9 +27,9 @@ public struct TemporaryDirectory: Sendable {
     }
 }
 
-/// Whether the real components a test needs are here. Locally a missing one skips the test with the
-/// printed reason; in CI (`CI=true` or `NIMBUS_REQUIRE_E2E=1`) nothing is skipped, so a missing
-/// prerequisite fails the run instead of hiding it.
+/// Whether skipping is allowed. Locally a missing prerequisite skips the test with the printed reason; in
+/// CI (`CI=true` or `NIMBUS_REQUIRE_E2E=1`) nothing is skipped, so a missing prerequisite fails the run
+/// instead of hiding it.
 public enum Prerequisites {
     /// True where skipping is not allowed.
     public static var required: Bool {
@@ -52,15 +53,67 @@ public enum Prerequisites {
         return FileManager.default.fileExists(atPath: image.path) ? url : nil
     }
 
-    /// True when a guest can be booted: QEMU, OVMF and the guest image are all here.
-    public static var canBootGuest: Bool {
-        programs("qemu-system-x86_64", "qemu-img")
-            && FileManager.default.fileExists(atPath: "/usr/share/OVMF/OVMF_CODE_4M.fd")
-            && guestImageDirectory != nil
+    /// The guest image file, for `file://` launches.
+    public static var guestImage: URL? {
+        guestImageDirectory?.appending(path: "debian-12-nocloud.qcow2")
+    }
+}
+
+/// One thing a test needs from the host, and how to get it when it is missing.
+public struct Prerequisite: Sendable {
+    public let isMet: Bool
+    public let need: String
+
+    /// Programs on PATH (or in sbin).
+    public static func programs(_ names: String...) -> Prerequisite {
+        let missing = names.filter { ProgramRunner.find($0) == nil }
+        return Prerequisite(
+            isMet: missing.isEmpty, need: "\(missing.joined(separator: ", ")) (bash scripts/install-deps)")
     }
 
-    /// Condition for `.enabled(if:)`: run when `available`, or when skipping is not allowed.
-    public static func run(when available: Bool) -> Bool { available || required }
+    /// The guest image of scripts/build-guest-image, named by `NIMBUS_TEST_IMAGE_DIR`.
+    public static var guestImage: Prerequisite {
+        Prerequisite(
+            isMet: Prerequisites.guestImageDirectory != nil,
+            need: "the guest image in NIMBUS_TEST_IMAGE_DIR (bash scripts/test builds it and sets it)")
+    }
+
+    /// All a guest boot needs: QEMU, qemu-img, OVMF and the guest image.
+    public static var guest: Prerequisite {
+        all(
+            programs("qemu-system-x86_64", "qemu-img"),
+            Prerequisite(
+                isMet: FileManager.default.fileExists(atPath: "/usr/share/OVMF/OVMF_CODE_4M.fd"),
+                need: "OVMF firmware (apt-get install ovmf)"),
+            guestImage)
+    }
+
+    /// Root, for what only root may do (mounts, starting the system libvirtd).
+    public static var root: Prerequisite {
+        Prerequisite(isMet: geteuid() == 0, need: "root")
+    }
+
+    /// The host's libvirtd, which the tests start themselves (as root) when it is not running.
+    public static var libvirt: Prerequisite {
+        all(programs("libvirtd", "virtlogd", "virsh", "qemu-system-x86_64"), root)
+    }
+
+    /// Met when every one of `prerequisites` is; names only the missing ones.
+    public static func all(_ prerequisites: Prerequisite...) -> Prerequisite { all(prerequisites) }
+
+    static func all(_ prerequisites: [Prerequisite]) -> Prerequisite {
+        let missing = prerequisites.filter { !$0.isMet }
+        return Prerequisite(isMet: missing.isEmpty, need: missing.map(\.need).joined(separator: "; "))
+    }
+}
+
+extension Trait where Self == ConditionTrait {
+    /// Runs the test when every prerequisite is met, or where skipping is not allowed (CI); otherwise skips
+    /// it with a reason that names what is missing and how to get it.
+    public static func requires(_ prerequisites: Prerequisite...) -> Self {
+        let needed = Prerequisite.all(prerequisites)
+        return .enabled(if: needed.isMet || Prerequisites.required, Comment(rawValue: "needs \(needed.need)"))
+    }
 }
 
 /// The `nimbus` executable SwiftPM built beside the test bundle, run as users run it.
@@ -76,9 +129,3 @@ public enum NimbusBinary {
     }
 }
 
-extension Prerequisites {
-    /// The guest image file, for `file://` launches.
-    public static var guestImage: URL? {
-        guestImageDirectory?.appending(path: "debian-12-nocloud.qcow2")
-    }
-}

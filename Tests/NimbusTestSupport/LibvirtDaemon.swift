@@ -1,0 +1,55 @@
+import Foundation
+import NimbusCore
+
+/// The host's libvirtd for tests. There is no systemd here or in CI, so the tests start the daemons
+/// themselves (as root: `virtlogd -d`, `libvirtd -d`) when libvirtd does not answer, and leave them running.
+///
+/// Whether it runs is decided by asking it, never by its socket file: a daemon that was killed (a machine
+/// restored from a snapshot, a container restarted) leaves its sockets and pidfile behind in /run.
+public enum LibvirtDaemon {
+    public static let socket = "/run/libvirt/libvirt-sock"
+    static let libvirtd = PIDFile("/run/libvirtd.pid")
+    static let virtlogd = PIDFile("/run/virtlogd.pid")
+
+    /// Starts virtlogd and libvirtd unless libvirtd answers; returns once it does. A cold start probes
+    /// QEMU's capabilities first, which takes minutes on a loaded 2-core TCG host, hence the long wait.
+    public static func ensureRunning() async throws {
+        if await answers() { return }
+        if virtlogd.livePID == nil { try await ProgramRunner.run("virtlogd", ["-d"]) }
+        if libvirtd.livePID == nil { try await ProgramRunner.run("libvirtd", ["-d"]) }
+        let deadline = ContinuousClock.now + .seconds(300)
+        while ContinuousClock.now < deadline {
+            if await answers() { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw NimbusError(.timeout, "libvirtd did not answer on \(socket) within 300 s of `libvirtd -d`")
+    }
+
+    /// Stops libvirtd (SIGTERM to the pid in its pidfile) and waits until it has gone; QEMU processes of
+    /// running domains live on, as they do when an administrator restarts the daemon.
+    public static func stop() async throws {
+        guard let pid = libvirtd.livePID else {
+            throw NimbusError(.notFound, "libvirtd is not running (no live pid in \(libvirtd.path))")
+        }
+        kill(pid, SIGTERM)
+        for _ in 0..<120 {
+            if !PIDFile.isAlive(pid) && !FileManager.default.fileExists(atPath: socket) { return }
+            try await Task.sleep(for: .milliseconds(250))
+        }
+        throw NimbusError(.timeout, "libvirtd (pid \(pid)) did not stop")
+    }
+
+    /// `virsh -c qemu:///system arguments`.
+    public static func virsh(_ arguments: [String]) async throws -> ProgramOutput {
+        try await ProgramRunner.output("virsh", ["-c", "qemu:///system"] + arguments)
+    }
+
+    /// The names of all domains, running or defined.
+    public static func domains() async throws -> [String] {
+        try await virsh(["list", "--all", "--name"]).standardOutput.split(separator: "\n").map(String.init)
+    }
+
+    private static func answers() async -> Bool {
+        (try? await virsh(["version"]).status) == 0
+    }
+}
