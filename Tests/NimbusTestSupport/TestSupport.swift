@@ -128,4 +128,3 @@ public enum NimbusBinary {
         try await ProgramRunner.output(url.path, arguments, input: input, environment: ["NIMBUS_HOME": home.path])
     }
 }
-
