@@ -35,8 +35,9 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
 
-        // libvirt's C API (Debian's libvirt-dev), used only by NimbusMachines' LibvirtDriver.
-        .systemLibrary(name: "CLibvirt", pkgConfig: "libvirt", providers: [.apt(["libvirt-dev"]), .brew(["libvirt"])]),
+        // libvirt's C API (headers from Debian's libvirt-dev), loaded with dlopen on first use rather than
+        // linked: see Sources/CLibvirt/include/CLibvirt.h. Used only by NimbusMachines' LibvirtDriver.
+        .target(name: "CLibvirt", linkerSettings: [.linkedLibrary("dl")]),
 
         // The shared floor: errors, paths, sizes, running programs, atomic files.
         .target(

@@ -132,4 +132,32 @@ struct CLIErrorTests {
             #expect(result.standardError.contains("two: instance \"two\" does not exist"))
         }
     }
+
+    @Test(
+        "without libvirt on the host, --driver libvirt says what to install and writes nothing; seed still works",
+        .requires(.root, .programs("unshare", "mount")))
+    func libvirtMissing() async throws {
+        // libvirt is loaded on first use, not linked: hide it in a private mount namespace, as on a host
+        // where it was never installed, and the binary still starts.
+        let library = URL(fileURLWithPath: "/usr/lib/x86_64-linux-gnu/libvirt.so.0").resolvingSymlinksInPath().path
+        try await TemporaryDirectory.with { home in
+            func withoutLibvirt(_ arguments: [String]) async throws -> ProgramOutput {
+                let hide = "mount --bind /dev/null \(library) && exec \"$0\" \"$@\""
+                return try await ProgramRunner.output(
+                    "unshare", ["-m", "sh", "-c", hide, NimbusBinary.url.path] + arguments,
+                    environment: ["NIMBUS_HOME": home.url.path])
+            }
+            let launch = try await withoutLibvirt([
+                "launch", "--driver", "libvirt", "--name", "lv", "/nonexistent.qcow2",
+            ])
+            #expect(launch.status == 10, "\(launch.standardError)")
+            #expect(launch.standardError.contains("libvirt is not installed on this host"), "\(launch.standardError)")
+            #expect(launch.standardError.contains("--driver qemu"))
+            #expect((try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? [] == [])
+            let seed = home.url.appending(path: "seed.iso").path
+            let made = try await withoutLibvirt(["seed", seed, "--hostname", "web"])
+            #expect(made.status == 0, "\(made.standardError)")
+            #expect(FileManager.default.fileExists(atPath: seed))
+        }
+    }
 }

@@ -11,28 +11,37 @@ final class LibvirtConnection: @unchecked Sendable {
     let pointer: virConnectPtr
     let uri: String
 
-    /// libvirt is initialised once per process, and its default error handler (which prints every error on
-    /// stderr) is replaced by one that keeps quiet: errors reach users through `LibvirtError`.
-    private static let initialized: Bool = {
-        guard virInitialize() == 0 else { return false }
-        virSetErrorFunc(nil) { _, _ in }
-        return true
+    /// libvirt is loaded (see CLibvirt.h) and initialised once per process, and its default error handler
+    /// (which prints every error on stderr) is replaced by one that keeps quiet: errors reach users through
+    /// `LibvirtError`.
+    private static let initialized: Result<Void, NimbusError> = {
+        var reason: UnsafePointer<CChar>?
+        guard nimbus_libvirt_load(&reason) != nil else {
+            return .failure(
+                NimbusError(
+                    .unsupported,
+                    "libvirt is not installed on this host (\(reason.map { String(cString: $0) } ?? "libvirt.so.0 did not load")): install it (apt-get install libvirt0, and libvirt-daemon-system for a daemon on this host), or use --driver qemu"
+                ))
+        }
+        guard libvirt.virInitialize() == 0 else {
+            return .failure(NimbusError(.internalError, "libvirt could not be initialised (virInitialize failed)"))
+        }
+        libvirt.virSetErrorFunc(nil) { _, _ in }
+        return .success(())
     }()
 
     /// Opens `uri`; every way that fails becomes a NimbusError that says what to do.
     init(uri: String) throws(NimbusError) {
-        guard Self.initialized else {
-            throw NimbusError(.internalError, "libvirt could not be initialised (virInitialize failed)")
-        }
+        try Self.initialized.get()
         try Self.checkSyntax(uri)
-        guard let pointer = virConnectOpen(uri) else {
+        guard let pointer = libvirt.virConnectOpen(uri) else {
             throw Self.connectError(LibvirtError.last("virConnectOpen"), uri: uri)
         }
         self.pointer = pointer
         self.uri = uri
     }
 
-    deinit { virConnectClose(pointer) }
+    deinit { _ = libvirt.virConnectClose(pointer) }
 
     /// A URI libvirt would take: `driver[+transport]://[user@][host][:port]/path[?query]`.
     static func checkSyntax(_ uri: String) throws(NimbusError) {
@@ -84,7 +93,7 @@ final class LibvirtConnection: @unchecked Sendable {
 
     /// The running or defined domain named `name`, nil when there is none.
     func domain(named name: String) throws(NimbusError) -> LibvirtDomain? {
-        guard let domain = virDomainLookupByName(pointer, name) else {
+        guard let domain = libvirt.virDomainLookupByName(pointer, name) else {
             let error = LibvirtError.last("virDomainLookupByName")
             if error.matches(VIR_ERR_NO_DOMAIN) { return nil }
             throw NimbusError(
@@ -109,15 +118,15 @@ final class LibvirtDomain: @unchecked Sendable {
         self.name = name
     }
 
-    deinit { virDomainFree(pointer) }
+    deinit { _ = libvirt.virDomainFree(pointer) }
 
     /// Nimbus's metadata element, nil when the domain has none (it is not Nimbus's).
     var metadata: LibvirtDomainXML.Metadata? {
         guard
-            let text = virDomainGetMetadata(
+            let text = libvirt.virDomainGetMetadata(
                 pointer, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), LibvirtDomainXML.metadataNamespace, 0)
         else {
-            virResetLastError()
+            libvirt.virResetLastError()
             return nil
         }
         defer { free(text) }
@@ -128,7 +137,7 @@ final class LibvirtDomain: @unchecked Sendable {
     func state() throws(NimbusError) -> (state: virDomainState, reason: Int32) {
         var state: Int32 = 0
         var reason: Int32 = 0
-        guard virDomainGetState(pointer, &state, &reason, 0) == 0 else {
+        guard libvirt.virDomainGetState(pointer, &state, &reason, 0) == 0 else {
             let error = LibvirtError.last("virDomainGetState")
             throw NimbusError(
                 .network, "libvirt could not read the state of domain \(name): \(error.message)", cause: error)
@@ -138,8 +147,8 @@ final class LibvirtDomain: @unchecked Sendable {
 
     /// Whether the domain still exists and runs (a transient domain vanishes when it stops).
     var isActive: Bool {
-        let active = virDomainIsActive(pointer)
-        if active < 0 { virResetLastError() }
+        let active = libvirt.virDomainIsActive(pointer)
+        if active < 0 { libvirt.virResetLastError() }
         return active == 1
     }
 
@@ -151,4 +160,14 @@ final class LibvirtDomain: @unchecked Sendable {
             throw NimbusError(code, "libvirt could not \(action) domain \(name): \(error.message)", cause: error)
         }
     }
+}
+
+/// libvirt's functions, from the table CLibvirt loaded. Every call comes after a `LibvirtConnection` was
+/// opened, which loads the library or throws: reaching here without it is a bug in Nimbus.
+var libvirt: NimbusLibvirt {
+    var reason: UnsafePointer<CChar>?
+    guard let table = nimbus_libvirt_load(&reason) else {
+        preconditionFailure("libvirt called before a LibvirtConnection loaded it")
+    }
+    return table.pointee
 }

@@ -93,8 +93,8 @@ public struct LibvirtDriver: Hypervisor {
                     .invalidState, "machine \(config.name) is already running (libvirt domain \(domainName) on \(uri))")
             }
             // A shut-off definition of this very machine (left by hand or by an older Nimbus): replace it.
-            _ = virDomainUndefineFlags(existing.pointer, UInt32(VIR_DOMAIN_UNDEFINE_KEEP_NVRAM.rawValue))
-            virResetLastError()
+            _ = libvirt.virDomainUndefineFlags(existing.pointer, UInt32(VIR_DOMAIN_UNDEFINE_KEEP_NVRAM.rawValue))
+            libvirt.virResetLastError()
         }
         do {
             try FileManager.default.createDirectory(at: directory.url, withIntermediateDirectories: true)
@@ -132,7 +132,7 @@ public struct LibvirtDriver: Hypervisor {
             }
             let xml = try LibvirtDomainXML.render(
                 config, in: directory, accelerator: decision.accelerator, sshHostPort: sshHostPort, owner: owner)
-            if let domainPointer = virDomainCreateXML(
+            if let domainPointer = libvirt.virDomainCreateXML(
                 connection.pointer, xml, UInt32(VIR_DOMAIN_START_VALIDATE.rawValue))
             {
                 let domain = LibvirtDomain(domainPointer, connection: connection, name: domainName)
@@ -194,21 +194,23 @@ public struct LibvirtDriver: Hypervisor {
     }
 
     public func suspend(_ directory: MachineDirectory) async throws(NimbusError) {
-        try running(directory, "suspend the machine").call("suspend", "virDomainSuspend") { virDomainSuspend($0) }
+        try running(directory, "suspend the machine").call("suspend", "virDomainSuspend") {
+            libvirt.virDomainSuspend($0)
+        }
     }
 
     public func resume(_ directory: MachineDirectory) async throws(NimbusError) {
-        try running(directory, "resume the machine").call("resume", "virDomainResume") { virDomainResume($0) }
+        try running(directory, "resume the machine").call("resume", "virDomainResume") { libvirt.virDomainResume($0) }
     }
 
     public func reset(_ directory: MachineDirectory) async throws(NimbusError) {
-        try running(directory, "reset the machine").call("reset", "virDomainReset") { virDomainReset($0, 0) }
+        try running(directory, "reset the machine").call("reset", "virDomainReset") { libvirt.virDomainReset($0, 0) }
     }
 
     public func kill(_ directory: MachineDirectory) async throws(NimbusError) {
         guard let domain = try ownedDomain(directory) else { return }
         if domain.isActive {
-            try domain.call("destroy", "virDomainDestroy") { virDomainDestroy($0) }
+            try domain.call("destroy", "virDomainDestroy") { libvirt.virDomainDestroy($0) }
         }
         try? FileManager.default.removeItem(at: Self.recordFile(directory))
     }
@@ -226,35 +228,35 @@ public struct LibvirtDriver: Hypervisor {
             )
         }
         let xml = "<domainsnapshot><name>\(LibvirtDomainXML.escape(name))</name></domainsnapshot>"
-        guard let snapshot = virDomainSnapshotCreateXML(domain.pointer, xml, 0) else {
+        guard let snapshot = libvirt.virDomainSnapshotCreateXML(domain.pointer, xml, 0) else {
             let error = LibvirtError.last("virDomainSnapshotCreateXML")
             throw NimbusError(
                 .processFailed, "libvirt could not save snapshot \(name) of domain \(domain.name): \(error.message)",
                 cause: error)
         }
-        virDomainSnapshotFree(snapshot)
+        _ = libvirt.virDomainSnapshotFree(snapshot)
     }
 
     public func loadSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         let domain = try running(directory, "load snapshot \(name)")
         let snapshot = try Self.snapshot(name, of: domain)
-        defer { virDomainSnapshotFree(snapshot) }
+        defer { _ = libvirt.virDomainSnapshotFree(snapshot) }
         try domain.call("revert to snapshot \(name) of", "virDomainRevertToSnapshot") { _ in
-            virDomainRevertToSnapshot(snapshot, 0)
+            libvirt.virDomainRevertToSnapshot(snapshot, 0)
         }
     }
 
     public func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         let domain = try running(directory, "delete snapshot \(name)")
         let snapshot = try Self.snapshot(name, of: domain)
-        defer { virDomainSnapshotFree(snapshot) }
+        defer { _ = libvirt.virDomainSnapshotFree(snapshot) }
         try domain.call("delete snapshot \(name) of", "virDomainSnapshotDelete") { _ in
-            virDomainSnapshotDelete(snapshot, 0)
+            libvirt.virDomainSnapshotDelete(snapshot, 0)
         }
     }
 
     private static func snapshot(_ name: String, of domain: LibvirtDomain) throws(NimbusError) -> virDomainSnapshotPtr {
-        guard let snapshot = virDomainSnapshotLookupByName(domain.pointer, name, 0) else {
+        guard let snapshot = libvirt.virDomainSnapshotLookupByName(domain.pointer, name, 0) else {
             let error = LibvirtError.last("virDomainSnapshotLookupByName")
             throw NimbusError(
                 .notFound, "domain \(domain.name) has no snapshot \(name): \(error.message)", cause: error)
@@ -286,7 +288,7 @@ public struct LibvirtDriver: Hypervisor {
         }
         var endedBy: StopOutcome.Rung?
         var reason: String?
-        if virDomainShutdownFlags(domain.pointer, UInt32(VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN.rawValue)) == 0 {
+        if libvirt.virDomainShutdownFlags(domain.pointer, UInt32(VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN.rawValue)) == 0 {
             log(
                 "pressed the ACPI power button (virDomainShutdown); waiting up to \(timeout) for the guest to shut down"
             )
@@ -304,18 +306,18 @@ public struct LibvirtDriver: Hypervisor {
         }
         if endedBy == nil, domain.isActive {
             log("destroying domain \(domain.name) gracefully (SIGTERM to QEMU)")
-            if virDomainDestroyFlags(domain.pointer, UInt32(VIR_DOMAIN_DESTROY_GRACEFUL.rawValue)) == 0,
+            if libvirt.virDomainDestroyFlags(domain.pointer, UInt32(VIR_DOMAIN_DESTROY_GRACEFUL.rawValue)) == 0,
                 await Self.waitUntilGone(domain, timeout: Self.rungTimeout)
             {
                 endedBy = .terminate
                 reason = "host-signal"
             } else {
-                virResetLastError()
+                libvirt.virResetLastError()
             }
         }
         if endedBy == nil, domain.isActive {
             log("destroying domain \(domain.name) (SIGKILL to QEMU)")
-            try domain.call("destroy", "virDomainDestroy") { virDomainDestroy($0) }
+            try domain.call("destroy", "virDomainDestroy") { libvirt.virDomainDestroy($0) }
             endedBy = .kill
             reason = "host-signal"
         }

@@ -20,7 +20,7 @@ public struct LibvirtError: Error, Sendable, Hashable, CustomStringConvertible {
 
     /// The last error of this thread, cleared after reading.
     static func last(_ call: String) -> LibvirtError {
-        guard let error = virGetLastError() else {
+        guard let error = libvirt.virGetLastError() else {
             return LibvirtError(
                 code: -1, domain: 0, systemErrno: 0, message: "\(call) failed with no error from libvirt", call: call)
         }
@@ -30,7 +30,7 @@ public struct LibvirtError: Error, Sendable, Hashable, CustomStringConvertible {
             code: code, domain: error.pointee.domain,
             systemErrno: code == Int32(VIR_ERR_SYSTEM_ERROR.rawValue) ? error.pointee.int1 : 0,
             message: message, call: call)
-        virResetLastError()
+        libvirt.virResetLastError()
         return result
     }
 
