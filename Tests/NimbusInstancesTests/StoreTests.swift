@@ -261,6 +261,13 @@ struct InstanceLockTests {
     actor Timeline {
         var events: [String] = []
         func add(_ event: String) { events.append(event) }
+
+        /// Waits until `event` is recorded, or at most a minute (then returns: the order tells the rest).
+        func wait(for event: String) async {
+            for _ in 0..<6000 where !events.contains(event) {
+                try? await Task.sleep(for: .milliseconds(10))
+            }
+        }
     }
 
     @Test("work on one instance serialises; work on different instances overlaps")
@@ -270,17 +277,19 @@ struct InstanceLockTests {
             let timeline = Timeline()
             let web = try InstanceName("web")
             let db = try InstanceName("db")
-            let hold: @Sendable (InstanceName, String) async throws -> Void = { name, label in
+            // No timing is assumed: a holds web's lock until c has started on db (which cannot happen if
+            // locks were not per instance), and b asks for web's lock only once a holds it.
+            let hold: @Sendable (InstanceName, String, String?) async throws -> Void = { name, label, until in
                 try await store.withLock(name) { _ in
                     await timeline.add("\(label)+")
-                    try await Task.sleep(for: .milliseconds(300))
+                    if let until { await timeline.wait(for: until) }
                     await timeline.add("\(label)-")
                 }
             }
-            async let first: Void = hold(web, "a")
-            try await Task.sleep(for: .milliseconds(50))
-            async let second: Void = hold(web, "b")
-            async let other: Void = hold(db, "c")
+            async let first: Void = hold(web, "a", "c+")
+            await timeline.wait(for: "a+")
+            async let second: Void = hold(web, "b", nil)
+            async let other: Void = hold(db, "c", nil)
             _ = try await (first, second, other)
             let events = await timeline.events
             // b starts only after a ended; c runs while a holds web's lock.

@@ -203,17 +203,20 @@ struct QMPClientScriptedPeerTests {
         let (peer, descriptor) = try ScriptedPeer.make()
         let script = peer.run { peer in
             peer.handshake()
-            let first = peer.id(of: peer.readLine())
-            let second = peer.id(of: peer.readLine())
-            peer.write(
-                #"{"return": "second", "id": "\#(second)"}"# + "\r\n" + #"{"return": "first", "id": "\#(first)"}"#
-                    + "\r\n")
+            // Each reply returns the name of the command it answers, and the two go back in the reverse of
+            // the order they came in (whichever that was).
+            let requests = [peer.readLine(), peer.readLine()].map { request in
+                let value = try? JSONDecoder().decode(QMPValue.self, from: Data(request.utf8))
+                return (id: peer.id(of: request), command: value?["execute"]?.stringValue ?? "")
+            }
+            for request in requests.reversed() {
+                peer.write(#"{"return": "\#(request.command)", "id": "\#(request.id)"}"# + "\r\n")
+            }
             _ = peer.readLine()
             peer.close()
         }
         let client = try await QMPClient.connect(descriptor: descriptor)
         async let first = client.execute("first")
-        try await Task.sleep(for: .milliseconds(50))
         async let second = client.execute("second")
         let answers = try await (first, second)
         #expect(answers.0 == "first")
