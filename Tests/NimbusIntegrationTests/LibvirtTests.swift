@@ -13,7 +13,8 @@ import Testing
 struct LibvirtTests {
     @Test("launch through libvirtd, exec reaches the guest, stop, delete --purge leaves no domain")
     func lifecycle() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         let home = try TemporaryDirectory("nimbus-libvirt-e2e")
         let manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
         let name = try InstanceName("lv-\(UUID().uuidString.prefix(6).lowercased())")

@@ -30,7 +30,8 @@ struct LibvirtDriverTests {
         .requires(.libvirt))
     func unknownDriver() async throws {
         // The client hands an unknown scheme to the daemon, which is what answers "no connection driver".
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         let error = #expect(throws: NimbusError.self) { try LibvirtConnection(uri: "nosuchdriver:///system") }
         #expect(error?.code == .invalidArgument, "\(error?.message ?? "")")
         #expect(error?.message.contains("nosuchdriver:///system") == true)
@@ -68,7 +69,8 @@ struct LibvirtDriverTests {
         "start, status, suspend, resume and the stop ladder through libvirtd; no domain is left",
         .requires(.libvirt))
     func lifecycle() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             let config = Self.firmwareOnly("lt-\(UUID().uuidString.prefix(6).lowercased())")
@@ -106,7 +108,8 @@ struct LibvirtDriverTests {
         "a domain name taken by a domain Nimbus did not create is refused and left untouched",
         .requires(.libvirt))
     func foreignDomain() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let config = Self.firmwareOnly("foreign-\(UUID().uuidString.prefix(6).lowercased())")
             let domain = LibvirtDomainXML.domainName(for: config.name)
@@ -134,7 +137,8 @@ struct LibvirtDriverTests {
         "libvirtd restarted while a machine runs: status says it does not answer, then finds the machine again",
         .requires(.libvirt))
     func daemonRestart() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease(exclusive: true)
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             let config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
@@ -162,7 +166,8 @@ struct LibvirtDriverTests {
         "a live snapshot of a UEFI machine is refused with the ways that work",
         .requires(.libvirt))
     func uefiSnapshot() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             var config = Self.firmwareOnly("sn-\(UUID().uuidString.prefix(6).lowercased())")

@@ -6,12 +6,49 @@ import NimbusCore
 ///
 /// Whether it runs is decided by asking it, never by its socket file: a daemon that was killed (a machine
 /// restored from a snapshot, a container restarted) leaves its sockets and pidfile behind in /run.
+///
+/// Tests hold a `Lease` while they use the daemon: shared by every test that only uses it, exclusive for a
+/// test that stops or restarts it. Test targets run in parallel in one process, and a libvirtd restarted
+/// under another test's booting guest may destroy that guest when it reconnects.
 public enum LibvirtDaemon {
+    /// A flock on a file beside libvirt's own runtime files, shared or exclusive, released by `release()`.
+    public final class Lease: Sendable {
+        let descriptor: Int32
+
+        init(exclusive: Bool) async throws {
+            let path = URL(fileURLWithPath: "/run/nimbus-tests-libvirtd.lock")
+            descriptor = open(path.path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+            guard descriptor >= 0 else { throw posixFailure("open", path) }
+            let deadline = ContinuousClock.now + .seconds(3600)
+            while flock(descriptor, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
+                guard ContinuousClock.now < deadline else {
+                    close(descriptor)
+                    throw NimbusError(.timeout, "another test held \(path.path) for an hour")
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        }
+
+        public func release() { close(descriptor) }
+    }
+
+    /// Takes a lease (shared unless `exclusive`), then makes sure libvirtd answers.
+    public static func lease(exclusive: Bool = false) async throws -> Lease {
+        let lease = try await Lease(exclusive: exclusive)
+        do {
+            try await ensureRunning()
+        } catch {
+            lease.release()
+            throw error
+        }
+        return lease
+    }
+
     public static let socket = "/run/libvirt/libvirt-sock"
     static let libvirtd = PIDFile("/run/libvirtd.pid")
     static let virtlogd = PIDFile("/run/virtlogd.pid")
 
-    /// Starts virtlogd and libvirtd unless libvirtd answers; returns once it does. A cold start probes
+    /// Starts virtlogd and libvirtd unless libvirtd answers; returns once it does (tests take a `lease()`). A cold start probes
     /// QEMU's capabilities first, which takes minutes on a loaded 2-core TCG host, hence the long wait.
     public static func ensureRunning() async throws {
         if await answers() { return }
@@ -26,7 +63,8 @@ public enum LibvirtDaemon {
     }
 
     /// Stops libvirtd (SIGTERM to the pid in its pidfile) and waits until it has gone; QEMU processes of
-    /// running domains live on, as they do when an administrator restarts the daemon.
+    /// running domains live on, as they do when an administrator restarts the daemon. Only under an
+    /// exclusive lease.
     public static func stop() async throws {
         guard let pid = libvirtd.livePID else {
             throw NimbusError(.notFound, "libvirtd is not running (no live pid in \(libvirtd.path))")
