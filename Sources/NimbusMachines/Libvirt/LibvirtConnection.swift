@@ -69,6 +69,15 @@ final class LibvirtConnection: @unchecked Sendable {
                 break
             }
         }
+        // A remote host that is down or unreachable: the socket's errno (qemu+tcp), or ssh's own words (qemu+ssh).
+        let silent = [EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EHOSTDOWN].contains(error.systemErrno)
+            || ["No route to host", "timed out", "Network is unreachable"].contains { error.message.contains($0) }
+        if !local, silent, let host = LibvirtRemote.host(of: uri) {
+            return NimbusError(
+                .network,
+                "libvirt host \(host) does not answer (\(uri)): check the address, that the host is up and reachable from here, and that libvirtd (or sshd, for qemu+ssh) listens there (libvirt: \(error.message))",
+                cause: error)
+        }
         if error.matches(VIR_ERR_NO_CONNECT) || error.matches(VIR_ERR_INVALID_ARG) {
             return NimbusError(
                 .invalidArgument,
