@@ -126,6 +126,8 @@ public struct RemoteLibvirtHost: Sendable {
 
     /// The volumes of `pool` on this host, sorted; empty when the pool does not exist.
     public func volumes(in pool: String) async throws -> [String] {
+        // Files libvirt made outside the storage API (UEFI variables) show after a refresh.
+        _ = try await virsh(["pool-refresh", pool])
         let output = try await virsh(["vol-list", pool])
         guard output.status == 0 else { return [] }
         // Rows after the header and its rule: " name   path".

@@ -10,8 +10,9 @@ import NimbusCore
 /// - The pool (`nimbus` unless configured) is a `dir` pool, defined, built and started when absent.
 /// - The base image is uploaded once per image per host, as `nimbus-base-<sha256 prefix>.<format>`: first
 ///   under a temporary name, then read back and checked against its SHA-256, and only then copied to its
-///   final name by the daemon (`virStorageVolCreateXMLFrom`), so a volume under a final name is always
-///   complete. A failed upload deletes its temporary volume.
+///   final name by the daemon (`virStorageVolCreateXMLFrom`, which is `qemu-img convert` on that host: libvirt
+///   has no rename), so a volume under a final name is always complete. A failed upload deletes its
+///   temporary volume.
 /// - The instance's overlay is a qcow2 volume created in the pool with `<backingStore>` on the base volume;
 ///   the seed ISO (or Ignition config) and scratch disks are uploaded as volumes at every start.
 /// - What an instance owns is listed in `libvirt-storage.json` in its machine folder, so `delete --purge`
@@ -88,6 +89,11 @@ public struct LibvirtStorage: Sendable {
     func place(_ config: MachineConfig, in directory: MachineDirectory, remote: Bool) async throws(NimbusError)
         -> Placement
     {
+        var needsPool = !config.disks.isEmpty || (remote && config.firmware != .bios)
+        if case .noCloud = config.seed { needsPool = true }
+        if case .ignition = config.seed { needsPool = true }
+        // A machine with no file to place (a firmware-only test machine) never touches storage.
+        guard needsPool || Self.record(directory) != nil else { return Placement(config: config, nvram: nil) }
         let pool = try ensurePool()
         var record =
             Self.record(directory)
@@ -280,8 +286,9 @@ public struct LibvirtStorage: Sendable {
                     "the base image uploaded to pool \(poolName) at \(uri) does not match (SHA-256 \(digest) sent, \(arrived) arrived): the upload was removed; run the command again"
                 )
             }
+            let virtualSize = try DiskImage.inspect(image).virtualSize
             let final = try await Self.offload { () throws(NimbusError) -> LibvirtVolume in
-                try pool.clone(part, as: name, size: size, mode: 0o644, owner: owner)
+                try pool.clone(part, as: name, capacity: virtualSize, format: format, mode: 0o644, owner: owner)
             }
             try? part.delete()
             progress("base image verified on arrival (SHA-256 \(digest.prefix(16))...) as \(name)")
@@ -446,6 +453,9 @@ final class LibvirtPool: @unchecked Sendable {
         return LibvirtVolume(pointer, pool: self, name: volume)
     }
 
+    /// qcow2 v3 (libvirt 9.0 makes v2, `compat=0.10`, unless told).
+    static func compat(_ format: MachineConfig.DiskFormat) -> String { format == .qcow2 ? "<compat>1.1</compat>" : "" }
+
     static func permissions(mode: Int, owner: LibvirtDomainXML.Owner?) -> String {
         let ids = owner.map { "<owner>\($0.uid)</owner><group>\($0.gid)</group>" } ?? ""
         return "<permissions><mode>0\(String(mode, radix: 8))</mode>\(ids)</permissions>"
@@ -478,7 +488,7 @@ final class LibvirtPool: @unchecked Sendable {
                 <volume>
                   <name>\(LibvirtDomainXML.escape(volume))</name>
                   <capacity unit='bytes'>\(size)</capacity>
-                  <target><format type='qcow2'/>\(Self.permissions(mode: 0o600, owner: owner))</target>
+                  <target><format type='qcow2'/>\(Self.compat(.qcow2))\(Self.permissions(mode: 0o600, owner: owner))</target>
                   <backingStore>
                     <path>\(LibvirtDomainXML.escape(backing))</path>
                     <format type='\(format.rawValue)'/>
@@ -494,16 +504,17 @@ final class LibvirtPool: @unchecked Sendable {
         return LibvirtVolume(created, pool: self, name: volume)
     }
 
-    /// A byte-for-byte copy of `source` named `volume`, made by the daemon on its host (raw to raw, so
-    /// libvirt copies bytes rather than converting).
-    func clone(_ source: LibvirtVolume, as volume: String, size: UInt64, mode: Int, owner: LibvirtDomainXML.Owner?)
-        throws(NimbusError) -> LibvirtVolume
-    {
+    /// A copy of `source` named `volume`, made by the daemon on its host. libvirt reads the source in the
+    /// format it probes (`qemu-img convert` from qcow2 to `format`), so `capacity` is the virtual size.
+    func clone(
+        _ source: LibvirtVolume, as volume: String, capacity: UInt64, format: MachineConfig.DiskFormat, mode: Int,
+        owner: LibvirtDomainXML.Owner?
+    ) throws(NimbusError) -> LibvirtVolume {
         let xml = """
             <volume>
               <name>\(LibvirtDomainXML.escape(volume))</name>
-              <capacity unit='bytes'>\(size)</capacity>
-              <target><format type='raw'/>\(Self.permissions(mode: mode, owner: owner))</target>
+              <capacity unit='bytes'>\(capacity)</capacity>
+              <target><format type='\(format.rawValue)'/>\(Self.compat(format))\(Self.permissions(mode: mode, owner: owner))</target>
             </volume>
             """
         guard let created = virStorageVolCreateXMLFrom(pointer, xml, source.pointer, 0) else {
