@@ -40,7 +40,8 @@ struct LibvirtRemoteTests {
                 #expect(try await LibvirtDaemon.domains().contains(domain) == false)
                 let volumes = try await host.volumes(in: "nimbus")
                 let base = volumes.filter { $0.hasPrefix("nimbus-base-") }
-                #expect(base.count == 1 && base[0].hasSuffix(".qcow2"), "\(volumes)")
+                // The base image and the marker that says its copy finished.
+                #expect(base.count == 2 && base[0].hasSuffix(".qcow2") && base[1].hasSuffix(".qcow2.complete"), "\(volumes)")
                 #expect(volumes.contains { $0.hasSuffix("-disk.qcow2") }, "\(volumes)")
                 #expect(volumes.contains { $0.hasSuffix("-seed.iso") }, "\(volumes)")
                 #expect(!volumes.contains { $0.contains(".part") }, "\(volumes)")
@@ -109,13 +110,26 @@ struct LibvirtRemoteTests {
                 let driver = LibvirtDriver(uri: host.sshURI, hostFactsCache: nil)
                 try driver.checkConnection()
 
+                // A pool that exists already, holding what a daemon that died while copying the base image
+                // leaves: the base volume's name without its completion marker.
+                _ = try await host.virsh(["pool-define-as", "nimbus", "dir", "--target", "/var/lib/libvirt/images/nimbus"])
+                _ = try await host.virsh(["pool-build", "nimbus"])
+                _ = try await host.virsh(["pool-start", "nimbus"])
+                let baseName = LibvirtStorage.baseVolumeName(
+                    sha256: try await LibvirtStorage.sha256(of: base), format: .qcow2)
+                let broken = try await host.virsh(["vol-create-as", "nimbus", baseName, "1M", "--format", "raw"])
+                #expect(broken.status == 0, "\(broken.standardError)")
+
                 let running = try await driver.start(config, in: directory)
                 #expect(running.sshHost == host.address)
                 #expect(await driver.status(of: directory).state == .running)
                 let domain = LibvirtDomainXML.domainName(for: config.name)
                 #expect(try await host.virsh(["domstate", domain]).standardOutput.contains("running"))
                 let volumes = try await host.volumes(in: "nimbus")
-                #expect(volumes.count == 4, "base, overlay, seed and UEFI variables: \(volumes)")
+                #expect(volumes.count == 5, "base, its marker, overlay, seed and UEFI variables: \(volumes)")
+                // The broken copy was replaced by the real image: qemu-img opened it as the overlay's backing file.
+                let baseInfo = try await host.virsh(["vol-info", "--pool", "nimbus", baseName, "--bytes"])
+                #expect(baseInfo.standardOutput.contains("67108864"), "\(baseInfo.standardOutput)")
                 // The forward listens on the remote host's addresses, not on its loopback only.
                 let xml = try await host.virsh(["dumpxml", domain]).standardOutput
                 #expect(xml.contains("hostfwd=tcp:0.0.0.0:\(running.sshHostPort ?? 0)-:22"), "\(xml)")

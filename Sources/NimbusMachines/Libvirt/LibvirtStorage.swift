@@ -11,8 +11,9 @@ import NimbusCore
 /// - The base image is uploaded once per image per host, as `nimbus-base-<sha256 prefix>.<format>`: first
 ///   under a temporary name, then read back and checked against its SHA-256, and only then copied to its
 ///   final name by the daemon (`virStorageVolCreateXMLFrom`, which is `qemu-img convert` on that host: libvirt
-///   has no rename), so a volume under a final name is always complete. A failed upload deletes its
-///   temporary volume.
+///   has no rename); an empty marker volume `<name>.complete` made after the copy says it finished, so a
+///   copy cut short by a dying daemon is never taken for the image. A failed upload deletes its temporary
+///   volume; one left by a killed Nimbus is deleted an hour later.
 /// - The instance's overlay is a qcow2 volume created in the pool with `<backingStore>` on the base volume;
 ///   the seed ISO (or Ignition config) and scratch disks are uploaded as volumes at every start.
 /// - What an instance owns is listed in `libvirt-storage.json` in its machine folder, so `delete --purge`
@@ -254,7 +255,8 @@ public struct LibvirtStorage: Sendable {
     {
         let digest = try await Self.sha256(of: image)
         let name = Self.baseVolumeName(sha256: digest, format: format)
-        if let existing = try pool.volume(named: name) { return existing }
+        if let complete = try completeBase(name, in: pool) { return complete }
+        pool.deleteStaleUploads(of: name)
 
         let size = try Self.fileSize(image)
         // The temporary volume and its copy under the final name exist together for a moment.
@@ -290,13 +292,15 @@ public struct LibvirtStorage: Sendable {
             let final = try await Self.offload { () throws(NimbusError) -> LibvirtVolume in
                 try pool.clone(part, as: name, capacity: virtualSize, format: format, mode: 0o644, owner: owner)
             }
+            // The marker says the copy finished: a daemon that dies while copying leaves a file without one.
+            _ = try pool.createVolume(Self.markerName(name), size: 0, format: .raw, mode: 0o644, owner: owner)
             try? part.delete()
             progress("base image verified on arrival (SHA-256 \(digest.prefix(16))...) as \(name)")
             return final
         } catch {
             try? part.delete()
             // Another Nimbus process may have put the same image in place meanwhile.
-            if let existing = try? pool.volume(named: name) { return existing }
+            if let complete = try? completeBase(name, in: pool) { return complete }
             if error.message.contains("No space left") || error.message.contains("ENOSPC") {
                 throw NimbusError(
                     .unsupported,
@@ -306,6 +310,26 @@ public struct LibvirtStorage: Sendable {
             throw error
         }
     }
+
+    /// The base volume `name` when its copy finished (its marker exists); nil when there is none. A volume
+    /// without marker is a copy the daemon never finished (deleted here), or one another Nimbus is making
+    /// (libvirt refuses to delete a volume it is still building: then this says to try again).
+    func completeBase(_ name: String, in pool: LibvirtPool) throws(NimbusError) -> LibvirtVolume? {
+        guard let volume = try pool.volume(named: name) else { return nil }
+        if try pool.volume(named: Self.markerName(name)) != nil { return volume }
+        guard virStorageVolDelete(volume.pointer, 0) == 0 else {
+            let error = LibvirtError.last("virStorageVolDelete")
+            throw NimbusError(
+                .invalidState,
+                "base image volume \(name) in pool \(poolName) at \(uri) is being copied by another Nimbus right now (libvirt: \(error.message)): run the command again in a minute",
+                cause: error)
+        }
+        progress("deleted \(name) from pool \(poolName): a copy that never finished")
+        return nil
+    }
+
+    /// The empty volume whose existence says base volume `name` is complete.
+    static func markerName(_ name: String) -> String { "\(name).complete" }
 
     /// `nimbus-base-<first 16 hex digits of the SHA-256>.<format>`.
     static func baseVolumeName(sha256: String, format: MachineConfig.DiskFormat) -> String {
@@ -440,6 +464,32 @@ final class LibvirtPool: @unchecked Sendable {
             return nil
         }
         return info.available
+    }
+
+    /// Deletes temporary uploads of base volume `name` (`name.part-*`) last written over an hour ago: left by a
+    /// Nimbus killed while uploading. (A live upload writes every moment; the hour allows for clock skew.)
+    func deleteStaleUploads(of name: String) {
+        var list: UnsafeMutablePointer<virStorageVolPtr?>?
+        let count = virStoragePoolListAllVolumes(pointer, &list, 0)
+        guard count > 0, let list else {
+            virResetLastError()
+            return
+        }
+        defer { free(list) }
+        let now = Date().timeIntervalSince1970
+        for index in 0..<Int(count) {
+            guard let volume = list[index] else { continue }
+            defer { virStorageVolFree(volume) }
+            guard let cName = virStorageVolGetName(volume), String(cString: cName).hasPrefix("\(name).part-"),
+                let text = virStorageVolGetXMLDesc(volume, 0)
+            else { continue }
+            let xml = String(cString: text)
+            free(text)
+            guard let open = xml.range(of: "<mtime>"), let close = xml[open.upperBound...].range(of: "</mtime>"),
+                let mtime = Double(xml[open.upperBound..<close.lowerBound]), now - mtime > 3600
+            else { continue }
+            if virStorageVolDelete(volume, 0) != 0 { virResetLastError() }
+        }
     }
 
     func volume(named volume: String) throws(NimbusError) -> LibvirtVolume? {
