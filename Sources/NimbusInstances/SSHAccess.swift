@@ -97,6 +97,8 @@ public struct SSHAccess: Sendable {
         }
         var argv: [UnsafeMutablePointer<CChar>?] = ([program] + arguments).map { strdup($0) }
         argv.append(nil)
+        // A libvirt connection made earlier ignores SIGPIPE; the guest command's pipes want the default.
+        signal(SIGPIPE, SIG_DFL)
         execv(path, &argv)
         return NimbusError(.processFailed, "could not run \(path): \(String(cString: strerror(errno)))")
     }

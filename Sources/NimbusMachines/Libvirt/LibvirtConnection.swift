@@ -16,6 +16,9 @@ final class LibvirtConnection: @unchecked Sendable {
     private static let initialized: Bool = {
         guard virInitialize() == 0 else { return false }
         virSetErrorFunc(nil) { _, _ in }
+        // libvirt's RPC client writes to its socket without MSG_NOSIGNAL: a daemon restarted mid-call would
+        // end this process with SIGPIPE instead of failing the call (virsh ignores it for the same reason).
+        signal(SIGPIPE, SIG_IGN)
         return true
     }()
 
