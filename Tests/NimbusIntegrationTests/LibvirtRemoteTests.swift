@@ -69,12 +69,16 @@ struct LibvirtRemoteTests {
                 #expect(try await host.volumes(in: "nimbus") == base)
                 #expect(try await host.virsh(["domstate", domain]).status != 0)
 
-                // The same image again: found by its SHA-256 on the host, not uploaded.
+                // The same image again, this time over qemu+ssh: found by its SHA-256 on the host, not uploaded.
                 let second = "rm2-\(UUID().uuidString.prefix(6).lowercased())"
                 let launch2 = try await NimbusBinary.run(
-                    Self.launchArguments(second, uri: host.tcpURI, extra: ["--no-wait"]), home: home.url)
+                    Self.launchArguments(second, uri: host.sshURI, extra: ["--no-wait"]), home: home.url)
                 #expect(launch2.status == 0, "\(launch2.standardError)")
                 #expect(!launch2.standardError.contains("uploading base image"), "\(launch2.standardError)")
+                let domain2 = LibvirtDomainXML.domainName(for: second)
+                #expect(try await host.virsh(["domstate", domain2]).standardOutput.contains("running"))
+                let list = try await NimbusBinary.run(["list", "--format", "json"], home: home.url)
+                #expect(list.status == 0 && list.standardOutput.contains(second), "\(list.standardOutput)")
                 #expect(try await host.volumes(in: "nimbus").filter { $0.hasPrefix("nimbus-base-") } == base)
                 let delete2 = try await NimbusBinary.run(["delete", "--purge", second], home: home.url)
                 #expect(delete2.status == 0, "\(delete2.standardError)")
@@ -137,6 +141,15 @@ struct LibvirtRemoteTests {
                 let outcome = try await driver.stop(directory, timeout: .seconds(2), progress: nil)
                 #expect(outcome.endedBy != .alreadyStopped)
                 #expect(await driver.status(of: directory).state == .stopped)
+
+                // A disk that vanished from the pool is an error naming it, never a fresh disk made silently.
+                let disk = volumes.first { $0.hasSuffix("-disk.qcow2") } ?? "?"
+                _ = try await host.virsh(["vol-delete", "--pool", "nimbus", disk])
+                let gone = await #expect(throws: NimbusError.self) { try await driver.start(config, in: directory) }
+                #expect(gone?.code == .notFound)
+                #expect(gone?.message.contains(disk) == true, "\(gone?.message ?? "")")
+                #expect(gone?.message.contains("delete --purge") == true)
+
                 try await driver.deleteStorage(directory)
                 #expect(try await host.volumes(in: "nimbus").filter { !$0.hasPrefix("nimbus-base-") }.isEmpty)
             }
@@ -171,6 +184,22 @@ struct LibvirtRemoteTests {
                 #expect(error?.message.contains(host.silentAddress) == true, "\(error?.message ?? "")")
                 #expect(error?.message.contains("does not answer") == true, "\(error?.message ?? "")")
             }
+        }
+    }
+}
+
+/// `--pool` mistakes, through the real binary.
+@Suite("launch --pool")
+struct LibvirtPoolFlagTests {
+    @Test("--pool with --driver qemu is a usage error, and nothing is written")
+    func poolWithQEMU() async throws {
+        try await TemporaryDirectory.with("nimbus-pool-flag") { home in
+            let result = try await NimbusBinary.run(
+                ["launch", "--no-wait", "--driver", "qemu", "--pool", "fast", "file:///missing.qcow2"], home: home.url)
+            #expect(result.status == 64)
+            #expect(result.standardError.contains("--pool needs --driver libvirt"), "\(result.standardError)")
+            let instances = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
+            #expect(instances.isEmpty)
         }
     }
 }
