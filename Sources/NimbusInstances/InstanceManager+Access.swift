@@ -29,7 +29,7 @@ extension InstanceManager {
     func sshAccess(_ name: InstanceName, state: InstanceState, port: UInt16) -> SSHAccess {
         SSHAccess(
             identity: paths.keys.appending(path: "id_ed25519"), knownHosts: store.directory(name).knownHosts,
-            hostAlias: hostAlias(name), user: state.sshUser, port: port,
+            hostAlias: hostAlias(name), user: state.sshUser, host: state.sshHost ?? "127.0.0.1", port: port,
             controlDirectory: SSHAccess.controlDirectory(paths: paths))
     }
 
@@ -39,7 +39,7 @@ extension InstanceManager {
         let ssh = try sshAccess(name, state: state)
         return """
             Host \(name)
-              HostName 127.0.0.1
+              HostName \(ssh.host)
               Port \(ssh.port)
               User \(ssh.user)
               IdentityFile \(ssh.identity.path)

@@ -72,6 +72,7 @@ extension InstanceManager {
                 }
             }
             if purge {
+                try await hypervisor.deleteStorage(dir.machine)
                 try store.remove(name, lock: lock)
                 progress("\(name): purged")
             } else {

@@ -25,7 +25,7 @@ public struct InstanceManager: Sendable {
         self.paths = paths
         self.config = config
         self.store = InstanceStore(paths: paths)
-        self.hypervisor = InstanceDrivers(hostFactsCache: paths.hostFacts)
+        self.hypervisor = InstanceDrivers(hostFactsCache: paths.hostFacts, progress: progress)
         self.progress = progress
     }
 
@@ -78,6 +78,7 @@ public struct InstanceManager: Sendable {
                 // A launch whose machine never ran leaves nothing behind, so the same command can be retried
                 // once the cause (a port in use, a missing firmware) is fixed.
                 try? await hypervisor.kill(store.directory(spec.name).machine)
+                try? await hypervisor.deleteStorage(store.directory(spec.name).machine)
                 try? store.remove(spec.name, lock: lock)
                 throw error
             }
@@ -244,6 +245,7 @@ public struct InstanceManager: Sendable {
             let running = try await hypervisor.start(machine, in: dir.machine)
             if let notice = running.accelerator.notice { progress(notice) }
             state.sshPort = running.sshHostPort
+            state.sshHost = running.sshHost == "127.0.0.1" ? nil : running.sshHost
             state.accelerator = running.accelerator.accelerator.rawValue
             state.acceleratorReason = running.accelerator.reason
             state.lastStartedAt = Date()
@@ -284,7 +286,8 @@ public struct InstanceManager: Sendable {
         machine.kernel = spec.kernel
         machine.network.forwards = spec.forwards
         // Keep the port of the last start when it is still free, so ssh-config blocks stay valid.
-        machine.network.sshHostPort = state.sshPort.flatMap { Loopback.isFree($0) ? $0 : nil }
+        // On a remote host only that host can tell; the driver tries another port when it is taken.
+        machine.network.sshHostPort = state.sshPort.flatMap { state.sshHost != nil || Loopback.isFree($0) ? $0 : nil }
         machine.shares = spec.mounts.enumerated().map { index, mount in
             MachineConfig.Share(hostPath: mount.hostPath, tag: Self.shareTag(index))
         }
@@ -364,6 +367,7 @@ extension String {
 struct InstanceDrivers: Hypervisor {
     let name = "instance"
     let hostFactsCache: URL?
+    var progress: @Sendable (String) -> Void = { _ in }
 
     /// Checks the spec's driver before anything is written; for libvirt, that its daemon answers.
     static func check(_ spec: InstanceSpec) throws(NimbusError) {
@@ -390,7 +394,10 @@ struct InstanceDrivers: Hypervisor {
     /// The driver of an instance whose spec is already read (`list` reads hundreds: parse each once).
     func driver(for spec: InstanceSpec?) -> any Hypervisor {
         guard let spec, spec.driver == "libvirt" else { return QEMUDriver(hostFactsCache: hostFactsCache) }
-        return LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: hostFactsCache)
+        var driver = LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: hostFactsCache)
+        driver.pool = spec.pool ?? LibvirtStorage.defaultPool
+        driver.progress = progress
+        return driver
     }
 
     func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) -> RunningMachine {
@@ -410,6 +417,9 @@ struct InstanceDrivers: Hypervisor {
     }
     func reset(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).reset(directory) }
     func kill(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).kill(directory) }
+    func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).deleteStorage(directory)
+    }
     func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         try await driver(directory).saveSnapshot(name, in: directory)
     }

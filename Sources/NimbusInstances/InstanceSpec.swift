@@ -41,6 +41,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var kernel: MachineConfig.DirectKernelBoot?
     /// The libvirt URI (`--connect`), with the libvirt driver; nil is `qemu:///system`.
     public var connect: String?
+    /// The libvirt storage pool for the instance's disks (`--pool`); nil is `nimbus`.
+    public var pool: String?
     /// The absolute path of the fleet file (`nimbus apply -f`) this instance was launched from, if any.
     public var fleet: String?
     /// How the NoCloud seed reaches the guest: a CD-ROM, or HTTP from Nimbus (`--seed-over-http`).
@@ -82,7 +84,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
             forwards,
-            ephemeral, accelerator, firmware, driver, connect, fleet, seedTransport, kernel
+            ephemeral, accelerator, firmware, driver, connect, pool, fleet, seedTransport, kernel
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -107,6 +109,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
         connect = try c.decodeIfPresent(String.self, forKey: .connect)
+        pool = try c.decodeIfPresent(String.self, forKey: .pool)
         kernel = try c.decodeIfPresent(MachineConfig.DirectKernelBoot.self, forKey: .kernel)
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
         seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso

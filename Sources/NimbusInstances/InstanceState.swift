@@ -13,8 +13,10 @@ public struct InstanceState: Codable, Sendable, Equatable {
     public var imageDigest: String?
     /// A label for the image: release and serial (`debian 12 (20240102)`).
     public var imageDescription: String?
-    /// The 127.0.0.1 port forwarded to the guest's SSH.
+    /// The port forwarded to the guest's SSH.
     public var sshPort: UInt16?
+    /// The host that port is on: nil for 127.0.0.1, else the remote libvirt host.
+    public var sshHost: String?
     /// The user Nimbus logs in as.
     public var sshUser: String = "nimbus"
     /// The accelerator chosen at the last start, and why.
@@ -42,6 +44,7 @@ public struct InstanceState: Codable, Sendable, Equatable {
         imageDigest = try c.decodeIfPresent(String.self, forKey: .imageDigest)
         imageDescription = try c.decodeIfPresent(String.self, forKey: .imageDescription)
         sshPort = try c.decodeIfPresent(UInt16.self, forKey: .sshPort)
+        sshHost = try c.decodeIfPresent(String.self, forKey: .sshHost)
         sshUser = try c.decodeIfPresent(String.self, forKey: .sshUser) ?? defaults.sshUser
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator)
         acceleratorReason = try c.decodeIfPresent(String.self, forKey: .acceleratorReason)

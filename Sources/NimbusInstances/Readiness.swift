@@ -55,7 +55,10 @@ public struct Readiness: Sendable {
         -> CloudInitResult
     {
         let deadline = start + timeout
-        try await until(.kernel, deadline: deadline, isAlive: isAlive) { serialLogContains("Linux version") }
+        // A guest on a remote libvirt host writes its serial log there: its first sign here is SSH.
+        if ssh.host == "127.0.0.1" {
+            try await until(.kernel, deadline: deadline, isAlive: isAlive) { serialLogContains("Linux version") }
+        }
         try await until(.sshReachable, deadline: deadline, isAlive: isAlive) { sshBannerAnswers() }
         let output = try await cloudInitStatus(deadline: deadline)
         report(.cloudInitFinished, .now - start)
@@ -123,12 +126,35 @@ public struct Readiness: Sendable {
     /// every connection on a forwarded port at once, so an accepted connection alone proves nothing. The
     /// receive waits at most a second on a loopback socket, where the banner or a reset comes at once.
     func sshBannerAnswers() -> Bool {
-        guard let fd = Loopback.connectSocket(port: ssh.port) else { return false }
+        let socket = ssh.host == "127.0.0.1" ? Loopback.connectSocket(port: ssh.port) : Self.connect(ssh.host, ssh.port)
+        guard let fd = socket else { return false }
         defer { close(fd) }
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var buffer = [UInt8](repeating: 0, count: 64)
         let count = recv(fd, &buffer, buffer.count, 0)
         return count >= 4 && buffer.starts(with: Array("SSH-".utf8))
+    }
+
+    /// A TCP socket connected to `host`:`port` (a remote libvirt host), or nil; connecting waits at most 2 s
+    /// (on Linux, SO_SNDTIMEO bounds connect). The caller closes it.
+    static func connect(_ host: String, _ port: UInt16) -> Int32? {
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &list) == 0, let list else { return nil }
+        defer { freeaddrinfo(list) }
+        var entry: UnsafeMutablePointer<addrinfo>? = list
+        while let current = entry {
+            let fd = socket(current.pointee.ai_family, current.pointee.ai_socktype, current.pointee.ai_protocol)
+            if fd >= 0 {
+                var timeout = timeval(tv_sec: 2, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+                if Glibc.connect(fd, current.pointee.ai_addr, current.pointee.ai_addrlen) == 0 { return fd }
+                close(fd)
+            }
+            entry = current.pointee.ai_next
+        }
+        return nil
     }
 }

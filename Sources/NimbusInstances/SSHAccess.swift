@@ -16,15 +16,21 @@ public struct SSHAccess: Sendable {
     /// The name the host keys are filed under in known_hosts (independent of the port).
     public let hostAlias: String
     public let user: String
+    /// Where the forwarded port is: 127.0.0.1, or the remote libvirt host the guest runs on.
+    public let host: String
     public let port: UInt16
     /// Where the shared connection's socket lives.
     public let controlDirectory: URL
 
-    public init(identity: URL, knownHosts: URL, hostAlias: String, user: String, port: UInt16, controlDirectory: URL) {
+    public init(
+        identity: URL, knownHosts: URL, hostAlias: String, user: String, host: String = "127.0.0.1", port: UInt16,
+        controlDirectory: URL
+    ) {
         self.identity = identity
         self.knownHosts = knownHosts
         self.hostAlias = hostAlias
         self.user = user
+        self.host = host
         self.port = port
         self.controlDirectory = controlDirectory
     }
@@ -46,7 +52,7 @@ public struct SSHAccess: Sendable {
         var arguments = options + ["-p", String(port)]
         if batch { arguments += ["-o", "BatchMode=yes"] }
         arguments.append(terminal ? "-t" : "-T")
-        arguments.append("\(user)@127.0.0.1")
+        arguments.append("\(user)@\(host)")
         if !command.isEmpty {
             arguments.append("--")
             arguments.append(command.map(Self.shellQuote).joined(separator: " "))
@@ -56,7 +62,7 @@ public struct SSHAccess: Sendable {
 
     /// `scp` arguments copying `sources` to `destination`; a guest path is written `:path`.
     public func scpArguments(sources: [String], destination: String, recursive: Bool) -> [String] {
-        let remote = { (path: String) in path.hasPrefix(":") ? "\(user)@127.0.0.1\(path)" : path }
+        let remote = { (path: String) in path.hasPrefix(":") ? "\(user)@\(host)\(path)" : path }
         return options + ["-P", String(port), "-o", "BatchMode=yes"] + (recursive ? ["-r"] : [])
             + sources.map(remote) + [remote(destination)]
     }
@@ -79,7 +85,7 @@ public struct SSHAccess: Sendable {
 
     /// Ends the shared connection, if one is open (before the guest stops, so ssh does not hang on it).
     public func closeSharedConnection() async {
-        _ = try? await ProgramRunner.output("ssh", options + ["-p", String(port), "-O", "exit", "\(user)@127.0.0.1"])
+        _ = try? await ProgramRunner.output("ssh", options + ["-p", String(port), "-O", "exit", "\(user)@\(host)"])
     }
 
     /// Replaces this process with `ssh` (or `scp`), so the terminal, the streams and the exit status are
@@ -91,6 +97,8 @@ public struct SSHAccess: Sendable {
         }
         var argv: [UnsafeMutablePointer<CChar>?] = ([program] + arguments).map { strdup($0) }
         argv.append(nil)
+        // A libvirt connection made earlier ignores SIGPIPE; the guest command's pipes want the default.
+        signal(SIGPIPE, SIG_DFL)
         execv(path, &argv)
         return NimbusError(.processFailed, "could not run \(path): \(String(cString: strerror(errno)))")
     }

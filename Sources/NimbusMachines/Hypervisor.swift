@@ -35,9 +35,16 @@ public protocol Hypervisor: Sendable {
     func loadSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
     /// Deletes the live snapshot `name`.
     func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
+
+    /// Deletes what the stopped machine keeps outside its folder (the libvirt driver's pool volumes), before
+    /// the folder itself is removed.
+    func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError)
 }
 
 extension Hypervisor {
+    /// Nothing outside the machine folder: the QEMU driver keeps every file in it.
+    public func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {}
+
     /// Stops the machine with the default 60-second wait for the guest.
     public func stop(_ directory: MachineDirectory) async throws(NimbusError) -> StopOutcome {
         try await stop(directory, timeout: .seconds(60), progress: nil)
@@ -58,6 +65,8 @@ public struct RunningMachine: Sendable, Hashable {
     public let vncSocket: URL?
     /// The argument vector the hypervisor was started with.
     public let commandLine: [String]
+    /// The host whose `sshHostPort` reaches the guest: 127.0.0.1, or a remote libvirt host.
+    public var sshHost: String = "127.0.0.1"
 }
 
 /// The state of a machine, read from the live process and QMP.

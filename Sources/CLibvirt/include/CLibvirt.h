@@ -86,7 +86,12 @@
     X(virStreamRecv) \
     X(virStreamFinish) \
     X(virStreamAbort) \
-    X(virStreamFree)
+    X(virStreamFree) \
+    X(virConnectGetCapabilities) \
+    X(virStoragePoolGetXMLDesc) \
+    X(virStorageVolCreateXMLFrom) \
+    X(virStorageVolGetXMLDesc) \
+    X(virStreamSendHole)
 
 /// The libvirt functions Nimbus calls, resolved from libvirt.so.0.
 typedef struct NimbusLibvirt {

@@ -27,6 +27,9 @@ final class LibvirtConnection: @unchecked Sendable {
             return .failure(NimbusError(.internalError, "libvirt could not be initialised (virInitialize failed)"))
         }
         libvirt.virSetErrorFunc(nil) { _, _ in }
+        // libvirt's RPC client writes to its socket without MSG_NOSIGNAL: a daemon restarted mid-call would
+        // end this process with SIGPIPE instead of failing the call (virsh ignores it for the same reason).
+        signal(SIGPIPE, SIG_IGN)
         return .success(())
     }()
 
@@ -77,6 +80,15 @@ final class LibvirtConnection: @unchecked Sendable {
             default:
                 break
             }
+        }
+        // A remote host that is down or unreachable: the socket's errno (qemu+tcp), or ssh's own words (qemu+ssh).
+        let silent = [EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EHOSTDOWN].contains(error.systemErrno)
+            || ["No route to host", "timed out", "Network is unreachable"].contains { error.message.contains($0) }
+        if !local, silent, let host = LibvirtRemote.host(of: uri) {
+            return NimbusError(
+                .network,
+                "libvirt host \(host) does not answer (\(uri)): check the address, that the host is up and reachable from here, and that libvirtd (or sshd, for qemu+ssh) listens there (libvirt: \(error.message))",
+                cause: error)
         }
         if error.matches(VIR_ERR_NO_CONNECT) || error.matches(VIR_ERR_INVALID_ARG) {
             return NimbusError(

@@ -81,7 +81,8 @@ public enum LibvirtDomainXML {
         accelerator: Accelerator,
         sshHostPort: UInt16?,
         owner: Owner?,
-        origin: String = ProcessInfo.processInfo.hostName
+        origin: String = ProcessInfo.processInfo.hostName,
+        hostFiles: LibvirtRemote.HostFiles? = nil
     ) throws(NimbusError) -> String {
         try config.validate()
         guard config.machineType == .q35 else {
@@ -123,7 +124,7 @@ public enum LibvirtDomainXML {
                 if case .uefi(let code, let variables) = config.firmware {
                     x.element("loader", code, attributes: "readonly='yes' type='pflash'")
                     x.element(
-                        "nvram", directory.url.appending(path: nvramName).path,
+                        "nvram", hostFiles?.nvram ?? directory.url.appending(path: nvramName).path,
                         attributes: "template='\(escape(variables))'")
                 }
                 if let kernel = config.kernel {
@@ -151,14 +152,15 @@ public enum LibvirtDomainXML {
             x.element("on_reboot", "restart")
             x.element("on_crash", "destroy")
             x.line("<devices>")
-            x.indent { devices(config, directory, sshHostPort: sshHostPort, into: x) }
+            x.indent { devices(config, directory, serialLog: hostFiles?.serialLog, into: x) }
             x.line("</devices>")
             if let owner {
                 x.line("<seclabel type='static' model='dac' relabel='no'>")
                 x.indent { x.element("label", "+\(owner.uid):+\(owner.gid)") }
                 x.line("</seclabel>")
             }
-            let arguments = qemuArguments(config, sshHostPort: sshHostPort)
+            let arguments = qemuArguments(
+                config, sshHostPort: sshHostPort, sshAddress: hostFiles?.forwardAddress ?? "127.0.0.1")
             if !arguments.isEmpty {
                 x.line("<qemu:commandline>")
                 x.indent { for argument in arguments { x.line("<qemu:arg value='\(escape(argument))'/>") } }
@@ -170,7 +172,7 @@ public enum LibvirtDomainXML {
     }
 
     private static func devices(
-        _ config: MachineConfig, _ directory: MachineDirectory, sshHostPort: UInt16?, into x: XMLWriter
+        _ config: MachineConfig, _ directory: MachineDirectory, serialLog: String?, into x: XMLWriter
     ) {
         let letters = Array("abcdefghijklmnopqrstuvwxyz")
         var virtioCount = 0
@@ -250,7 +252,7 @@ public enum LibvirtDomainXML {
         // prints is also appended to serial.log by virtlogd.
         x.line("<serial type='pty'>")
         x.indent {
-            x.line("<log file='\(escape(directory.serialLog.path))' append='on'/>")
+            x.line("<log file='\(escape(serialLog ?? directory.serialLog.path))' append='on'/>")
             x.line("<target type='isa-serial' port='0'>")
             x.indent { x.line("<model name='isa-serial'/>") }
             x.line("</target>")
@@ -276,11 +278,13 @@ public enum LibvirtDomainXML {
     }
 
     /// The QEMU arguments passed through: user-mode networking with the forwards, then the user's own.
-    static func qemuArguments(_ config: MachineConfig, sshHostPort: UInt16?) -> [String] {
+    static func qemuArguments(_ config: MachineConfig, sshHostPort: UInt16?, sshAddress: String = "127.0.0.1")
+        -> [String]
+    {
         var arguments: [String] = []
         if config.network.mode == .user {
             var rules: [String] = []
-            if config.network.forwardSSH, let sshHostPort { rules.append("tcp:127.0.0.1:\(sshHostPort)-:22") }
+            if config.network.forwardSSH, let sshHostPort { rules.append("tcp:\(sshAddress):\(sshHostPort)-:22") }
             for forward in config.network.forwards {
                 rules.append(
                     "\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")

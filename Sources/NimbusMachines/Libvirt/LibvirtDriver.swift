@@ -18,6 +18,10 @@ public struct LibvirtDriver: Hypervisor {
     public var uri: String
     /// Where the accelerator facts are cached (NimbusPaths.hostFacts); nil probes every time.
     public var hostFactsCache: URL?
+    /// The storage pool the machine's disks live in (`LibvirtStorage`).
+    public var pool: String = LibvirtStorage.defaultPool
+    /// Hears what takes time (creating the pool, uploading a base image).
+    public var progress: @Sendable (String) -> Void = { _ in }
 
     /// The URI used when none is given: the host's system daemon, the only one that can run KVM guests
     /// for every user in the libvirt group.
@@ -83,8 +87,13 @@ public struct LibvirtDriver: Hypervisor {
         -> RunningMachine
     {
         try config.validate()
-        let decision = try AcceleratorProbe.resolve(config.accelerator, cache: hostFactsCache)
+        let local = Self.isLocal(uri)
+        if !local { try LibvirtRemote.check(config, uri: uri) }
         let connection = try LibvirtConnection(uri: uri)
+        let decision =
+            local
+            ? try AcceleratorProbe.resolve(config.accelerator, cache: hostFactsCache)
+            : try LibvirtRemote.accelerator(config.accelerator, connection: connection)
         let domainName = LibvirtDomainXML.domainName(for: config.name)
         if let existing = try connection.domain(named: domainName) {
             try Self.checkOwnership(existing, directory: directory, uri: uri)
@@ -118,9 +127,22 @@ public struct LibvirtDriver: Hypervisor {
             throw NimbusError(.io, "could not write \(Self.recordFile(directory).path)", cause: error)
         }
 
-        let local = Self.isLocal(uri)
         // The system daemon runs QEMU as libvirt-qemu by default; locally, run it as the calling user.
         let owner: LibvirtDomainXML.Owner? = local && uri.hasSuffix("/system") ? .current : nil
+        let placement: LibvirtStorage.Placement
+        do {
+            placement = try await LibvirtStorage(connection: connection, pool: pool, owner: owner, progress: progress)
+                .place(config, in: directory, remote: !local)
+        } catch {
+            try? FileManager.default.removeItem(at: Self.recordFile(directory))
+            throw error
+        }
+        let hostFiles =
+            local
+            ? nil
+            : LibvirtRemote.HostFiles(
+                nvram: placement.nvram, serialLog: "/var/log/libvirt/qemu/\(domainName)-serial.log",
+                forwardAddress: "0.0.0.0")
         let fixedPort = config.network.sshHostPort
         let forwardSSH = config.network.mode == .user && config.network.forwardSSH
         var attempt = 0
@@ -128,10 +150,15 @@ public struct LibvirtDriver: Hypervisor {
             attempt += 1
             var sshHostPort: UInt16?
             if forwardSSH {
-                if let fixedPort { sshHostPort = fixedPort } else { sshHostPort = try QEMUDriver.freeLoopbackPort() }
+                if let fixedPort, local || attempt == 1 {
+                    sshHostPort = fixedPort
+                } else {
+                    sshHostPort = local ? try QEMUDriver.freeLoopbackPort() : LibvirtRemote.randomPort()
+                }
             }
             let xml = try LibvirtDomainXML.render(
-                config, in: directory, accelerator: decision.accelerator, sshHostPort: sshHostPort, owner: owner)
+                placement.config, in: directory, accelerator: decision.accelerator, sshHostPort: sshHostPort,
+                owner: owner, hostFiles: hostFiles)
             if let domainPointer = libvirt.virDomainCreateXML(
                 connection.pointer, xml, UInt32(VIR_DOMAIN_START_VALIDATE.rawValue))
             {
@@ -140,11 +167,15 @@ public struct LibvirtDriver: Hypervisor {
                 return RunningMachine(
                     pid: pid, accelerator: decision, sshHostPort: sshHostPort, qmpSocket: directory.qmpSocket,
                     vncSocket: config.vnc ? directory.vncSocket : nil,
-                    commandLine: ["virDomainCreateXML", uri, domain.name])
+                    commandLine: ["virDomainCreateXML", uri, domain.name],
+                    sshHost: LibvirtRemote.host(of: uri) ?? "127.0.0.1")
             }
             let error = LibvirtError.last("virDomainCreateXML")
-            // A free port found by binding port 0 can be taken again before QEMU binds it; retry that race.
-            if error.message.contains("Could not set up host forwarding rule"), fixedPort == nil, attempt < 3 {
+            // A free port found by binding port 0 can be taken again before QEMU binds it, and a remote port is
+            // a guess; retry with another.
+            if error.message.contains("Could not set up host forwarding rule"), fixedPort == nil || !local,
+                attempt < (local ? 3 : 8)
+            {
                 continue
             }
             try? FileManager.default.removeItem(at: Self.recordFile(directory))
@@ -205,6 +236,11 @@ public struct LibvirtDriver: Hypervisor {
 
     public func reset(_ directory: MachineDirectory) async throws(NimbusError) {
         try running(directory, "reset the machine").call("reset", "virDomainReset") { libvirt.virDomainReset($0, 0) }
+    }
+
+    /// Deletes the machine's volumes from its pool (`LibvirtStorage`); base images stay for the next launch.
+    public func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {
+        try LibvirtStorage.deleteVolumes(of: directory)
     }
 
     public func kill(_ directory: MachineDirectory) async throws(NimbusError) {

@@ -61,6 +61,9 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "The libvirt URI, with --driver libvirt (default qemu:///system).")
     var connect: String?
 
+    @Option(help: "The libvirt storage pool for the disks, with --driver libvirt (default nimbus, made when missing).")
+    var pool: String?
+
     @Option(help: "Boot this kernel directly instead of the disk's bootloader.")
     var kernel: String?
 
@@ -115,6 +118,9 @@ struct InstanceLaunch: AsyncParsableCommand {
             if connect != nil, driver == "qemu" {
                 throw ValidationError("--connect needs --driver libvirt")
             }
+            if pool != nil, driver == "qemu" {
+                throw ValidationError("--pool needs --driver libvirt")
+            }
             guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
             for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
             if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
@@ -138,6 +144,7 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.firmware = firmware ?? context.config.firmware
         spec.driver = driver ?? context.config.driver
         spec.connect = connect
+        spec.pool = pool
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }

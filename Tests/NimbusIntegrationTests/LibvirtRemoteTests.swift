@@ -1,0 +1,205 @@
+import Foundation
+import NimbusCore
+import NimbusTestSupport
+import Testing
+
+@testable import NimbusMachines
+
+/// Instances on a remote libvirt host: a second libvirtd in a network namespace made by the test
+/// (`RemoteLibvirtHost`), reached over qemu+tcp and qemu+ssh, with the real Debian guest under TCG.
+@Suite(
+    "libvirt on a remote host", .serialized,
+    .requires(.guest, .libvirt, .programs("ip", "unshare", "nsenter", "sshd", "ssh-keygen")))
+struct LibvirtRemoteTests {
+    static var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
+
+    static func launchArguments(_ name: String, uri: String, extra: [String] = []) -> [String] {
+        [
+            "launch", "--name", name, "--driver", "libvirt", "--connect", uri, "--accel", "tcg", "--memory", "1024M",
+            "--timeout", "900",
+        ] + extra + [image]
+    }
+
+    @Test(
+        "a launch on the remote libvirtd boots the guest there, exec reaches it, stop and start work, delete --purge leaves only the base image, and a second launch uploads nothing"
+    )
+    func launchOnRemoteHost() async throws {
+        try await RemoteLibvirtHost.with { host in
+            try await TemporaryDirectory.with("nimbus-remote") { home in
+                let name = "rm-\(UUID().uuidString.prefix(6).lowercased())"
+                let domain = LibvirtDomainXML.domainName(for: name)
+                // Before: no pool at all; Nimbus creates it.
+                #expect(try await host.volumes(in: "nimbus").isEmpty)
+
+                let launch = try await NimbusBinary.run(Self.launchArguments(name, uri: host.tcpURI), home: home.url)
+                #expect(launch.status == 0, "\(launch.standardError)")
+                #expect(launch.standardError.contains("uploading base image"), "\(launch.standardError)")
+                #expect(launch.standardError.contains("verified on arrival"))
+                // The guest runs on the remote host, not on this one's libvirtd.
+                #expect(try await host.virsh(["domstate", domain]).standardOutput.contains("running"))
+                #expect(try await LibvirtDaemon.domains().contains(domain) == false)
+                let volumes = try await host.volumes(in: "nimbus")
+                let base = volumes.filter { $0.hasPrefix("nimbus-base-") }
+                // The base image and the marker that says its copy finished.
+                #expect(base.count == 2 && base[0].hasSuffix(".qcow2") && base[1].hasSuffix(".qcow2.complete"), "\(volumes)")
+                #expect(volumes.contains { $0.hasSuffix("-disk.qcow2") }, "\(volumes)")
+                #expect(volumes.contains { $0.hasSuffix("-seed.iso") }, "\(volumes)")
+                #expect(!volumes.contains { $0.contains(".part") }, "\(volumes)")
+                let diskXML = try await host.virsh(["dumpxml", domain]).standardOutput
+                #expect(diskXML.contains("/var/lib/libvirt/images/nimbus/"), "\(diskXML)")
+
+                let hostname = try await NimbusBinary.run(["exec", name, "--", "hostname"], home: home.url)
+                #expect(hostname.status == 0, "\(hostname.standardError)")
+                #expect(hostname.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == name)
+                let info = try await NimbusBinary.run(["info", name, "--format", "json"], home: home.url)
+                #expect(info.standardOutput.contains("@\(host.address):"), "\(info.standardOutput)")
+
+                let stop = try await NimbusBinary.run(["stop", name, "--timeout", "180"], home: home.url)
+                #expect(stop.status == 0, "\(stop.standardError)")
+                #expect(try await host.virsh(["domstate", domain]).status != 0)
+                let start = try await NimbusBinary.run(["start", name, "--timeout", "900"], home: home.url)
+                #expect(start.status == 0, "\(start.standardError)")
+                // The same disk: the guest keeps what it wrote before the stop.
+                let again = try await NimbusBinary.run(["exec", name, "--", "cat", "/etc/hostname"], home: home.url)
+                #expect(again.status == 0, "\(again.standardError)")
+                #expect(again.standardOutput.contains(name))
+
+                let delete = try await NimbusBinary.run(["delete", "--purge", name], home: home.url)
+                #expect(delete.status == 0, "\(delete.standardError)")
+                #expect(try await host.volumes(in: "nimbus") == base)
+                #expect(try await host.virsh(["domstate", domain]).status != 0)
+
+                // The same image again, this time over qemu+ssh: found by its SHA-256 on the host, not uploaded.
+                let second = "rm2-\(UUID().uuidString.prefix(6).lowercased())"
+                let launch2 = try await NimbusBinary.run(
+                    Self.launchArguments(second, uri: host.sshURI, extra: ["--no-wait"]), home: home.url)
+                #expect(launch2.status == 0, "\(launch2.standardError)")
+                #expect(!launch2.standardError.contains("uploading base image"), "\(launch2.standardError)")
+                let domain2 = LibvirtDomainXML.domainName(for: second)
+                #expect(try await host.virsh(["domstate", domain2]).standardOutput.contains("running"))
+                let list = try await NimbusBinary.run(["list", "--format", "json"], home: home.url)
+                #expect(list.status == 0 && list.standardOutput.contains(second), "\(list.standardOutput)")
+                #expect(try await host.volumes(in: "nimbus").filter { $0.hasPrefix("nimbus-base-") } == base)
+                let delete2 = try await NimbusBinary.run(["delete", "--purge", second], home: home.url)
+                #expect(delete2.status == 0, "\(delete2.standardError)")
+                #expect(try await host.volumes(in: "nimbus") == base)
+            }
+        }
+    }
+
+    @Test(
+        "over qemu+ssh: a machine with a disk and a seed is placed in the pool, runs, answers status, stops, and its volumes go"
+    )
+    func overSSH() async throws {
+        try await RemoteLibvirtHost.with { host in
+            try await TemporaryDirectory.with("nimbus-remote-ssh") { home in
+                // A small base image and an overlay on it, as NimbusInstances makes them.
+                let base = home.url.appending(path: "base.qcow2")
+                try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "qcow2", base.path, "64M"])
+                let overlay = home.url.appending(path: "machine/disk.qcow2")
+                try FileManager.default.createDirectory(
+                    at: overlay.deletingLastPathComponent(), withIntermediateDirectories: true)
+                try await ProgramRunner.run(
+                    "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base.path, "-F", "qcow2", overlay.path, "128M"])
+                let seed = home.url.appending(path: "seed.iso")
+                try Data(repeating: 0x5a, count: 300_000).write(to: seed)
+
+                var config = MachineConfig(name: "ssh-\(UUID().uuidString.prefix(6).lowercased())")
+                config.cpus = 1
+                config.memory = .mebibytes(128)
+                config.accelerator = .tcg
+                config.disks = [MachineConfig.Disk(path: overlay.path)]
+                config.seed = .noCloud(iso: seed.path)
+                let directory = MachineDirectory(overlay.deletingLastPathComponent())
+                let driver = LibvirtDriver(uri: host.sshURI, hostFactsCache: nil)
+                try driver.checkConnection()
+
+                // A pool that exists already, holding what a daemon that died while copying the base image
+                // leaves: the base volume's name without its completion marker.
+                _ = try await host.virsh(["pool-define-as", "nimbus", "dir", "--target", "/var/lib/libvirt/images/nimbus"])
+                _ = try await host.virsh(["pool-build", "nimbus"])
+                _ = try await host.virsh(["pool-start", "nimbus"])
+                let baseName = LibvirtStorage.baseVolumeName(
+                    sha256: try await LibvirtStorage.sha256(of: base), format: .qcow2)
+                let broken = try await host.virsh(["vol-create-as", "nimbus", baseName, "1M", "--format", "raw"])
+                #expect(broken.status == 0, "\(broken.standardError)")
+
+                let running = try await driver.start(config, in: directory)
+                #expect(running.sshHost == host.address)
+                #expect(await driver.status(of: directory).state == .running)
+                let domain = LibvirtDomainXML.domainName(for: config.name)
+                #expect(try await host.virsh(["domstate", domain]).standardOutput.contains("running"))
+                let volumes = try await host.volumes(in: "nimbus")
+                #expect(volumes.count == 5, "base, its marker, overlay, seed and UEFI variables: \(volumes)")
+                // The broken copy was replaced by the real image: qemu-img opened it as the overlay's backing file.
+                let baseInfo = try await host.virsh(["vol-info", "--pool", "nimbus", baseName, "--bytes"])
+                #expect(baseInfo.standardOutput.contains("67108864"), "\(baseInfo.standardOutput)")
+                // The forward listens on the remote host's addresses, not on its loopback only.
+                let xml = try await host.virsh(["dumpxml", domain]).standardOutput
+                #expect(xml.contains("hostfwd=tcp:0.0.0.0:\(running.sshHostPort ?? 0)-:22"), "\(xml)")
+
+                let outcome = try await driver.stop(directory, timeout: .seconds(2), progress: nil)
+                #expect(outcome.endedBy != .alreadyStopped)
+                #expect(await driver.status(of: directory).state == .stopped)
+
+                // A disk that vanished from the pool is an error naming it, never a fresh disk made silently.
+                let disk = volumes.first { $0.hasSuffix("-disk.qcow2") } ?? "?"
+                _ = try await host.virsh(["vol-delete", "--pool", "nimbus", disk])
+                let gone = await #expect(throws: NimbusError.self) { try await driver.start(config, in: directory) }
+                #expect(gone?.code == .notFound)
+                #expect(gone?.message.contains(disk) == true, "\(gone?.message ?? "")")
+                #expect(gone?.message.contains("delete --purge") == true)
+
+                try await driver.deleteStorage(directory)
+                #expect(try await host.volumes(in: "nimbus").filter { !$0.hasPrefix("nimbus-base-") }.isEmpty)
+            }
+        }
+    }
+
+    @Test(
+        "a pool without room fails the upload naming the pool and the space needed, leaving no volume and no instance; a host that does not answer is a network error"
+    )
+    func faults() async throws {
+        try await RemoteLibvirtHost.with { host in
+            try await TemporaryDirectory.with("nimbus-remote-faults") { home in
+                // A pool directory on a 64 MiB tmpfs on the remote host: too small for the 358 MiB image.
+                let target = "/var/lib/libvirt/images/nimbus-small"
+                try await host.runInside("mkdir", ["-p", target])
+                try await host.runInside("mount", ["-t", "tmpfs", "-o", "size=64m", "tmpfs", target])
+                let name = "full-\(UUID().uuidString.prefix(6).lowercased())"
+                let full = try await NimbusBinary.run(
+                    Self.launchArguments(name, uri: host.tcpURI, extra: ["--pool", "nimbus-small", "--no-wait"]),
+                    home: home.url)
+                #expect(full.status == NimbusError.Code.unsupported.exitStatus, "\(full.standardError)")
+                #expect(full.standardError.contains("storage pool nimbus-small"), "\(full.standardError)")
+                #expect(full.standardError.contains("needs"))
+                #expect(try await host.volumes(in: "nimbus-small").isEmpty)
+                #expect(try await host.virsh(["pool-info", "nimbus-small"]).status == 0)
+                let list = try await NimbusBinary.run(["list", "--format", "json"], home: home.url)
+                #expect(!list.standardOutput.contains(name), "\(list.standardOutput)")
+
+                let silent = "qemu+tcp://\(host.silentAddress)/system"
+                let error = #expect(throws: NimbusError.self) { try LibvirtConnection(uri: silent) }
+                #expect(error?.code == .network, "\(error?.message ?? "")")
+                #expect(error?.message.contains(host.silentAddress) == true, "\(error?.message ?? "")")
+                #expect(error?.message.contains("does not answer") == true, "\(error?.message ?? "")")
+            }
+        }
+    }
+}
+
+/// `--pool` mistakes, through the real binary.
+@Suite("launch --pool")
+struct LibvirtPoolFlagTests {
+    @Test("--pool with --driver qemu is a usage error, and nothing is written")
+    func poolWithQEMU() async throws {
+        try await TemporaryDirectory.with("nimbus-pool-flag") { home in
+            let result = try await NimbusBinary.run(
+                ["launch", "--no-wait", "--driver", "qemu", "--pool", "fast", "file:///missing.qcow2"], home: home.url)
+            #expect(result.status == 64)
+            #expect(result.standardError.contains("--pool needs --driver libvirt"), "\(result.standardError)")
+            let instances = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
+            #expect(instances.isEmpty)
+        }
+    }
+}
