@@ -86,7 +86,8 @@ extension InstanceManager {
         return InstanceInfo(
             name: name.rawValue, state: resolved, image: spec.image, imageVersion: state.imageDescription,
             ipv4: running ? ["10.0.2.15"] : [],
-            ssh: port.map { "\(state.sshUser)@\(state.sshHost ?? "127.0.0.1"):\($0)" }, cpus: spec.cpus, memory: spec.memory, diskUsed: used,
+            ssh: port.map { "\(state.sshUser)@\(state.sshHost ?? "127.0.0.1"):\($0)" }, cpus: spec.cpus,
+            memory: spec.memory, diskUsed: used,
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
             cloudInit: state.cloudInitStatus, driver: spec.driver, host: state.sshHost,

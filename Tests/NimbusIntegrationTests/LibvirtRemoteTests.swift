@@ -41,7 +41,9 @@ struct LibvirtRemoteTests {
                 let volumes = try await host.volumes(in: "nimbus")
                 let base = volumes.filter { $0.hasPrefix("nimbus-base-") }
                 // The base image and the marker that says its copy finished.
-                #expect(base.count == 2 && base[0].hasSuffix(".qcow2") && base[1].hasSuffix(".qcow2.complete"), "\(volumes)")
+                #expect(
+                    base.count == 2 && base[0].hasSuffix(".qcow2") && base[1].hasSuffix(".qcow2.complete"), "\(volumes)"
+                )
                 #expect(volumes.contains { $0.hasSuffix("-disk.qcow2") }, "\(volumes)")
                 #expect(volumes.contains { $0.hasSuffix("-seed.iso") }, "\(volumes)")
                 #expect(!volumes.contains { $0.contains(".part") }, "\(volumes)")
@@ -116,7 +118,9 @@ struct LibvirtRemoteTests {
 
                 // A pool that exists already, holding what a daemon that died while copying the base image
                 // leaves: the base volume's name without its completion marker.
-                _ = try await host.virsh(["pool-define-as", "nimbus", "dir", "--target", "/var/lib/libvirt/images/nimbus"])
+                _ = try await host.virsh([
+                    "pool-define-as", "nimbus", "dir", "--target", "/var/lib/libvirt/images/nimbus",
+                ])
                 _ = try await host.virsh(["pool-build", "nimbus"])
                 _ = try await host.virsh(["pool-start", "nimbus"])
                 let baseName = LibvirtStorage.baseVolumeName(
@@ -183,6 +187,21 @@ struct LibvirtRemoteTests {
                 #expect(error?.code == .network, "\(error?.message ?? "")")
                 #expect(error?.message.contains(host.silentAddress) == true, "\(error?.message ?? "")")
                 #expect(error?.message.contains("does not answer") == true, "\(error?.message ?? "")")
+
+                // delete --purge of an instance on a host that does not answer keeps it, naming its volumes.
+                let machine = MachineDirectory(home.url.appending(path: "gone"))
+                try FileManager.default.createDirectory(at: machine.url, withIntermediateDirectories: true)
+                try LibvirtStorage.save(
+                    LibvirtStorage.Record(
+                        uri: silent, pool: "nimbus", token: "abc123", volumes: ["nimbus-gone-abc123-disk.qcow2"],
+                        diskCreated: true), in: machine)
+                let purge = await #expect(throws: NimbusError.self) {
+                    try await LibvirtDriver(uri: silent, hostFactsCache: nil).deleteStorage(machine)
+                }
+                #expect(purge?.code == .network)
+                #expect(purge?.message.contains("nimbus-gone-abc123-disk.qcow2") == true, "\(purge?.message ?? "")")
+                #expect(purge?.message.contains("run the command again") == true)
+                #expect(LibvirtStorage.record(machine) != nil)
             }
         }
     }

@@ -8,7 +8,9 @@ import Testing
 /// What changes for a daemon on another host, checked without one: the rendered domain and the refusals.
 @Suite("libvirt remote hosts (no daemon)")
 struct LibvirtRemoteUnitTests {
-    @Test("a remote domain keeps UEFI variables in the pool, the serial log on that host, and forwards SSH on all its addresses; libvirt's schema accepts it")
+    @Test(
+        "a remote domain keeps UEFI variables in the pool, the serial log on that host, and forwards SSH on all its addresses; libvirt's schema accepts it"
+    )
     func remoteRendering() async throws {
         var config = LibvirtDomainXMLTests.cloudImage
         config.disks = [MachineConfig.Disk(path: "/var/lib/libvirt/images/nimbus/nimbus-web-abc123-disk.qcow2")]

@@ -73,7 +73,8 @@ final class LibvirtConnection: @unchecked Sendable {
             }
         }
         // A remote host that is down or unreachable: the socket's errno (qemu+tcp), or ssh's own words (qemu+ssh).
-        let silent = [EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EHOSTDOWN].contains(error.systemErrno)
+        let silent =
+            [EHOSTUNREACH, ENETUNREACH, ETIMEDOUT, EHOSTDOWN].contains(error.systemErrno)
             || ["No route to host", "timed out", "Network is unreachable"].contains { error.message.contains($0) }
         if !local, silent, let host = LibvirtRemote.host(of: uri) {
             return NimbusError(

@@ -38,11 +38,15 @@ public enum LibvirtRemote {
         }
         if config.vnc {
             throw NimbusError(
-                .unsupported, "the VNC display is a socket in the instance folder, which libvirt on \(host) cannot create: launch without --vnc on remote hosts")
+                .unsupported,
+                "the VNC display is a socket in the instance folder, which libvirt on \(host) cannot create: launch without --vnc on remote hosts"
+            )
         }
         if config.kernel != nil {
             throw NimbusError(
-                .unsupported, "direct kernel boot reads the kernel from this host, not from \(host): boot from the image's own bootloader on remote hosts")
+                .unsupported,
+                "direct kernel boot reads the kernel from this host, not from \(host): boot from the image's own bootloader on remote hosts"
+            )
         }
         if case .noCloudNet = config.seed {
             throw NimbusError(
@@ -68,7 +72,9 @@ public enum LibvirtRemote {
         }
         guard choice == .auto else {
             throw NimbusError(
-                .unsupported, "--accel kvm is not possible on \(connection.uri): its libvirt offers no KVM domain; use --accel tcg or auto")
+                .unsupported,
+                "--accel kvm is not possible on \(connection.uri): its libvirt offers no KVM domain; use --accel tcg or auto"
+            )
         }
         return AcceleratorDecision(accelerator: .tcg, reason: "libvirt at \(connection.uri) offers no KVM")
     }

@@ -148,7 +148,8 @@ public struct LibvirtStorage: Sendable {
         case .noCloud(let iso):
             let name = "\(prefix)-seed.iso"
             try own(name)
-            placed.seed = .noCloud(iso: try await replaceVolume(name, with: URL(fileURLWithPath: iso), format: .raw, in: pool))
+            placed.seed = .noCloud(
+                iso: try await replaceVolume(name, with: URL(fileURLWithPath: iso), format: .raw, in: pool))
         case .ignition(let file):
             let name = "\(prefix)-ignition.json"
             try own(name)
@@ -169,7 +170,9 @@ public struct LibvirtStorage: Sendable {
 
     /// The base image and format an overlay names, with the overlay's virtual size; nil for a disk without
     /// backing file.
-    static func backing(of overlay: URL) throws(NimbusError) -> (file: URL, format: MachineConfig.DiskFormat, virtualSize: UInt64)? {
+    static func backing(of overlay: URL) throws(NimbusError) -> (
+        file: URL, format: MachineConfig.DiskFormat, virtualSize: UInt64
+    )? {
         let info = try DiskImage.inspect(overlay)
         guard let file = info.backingFile else { return nil }
         let url =
@@ -222,7 +225,8 @@ public struct LibvirtStorage: Sendable {
             guard let pointer = virStoragePoolDefineXML(connection.pointer, xml, 0) else {
                 let error = LibvirtError.last("virStoragePoolDefineXML")
                 throw NimbusError(
-                    .processFailed, "libvirt at \(uri) could not define storage pool \(poolName) in \(target): \(error.message)",
+                    .processFailed,
+                    "libvirt at \(uri) could not define storage pool \(poolName) in \(target): \(error.message)",
                     cause: error)
             }
             pool = LibvirtPool(pointer, connection: connection, name: poolName)
@@ -269,7 +273,9 @@ public struct LibvirtStorage: Sendable {
             )
         }
         let temporary = "\(name).part-\(UUID().uuidString.prefix(8).lowercased())"
-        progress("uploading base image \(image.lastPathComponent) (\(ByteSize(bytes: size).humanReadable)) to pool \(poolName) at \(uri)")
+        progress(
+            "uploading base image \(image.lastPathComponent) (\(ByteSize(bytes: size).humanReadable)) to pool \(poolName) at \(uri)"
+        )
         let part = try pool.createVolume(temporary, size: size, format: .raw, mode: 0o644, owner: owner)
         do throws(NimbusError) {
             let sent = try await Self.offload { () throws(NimbusError) -> String in
@@ -281,7 +287,9 @@ public struct LibvirtStorage: Sendable {
                     "base image \(image.path) changed while it was uploaded (SHA-256 \(digest) before, \(sent) sent): run the command again"
                 )
             }
-            let arrived = try await Self.offload { () throws(NimbusError) -> String in try part.downloadDigest(size: size) }
+            let arrived = try await Self.offload { () throws(NimbusError) -> String in
+                try part.downloadDigest(size: size)
+            }
             guard arrived == digest else {
                 throw NimbusError(
                     .integrity,
@@ -392,7 +400,8 @@ public struct LibvirtStorage: Sendable {
     static func offload<T: Sendable>(_ body: @escaping @Sendable () throws(NimbusError) -> T) async throws(NimbusError)
         -> T
     {
-        let result = await withCheckedContinuation { (continuation: CheckedContinuation<Result<T, NimbusError>, Never>) in
+        let result = await withCheckedContinuation {
+            (continuation: CheckedContinuation<Result<T, NimbusError>, Never>) in
             Thread.detachNewThread {
                 do throws(NimbusError) {
                     continuation.resume(returning: .success(try body()))
@@ -426,7 +435,8 @@ final class LibvirtPool: @unchecked Sendable {
         guard body(pointer) == 0 else {
             let error = LibvirtError.last(function)
             throw NimbusError(
-                .processFailed, "libvirt at \(connection.uri) could not \(action) storage pool \(name): \(error.message)",
+                .processFailed,
+                "libvirt at \(connection.uri) could not \(action) storage pool \(name): \(error.message)",
                 cause: error)
         }
     }
@@ -497,7 +507,8 @@ final class LibvirtPool: @unchecked Sendable {
             let error = LibvirtError.last("virStorageVolLookupByName")
             if error.matches(VIR_ERR_NO_STORAGE_VOL) { return nil }
             throw NimbusError(
-                .network, "libvirt at \(connection.uri) could not look up volume \(volume) in pool \(name): \(error.message)",
+                .network,
+                "libvirt at \(connection.uri) could not look up volume \(volume) in pool \(name): \(error.message)",
                 cause: error)
         }
         return LibvirtVolume(pointer, pool: self, name: volume)
@@ -618,7 +629,8 @@ final class LibvirtVolume: @unchecked Sendable {
         guard virStorageVolDelete(pointer, 0) == 0 else {
             let error = LibvirtError.last("virStorageVolDelete")
             throw NimbusError(
-                .processFailed, "libvirt at \(uri) could not delete volume \(name) from pool \(pool.name): \(error.message)",
+                .processFailed,
+                "libvirt at \(uri) could not delete volume \(name) from pool \(pool.name): \(error.message)",
                 cause: error)
         }
     }
@@ -628,7 +640,8 @@ final class LibvirtVolume: @unchecked Sendable {
         _ = virStreamAbort(stream)
         virResetLastError()
         return NimbusError(
-            .processFailed, "\(what) volume \(name) in pool \(pool.name) at \(uri) failed: \(error.message)", cause: error)
+            .processFailed, "\(what) volume \(name) in pool \(pool.name) at \(uri) failed: \(error.message)",
+            cause: error)
     }
 
     /// Sends `file` into the volume through a libvirt stream (`virStorageVolUpload`). Sparse: holes travel as
@@ -643,7 +656,8 @@ final class LibvirtVolume: @unchecked Sendable {
         let size = Int64(try LibvirtStorage.fileSize(file))
         guard let stream = virStreamNew(pool.connection.pointer, 0) else {
             let error = LibvirtError.last("virStreamNew")
-            throw NimbusError(.processFailed, "libvirt at \(uri) could not open a stream: \(error.message)", cause: error)
+            throw NimbusError(
+                .processFailed, "libvirt at \(uri) could not open a stream: \(error.message)", cause: error)
         }
         defer { virStreamFree(stream) }
         let flags = sparse ? UInt32(VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM.rawValue) : 0
@@ -673,7 +687,8 @@ final class LibvirtVolume: @unchecked Sendable {
                 let count = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, want, off_t(offset)) }
                 guard count > 0 else {
                     _ = virStreamAbort(stream)
-                    throw NimbusError(.io, "reading \(file.path) failed at byte \(offset): \(String(cString: strerror(errno)))")
+                    throw NimbusError(
+                        .io, "reading \(file.path) failed at byte \(offset): \(String(cString: strerror(errno)))")
                 }
                 if hashing { hasher?.update(data: buffer[0..<count]) }
                 var sent = 0
@@ -702,7 +717,8 @@ final class LibvirtVolume: @unchecked Sendable {
     func downloadDigest(size: UInt64) throws(NimbusError) -> String {
         guard let stream = virStreamNew(pool.connection.pointer, 0) else {
             let error = LibvirtError.last("virStreamNew")
-            throw NimbusError(.processFailed, "libvirt at \(uri) could not open a stream: \(error.message)", cause: error)
+            throw NimbusError(
+                .processFailed, "libvirt at \(uri) could not open a stream: \(error.message)", cause: error)
         }
         defer { virStreamFree(stream) }
         guard virStorageVolDownload(pointer, stream, 0, size, 0) == 0 else {
