@@ -105,12 +105,22 @@ struct LibvirtRemoteTests {
                     "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base.path, "-F", "qcow2", overlay.path, "128M"])
                 let seed = home.url.appending(path: "seed.iso")
                 try Data(repeating: 0x5a, count: 300_000).write(to: seed)
+                // A sparse scratch disk: 64 MiB with data only at 32 MiB, sent as holes and data.
+                let scratch = home.url.appending(path: "scratch.img")
+                #expect(FileManager.default.createFile(atPath: scratch.path, contents: nil))
+                let handle = try FileHandle(forWritingTo: scratch)
+                try handle.seek(toOffset: 32 << 20)
+                try handle.write(contentsOf: Data("nimbus scratch".utf8))
+                try handle.truncate(atOffset: 64 << 20)
+                try handle.close()
 
                 var config = MachineConfig(name: "ssh-\(UUID().uuidString.prefix(6).lowercased())")
                 config.cpus = 1
                 config.memory = .mebibytes(128)
                 config.accelerator = .tcg
-                config.disks = [MachineConfig.Disk(path: overlay.path)]
+                config.disks = [
+                    MachineConfig.Disk(path: overlay.path), MachineConfig.Disk(path: scratch.path, format: .raw),
+                ]
                 config.seed = .noCloud(iso: seed.path)
                 let directory = MachineDirectory(overlay.deletingLastPathComponent())
                 let driver = LibvirtDriver(uri: host.sshURI, hostFactsCache: nil)
@@ -134,7 +144,12 @@ struct LibvirtRemoteTests {
                 let domain = LibvirtDomainXML.domainName(for: config.name)
                 #expect(try await host.virsh(["domstate", domain]).standardOutput.contains("running"))
                 let volumes = try await host.volumes(in: "nimbus")
-                #expect(volumes.count == 5, "base, its marker, overlay, seed and UEFI variables: \(volumes)")
+                #expect(volumes.count == 6, "base, its marker, overlay, scratch, seed and UEFI variables: \(volumes)")
+                let scratchVolume = try #require(volumes.first { $0.hasSuffix("-disk1.raw") })
+                let back = home.url.appending(path: "scratch-back.img")
+                let download = try await host.virsh(["vol-download", "--pool", "nimbus", scratchVolume, back.path])
+                #expect(download.status == 0, "\(download.standardError)")
+                #expect(try Data(contentsOf: back) == (try Data(contentsOf: scratch)))
                 // The broken copy was replaced by the real image: qemu-img opened it as the overlay's backing file.
                 let baseInfo = try await host.virsh(["vol-info", "--pool", "nimbus", baseName, "--bytes"])
                 #expect(baseInfo.standardOutput.contains("67108864"), "\(baseInfo.standardOutput)")
