@@ -175,6 +175,50 @@ struct LibvirtRemoteTests {
         }
     }
 
+    @Test("two machines of one image placed at once both start, and the image is in the pool once")
+    func concurrentPlacement() async throws {
+        try await RemoteLibvirtHost.with { host in
+            try await TemporaryDirectory.with("nimbus-remote-twice") { home in
+                // 24 MiB of data, so the uploads overlap.
+                let raw = home.url.appending(path: "base.raw")
+                try await ProgramRunner.run(
+                    "dd", ["if=/dev/urandom", "of=\(raw.path)", "bs=1M", "count=24", "status=none"])
+                let base = home.url.appending(path: "base.qcow2")
+                try await ProgramRunner.run("qemu-img", ["convert", "-q", "-O", "qcow2", raw.path, base.path])
+                let driver = LibvirtDriver(uri: host.tcpURI, hostFactsCache: nil)
+                let names = (0..<2).map { "tw\($0)-\(UUID().uuidString.prefix(6).lowercased())" }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for name in names {
+                        let directory = MachineDirectory(home.url.appending(path: name))
+                        let overlay = directory.url.appending(path: "disk.qcow2")
+                        try FileManager.default.createDirectory(at: directory.url, withIntermediateDirectories: true)
+                        try await ProgramRunner.run(
+                            "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base.path, "-F", "qcow2", overlay.path])
+                        var config = MachineConfig(name: name)
+                        config.cpus = 1
+                        config.memory = .mebibytes(128)
+                        config.accelerator = .tcg
+                        config.firmware = .bios
+                        config.disks = [MachineConfig.Disk(path: overlay.path)]
+                        group.addTask { _ = try await driver.start(config, in: directory) }
+                    }
+                    try await group.waitForAll()
+                }
+                let volumes = try await host.volumes(in: "nimbus")
+                #expect(
+                    volumes.filter { $0.hasPrefix("nimbus-base-") }.count == 2, "one base and its marker: \(volumes)")
+                #expect(!volumes.contains { $0.contains(".part-") }, "\(volumes)")
+                for name in names {
+                    let directory = MachineDirectory(home.url.appending(path: name))
+                    #expect(await driver.status(of: directory).state == .running)
+                    try await driver.kill(directory)
+                    try await driver.deleteStorage(directory)
+                }
+                #expect(try await host.volumes(in: "nimbus").count == 2)
+            }
+        }
+    }
+
     @Test(
         "a pool without room fails the upload naming the pool and the space needed, leaving no volume and no instance; a host that does not answer is a network error"
     )
