@@ -21,15 +21,21 @@ struct LibvirtRemoteTests {
     }
 
     @Test(
-        "a launch on the remote libvirtd boots the guest there, exec reaches it, stop and start work, delete --purge leaves only the base image, and a second launch uploads nothing"
+        "a launch on the remote libvirtd boots the guest there, exec reaches it, stop and start work, delete --purge leaves the pool as it was but for the base image, and a second launch (over qemu+ssh) uploads nothing"
     )
     func launchOnRemoteHost() async throws {
         try await RemoteLibvirtHost.with { host in
             try await TemporaryDirectory.with("nimbus-remote") { home in
                 let name = "rm-\(UUID().uuidString.prefix(6).lowercased())"
                 let domain = LibvirtDomainXML.domainName(for: name)
-                // Before: no pool at all; Nimbus creates it.
-                #expect(try await host.volumes(in: "nimbus").isEmpty)
+                // Before: the pool holds a volume of someone else's, which Nimbus must leave alone.
+                _ = try await host.virsh(
+                    ["pool-define-as", "nimbus", "dir", "--target", "/var/lib/libvirt/images/nimbus"])
+                _ = try await host.virsh(["pool-build", "nimbus"])
+                _ = try await host.virsh(["pool-start", "nimbus"])
+                _ = try await host.virsh(["vol-create-as", "nimbus", "someone-else.qcow2", "16M", "--format", "qcow2"])
+                let before = try await host.volumes(in: "nimbus")
+                #expect(before == ["someone-else.qcow2"])
 
                 let launch = try await NimbusBinary.run(Self.launchArguments(name, uri: host.tcpURI), home: home.url)
                 #expect(launch.status == 0, "\(launch.standardError)")
@@ -40,6 +46,7 @@ struct LibvirtRemoteTests {
                 #expect(try await LibvirtDaemon.domains().contains(domain) == false)
                 let volumes = try await host.volumes(in: "nimbus")
                 let base = volumes.filter { $0.hasPrefix("nimbus-base-") }
+                let expectedAfter = (before + base).sorted()
                 // The base image and the marker that says its copy finished.
                 #expect(
                     base.count == 2 && base[0].hasSuffix(".qcow2") && base[1].hasSuffix(".qcow2.complete"), "\(volumes)"
@@ -68,23 +75,25 @@ struct LibvirtRemoteTests {
 
                 let delete = try await NimbusBinary.run(["delete", "--purge", name], home: home.url)
                 #expect(delete.status == 0, "\(delete.standardError)")
-                #expect(try await host.volumes(in: "nimbus") == base)
+                #expect(try await host.volumes(in: "nimbus") == expectedAfter)
                 #expect(try await host.virsh(["domstate", domain]).status != 0)
 
                 // The same image again, this time over qemu+ssh: found by its SHA-256 on the host, not uploaded.
                 let second = "rm2-\(UUID().uuidString.prefix(6).lowercased())"
                 let launch2 = try await NimbusBinary.run(
-                    Self.launchArguments(second, uri: host.sshURI, extra: ["--no-wait"]), home: home.url)
+                    Self.launchArguments(second, uri: host.sshURI), home: home.url)
                 #expect(launch2.status == 0, "\(launch2.standardError)")
                 #expect(!launch2.standardError.contains("uploading base image"), "\(launch2.standardError)")
                 let domain2 = LibvirtDomainXML.domainName(for: second)
                 #expect(try await host.virsh(["domstate", domain2]).standardOutput.contains("running"))
                 let list = try await NimbusBinary.run(["list", "--format", "json"], home: home.url)
                 #expect(list.status == 0 && list.standardOutput.contains(second), "\(list.standardOutput)")
+                let hostname2 = try await NimbusBinary.run(["exec", second, "--", "hostname"], home: home.url)
+                #expect(hostname2.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == second)
                 #expect(try await host.volumes(in: "nimbus").filter { $0.hasPrefix("nimbus-base-") } == base)
                 let delete2 = try await NimbusBinary.run(["delete", "--purge", second], home: home.url)
                 #expect(delete2.status == 0, "\(delete2.standardError)")
-                #expect(try await host.volumes(in: "nimbus") == base)
+                #expect(try await host.volumes(in: "nimbus") == expectedAfter)
             }
         }
     }
