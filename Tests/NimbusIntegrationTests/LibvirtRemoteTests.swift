@@ -21,15 +21,21 @@ struct LibvirtRemoteTests {
     }
 
     @Test(
-        "a launch on the remote libvirtd boots the guest there, exec reaches it, stop and start work, delete --purge leaves only the base image, and a second launch uploads nothing"
+        "a launch on the remote libvirtd boots the guest there, exec reaches it, stop and start work, delete --purge leaves the pool as it was but for the base image, and a second launch (over qemu+ssh) uploads nothing"
     )
     func launchOnRemoteHost() async throws {
         try await RemoteLibvirtHost.with { host in
             try await TemporaryDirectory.with("nimbus-remote") { home in
                 let name = "rm-\(UUID().uuidString.prefix(6).lowercased())"
                 let domain = LibvirtDomainXML.domainName(for: name)
-                // Before: no pool at all; Nimbus creates it.
-                #expect(try await host.volumes(in: "nimbus").isEmpty)
+                // Before: the pool holds a volume of someone else's, which Nimbus must leave alone.
+                _ = try await host.virsh(
+                    ["pool-define-as", "nimbus", "dir", "--target", "/var/lib/libvirt/images/nimbus"])
+                _ = try await host.virsh(["pool-build", "nimbus"])
+                _ = try await host.virsh(["pool-start", "nimbus"])
+                _ = try await host.virsh(["vol-create-as", "nimbus", "someone-else.qcow2", "16M", "--format", "qcow2"])
+                let before = try await host.volumes(in: "nimbus")
+                #expect(before == ["someone-else.qcow2"])
 
                 let launch = try await NimbusBinary.run(Self.launchArguments(name, uri: host.tcpURI), home: home.url)
                 #expect(launch.status == 0, "\(launch.standardError)")
@@ -40,6 +46,7 @@ struct LibvirtRemoteTests {
                 #expect(try await LibvirtDaemon.domains().contains(domain) == false)
                 let volumes = try await host.volumes(in: "nimbus")
                 let base = volumes.filter { $0.hasPrefix("nimbus-base-") }
+                let expectedAfter = (before + base).sorted()
                 // The base image and the marker that says its copy finished.
                 #expect(
                     base.count == 2 && base[0].hasSuffix(".qcow2") && base[1].hasSuffix(".qcow2.complete"), "\(volumes)"
@@ -68,23 +75,25 @@ struct LibvirtRemoteTests {
 
                 let delete = try await NimbusBinary.run(["delete", "--purge", name], home: home.url)
                 #expect(delete.status == 0, "\(delete.standardError)")
-                #expect(try await host.volumes(in: "nimbus") == base)
+                #expect(try await host.volumes(in: "nimbus") == expectedAfter)
                 #expect(try await host.virsh(["domstate", domain]).status != 0)
 
                 // The same image again, this time over qemu+ssh: found by its SHA-256 on the host, not uploaded.
                 let second = "rm2-\(UUID().uuidString.prefix(6).lowercased())"
                 let launch2 = try await NimbusBinary.run(
-                    Self.launchArguments(second, uri: host.sshURI, extra: ["--no-wait"]), home: home.url)
+                    Self.launchArguments(second, uri: host.sshURI), home: home.url)
                 #expect(launch2.status == 0, "\(launch2.standardError)")
                 #expect(!launch2.standardError.contains("uploading base image"), "\(launch2.standardError)")
                 let domain2 = LibvirtDomainXML.domainName(for: second)
                 #expect(try await host.virsh(["domstate", domain2]).standardOutput.contains("running"))
                 let list = try await NimbusBinary.run(["list", "--format", "json"], home: home.url)
                 #expect(list.status == 0 && list.standardOutput.contains(second), "\(list.standardOutput)")
+                let hostname2 = try await NimbusBinary.run(["exec", second, "--", "hostname"], home: home.url)
+                #expect(hostname2.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == second)
                 #expect(try await host.volumes(in: "nimbus").filter { $0.hasPrefix("nimbus-base-") } == base)
                 let delete2 = try await NimbusBinary.run(["delete", "--purge", second], home: home.url)
                 #expect(delete2.status == 0, "\(delete2.standardError)")
-                #expect(try await host.volumes(in: "nimbus") == base)
+                #expect(try await host.volumes(in: "nimbus") == expectedAfter)
             }
         }
     }
@@ -105,12 +114,22 @@ struct LibvirtRemoteTests {
                     "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base.path, "-F", "qcow2", overlay.path, "128M"])
                 let seed = home.url.appending(path: "seed.iso")
                 try Data(repeating: 0x5a, count: 300_000).write(to: seed)
+                // A sparse scratch disk: 64 MiB with data only at 32 MiB, sent as holes and data.
+                let scratch = home.url.appending(path: "scratch.img")
+                #expect(FileManager.default.createFile(atPath: scratch.path, contents: nil))
+                let handle = try FileHandle(forWritingTo: scratch)
+                try handle.seek(toOffset: 32 << 20)
+                try handle.write(contentsOf: Data("nimbus scratch".utf8))
+                try handle.truncate(atOffset: 64 << 20)
+                try handle.close()
 
                 var config = MachineConfig(name: "ssh-\(UUID().uuidString.prefix(6).lowercased())")
                 config.cpus = 1
                 config.memory = .mebibytes(128)
                 config.accelerator = .tcg
-                config.disks = [MachineConfig.Disk(path: overlay.path)]
+                config.disks = [
+                    MachineConfig.Disk(path: overlay.path), MachineConfig.Disk(path: scratch.path, format: .raw),
+                ]
                 config.seed = .noCloud(iso: seed.path)
                 let directory = MachineDirectory(overlay.deletingLastPathComponent())
                 let driver = LibvirtDriver(uri: host.sshURI, hostFactsCache: nil)
@@ -134,7 +153,12 @@ struct LibvirtRemoteTests {
                 let domain = LibvirtDomainXML.domainName(for: config.name)
                 #expect(try await host.virsh(["domstate", domain]).standardOutput.contains("running"))
                 let volumes = try await host.volumes(in: "nimbus")
-                #expect(volumes.count == 5, "base, its marker, overlay, seed and UEFI variables: \(volumes)")
+                #expect(volumes.count == 6, "base, its marker, overlay, scratch, seed and UEFI variables: \(volumes)")
+                let scratchVolume = try #require(volumes.first { $0.hasSuffix("-disk1.raw") })
+                let back = home.url.appending(path: "scratch-back.img")
+                let download = try await host.virsh(["vol-download", "--pool", "nimbus", scratchVolume, back.path])
+                #expect(download.status == 0, "\(download.standardError)")
+                #expect(try Data(contentsOf: back) == (try Data(contentsOf: scratch)))
                 // The broken copy was replaced by the real image: qemu-img opened it as the overlay's backing file.
                 let baseInfo = try await host.virsh(["vol-info", "--pool", "nimbus", baseName, "--bytes"])
                 #expect(baseInfo.standardOutput.contains("67108864"), "\(baseInfo.standardOutput)")
@@ -156,6 +180,50 @@ struct LibvirtRemoteTests {
 
                 try await driver.deleteStorage(directory)
                 #expect(try await host.volumes(in: "nimbus").filter { !$0.hasPrefix("nimbus-base-") }.isEmpty)
+            }
+        }
+    }
+
+    @Test("two machines of one image placed at once both start, and the image is in the pool once")
+    func concurrentPlacement() async throws {
+        try await RemoteLibvirtHost.with { host in
+            try await TemporaryDirectory.with("nimbus-remote-twice") { home in
+                // 24 MiB of data, so the uploads overlap.
+                let raw = home.url.appending(path: "base.raw")
+                try await ProgramRunner.run(
+                    "dd", ["if=/dev/urandom", "of=\(raw.path)", "bs=1M", "count=24", "status=none"])
+                let base = home.url.appending(path: "base.qcow2")
+                try await ProgramRunner.run("qemu-img", ["convert", "-q", "-O", "qcow2", raw.path, base.path])
+                let driver = LibvirtDriver(uri: host.tcpURI, hostFactsCache: nil)
+                let names = (0..<2).map { "tw\($0)-\(UUID().uuidString.prefix(6).lowercased())" }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    for name in names {
+                        let directory = MachineDirectory(home.url.appending(path: name))
+                        let overlay = directory.url.appending(path: "disk.qcow2")
+                        try FileManager.default.createDirectory(at: directory.url, withIntermediateDirectories: true)
+                        try await ProgramRunner.run(
+                            "qemu-img", ["create", "-q", "-f", "qcow2", "-b", base.path, "-F", "qcow2", overlay.path])
+                        var config = MachineConfig(name: name)
+                        config.cpus = 1
+                        config.memory = .mebibytes(128)
+                        config.accelerator = .tcg
+                        config.firmware = .bios
+                        config.disks = [MachineConfig.Disk(path: overlay.path)]
+                        group.addTask { _ = try await driver.start(config, in: directory) }
+                    }
+                    try await group.waitForAll()
+                }
+                let volumes = try await host.volumes(in: "nimbus")
+                #expect(
+                    volumes.filter { $0.hasPrefix("nimbus-base-") }.count == 2, "one base and its marker: \(volumes)")
+                #expect(!volumes.contains { $0.contains(".part-") }, "\(volumes)")
+                for name in names {
+                    let directory = MachineDirectory(home.url.appending(path: name))
+                    #expect(await driver.status(of: directory).state == .running)
+                    try await driver.kill(directory)
+                    try await driver.deleteStorage(directory)
+                }
+                #expect(try await host.volumes(in: "nimbus").count == 2)
             }
         }
     }
@@ -187,6 +255,21 @@ struct LibvirtRemoteTests {
                 #expect(error?.code == .network, "\(error?.message ?? "")")
                 #expect(error?.message.contains(host.silentAddress) == true, "\(error?.message ?? "")")
                 #expect(error?.message.contains("does not answer") == true, "\(error?.message ?? "")")
+
+                // delete --purge of an instance on a host that does not answer keeps it, naming its volumes.
+                let machine = MachineDirectory(home.url.appending(path: "gone"))
+                try FileManager.default.createDirectory(at: machine.url, withIntermediateDirectories: true)
+                try LibvirtStorage.save(
+                    LibvirtStorage.Record(
+                        uri: silent, pool: "nimbus", token: "abc123", volumes: ["nimbus-gone-abc123-disk.qcow2"],
+                        diskCreated: true), in: machine)
+                let purge = await #expect(throws: NimbusError.self) {
+                    try await LibvirtDriver(uri: silent, hostFactsCache: nil).deleteStorage(machine)
+                }
+                #expect(purge?.code == .network)
+                #expect(purge?.message.contains("nimbus-gone-abc123-disk.qcow2") == true, "\(purge?.message ?? "")")
+                #expect(purge?.message.contains("run the command again") == true)
+                #expect(LibvirtStorage.record(machine) != nil)
             }
         }
     }

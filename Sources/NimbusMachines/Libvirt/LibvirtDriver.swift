@@ -240,7 +240,15 @@ public struct LibvirtDriver: Hypervisor {
 
     /// Deletes the machine's volumes from its pool (`LibvirtStorage`); base images stay for the next launch.
     public func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {
-        try LibvirtStorage.deleteVolumes(of: directory)
+        do {
+            try LibvirtStorage.deleteVolumes(of: directory)
+        } catch {
+            let record = LibvirtStorage.record(directory)
+            throw NimbusError(
+                error.code,
+                "\(error.message); the instance is kept so its volumes (\(record?.volumes.joined(separator: ", ") ?? "none")) can be deleted once \(record?.uri ?? uri) answers: run the command again then (if that host is gone for good, remove \(directory.url.path) by hand)",
+                cause: error)
+        }
     }
 
     public func kill(_ directory: MachineDirectory) async throws(NimbusError) {

@@ -215,7 +215,13 @@ public struct LibvirtStorage: Sendable {
         if let existing = try existingPool() {
             pool = existing
         } else {
-            let target = "\(Self.defaultTargetRoot)/\(poolName)"
+            // A session daemon runs as the user, who cannot write /var/lib/libvirt: libvirt's own per-user place.
+            let session = URLComponents(string: uri)?.path == "/session" && LibvirtRemote.host(of: uri) == nil
+            let root =
+                session
+                ? FileManager.default.homeDirectoryForCurrentUser.path + "/.local/share/libvirt/images"
+                : Self.defaultTargetRoot
+            let target = "\(root)/\(poolName)"
             let xml = """
                 <pool type='dir'>
                   <name>\(LibvirtDomainXML.escape(poolName))</name>
@@ -259,7 +265,7 @@ public struct LibvirtStorage: Sendable {
     {
         let digest = try await Self.sha256(of: image)
         let name = Self.baseVolumeName(sha256: digest, format: format)
-        if let complete = try completeBase(name, in: pool) { return complete }
+        if let complete = try await completeBase(name, in: pool) { return complete }
         pool.deleteStaleUploads(of: name)
 
         let size = try Self.fileSize(image)
@@ -308,7 +314,7 @@ public struct LibvirtStorage: Sendable {
         } catch {
             try? part.delete()
             // Another Nimbus process may have put the same image in place meanwhile.
-            if let complete = try? completeBase(name, in: pool) { return complete }
+            if let complete = try? await completeBase(name, in: pool) { return complete }
             if error.message.contains("No space left") || error.message.contains("ENOSPC") {
                 throw NimbusError(
                     .unsupported,
@@ -319,22 +325,42 @@ public struct LibvirtStorage: Sendable {
         }
     }
 
-    /// The base volume `name` when its copy finished (its marker exists); nil when there is none. A volume
-    /// without marker is a copy the daemon never finished (deleted here), or one another Nimbus is making
-    /// (libvirt refuses to delete a volume it is still building: then this says to try again).
-    func completeBase(_ name: String, in pool: LibvirtPool) throws(NimbusError) -> LibvirtVolume? {
-        guard let volume = try pool.volume(named: name) else { return nil }
-        if try pool.volume(named: Self.markerName(name)) != nil { return volume }
-        guard libvirt.virStorageVolDelete(volume.pointer, 0) == 0 else {
-            let error = LibvirtError.last("virStorageVolDelete")
-            throw NimbusError(
-                .invalidState,
-                "base image volume \(name) in pool \(poolName) at \(uri) is being copied by another Nimbus right now (libvirt: \(error.message)): run the command again in a minute",
-                cause: error)
+    /// The base volume `name` when its copy finished (its marker exists); nil when there is none.
+    ///
+    /// A volume without marker is a copy that never finished (a daemon that died mid-copy), one another Nimbus
+    /// is making right now, or one whose marker is a moment away. So it is watched first: libvirt refuses to
+    /// delete a volume it is still building, which tells a copy in progress (waited for) from a leftover,
+    /// and a leftover is deleted only after `markerGrace` without a marker.
+    func completeBase(_ name: String, in pool: LibvirtPool) async throws(NimbusError) -> LibvirtVolume? {
+        let deadline = ContinuousClock.now + .seconds(1800)
+        var unmarkedSince = ContinuousClock.now
+        var told = false
+        while true {
+            guard let volume = try pool.volume(named: name) else { return nil }
+            if try pool.volume(named: Self.markerName(name)) != nil { return volume }
+            if ContinuousClock.now - unmarkedSince >= Self.markerGrace {
+                if libvirt.virStorageVolDelete(volume.pointer, 0) == 0 {
+                    progress("deleted \(name) from pool \(poolName): a copy that never finished")
+                    return nil
+                }
+                libvirt.virResetLastError()
+                // Still being built by another Nimbus: wait for it, then give its marker the grace again.
+                if !told { progress("waiting for another Nimbus copying \(name) into pool \(poolName)") }
+                told = true
+                unmarkedSince = ContinuousClock.now
+            }
+            guard ContinuousClock.now < deadline else {
+                throw NimbusError(
+                    .timeout,
+                    "base image volume \(name) in pool \(poolName) at \(uri) has been copied by another Nimbus for 30 minutes: run the command again later, or delete that volume if nothing copies it"
+                )
+            }
+            try? await Task.sleep(for: .seconds(1))
         }
-        progress("deleted \(name) from pool \(poolName): a copy that never finished")
-        return nil
     }
+
+    /// How long a base volume may lack its marker before it is taken for a leftover.
+    static let markerGrace: Duration = .seconds(10)
 
     /// The empty volume whose existence says base volume `name` is complete.
     static func markerName(_ name: String) -> String { "\(name).complete" }
