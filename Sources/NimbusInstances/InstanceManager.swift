@@ -57,6 +57,8 @@ public struct InstanceManager: Sendable {
             )
         }
 
+        if spec.driver == "libvirt" { try rememberLibvirtDaemon(spec.connect ?? LibvirtDriver.defaultURI) }
+
         let image = try await pullImage(spec.image)
         guard spec.disk.bytes >= image.virtualSize else {
             throw NimbusError(
@@ -77,7 +79,7 @@ public struct InstanceManager: Sendable {
             } catch {
                 // A launch whose machine never ran leaves nothing behind, so the same command can be retried
                 // once the cause (a port in use, a missing firmware) is fixed.
-                try? await hypervisor.kill(store.directory(spec.name).machine)
+                try? await hypervisor.forget(store.directory(spec.name).machine)
                 try? store.remove(spec.name, lock: lock)
                 throw error
             }
@@ -239,7 +241,8 @@ public struct InstanceManager: Sendable {
             try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
         }
         let seedServer = try await startSeedServer(name, spec: spec)
-        let machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
+        var machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
+        if spec.driver == "libvirt" { machine.annotations = annotations(spec, state: state, in: dir) }
         do {
             let running = try await hypervisor.start(machine, in: dir.machine)
             if let notice = running.accelerator.notice { progress(notice) }
@@ -410,6 +413,9 @@ struct InstanceDrivers: Hypervisor {
     }
     func reset(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).reset(directory) }
     func kill(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).kill(directory) }
+    func forget(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).forget(directory)
+    }
     func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         try await driver(directory).saveSnapshot(name, in: directory)
     }

@@ -28,6 +28,9 @@ public protocol Hypervisor: Sendable {
     func reset(_ directory: MachineDirectory) async throws(NimbusError)
     /// Ends the machine at once (SIGKILL) and waits until its files are free.
     func kill(_ directory: MachineDirectory) async throws(NimbusError)
+    /// Forgets the machine before its folder is removed for good: ends it if it runs, and drops what the
+    /// hypervisor keeps of it outside the folder (libvirt: the domain's definition).
+    func forget(_ directory: MachineDirectory) async throws(NimbusError)
 
     /// A live snapshot of the running machine (RAM, devices, disks) named `name`.
     func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
@@ -38,6 +41,11 @@ public protocol Hypervisor: Sendable {
 }
 
 extension Hypervisor {
+    /// A hypervisor that keeps nothing outside the folder only has to end the machine.
+    public func forget(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await kill(directory)
+    }
+
     /// Stops the machine with the default 60-second wait for the guest.
     public func stop(_ directory: MachineDirectory) async throws(NimbusError) -> StopOutcome {
         try await stop(directory, timeout: .seconds(60), progress: nil)
