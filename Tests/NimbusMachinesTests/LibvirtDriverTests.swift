@@ -223,6 +223,53 @@ struct LibvirtDriverTests {
     }
 }
 
+extension LibvirtDriverTests {
+    @Test(
+        "the serial console through virDomainOpenConsole: keys reach the UEFI shell and its answer comes back",
+        .requires(.libvirt))
+    func console() async throws {
+        try await LibvirtDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            var config = Self.firmwareOnly("cn-\(UUID().uuidString.prefix(6).lowercased())")
+            config.firmware = .uefi()
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.remove(domain) }
+            let stopped = #expect(throws: NimbusError.self) { try driver.openConsole(directory) }
+            #expect(stopped?.code == .invalidState)
+
+            _ = try await driver.start(config, in: directory)
+            let console = try driver.openConsole(directory)
+            // OVMF with nothing to boot ends in its shell on the serial port; keep typing `ver` until it answers.
+            let received = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+                Thread.detachNewThread {
+                    var seen = ""
+                    var buffer = [UInt8](repeating: 0, count: 4096)
+                    while !seen.contains("UEFI Interactive Shell") && !seen.contains("EDK II") {
+                        let count = buffer.withUnsafeMutableBytes { console.receive($0) }
+                        if count == 0 { break }
+                        seen += String(decoding: buffer[..<count], as: UTF8.self)
+                    }
+                    continuation.resume(returning: seen)
+                }
+                Thread.detachNewThread {
+                    for _ in 0..<600 {
+                        // A closed stream (the answer came) refuses the keys: stop typing.
+                        guard Array("\rver\r".utf8).withUnsafeBytes({ console.send($0) }) else { return }
+                        Thread.sleep(forTimeInterval: 1)
+                    }
+                    // Nothing came in ten minutes: end the stream, which ends the receiving thread.
+                    console.close()
+                }
+            }
+            #expect(received.contains("UEFI Interactive Shell") || received.contains("EDK II"), "\(received.suffix(500))")
+            console.close()
+            try await driver.forget(directory)
+        }
+    }
+}
+
 /// Clean-up from `defer`, which cannot await: virsh run synchronously with Foundation's Process.
 enum ProgramRunnerSync {
     static func virsh(_ arguments: [String]) throws {
