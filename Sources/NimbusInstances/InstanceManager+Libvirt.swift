@@ -42,11 +42,12 @@ extension InstanceManager {
     /// instance folder does not lose the daemon with it.
     var libvirtDaemonsFile: URL { paths.data.appending(path: "libvirt-daemons.json") }
 
-    /// The URIs of the daemons this store knows: the file's, and those of its libvirt instances.
-    public func knownLibvirtURIs() -> [String] {
+    /// The URIs of the daemons this store knows: the file's, and with `includingSpecs` those its libvirt
+    /// instances name (`list` skips them: it has read every spec already, and launch writes the file).
+    public func knownLibvirtURIs(includingSpecs: Bool = true) -> [String] {
         var uris = Set(
             (try? JSONDecoder().decode([String].self, from: Data(contentsOf: libvirtDaemonsFile))) ?? [])
-        for name in store.names() {
+        for name in includingSpecs ? store.names() : [] {
             if let spec = try? store.loadSpec(name), spec.driver == "libvirt" {
                 uris.insert(spec.connect ?? LibvirtDriver.defaultURI)
             }
@@ -118,7 +119,7 @@ extension InstanceManager {
     /// `list`'s rows for the domains of the daemons the store knows whose instance folder is missing.
     func lostInstances() -> [InstanceInfo] {
         var infos: [InstanceInfo] = []
-        for uri in knownLibvirtURIs() {
+        for uri in knownLibvirtURIs(includingSpecs: false) {
             do throws(NimbusError) {
                 infos += try lostDomains(on: [uri]).map(lostInfo)
             } catch {
@@ -214,9 +215,11 @@ extension InstanceManager {
     /// An instance of the store whose folder a Nimbus domain of another instance claims (the store was
     /// lost, and the name reused by a new instance): refused, naming both.
     func checkNoOtherDomain(claims name: InstanceName, on uris: [String]) throws(NimbusError) {
-        let spec = try store.loadSpec(name)
+        // An instance whose spec cannot be read is the old recover's to repair.
+        guard let spec = try? store.loadSpec(name) else { return }
         for uri in uris where !(spec.driver == "libvirt" && (spec.connect ?? LibvirtDriver.defaultURI) == uri) {
-            guard case .nimbus(let domain) = try LibvirtDriver.domain(forInstance: name.rawValue, uri: uri),
+            // A daemon that does not answer cannot claim the folder; it must not block recovering the instance.
+            guard case .nimbus(let domain)? = try? LibvirtDriver.domain(forInstance: name.rawValue, uri: uri),
                 domain.metadata.folder == store.directory(name).machine.url.path
             else { continue }
             throw NimbusError(

@@ -57,8 +57,6 @@ public struct InstanceManager: Sendable {
             )
         }
 
-        if spec.driver == "libvirt" { try rememberLibvirtDaemon(spec.connect ?? LibvirtDriver.defaultURI) }
-
         let image = try await pullImage(spec.image)
         guard spec.disk.bytes >= image.virtualSize else {
             throw NimbusError(
@@ -69,7 +67,10 @@ public struct InstanceManager: Sendable {
         let userKey = try await installationKey()
 
         // With the seed over HTTP, startMachine returns the server this boot fetches it from.
+        let libvirtURI = spec.driver == "libvirt" ? spec.connect ?? LibvirtDriver.defaultURI : nil
         let seedServer = try await store.withLock(spec.name) { lock in
+            // Known before the domain exists, so a launch killed after defining it still finds it in `list`.
+            if let libvirtURI { try rememberLibvirtDaemon(libvirtURI) }
             _ = try await store.create(spec) { staging in
                 try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
             }
@@ -81,6 +82,7 @@ public struct InstanceManager: Sendable {
                 // once the cause (a port in use, a missing firmware) is fixed.
                 try? await hypervisor.forget(store.directory(spec.name).machine)
                 try? store.remove(spec.name, lock: lock)
+                if let libvirtURI { forgetLibvirtDaemonIfUnused(libvirtURI) }
                 throw error
             }
         }
