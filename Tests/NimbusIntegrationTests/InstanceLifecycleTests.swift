@@ -263,10 +263,24 @@ struct InstanceLifecycleTests {
 
     @Test("kill -9 of nimbus launch in each phase leaves no orphan QEMU and no broken state", arguments: phases)
     func killedLaunch(phase: String) async throws {
+        try await killedLaunch(phase: phase, driver: "qemu")
+    }
+
+    @Test(
+        "kill -9 of nimbus launch --driver libvirt in each phase leaves no orphan QEMU, domain or broken state",
+        .requires(.guest, .libvirt), arguments: phases)
+    func killedLaunchThroughLibvirt(phase: String) async throws {
+        try await LibvirtDaemon.ensureRunning()
+        try await killedLaunch(phase: phase, driver: "libvirt")
+    }
+
+    func killedLaunch(phase: String, driver: String) async throws {
         defer { Task { await cleanUp() } }
+        // A unique name through libvirt: domain names are per daemon, shared by every store on the host.
+        let victim = driver == "qemu" ? "victim" : "victim-" + UUID().uuidString.prefix(4).lowercased()
         let launch = Process()
         launch.executableURL = NimbusBinary.url
-        launch.arguments = ["launch", image, "--name", "victim", "--memory", "768M"]
+        launch.arguments = ["launch", image, "--name", victim, "--memory", "768M", "--driver", driver]
         launch.environment = ProcessInfo.processInfo.environment.merging(["NIMBUS_HOME": home.url.path]) { $1 }
         let stderr = Pipe()
         launch.standardError = stderr
@@ -285,11 +299,14 @@ struct InstanceLifecycleTests {
         #expect(list.status == 0, "\(list.standardError)")
         let doctor = try await NimbusBinary.run(["doctor", "--fix"], home: home.url)
         #expect(!doctor.standardOutput.contains("FAIL"), "\(doctor.standardOutput)")
-        if InstanceStore(paths: home.paths).names().contains(try InstanceName("victim")) {
-            let delete = try await NimbusBinary.run(["delete", "--purge", "victim"], home: home.url)
+        if InstanceStore(paths: home.paths).names().contains(try InstanceName(victim)) {
+            let delete = try await NimbusBinary.run(["delete", "--purge", victim], home: home.url)
             #expect(delete.status == 0, "\(delete.standardError)")
         }
         #expect(qemuProcesses().isEmpty)
+        if driver == "libvirt" {
+            #expect(try await LibvirtDaemon.domains().contains(LibvirtDomainXML.domainName(for: victim)) == false)
+        }
         let left = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
         #expect(left.isEmpty, "left behind: \(left)")
     }
