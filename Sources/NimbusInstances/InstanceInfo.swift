@@ -95,7 +95,8 @@ extension InstanceManager {
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
             cloudInit: state.cloudInitStatus, driver: spec.driver,
-            host: spec.driver == "libvirt" ? LibvirtDriver.hostLabel(spec.connect ?? LibvirtDriver.defaultURI) : "local",
+            host: spec.driver == "libvirt"
+                ? LibvirtDriver.hostLabel(spec.connect ?? LibvirtDriver.defaultURI) : "local",
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
             error: status.state == .crashed
                 ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError)

@@ -106,10 +106,14 @@ extension InstanceManager {
             let count = read(0, &buffer, buffer.count)
             guard count > 0 else { break }
             if let detach = buffer[..<count].firstIndex(of: detachByte) {
-                if detach > 0 { _ = buffer.withUnsafeBytes { console.send(UnsafeRawBufferPointer(rebasing: $0[..<detach])) } }
+                if detach > 0 {
+                    _ = buffer.withUnsafeBytes { console.send(UnsafeRawBufferPointer(rebasing: $0[..<detach])) }
+                }
                 break
             }
-            guard buffer.withUnsafeBytes({ console.send(UnsafeRawBufferPointer(rebasing: $0[..<count])) }) else { break }
+            guard buffer.withUnsafeBytes({ console.send(UnsafeRawBufferPointer(rebasing: $0[..<count])) }) else {
+                break
+            }
         }
         console.close()
     }

@@ -29,7 +29,9 @@ extension InstanceManager {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
-        if let json = try? encoder.encode(state) { annotations[Annotation.state] = String(decoding: json, as: UTF8.self) }
+        if let json = try? encoder.encode(state) {
+            annotations[Annotation.state] = String(decoding: json, as: UTF8.self)
+        }
         if let hosts = try? String(contentsOf: dir.knownHosts, encoding: .utf8) {
             annotations[Annotation.knownHosts] = hosts
         }
@@ -205,7 +207,8 @@ extension InstanceManager {
                 return
             }
         }
-        let searched = uris.isEmpty ? "this store knows no libvirt daemon" : "nor is its domain on \(uris.joined(separator: ", "))"
+        let searched =
+            uris.isEmpty ? "this store knows no libvirt daemon" : "nor is its domain on \(uris.joined(separator: ", "))"
         throw NimbusError(
             .notFound,
             "instance \"\(name)\" does not exist, \(searched): `nimbus list` shows the instances, `nimbus recover --connect URI \(name)` looks on another daemon"
@@ -281,7 +284,8 @@ extension InstanceManager {
             }
         }
         try rememberLibvirtDaemon(domain.uri)
-        var message = "\(name): recovered from libvirt domain \(domain.domain) on \(domain.uri) (\(domain.state.rawValue))"
+        var message =
+            "\(name): recovered from libvirt domain \(domain.domain) on \(domain.uri) (\(domain.state.rawValue))"
         if !domain.missingFiles.isEmpty {
             message +=
                 "; these files of it went with the folder: \(domain.missingFiles.joined(separator: ", ")). "

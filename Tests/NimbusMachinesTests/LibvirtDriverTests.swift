@@ -263,7 +263,8 @@ extension LibvirtDriverTests {
                     console.close()
                 }
             }
-            #expect(received.contains("UEFI Interactive Shell") || received.contains("EDK II"), "\(received.suffix(500))")
+            #expect(
+                received.contains("UEFI Interactive Shell") || received.contains("EDK II"), "\(received.suffix(500))")
             console.close()
             try await driver.forget(directory)
         }

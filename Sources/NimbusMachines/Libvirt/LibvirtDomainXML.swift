@@ -93,14 +93,16 @@ public enum LibvirtDomainXML {
             if let expression = try? NSRegularExpression(pattern: pattern) {
                 let range = NSRange(text.startIndex..., in: text)
                 for match in expression.matches(in: text, range: range) {
-                    guard let key = Range(match.range(at: 1), in: text), let value = Range(match.range(at: 2), in: text),
+                    guard let key = Range(match.range(at: 1), in: text),
+                        let value = Range(match.range(at: 2), in: text),
                         let data = Data(base64Encoded: String(text[value]))
                     else { continue }
                     annotations[String(text[key])] = String(decoding: data, as: UTF8.self)
                 }
             }
             self.init(
-                name: name, folder: folder, origin: field("origin") ?? "", sshPort: field("sshPort").flatMap(UInt16.init),
+                name: name, folder: folder, origin: field("origin") ?? "",
+                sshPort: field("sshPort").flatMap(UInt16.init),
                 annotations: annotations)
         }
     }

@@ -485,7 +485,8 @@ public final class LibvirtConsole: @unchecked Sendable {
         var offset = 0
         while offset < bytes.count {
             guard let base = bytes.baseAddress else { return true }
-            let sent = virStreamSend(stream, base.advanced(by: offset).assumingMemoryBound(to: CChar.self), bytes.count - offset)
+            let sent = virStreamSend(
+                stream, base.advanced(by: offset).assumingMemoryBound(to: CChar.self), bytes.count - offset)
             guard sent > 0 else {
                 virResetLastError()
                 return false
@@ -522,7 +523,8 @@ extension LibvirtDriver {
         }
         let connection = try LibvirtConnection(uri: record.uri)
         guard let domain = try connection.domain(named: record.domain), domain.isActive else {
-            throw NimbusError(.invalidState, "cannot open the console: the machine in \(directory.url.path) is not running")
+            throw NimbusError(
+                .invalidState, "cannot open the console: the machine in \(directory.url.path) is not running")
         }
         try Self.checkOwnership(domain, directory: directory, uri: record.uri)
         guard let stream = virStreamNew(connection.pointer, 0) else {

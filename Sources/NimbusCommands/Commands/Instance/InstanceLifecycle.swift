@@ -114,7 +114,8 @@ struct InstanceDelete: AsyncParsableCommand {
 struct InstanceRecover: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "recover",
-        abstract: "Bring back deleted instances, repair instances in the error state, or rebuild lost ones from libvirt.",
+        abstract:
+            "Bring back deleted instances, repair instances in the error state, or rebuild lost ones from libvirt.",
         discussion: """
             With NAMEs: each deleted or broken instance is brought back; one whose folder is missing is rebuilt \
             from its libvirt domain's metadata. Without NAMEs: every instance of this store whose folder is \
