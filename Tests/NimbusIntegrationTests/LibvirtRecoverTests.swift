@@ -59,7 +59,15 @@ struct LibvirtRecoverTests {
         let live = try await NimbusBinary.run(["snapshot", "create", name.rawValue, "s1"], home: home.url)
         #expect(live.status == NimbusError.Code.invalidState.exitStatus, "\(live.standardError)")
         #expect(live.standardError.contains("stop it first"), "\(live.standardError)")
+        // The console attaches through libvirt's stream and Ctrl-] detaches.
+        let console = try await NimbusBinary.run(["console", name.rawValue], home: home.url, input: "\u{1d}")
+        #expect(console.status == 0, "\(console.standardError)")
+        #expect(console.standardError.contains("attached to \(name)'s console"), "\(console.standardError)")
+        #expect(console.standardError.contains("detached"))
         #expect(try await NimbusBinary.run(["stop", "--force", name.rawValue], home: home.url).status == 0)
+        let off = try await NimbusBinary.run(["console", name.rawValue], home: home.url)
+        #expect(off.status == NimbusError.Code.invalidState.exitStatus)
+        #expect(off.standardError.contains("is stopped"), "\(off.standardError)")
 
         // Snapshots of the stopped UEFI instance: qemu-img on the overlay, the domain left defined and shut off.
         for step in [["create", name.rawValue, "s1"], ["restore", name.rawValue, "s1"]] {
