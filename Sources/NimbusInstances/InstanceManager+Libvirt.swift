@@ -38,6 +38,17 @@ extension InstanceManager {
         return annotations
     }
 
+    /// Refreshes what the domain keeps of a libvirt instance once its state changed (after a start, after
+    /// readiness). Best effort: the folder stays the truth, and a failure here only makes a later recover
+    /// less exact.
+    func refreshAnnotations(_ name: InstanceName) {
+        guard let spec = try? store.loadSpec(name), spec.driver == "libvirt", let state = try? store.loadState(name)
+        else { return }
+        let dir = store.directory(name)
+        guard let driver = hypervisor.driver(for: spec) as? LibvirtDriver else { return }
+        try? driver.annotate(dir.machine, annotations(spec, state: state, in: dir))
+    }
+
     // MARK: Daemons the store knows
 
     /// The libvirt daemons this store has launched instances on, kept beside the instances so that a lost

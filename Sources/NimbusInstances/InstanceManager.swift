@@ -255,6 +255,7 @@ public struct InstanceManager: Sendable {
             state.lastError = nil
             state.cloudInitStatus = nil
             try store.saveState(state, in: dir)
+            refreshAnnotations(name)
             progress(
                 "\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))"
             )
@@ -332,6 +333,7 @@ public struct InstanceManager: Sendable {
         }
         try await store.withLock(name) { _ in
             try store.updateState(name) { $0.cloudInitStatus = result.status }
+            refreshAnnotations(name)
         }
         if result.status == "error" {
             let modules =

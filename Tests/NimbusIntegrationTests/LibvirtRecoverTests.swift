@@ -121,6 +121,9 @@ struct LibvirtRecoverTests {
         #expect(try String(contentsOf: store.directory(name).knownHosts, encoding: .utf8).contains("ssh-ed25519"))
         let recovered = try await Self.listJSON(home)
         #expect(recovered.first?["state"] as? String == "stopped", "\(recovered)")
+        // The state the domain keeps is the one after the start: the accelerator it chose, the SSH port.
+        #expect(recovered.first?["accelerator"] as? String == "tcg", "\(recovered)")
+        #expect(try store.loadState(name).sshPort != nil)
         // Nothing is left to recover.
         let nothing = try await NimbusBinary.run(["recover"], home: home.url)
         #expect(nothing.status == NimbusError.Code.notFound.exitStatus)

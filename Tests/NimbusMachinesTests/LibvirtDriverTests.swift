@@ -99,6 +99,14 @@ struct LibvirtDriverTests {
             #expect(found?.metadata.annotations == config.annotations)
             #expect(found?.metadata.folder == directory.url.path)
             #expect(found?.state == .running)
+            // The owner refreshes them later, in the live and the persistent definition.
+            let refreshed = ["state": "{\"accelerator\": \"tcg\"}"]
+            try driver.annotate(directory, refreshed)
+            let updated = try LibvirtDriver.nimbusDomains(uri: LibvirtDriver.defaultURI).first { $0.domain == domain }
+            #expect(updated?.metadata.annotations == refreshed)
+            #expect(updated?.metadata.folder == directory.url.path)
+            let inactive = try await LibvirtDaemon.virsh(["dumpxml", "--inactive", domain]).standardOutput
+            #expect(inactive.contains(Data(refreshed["state", default: ""].utf8).base64EncodedString()))
 
             try await driver.suspend(directory)
             #expect(await driver.status(of: directory).state == .paused)

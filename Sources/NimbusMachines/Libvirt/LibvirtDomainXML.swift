@@ -53,18 +53,24 @@ public enum LibvirtDomainXML {
         }
 
         /// The element, as libvirt stores it and `virDomainGetMetadata` returns it.
-        public var element: String {
+        public var element: String { element(prefix: "nimbus") }
+
+        /// The element with `prefix` on every name and the namespace declared, or with neither: what
+        /// `virDomainSetMetadata` takes, as it puts the element in the namespace and prefix it is given.
+        public func element(prefix: String?) -> String {
+            let p = prefix.map { "\($0):" } ?? ""
+            let declaration = prefix.map { " xmlns:\($0)=\"\(metadataNamespace)\"" } ?? ""
             var text =
-                "<nimbus:instance xmlns:nimbus=\"\(metadataNamespace)\">"
-                + "<nimbus:name>\(escape(name))</nimbus:name>"
-                + "<nimbus:folder>\(escape(folder))</nimbus:folder>"
-                + "<nimbus:origin>\(escape(origin))</nimbus:origin>"
-            if let sshPort { text += "<nimbus:sshPort>\(sshPort)</nimbus:sshPort>" }
+                "<\(p)instance\(declaration)>"
+                + "<\(p)name>\(escape(name))</\(p)name>"
+                + "<\(p)folder>\(escape(folder))</\(p)folder>"
+                + "<\(p)origin>\(escape(origin))</\(p)origin>"
+            if let sshPort { text += "<\(p)sshPort>\(sshPort)</\(p)sshPort>" }
             for key in annotations.keys.sorted() where Self.isAnnotationKey(key) {
                 let value = Data((annotations[key] ?? "").utf8).base64EncodedString()
-                text += "<nimbus:annotation key=\"\(key)\">\(value)</nimbus:annotation>"
+                text += "<\(p)annotation key=\"\(key)\">\(value)</\(p)annotation>"
             }
-            return text + "</nimbus:instance>"
+            return text + "</\(p)instance>"
         }
 
         /// Annotation keys are plain words, so they need no escaping and read back by a simple pattern.

@@ -443,6 +443,20 @@ extension LibvirtDriver {
         }
     }
 
+    /// Replaces the owner's annotations in the metadata of the machine's domain, in its persistent
+    /// definition and, while it runs, in the live one (what `start` wrote is from before the start).
+    public func annotate(_ directory: MachineDirectory, _ annotations: [String: String]) throws(NimbusError) {
+        guard let domain = try ownedDomain(directory), var metadata = domain.metadata else { return }
+        metadata.annotations = annotations
+        var flags = VIR_DOMAIN_AFFECT_CONFIG.rawValue
+        if domain.isActive { flags |= VIR_DOMAIN_AFFECT_LIVE.rawValue }
+        try domain.call("update the metadata of", "virDomainSetMetadata") {
+            virDomainSetMetadata(
+                $0, Int32(VIR_DOMAIN_METADATA_ELEMENT.rawValue), metadata.element(prefix: nil), "nimbus",
+                LibvirtDomainXML.metadataNamespace, flags)
+        }
+    }
+
     /// Makes `directory` the folder of a Nimbus domain found on a daemon (`nimbus recover`, which builds
     /// the folder elsewhere and renames it to the one the metadata names): it records the daemon and the
     /// domain, so the driver finds the machine again.
