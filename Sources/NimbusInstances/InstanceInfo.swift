@@ -8,6 +8,8 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     /// The lifecycle state, read from the live process (never from a stored flag).
     public enum State: String, Codable, Sendable {
         case running, stopped, suspended, starting, stopping, error, deleted, unknown
+        /// A libvirt domain of this store whose instance folder is missing: `nimbus recover` rebuilds it.
+        case missing
     }
 
     public var name: String
@@ -35,7 +37,7 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var cloudInit: String?
     /// `qemu` or `libvirt`.
     public var driver: String
-    /// The libvirt host, for remote instances.
+    /// Where it runs: `local`, or the host of the libvirt URI of a remote instance.
     public var host: String?
     /// Port forwards, as `127.0.0.1:8080->80/tcp`.
     public var forwards: [String]
@@ -54,6 +56,9 @@ extension InstanceManager {
             }
             var infos: [InstanceInfo] = []
             for await info in group { infos.append(info) }
+            // Domains of this store on its libvirt daemons whose folder is missing (only asked when the store
+            // has used libvirt, so a QEMU-only store never waits on a daemon).
+            infos += lostInstances()
             return infos.sorted { $0.name < $1.name }
         }
     }
@@ -90,7 +95,9 @@ extension InstanceManager {
             memory: spec.memory, diskUsed: used,
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
-            cloudInit: state.cloudInitStatus, driver: spec.driver, host: state.sshHost,
+            cloudInit: state.cloudInitStatus, driver: spec.driver,
+            host: spec.driver == "libvirt"
+                ? LibvirtDriver.hostLabel(spec.connect ?? LibvirtDriver.defaultURI) : "local",
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
             error: status.state == .crashed
                 ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError)
@@ -101,7 +108,7 @@ extension InstanceManager {
         InstanceInfo(
             name: name.rawValue, state: .error, image: "?", imageVersion: nil, ipv4: [], ssh: nil, cpus: 0,
             memory: ByteSize(bytes: 0), diskUsed: nil, diskSize: ByteSize(bytes: 0), accelerator: nil,
-            acceleratorReason: nil, uptime: nil, cloudInit: nil, driver: "qemu", host: nil, forwards: [],
+            acceleratorReason: nil, uptime: nil, cloudInit: nil, driver: "qemu", host: "local", forwards: [],
             error: "its files cannot be read: `nimbus recover \(name)` or `nimbus delete --purge \(name)`")
     }
 }

@@ -21,6 +21,10 @@ extension InstanceManager {
                 .invalidState,
                 "\(name) is stopped: `nimbus start \(name)` first, or `nimbus logs \(name)` to read its log")
         }
+        if (try? store.loadSpec(name))?.driver == "libvirt" {
+            try await attachLibvirtConsole(name, dir: dir)
+            return
+        }
         let socketPath = dir.machine.consoleSocket.path
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw NimbusError(.io, "could not open a socket for the console") }
@@ -53,6 +57,65 @@ extension InstanceManager {
             }
         }
         FileHandle.standardError.write(Data("\r\ndetached\r\n".utf8))
+    }
+
+    /// The libvirt console: a stream from `virDomainOpenConsole`, relayed like the QEMU socket.
+    func attachLibvirtConsole(_ name: InstanceName, dir: InstanceDirectory) async throws {
+        let driver = hypervisor.driver(dir.machine)
+        guard let libvirt = driver as? LibvirtDriver else {
+            throw NimbusError(.internalError, "\(name) is a libvirt instance without a libvirt driver")
+        }
+        let console = try libvirt.openConsole(dir.machine)
+        FileHandle.standardError.write(Data("attached to \(name)'s console; Ctrl-] detaches\r\n".utf8))
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            Thread.detachNewThread {
+                Self.relay(console)
+                continuation.resume()
+            }
+        }
+        FileHandle.standardError.write(Data("\r\ndetached\r\n".utf8))
+    }
+
+    /// Copies the terminal to the stream and back, in raw mode, until Ctrl-] or the end of the stream: the
+    /// guest's output on a thread of its own (a blocking receive), the keyboard on this one.
+    static func relay(_ console: LibvirtConsole) {
+        var saved = termios()
+        let isTerminal = isatty(0) == 1 && tcgetattr(0, &saved) == 0
+        if isTerminal {
+            var raw = saved
+            cfmakeraw(&raw)
+            tcsetattr(0, TCSANOW, &raw)
+        }
+        defer { if isTerminal { tcsetattr(0, TCSANOW, &saved) } }
+        let output = Thread {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { console.receive($0) }
+                guard count > 0 else { break }
+                _ = buffer.withUnsafeBytes { write(1, $0.baseAddress, count) }
+            }
+            console.close()
+        }
+        output.start()
+        var input = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0)]
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        // Polled with a timeout, so the end of the stream (the guest stopped) is noticed without a key press.
+        while !output.isFinished {
+            guard poll(&input, 1, 200) >= 0 else { break }
+            guard input[0].revents != 0 else { continue }
+            let count = read(0, &buffer, buffer.count)
+            guard count > 0 else { break }
+            if let detach = buffer[..<count].firstIndex(of: detachByte) {
+                if detach > 0 {
+                    _ = buffer.withUnsafeBytes { console.send(UnsafeRawBufferPointer(rebasing: $0[..<detach])) }
+                }
+                break
+            }
+            guard buffer.withUnsafeBytes({ console.send(UnsafeRawBufferPointer(rebasing: $0[..<count])) }) else {
+                break
+            }
+        }
+        console.close()
     }
 
     /// Copies the terminal to the socket and back, with the terminal in raw mode, until Ctrl-] or EOF.

@@ -61,21 +61,25 @@ extension InstanceManager {
             if let state = try? store.loadState(name), let port = state.sshPort {
                 await sshAccess(name, state: state, port: port).closeSharedConnection()
             }
-            if await hypervisor.status(of: dir.machine).state != .stopped {
-                if purge {
-                    try await hypervisor.kill(dir.machine)
-                } else {
+            if purge {
+                // Ends the machine and, for libvirt, undefines its domain (with its NVRAM) and deletes its
+                // volumes from the pool before the folder goes; a daemon that does not answer keeps all three.
+                let spec = try? store.loadSpec(name)
+                try await hypervisor.forget(dir.machine)
+                try await hypervisor.deleteStorage(dir.machine)
+                try store.remove(name, lock: lock)
+                if let spec, spec.driver == "libvirt" {
+                    forgetLibvirtDaemonIfUnused(spec.connect ?? LibvirtDriver.defaultURI)
+                }
+                progress("\(name): purged")
+            } else {
+                if await hypervisor.status(of: dir.machine).state != .stopped {
                     let report = progress
                     _ = try await hypervisor.stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
                         report("\(name): \($0)")
                     }
                 }
-            }
-            if purge {
-                try await hypervisor.deleteStorage(dir.machine)
-                try store.remove(name, lock: lock)
-                progress("\(name): purged")
-            } else {
+                // A libvirt domain stays defined (shut off) until purge, so recover brings the instance back whole.
                 try store.updateState(name) { $0.deleted = true }
                 progress(
                     "\(name): deleted (`nimbus recover \(name)` brings it back, `nimbus purge` removes it for good)")

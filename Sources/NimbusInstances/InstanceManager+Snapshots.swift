@@ -27,7 +27,8 @@ extension InstanceManager {
 
     /// The snapshots of an instance's disk (readable while it runs).
     public func snapshots(_ name: InstanceName) async throws -> [SnapshotInfo] {
-        try await listSnapshots(store.requireExisting(name).disk, shared: true)
+        let dir = try store.requireExisting(name)
+        return try await listSnapshots(hypervisor.diskFile(dir.machine) ?? dir.disk, shared: true)
     }
 
     /// Returns a stopped instance's disk to a snapshot.
@@ -67,7 +68,7 @@ extension InstanceManager {
                 throw NimbusError(
                     .invalidState, "\(name) is running: stop it first (`nimbus stop \(name)`) to \(action) it")
             }
-            return try await body(dir.disk)
+            return try await body(hypervisor.diskFile(dir.machine) ?? dir.disk)
         }
     }
 

@@ -67,7 +67,10 @@ public struct InstanceManager: Sendable {
         let userKey = try await installationKey()
 
         // With the seed over HTTP, startMachine returns the server this boot fetches it from.
+        let libvirtURI = spec.driver == "libvirt" ? spec.connect ?? LibvirtDriver.defaultURI : nil
         let seedServer = try await store.withLock(spec.name) { lock in
+            // Known before the domain exists, so a launch killed after defining it still finds it in `list`.
+            if let libvirtURI { try rememberLibvirtDaemon(libvirtURI) }
             _ = try await store.create(spec) { staging in
                 try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
             }
@@ -77,9 +80,10 @@ public struct InstanceManager: Sendable {
             } catch {
                 // A launch whose machine never ran leaves nothing behind, so the same command can be retried
                 // once the cause (a port in use, a missing firmware) is fixed.
-                try? await hypervisor.kill(store.directory(spec.name).machine)
+                try? await hypervisor.forget(store.directory(spec.name).machine)
                 try? await hypervisor.deleteStorage(store.directory(spec.name).machine)
                 try? store.remove(spec.name, lock: lock)
+                if let libvirtURI { forgetLibvirtDaemonIfUnused(libvirtURI) }
                 throw error
             }
         }
@@ -240,7 +244,8 @@ public struct InstanceManager: Sendable {
             try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
         }
         let seedServer = try await startSeedServer(name, spec: spec)
-        let machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
+        var machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
+        if spec.driver == "libvirt" { machine.annotations = annotations(spec, state: state, in: dir) }
         do {
             let running = try await hypervisor.start(machine, in: dir.machine)
             if let notice = running.accelerator.notice { progress(notice) }
@@ -252,6 +257,7 @@ public struct InstanceManager: Sendable {
             state.lastError = nil
             state.cloudInitStatus = nil
             try store.saveState(state, in: dir)
+            refreshAnnotations(name)
             progress(
                 "\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))"
             )
@@ -330,6 +336,7 @@ public struct InstanceManager: Sendable {
         }
         try await store.withLock(name) { _ in
             try store.updateState(name) { $0.cloudInitStatus = result.status }
+            refreshAnnotations(name)
         }
         if result.status == "error" {
             let modules =
@@ -419,6 +426,12 @@ struct InstanceDrivers: Hypervisor {
     func kill(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).kill(directory) }
     func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {
         try await driver(directory).deleteStorage(directory)
+    }
+    func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? {
+        try await driver(directory).diskFile(directory)
+    }
+    func forget(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await driver(directory).forget(directory)
     }
     func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
         try await driver(directory).saveSnapshot(name, in: directory)

@@ -28,6 +28,9 @@ public protocol Hypervisor: Sendable {
     func reset(_ directory: MachineDirectory) async throws(NimbusError)
     /// Ends the machine at once (SIGKILL) and waits until its files are free.
     func kill(_ directory: MachineDirectory) async throws(NimbusError)
+    /// Forgets the machine before its folder is removed for good: ends it if it runs, and drops what the
+    /// hypervisor keeps of it outside the folder (libvirt: the domain's definition).
+    func forget(_ directory: MachineDirectory) async throws(NimbusError)
 
     /// A live snapshot of the running machine (RAM, devices, disks) named `name`.
     func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
@@ -39,11 +42,23 @@ public protocol Hypervisor: Sendable {
     /// Deletes what the stopped machine keeps outside its folder (the libvirt driver's pool volumes), before
     /// the folder itself is removed.
     func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError)
+
+    /// The machine's main disk on this host when it is not the folder's own (a libvirt pool volume), for
+    /// qemu-img while the machine is stopped; nil for the folder's.
+    func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL?
 }
 
 extension Hypervisor {
     /// Nothing outside the machine folder: the QEMU driver keeps every file in it.
     public func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {}
+
+    /// The folder's own disk.
+    public func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? { nil }
+
+    /// A hypervisor that keeps nothing outside the folder only has to end the machine.
+    public func forget(_ directory: MachineDirectory) async throws(NimbusError) {
+        try await kill(directory)
+    }
 
     /// Stops the machine with the default 60-second wait for the guest.
     public func stop(_ directory: MachineDirectory) async throws(NimbusError) -> StopOutcome {

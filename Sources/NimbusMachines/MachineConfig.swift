@@ -38,6 +38,9 @@ public struct MachineConfig: Codable, Sendable, Hashable {
     /// Arguments appended verbatim after everything Nimbus renders: the escape hatch for QEMU options
     /// Nimbus does not model. Never passed through a shell.
     public var extraArguments: [String] = []
+    /// Opaque texts the machine's owner keeps with it, by key (letters and digits). QEMU ignores them; the
+    /// libvirt driver stores them in the domain's metadata, so the owner can rebuild what it lost from there.
+    public var annotations: [String: String] = [:]
 
     public init(name: String) {
         self.name = name
@@ -65,6 +68,7 @@ public struct MachineConfig: Codable, Sendable, Hashable {
             try container.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? defaults.accelerator
         extraArguments =
             try container.decodeIfPresent([String].self, forKey: .extraArguments) ?? defaults.extraArguments
+        annotations = try container.decodeIfPresent([String: String].self, forKey: .annotations) ?? [:]
     }
 }
 

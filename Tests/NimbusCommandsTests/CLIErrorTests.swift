@@ -51,6 +51,11 @@ struct CLIErrorTests {
             arguments: ["info", "nope"], status: 3,
             message: "instance \"nope\" does not exist: `nimbus list` shows the instances"),
         Case(arguments: ["stop", "nope"], status: 3, message: "instance \"nope\" does not exist"),
+        Case(
+            arguments: ["recover", "nope"], status: 3,
+            message: "instance \"nope\" does not exist, this store knows no libvirt daemon"),
+        Case(arguments: ["recover", "../x"], status: 64, message: "is not a valid hostname"),
+        Case(arguments: ["recover"], status: 3, message: "nothing to recover: this store knows no libvirt daemon"),
         Case(arguments: ["exec", "nope", "--", "true"], status: 3, message: "instance \"nope\" does not exist"),
         Case(arguments: ["exec", "web"], status: 64, message: "give the command after --"),
         Case(arguments: ["stop"], status: 64, message: "name at least one instance, or pass --all"),

@@ -1,13 +1,15 @@
 import Foundation
 import NimbusCore
 import NimbusInstances
+import NimbusMachines
 import NimbusSeed
 import NimbusTestSupport
 import Testing
 
 /// The instances issue's end-to-end scenario against the real Debian guest under QEMU (TCG here): launch with
 /// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, two instances at
-/// once, delete --purge, and `kill -9` of `nimbus launch` in each phase.
+/// once, delete --purge, and `kill -9` of `nimbus launch` in each phase. The scenario runs once per machine
+/// driver: QEMU directly, and through the host's libvirtd (qemu:///system).
 @Suite(
     "Instances end to end", .serialized,
     .requires(.guest))
@@ -47,18 +49,49 @@ struct InstanceLifecycleTests {
     func cleanUp() async {
         for name in manager.store.names() { try? await manager.delete(name, purge: true) }
         for pid in qemuProcesses() { kill(pid, SIGKILL) }
+        // Domains are persistent: undefine what a failed libvirt run left, and only domains of this test's
+        // store (the daemon is shared with every other store on the host).
+        if let domains = try? LibvirtDriver.nimbusDomains(uri: LibvirtDriver.defaultURI) {
+            for domain in domains where domain.metadata.folder.hasPrefix(home.url.path + "/") {
+                _ = try? await LibvirtDaemon.virsh(["destroy", domain.domain])
+                _ = try? await LibvirtDaemon.virsh(["undefine", "--nvram", "--snapshots-metadata", domain.domain])
+            }
+        }
         home.remove()
     }
 
-    @Test("launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge")
+    @Test("launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge (QEMU)")
     func lifecycle() async throws {
+        try await scenario(driver: "qemu")
+    }
+
+    @Test(
+        "launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge (libvirt)",
+        .requires(.guest, .libvirt))
+    func lifecycleThroughLibvirt() async throws {
+        try await LibvirtDaemon.ensureRunning()
+        try await scenario(driver: "libvirt")
+    }
+
+    /// The scenario with every instance on `driver`. Every step applies to both drivers: libvirt runs the
+    /// same QEMU with the same user-mode network, 9p share, scratch disk and serial log (LibvirtDomainXML),
+    /// and QEMU runs as the calling user (root here, through the domain's static DAC seclabel) so the guest
+    /// image under /root stays readable without relabelling; snapshots of a stopped instance are qemu-img's on
+    /// the overlay for both (libvirt 9.0 refuses internal snapshots of UEFI domains, even shut off).
+    func scenario(driver: String) async throws {
         defer { Task { await cleanUp() } }
+        // Domain names are per daemon, which every store on the host shares: a suffix keeps this run's
+        // domains apart from another run's or another test's `web`.
+        let suffix = driver == "qemu" ? "" : "-" + UUID().uuidString.prefix(4).lowercased()
+        var config = NimbusConfig()
+        config.driver = driver
         let share = home.url.appending(path: "share")
         try FileManager.default.createDirectory(at: share, withIntermediateDirectories: true)
         try "shared from the host\n".write(to: share.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
         let userKey = SSHKeyPair(comment: "alice@test")
 
-        var web = InstanceSpec(name: try InstanceName("web"), image: image)
+        var web = InstanceSpec(name: try InstanceName("web" + suffix), image: image)
+        web.driver = driver
         web.memory = .mebibytes(1024)
         web.hostname = "web"
         web.locale = "en_GB.UTF-8"
@@ -87,7 +120,7 @@ struct InstanceLifecycleTests {
         let fleetFile = home.url.appending(path: "fleet.yaml")
         try """
         instances:
-          - name: db
+          - name: db\(suffix)
             image: \(image)
             memory: 768M
             forwards: ["\(dbForward):22"]
@@ -96,7 +129,7 @@ struct InstanceLifecycleTests {
               runcmd:
                 - [sh, -c, "exit 3"]
         """.write(to: fleetFile, atomically: true, encoding: .utf8)
-        let fleet = try FleetFile(url: fleetFile, config: NimbusConfig())
+        let fleet = try FleetFile(url: fleetFile, config: config)
         let db = try #require(fleet.specs.first)
         let (webSpec, manager) = (web, manager)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -107,7 +140,8 @@ struct InstanceLifecycleTests {
                 let report = await manager.apply(fleet, prune: false, timeout: .seconds(900))
                 let failure = report.failures.first { $0.0 == db.name }?.1
                 #expect(
-                    failure?.message.contains("cloud-init finished with errors in db") == true, "\(report.failures)")
+                    failure?.message.contains("cloud-init finished with errors in \(db.name)") == true,
+                    "\(report.failures)")
                 #expect(
                     failure?.message.contains("scripts_user") == true
                         || failure?.message.contains("scripts-user") == true, "\(failure?.message ?? "")")
@@ -117,10 +151,11 @@ struct InstanceLifecycleTests {
         // A second apply changes nothing.
         let again = await manager.apply(fleet, prune: false, timeout: .seconds(900))
         #expect(again.unchanged == [db.name] && again.launched.isEmpty)
-        #expect(try await guest(db.name, "hostname") == "db")
+        #expect(try await guest(db.name, "hostname") == db.name.rawValue)
         #expect(Self.sshBanner(port: dbForward).hasPrefix("SSH-2.0-"))
         let infos = await manager.list()
-        #expect(infos.map(\.name) == ["db", "web"])
+        #expect(infos.map(\.name) == [db.name.rawValue, web.name.rawValue])
+        #expect(infos.allSatisfy { $0.driver == driver && $0.host == "local" })
         #expect(Set(infos.compactMap(\.ssh)).count == 2)
         #expect(infos.allSatisfy { $0.state == .running && $0.accelerator != nil })
         #expect(infos.map(\.cloudInit) == ["error", "done"])
@@ -152,23 +187,26 @@ struct InstanceLifecycleTests {
         let cli = { (arguments: [String], input: String?) in
             try await NimbusBinary.run(arguments, home: home.url, input: input)
         }
-        #expect(try await cli(["exec", "web", "--", "sh", "-c", "exit 3"], nil).status == 3)
+        let webName = web.name.rawValue
+        #expect(try await cli(["exec", webName, "--", "sh", "-c", "exit 3"], nil).status == 3)
         #expect(
-            try await cli(["exec", "web", "--", "cat"], "streamed through\n").standardOutput == "streamed through\n")
-        #expect(try await cli(["exec", "web", "--", "ls", "/nonexistent"], nil).standardError.contains("No such file"))
+            try await cli(["exec", webName, "--", "cat"], "streamed through\n").standardOutput == "streamed through\n")
+        #expect(
+            try await cli(["exec", webName, "--", "ls", "/nonexistent"], nil).standardError.contains("No such file"))
         let local = home.url.appending(path: "copy-me.txt")
         try "copied both ways\n".write(to: local, atomically: true, encoding: .utf8)
-        #expect(try await cli(["copy", local.path, "web:/tmp/"], nil).status == 0)
+        #expect(try await cli(["copy", local.path, "\(webName):/tmp/"], nil).status == 0)
         let back = home.url.appending(path: "back.txt")
-        #expect(try await cli(["copy", "web:/tmp/copy-me.txt", back.path], nil).status == 0)
+        #expect(try await cli(["copy", "\(webName):/tmp/copy-me.txt", back.path], nil).status == 0)
         #expect(try String(contentsOf: back, encoding: .utf8) == "copied both ways\n")
-        #expect(try await cli(["logs", "web"], nil).standardOutput.contains("Linux version"))
+        #expect(try await cli(["logs", webName], nil).standardOutput.contains("Linux version"))
         let sshConfig = home.url.appending(path: "ssh_config")
-        try await cli(["ssh-config", "web"], nil).standardOutput.write(to: sshConfig, atomically: true, encoding: .utf8)
+        try await cli(["ssh-config", webName], nil).standardOutput.write(
+            to: sshConfig, atomically: true, encoding: .utf8)
         let plain = try await ProgramRunner.output(
-            "ssh", ["-F", sshConfig.path, "-o", "BatchMode=yes", "web", "hostname"])
+            "ssh", ["-F", sshConfig.path, "-o", "BatchMode=yes", webName, "hostname"])
         #expect(plain.standardOutput == "web\n", "\(plain.standardError)")
-        let json = try await cli(["info", "web", "--format", "json"], nil).standardOutput
+        let json = try await cli(["info", webName, "--format", "json"], nil).standardOutput
         let parsed = try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [[String: Any]]
         #expect(parsed?.first?["state"] as? String == "running")
         #expect(parsed?.first?["cloudInit"] as? String == "done")
@@ -177,9 +215,15 @@ struct InstanceLifecycleTests {
         // The fleet no longer lists db: --prune purges it, and leaves web (not from the fleet) alone.
         try "instances: []\n".write(to: fleetFile, atomically: true, encoding: .utf8)
         let pruned = await manager.apply(
-            try FleetFile(url: fleetFile, config: NimbusConfig()), prune: true, timeout: .seconds(60))
+            try FleetFile(url: fleetFile, config: config), prune: true, timeout: .seconds(60))
         #expect(pruned.pruned == [db.name])
         #expect(manager.store.names() == [web.name])
+        if driver == "libvirt" {
+            // Stopped means a shut-off defined domain (persistent), and prune's purge undefined db's.
+            let domains = try await LibvirtDaemon.domains()
+            #expect(!domains.contains(LibvirtDomainXML.domainName(for: db.name.rawValue)))
+            #expect(domains.contains(LibvirtDomainXML.domainName(for: web.name.rawValue)))
+        }
 
         // Stop and start: per-instance modules do not run again; the scratch disk comes back empty.
         _ = try await guest(web.name, "sudo touch /scratch/left-over")
@@ -204,7 +248,12 @@ struct InstanceLifecycleTests {
         #expect(qemuProcesses().isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path).isEmpty)
         let data = try FileManager.default.contentsOfDirectory(atPath: home.paths.data.path).sorted()
-        #expect(Set(data).isSubset(of: ["instances", "keys", "locks", "ssh"]))
+        // For libvirt, the store's record of its daemons went with the last instance on it.
+        #expect(Set(data).isSubset(of: ["instances", "keys", "locks", "ssh"]), "\(data)")
+        if driver == "libvirt" {
+            let domains = try await LibvirtDaemon.domains()
+            #expect(!domains.contains(LibvirtDomainXML.domainName(for: web.name.rawValue)))
+        }
         #expect(
             try FileManager.default.contentsOfDirectory(atPath: home.paths.data.appending(path: "locks").path).isEmpty)
     }
@@ -214,10 +263,24 @@ struct InstanceLifecycleTests {
 
     @Test("kill -9 of nimbus launch in each phase leaves no orphan QEMU and no broken state", arguments: phases)
     func killedLaunch(phase: String) async throws {
+        try await killedLaunch(phase: phase, driver: "qemu")
+    }
+
+    @Test(
+        "kill -9 of nimbus launch --driver libvirt in each phase leaves no orphan QEMU, domain or broken state",
+        .requires(.guest, .libvirt), arguments: phases)
+    func killedLaunchThroughLibvirt(phase: String) async throws {
+        try await LibvirtDaemon.ensureRunning()
+        try await killedLaunch(phase: phase, driver: "libvirt")
+    }
+
+    func killedLaunch(phase: String, driver: String) async throws {
         defer { Task { await cleanUp() } }
+        // A unique name through libvirt: domain names are per daemon, shared by every store on the host.
+        let victim = driver == "qemu" ? "victim" : "victim-" + UUID().uuidString.prefix(4).lowercased()
         let launch = Process()
         launch.executableURL = NimbusBinary.url
-        launch.arguments = ["launch", image, "--name", "victim", "--memory", "768M"]
+        launch.arguments = ["launch", image, "--name", victim, "--memory", "768M", "--driver", driver]
         launch.environment = ProcessInfo.processInfo.environment.merging(["NIMBUS_HOME": home.url.path]) { $1 }
         let stderr = Pipe()
         launch.standardError = stderr
@@ -236,11 +299,14 @@ struct InstanceLifecycleTests {
         #expect(list.status == 0, "\(list.standardError)")
         let doctor = try await NimbusBinary.run(["doctor", "--fix"], home: home.url)
         #expect(!doctor.standardOutput.contains("FAIL"), "\(doctor.standardOutput)")
-        if InstanceStore(paths: home.paths).names().contains(try InstanceName("victim")) {
-            let delete = try await NimbusBinary.run(["delete", "--purge", "victim"], home: home.url)
+        if InstanceStore(paths: home.paths).names().contains(try InstanceName(victim)) {
+            let delete = try await NimbusBinary.run(["delete", "--purge", victim], home: home.url)
             #expect(delete.status == 0, "\(delete.standardError)")
         }
         #expect(qemuProcesses().isEmpty)
+        if driver == "libvirt" {
+            #expect(try await LibvirtDaemon.domains().contains(LibvirtDomainXML.domainName(for: victim)) == false)
+        }
         let left = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []
         #expect(left.isEmpty, "left behind: \(left)")
     }

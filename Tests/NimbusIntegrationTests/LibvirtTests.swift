@@ -11,7 +11,9 @@ import Testing
     "Instances through libvirt", .serialized,
     .requires(.guest, .libvirt, .programs("runuser")))
 struct LibvirtTests {
-    @Test("launch through libvirtd, exec reaches the guest, stop, delete --purge leaves no domain")
+    @Test(
+        "launch through libvirtd, exec, a guest power-off leaves a stopped defined domain, start, lost folder recovered, exec, delete --purge undefines"
+    )
     func lifecycle() async throws {
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
@@ -20,14 +22,16 @@ struct LibvirtTests {
         let name = try InstanceName("lv-\(UUID().uuidString.prefix(6).lowercased())")
         let domain = "nimbus-\(name)"
         defer {
-            // Never leave a domain running, whatever failed.
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
-            process.arguments = ["-c", "qemu:///system", "destroy", domain]
-            process.standardError = FileHandle.nullDevice
-            process.standardOutput = FileHandle.nullDevice
-            try? process.run()
-            process.waitUntilExit()
+            // Never leave a domain running or defined, whatever failed.
+            for arguments in [["destroy", domain], ["undefine", "--nvram", "--snapshots-metadata", domain]] {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: "/usr/bin/virsh")
+                process.arguments = ["-c", "qemu:///system"] + arguments
+                process.standardError = FileHandle.nullDevice
+                process.standardOutput = FileHandle.nullDevice
+                try? process.run()
+                process.waitUntilExit()
+            }
             home.remove()
         }
 
@@ -38,6 +42,7 @@ struct LibvirtTests {
         let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
         #expect(info.state == .running)
         #expect(info.driver == "libvirt")
+        #expect(info.host == "local")
         #expect(try await LibvirtDaemon.virsh(["domstate", domain]).standardOutput.contains("running"))
         let metadata = try await LibvirtDaemon.virsh(
             ["metadata", domain, "--uri", LibvirtDomainXML.metadataNamespace])
@@ -49,11 +54,39 @@ struct LibvirtTests {
         #expect(hostname.status == 0, "\(hostname.standardError)")
         #expect(hostname.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == name.rawValue)
 
+        // The guest powers itself off: the domain stays defined, shut off, and the instance is stopped.
+        _ = try? await ssh.run(["sudo", "systemctl", "poweroff"])
+        let deadline = ContinuousClock.now + .seconds(900)
+        while await manager.list().first?.state != .stopped, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .seconds(2))
+        }
+        #expect(try await manager.info(name).state == .stopped)
+        #expect(try await LibvirtDaemon.virsh(["domstate", domain]).standardOutput.contains("shut off"))
+        let list = try await NimbusBinary.run(["list"], home: home.url)
+        #expect(list.standardOutput.contains(#/stopped.*libvirt\s+local/#), "\(list.standardOutput)")
+
+        // Start defines the domain again from the current config and boots the same disk.
+        try await manager.start(name, wait: true, timeout: .seconds(900))
+        #expect(try await manager.info(name).state == .running)
+
+        // The store loses the instance's folder while the guest runs: list marks the domain, recover rebuilds
+        // the folder from its metadata (spec, state, SSH port, pinned host key), and exec works again.
+        try FileManager.default.removeItem(at: manager.store.directory(name).url)
+        let missing = try await NimbusBinary.run(["list"], home: home.url)
+        #expect(missing.standardOutput.contains(#/missing.*libvirt\s+local/#), "\(missing.standardOutput)")
+        let recover = try await NimbusBinary.run(["recover", name.rawValue], home: home.url)
+        #expect(recover.status == 0, "\(recover.standardError)")
+        let exec = try await NimbusBinary.run(["exec", name.rawValue, "--", "hostname"], home: home.url)
+        #expect(exec.status == 0, "\(exec.standardError)")
+        #expect(exec.standardOutput == "\(name)\n")
+        #expect(try await manager.info(name).state == .running)
+
         try await manager.stop(name, force: false, timeout: .seconds(180))
         #expect(try await manager.info(name).state == .stopped)
-        #expect(try await LibvirtDaemon.domains().contains(domain) == false)
+        #expect(try await LibvirtDaemon.virsh(["domstate", domain]).standardOutput.contains("shut off"))
 
-        try await manager.delete(name, purge: true)
+        let purge = try await NimbusBinary.run(["delete", "--purge", name.rawValue], home: home.url)
+        #expect(purge.status == 0, "\(purge.standardError)")
         #expect(!manager.store.exists(name))
         #expect(try await LibvirtDaemon.domains().contains(domain) == false)
     }

@@ -36,7 +36,7 @@ struct LibvirtDomainXMLTests {
         <domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
           <name>nimbus-web</name>
           <metadata>
-            <nimbus:instance xmlns:nimbus="https://nimbus.dev/xmlns/instance/1"><nimbus:name>web</nimbus:name><nimbus:folder>/home/alice/.local/share/nimbus/instances/web/machine</nimbus:folder><nimbus:origin>build-host</nimbus:origin></nimbus:instance>
+            <nimbus:instance xmlns:nimbus="https://nimbus.dev/xmlns/instance/1"><nimbus:name>web</nimbus:name><nimbus:folder>/home/alice/.local/share/nimbus/instances/web/machine</nimbus:folder><nimbus:origin>build-host</nimbus:origin><nimbus:sshPort>2222</nimbus:sshPort></nimbus:instance>
           </metadata>
           <memory unit='MiB'>1024</memory>
           <vcpu>2</vcpu>
@@ -178,6 +178,25 @@ struct LibvirtDomainXMLTests {
             .replacingOccurrences(of: "xmlns:nimbus", with: "xmlns:ns0")
         #expect(LibvirtDomainXML.Metadata(element: rewritten) == metadata)
         #expect(LibvirtDomainXML.Metadata(element: "<other><name>web</name><folder>/x</folder></other>") == nil)
+    }
+
+    @Test("annotations and the SSH port ride in the metadata, any bytes, and read back; a UUID is kept")
+    func annotations() async throws {
+        var config = Self.cloudImage
+        config.annotations = ["spec": "name: web\nuserData: \"</nimbus:annotation>&'\"\n", "state": "{\"é\": 1}"]
+        let xml = try LibvirtDomainXML.render(
+            config, in: Self.directory, accelerator: .tcg, sshHostPort: 2201, owner: nil, origin: "h",
+            uuid: "6f1c2a34-0b7d-4e53-9a3c-2f6d1e0b9a77")
+        #expect(xml.contains("<uuid>6f1c2a34-0b7d-4e53-9a3c-2f6d1e0b9a77</uuid>"))
+        #expect(try await Self.validate(xml) == nil)
+        let metadata = LibvirtDomainXML.Metadata(
+            name: "web", folder: Self.directory.url.path, origin: "h", sshPort: 2201, annotations: config.annotations)
+        #expect(xml.contains(metadata.element))
+        #expect(LibvirtDomainXML.Metadata(element: metadata.element) == metadata)
+        // As libvirt 9.0 returns it: no prefix, double quotes, indented.
+        let returned = metadata.element.replacingOccurrences(of: "nimbus:", with: "")
+            .replacingOccurrences(of: "><", with: ">\n  <")
+        #expect(LibvirtDomainXML.Metadata(element: returned) == metadata)
     }
 
     @Test("a microvm machine is refused with the way out")

@@ -65,42 +65,85 @@ struct LibvirtDriverTests {
         try await ProgramRunner.output("virsh", ["-c", "qemu:///system", "domstate", name]).status == 0
     }
 
+    /// `virsh domstate`'s words for the domain, nil when there is no such domain.
+    static func domainState(_ name: String) async throws -> String? {
+        let result = try await ProgramRunner.output("virsh", ["-c", "qemu:///system", "domstate", name])
+        return result.status == 0 ? result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+    }
+
     @Test(
-        "start, status, suspend, resume and the stop ladder through libvirtd; no domain is left",
+        "define and start, status, suspend, resume, the stop ladder, start again, forget undefines with the NVRAM",
         .requires(.libvirt))
     func lifecycle() async throws {
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
-            let config = Self.firmwareOnly("lt-\(UUID().uuidString.prefix(6).lowercased())")
+            var config = Self.firmwareOnly("lt-\(UUID().uuidString.prefix(6).lowercased())")
+            config.firmware = .uefi()
+            config.annotations = ["spec": "name: <web> & \"x\"\n", "state": "{}"]
             let domain = LibvirtDomainXML.domainName(for: config.name)
             let driver = LibvirtDriver(hostFactsCache: nil)
-            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            defer { _ = try? ProgramRunnerSync.remove(domain) }
 
             let running = try await driver.start(config, in: directory)
             #expect(running.accelerator.accelerator == .tcg)
             #expect(running.pid > 0)
             #expect(await driver.status(of: directory).state == .running)
+            #expect(try await Self.domainState(domain) == "running")
+            let persistent = try await LibvirtDaemon.virsh(["dominfo", domain]).standardOutput
+            #expect(persistent.contains(#/Persistent:\s+yes/#), "\(persistent)")
             let second = await #expect(throws: NimbusError.self) { try await driver.start(config, in: directory) }
             #expect(second?.code == .invalidState)
+
+            // The metadata carries the annotations, byte for byte, and the instance's folder.
+            let found = try LibvirtDriver.nimbusDomains(uri: LibvirtDriver.defaultURI).first { $0.domain == domain }
+            #expect(found?.metadata.annotations == config.annotations)
+            #expect(found?.metadata.folder == directory.url.path)
+            #expect(found?.state == .running)
+            // The owner refreshes them later, in the live and the persistent definition.
+            let refreshed = ["state": "{\"accelerator\": \"tcg\"}"]
+            try driver.annotate(directory, refreshed)
+            let updated = try LibvirtDriver.nimbusDomains(uri: LibvirtDriver.defaultURI).first { $0.domain == domain }
+            #expect(updated?.metadata.annotations == refreshed)
+            #expect(updated?.metadata.folder == directory.url.path)
+            let inactive = try await LibvirtDaemon.virsh(["dumpxml", "--inactive", domain]).standardOutput
+            #expect(inactive.contains(Data(refreshed["state", default: ""].utf8).base64EncodedString()))
 
             try await driver.suspend(directory)
             #expect(await driver.status(of: directory).state == .paused)
             try await driver.resume(directory)
             #expect(await driver.status(of: directory).state == .running)
 
-            // SeaBIOS with nothing to boot ignores the power button: the ladder goes on to destroy.
+            // OVMF with nothing to boot ignores the power button: the ladder goes on to destroy.
             let outcome = try await driver.stop(directory, timeout: .seconds(2), progress: nil)
             #expect(outcome.endedBy == .terminate || outcome.endedBy == .kill, "\(outcome.steps)")
             #expect(outcome.steps.first?.contains("ACPI power button") == true)
+            // Stopped is a shut-off, still defined domain.
             #expect(await driver.status(of: directory).state == .stopped)
-            #expect(try await Self.domainExists(domain) == false)
+            #expect(try await Self.domainState(domain) == "shut off")
 
             let again = try await driver.stop(directory, timeout: .seconds(2), progress: nil)
             #expect(again.endedBy == .alreadyStopped)
             let notRunning = await #expect(throws: NimbusError.self) { try await driver.suspend(directory) }
             #expect(notRunning?.code == .invalidState)
+
+            // Start again defines the same domain (same UUID) from the config, which may have changed.
+            let uuid = try await LibvirtDaemon.virsh(["domuuid", domain]).standardOutput
+            config.memory = .mebibytes(160)
+            _ = try await driver.start(config, in: directory)
+            #expect(await driver.status(of: directory).state == .running)
+            #expect(try await LibvirtDaemon.virsh(["domuuid", domain]).standardOutput == uuid)
+            #expect(try await LibvirtDaemon.virsh(["dominfo", domain]).standardOutput.contains("163840 KiB"))
+
+            // forget destroys and undefines, taking the NVRAM with it.
+            let nvram = directory.url.appending(path: LibvirtDomainXML.nvramName)
+            #expect(FileManager.default.fileExists(atPath: nvram.path))
+            try await driver.forget(directory)
+            #expect(try await Self.domainExists(domain) == false)
+            #expect(!FileManager.default.fileExists(atPath: nvram.path))
+            #expect(await driver.status(of: directory).state == .stopped)
+            try await driver.forget(directory)
         }
     }
 
@@ -144,7 +187,7 @@ struct LibvirtDriverTests {
             let config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
             let domain = LibvirtDomainXML.domainName(for: config.name)
             let driver = LibvirtDriver(hostFactsCache: nil)
-            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            defer { _ = try? ProgramRunnerSync.remove(domain) }
             let running = try await driver.start(config, in: directory)
 
             try await LibvirtDaemon.stop()
@@ -158,6 +201,7 @@ struct LibvirtDriverTests {
             #expect(await driver.status(of: directory).state == .running)
             let outcome = try await driver.stop(directory, timeout: .seconds(1), progress: nil)
             #expect(outcome.endedBy != .alreadyStopped)
+            try await driver.forget(directory)
             #expect(try await Self.domainExists(domain) == false)
         }
     }
@@ -174,7 +218,7 @@ struct LibvirtDriverTests {
             config.firmware = .uefi()
             let domain = LibvirtDomainXML.domainName(for: config.name)
             let driver = LibvirtDriver(hostFactsCache: nil)
-            defer { _ = try? ProgramRunnerSync.destroy(domain) }
+            defer { _ = try? ProgramRunnerSync.remove(domain) }
             _ = try await driver.start(config, in: directory)
             // libvirt made the machine's own variable store from the OVMF template.
             #expect(
@@ -185,7 +229,57 @@ struct LibvirtDriverTests {
             #expect(error?.code == .unsupported)
             #expect(error?.message.contains("--driver qemu") == true, "\(error?.message ?? "")")
             try await driver.kill(directory)
+            #expect(try await Self.domainState(domain) == "shut off")
+            try await driver.forget(directory)
             #expect(try await Self.domainExists(domain) == false)
+        }
+    }
+}
+
+extension LibvirtDriverTests {
+    @Test(
+        "the serial console through virDomainOpenConsole: keys reach the UEFI shell and its answer comes back",
+        .requires(.libvirt))
+    func console() async throws {
+        try await LibvirtDaemon.ensureRunning()
+        try await TemporaryDirectory.with("nimbus-libvirt") { home in
+            let directory = MachineDirectory(home.url.appending(path: "machine"))
+            var config = Self.firmwareOnly("cn-\(UUID().uuidString.prefix(6).lowercased())")
+            config.firmware = .uefi()
+            let domain = LibvirtDomainXML.domainName(for: config.name)
+            let driver = LibvirtDriver(hostFactsCache: nil)
+            defer { _ = try? ProgramRunnerSync.remove(domain) }
+            let stopped = #expect(throws: NimbusError.self) { try driver.openConsole(directory) }
+            #expect(stopped?.code == .invalidState)
+
+            _ = try await driver.start(config, in: directory)
+            let console = try driver.openConsole(directory)
+            // OVMF with nothing to boot ends in its shell on the serial port; keep typing `ver` until it answers.
+            let received = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+                Thread.detachNewThread {
+                    var seen = ""
+                    var buffer = [UInt8](repeating: 0, count: 4096)
+                    while !seen.contains("UEFI Interactive Shell") && !seen.contains("EDK II") {
+                        let count = buffer.withUnsafeMutableBytes { console.receive($0) }
+                        if count == 0 { break }
+                        seen += String(decoding: buffer[..<count], as: UTF8.self)
+                    }
+                    continuation.resume(returning: seen)
+                }
+                Thread.detachNewThread {
+                    for _ in 0..<600 {
+                        // A closed stream (the answer came) refuses the keys: stop typing.
+                        guard Array("\rver\r".utf8).withUnsafeBytes({ console.send($0) }) else { return }
+                        Thread.sleep(forTimeInterval: 1)
+                    }
+                    // Nothing came in ten minutes: end the stream, which ends the receiving thread.
+                    console.close()
+                }
+            }
+            #expect(
+                received.contains("UEFI Interactive Shell") || received.contains("EDK II"), "\(received.suffix(500))")
+            console.close()
+            try await driver.forget(directory)
         }
     }
 }
@@ -203,5 +297,10 @@ enum ProgramRunnerSync {
     }
 
     static func destroy(_ domain: String) throws { try virsh(["destroy", domain]) }
+    /// Destroys and undefines a domain a test made (persistent since the driver defines its domains).
+    static func remove(_ domain: String) throws {
+        try virsh(["destroy", domain])
+        try virsh(["undefine", "--nvram", "--snapshots-metadata", "--managed-save", domain])
+    }
     static func undefine(_ domain: String) throws { try virsh(["undefine", domain]) }
 }

@@ -87,6 +87,8 @@
     X(virStreamFinish) \
     X(virStreamAbort) \
     X(virStreamFree) \
+    X(virDomainDefineXMLFlags) \
+    X(virDomainGetUUIDString) \
     X(virConnectGetCapabilities) \
     X(virStoragePoolGetXMLDesc) \
     X(virStorageVolCreateXMLFrom) \

@@ -114,6 +114,22 @@ final class LibvirtConnection: @unchecked Sendable {
         }
         return LibvirtDomain(domain, connection: self, name: name)
     }
+
+    /// Every domain of the daemon, running or defined.
+    func allDomains() throws(NimbusError) -> [LibvirtDomain] {
+        var list: UnsafeMutablePointer<virDomainPtr?>?
+        let count = libvirt.virConnectListAllDomains(pointer, &list, 0)
+        guard count >= 0, let list else {
+            let error = LibvirtError.last("virConnectListAllDomains")
+            throw NimbusError(.network, "libvirt at \(uri) could not list its domains: \(error.message)", cause: error)
+        }
+        defer { free(list) }
+        return (0..<Int(count)).compactMap { index in
+            guard let domain = list[index] else { return nil }
+            let name = libvirt.virDomainGetName(domain).map { String(cString: $0) } ?? ""
+            return LibvirtDomain(domain, connection: self, name: name)
+        }
+    }
 }
 
 /// A domain handle (`virDomainPtr`), freed when released.
@@ -158,7 +174,28 @@ final class LibvirtDomain: @unchecked Sendable {
         return (virDomainState(rawValue: UInt32(bitPattern: state)), reason)
     }
 
-    /// Whether the domain still exists and runs (a transient domain vanishes when it stops).
+    /// The domain's UUID, which a re-definition must repeat.
+    var uuid: String? {
+        var buffer = [CChar](repeating: 0, count: Int(VIR_UUID_STRING_BUFLEN))
+        guard libvirt.virDomainGetUUIDString(pointer, &buffer) == 0 else {
+            libvirt.virResetLastError()
+            return nil
+        }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    /// The domain's XML (the inactive definition with `inactive`).
+    func xml(inactive: Bool = false) -> String? {
+        let flags = inactive ? UInt32(VIR_DOMAIN_XML_INACTIVE.rawValue) : 0
+        guard let text = libvirt.virDomainGetXMLDesc(pointer, flags) else {
+            libvirt.virResetLastError()
+            return nil
+        }
+        defer { free(text) }
+        return String(cString: text)
+    }
+
+    /// Whether the domain runs (a shut-off persistent domain is defined but not active).
     var isActive: Bool {
         let active = libvirt.virDomainIsActive(pointer)
         if active < 0 { libvirt.virResetLastError() }

@@ -27,7 +27,8 @@ public enum LibvirtDomainXML {
         public static var current: Owner { Owner(uid: getuid(), gid: getgid()) }
     }
 
-    /// What the metadata element records about the instance behind a domain.
+    /// What the metadata element records about the instance behind a domain: enough to find its folder,
+    /// and (`annotations`) what its owner keeps to rebuild that folder when it is lost (`nimbus recover`).
     public struct Metadata: Sendable, Hashable {
         /// The instance (machine) name.
         public var name: String
@@ -35,20 +36,46 @@ public enum LibvirtDomainXML {
         public var folder: String
         /// The host that created it.
         public var origin: String
+        /// The host port forwarded to the guest's SSH at the last start.
+        public var sshPort: UInt16?
+        /// `MachineConfig.annotations`: opaque texts by key (letters and digits), stored base64 so any bytes
+        /// survive libvirt's XML round trip.
+        public var annotations: [String: String]
 
-        public init(name: String, folder: String, origin: String) {
+        public init(
+            name: String, folder: String, origin: String, sshPort: UInt16? = nil, annotations: [String: String] = [:]
+        ) {
             self.name = name
             self.folder = folder
             self.origin = origin
+            self.sshPort = sshPort
+            self.annotations = annotations
         }
 
         /// The element, as libvirt stores it and `virDomainGetMetadata` returns it.
-        public var element: String {
-            "<nimbus:instance xmlns:nimbus=\"\(metadataNamespace)\">"
-                + "<nimbus:name>\(escape(name))</nimbus:name>"
-                + "<nimbus:folder>\(escape(folder))</nimbus:folder>"
-                + "<nimbus:origin>\(escape(origin))</nimbus:origin>"
-                + "</nimbus:instance>"
+        public var element: String { element(prefix: "nimbus") }
+
+        /// The element with `prefix` on every name and the namespace declared, or with neither: what
+        /// `virDomainSetMetadata` takes, as it puts the element in the namespace and prefix it is given.
+        public func element(prefix: String?) -> String {
+            let p = prefix.map { "\($0):" } ?? ""
+            let declaration = prefix.map { " xmlns:\($0)=\"\(metadataNamespace)\"" } ?? ""
+            var text =
+                "<\(p)instance\(declaration)>"
+                + "<\(p)name>\(escape(name))</\(p)name>"
+                + "<\(p)folder>\(escape(folder))</\(p)folder>"
+                + "<\(p)origin>\(escape(origin))</\(p)origin>"
+            if let sshPort { text += "<\(p)sshPort>\(sshPort)</\(p)sshPort>" }
+            for key in annotations.keys.sorted() where Self.isAnnotationKey(key) {
+                let value = Data((annotations[key] ?? "").utf8).base64EncodedString()
+                text += "<\(p)annotation key=\"\(key)\">\(value)</\(p)annotation>"
+            }
+            return text + "</\(p)instance>"
+        }
+
+        /// Annotation keys are plain words, so they need no escaping and read back by a simple pattern.
+        static func isAnnotationKey(_ key: String) -> Bool {
+            !key.isEmpty && key.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) && $0.isASCII }
         }
 
         /// Reads the element back from `virDomainGetMetadata`, which looks it up by Nimbus's namespace and
@@ -66,7 +93,23 @@ public enum LibvirtDomainXML {
                 return unescape(String(rest[..<close.lowerBound]))
             }
             guard let name = field("name"), let folder = field("folder") else { return nil }
-            self.init(name: name, folder: folder, origin: field("origin") ?? "")
+            var annotations: [String: String] = [:]
+            // libxml2 writes the attribute with double quotes; accept single ones too.
+            let pattern = #"<(?:[A-Za-z0-9_]+:)?annotation key=["']([A-Za-z0-9]+)["']>([A-Za-z0-9+/=]*)</"#
+            if let expression = try? NSRegularExpression(pattern: pattern) {
+                let range = NSRange(text.startIndex..., in: text)
+                for match in expression.matches(in: text, range: range) {
+                    guard let key = Range(match.range(at: 1), in: text),
+                        let value = Range(match.range(at: 2), in: text),
+                        let data = Data(base64Encoded: String(text[value]))
+                    else { continue }
+                    annotations[String(text[key])] = String(decoding: data, as: UTF8.self)
+                }
+            }
+            self.init(
+                name: name, folder: folder, origin: field("origin") ?? "",
+                sshPort: field("sshPort").flatMap(UInt16.init),
+                annotations: annotations)
         }
     }
 
@@ -82,7 +125,8 @@ public enum LibvirtDomainXML {
         sshHostPort: UInt16?,
         owner: Owner?,
         origin: String = ProcessInfo.processInfo.hostName,
-        hostFiles: LibvirtRemote.HostFiles? = nil
+        hostFiles: LibvirtRemote.HostFiles? = nil,
+        uuid: String? = nil
     ) throws(NimbusError) -> String {
         try config.validate()
         guard config.machineType == .q35 else {
@@ -93,9 +137,13 @@ public enum LibvirtDomainXML {
         x.line("<domain type='\(accelerator == .kvm ? "kvm" : "qemu")' xmlns:qemu='\(qemuNamespace)'>")
         x.indent {
             x.element("name", domainName(for: config.name))
+            // Re-defining a persistent domain must keep its UUID, or libvirt refuses the name as taken.
+            if let uuid { x.element("uuid", uuid) }
             x.line("<metadata>")
             x.indent {
-                let metadata = Metadata(name: config.name, folder: directory.url.path, origin: origin)
+                let metadata = Metadata(
+                    name: config.name, folder: directory.url.path, origin: origin, sshPort: sshHostPort,
+                    annotations: config.annotations)
                 x.line(metadata.element)
             }
             x.line("</metadata>")

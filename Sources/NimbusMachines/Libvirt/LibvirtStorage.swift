@@ -183,6 +183,14 @@ public struct LibvirtStorage: Sendable {
     }
 
     /// Deletes every volume `directory`'s machine owns, and the record; the pool and base images stay.
+    /// The path of the machine's overlay volume on the daemon's host; nil when it has none yet.
+    static func diskPath(of directory: MachineDirectory, domain: String) throws(NimbusError) -> String? {
+        guard let record = record(directory), record.diskCreated else { return nil }
+        let connection = try LibvirtConnection(uri: record.uri)
+        let storage = LibvirtStorage(connection: connection, pool: record.pool, owner: nil) { _ in }
+        return try storage.existingPool()?.volume(named: "\(domain)-\(record.token)-disk.qcow2")?.path()
+    }
+
     static func deleteVolumes(of directory: MachineDirectory) throws(NimbusError) {
         guard let record = record(directory) else { return }
         let connection = try LibvirtConnection(uri: record.uri)

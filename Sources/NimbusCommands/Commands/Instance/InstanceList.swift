@@ -46,6 +46,7 @@ struct InstanceInfoCommand: AsyncParsableCommand {
 enum InstanceTable {
     static let columns = [
         "name", "state", "image", "ipv4", "ssh", "cpus", "memory", "disk", "accel", "uptime", "cloud-init", "driver",
+        "host",
     ]
 
     static func row(_ info: InstanceInfo) -> [String] {
@@ -54,7 +55,7 @@ enum InstanceTable {
             String(info.cpus), info.memory.humanReadable,
             "\(info.diskUsed.map(\.humanReadable) ?? "-")/\(info.diskSize.humanReadable)",
             info.accelerator ?? "-", info.uptime.map(formatUptime) ?? "-", info.cloudInit ?? "-",
-            info.host == nil ? info.driver : "\(info.driver)@\(info.host ?? "")",
+            info.driver, info.host ?? "local",
         ]
     }
 
@@ -75,7 +76,7 @@ enum InstanceTable {
             ),
             ("Uptime", info.uptime.map(formatUptime) ?? "-"), ("cloud-init", info.cloudInit ?? "-"),
             ("Forwards", info.forwards.isEmpty ? "-" : info.forwards.joined(separator: ", ")),
-            ("Driver", info.driver),
+            ("Driver", info.driver), ("Host", info.host ?? "local"),
         ]
         if let error = info.error { lines.append(("Error", error)) }
         let width = lines.map(\.0.count).max() ?? 0
