@@ -69,7 +69,8 @@ struct InstanceLifecycleTests {
         "launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge (libvirt)",
         .requires(.guest, .libvirt))
     func lifecycleThroughLibvirt() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await scenario(driver: "libvirt")
     }
 
@@ -270,7 +271,8 @@ struct InstanceLifecycleTests {
         "kill -9 of nimbus launch --driver libvirt in each phase leaves no orphan QEMU, domain or broken state",
         .requires(.guest, .libvirt), arguments: phases)
     func killedLaunchThroughLibvirt(phase: String) async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await killedLaunch(phase: phase, driver: "libvirt")
     }
 

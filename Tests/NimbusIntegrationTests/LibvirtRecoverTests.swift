@@ -41,7 +41,8 @@ struct LibvirtRecoverTests {
         "a lost folder: list marks the domain missing, a same-named instance blocks recover, recover rebuilds, delete --purge undefines"
     )
     func lostFolder() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         let home = try TemporaryDirectory("nimbus-recover")
         let name = try Self.uniqueName("rc")
         let domain = LibvirtDomainXML.domainName(for: name.rawValue)
@@ -139,7 +140,8 @@ struct LibvirtRecoverTests {
 
     @Test("recover with nothing to recover says so: no daemon known, or no lost domain on the one named")
     func nothingToRecover() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-recover") { home in
             let none = try await NimbusBinary.run(["recover"], home: home.url)
             #expect(none.status == NimbusError.Code.notFound.exitStatus)
@@ -158,7 +160,8 @@ struct LibvirtRecoverTests {
 
     @Test("a domain without Nimbus metadata is never recovered, and left as it was")
     func foreignDomain() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-recover") { home in
             let name = try Self.uniqueName("fr")
             let domain = LibvirtDomainXML.domainName(for: name.rawValue)
@@ -185,7 +188,8 @@ struct LibvirtRecoverTests {
 
     @Test("a domain of another store is not recovered into this one")
     func otherStore() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         let first = try TemporaryDirectory("nimbus-recover-a")
         let second = try TemporaryDirectory("nimbus-recover-b")
         let name = try Self.uniqueName("os")

@@ -241,7 +241,8 @@ extension LibvirtDriverTests {
         "the serial console through virDomainOpenConsole: keys reach the UEFI shell and its answer comes back",
         .requires(.libvirt))
     func console() async throws {
-        try await LibvirtDaemon.ensureRunning()
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
             var config = Self.firmwareOnly("cn-\(UUID().uuidString.prefix(6).lowercased())")
