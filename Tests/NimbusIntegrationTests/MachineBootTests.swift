@@ -98,7 +98,8 @@ struct MachineBootTests {
             }
         }
         try #require(connected, "could not connect to \(guest.directory.consoleSocket.path)")
-        var timeout = timeval(tv_sec: 60, tv_usec: 0)
+        // getty answers within seconds on an idle host; a loaded 2-core TCG host has taken over a minute.
+        var timeout = timeval(tv_sec: 300, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         _ = "\r\n".withCString { write(fd, $0, 2) }
         var received = ""
