@@ -79,14 +79,10 @@ extension InstanceManager {
     /// Copies the terminal to the stream and back, in raw mode, until Ctrl-] or the end of the stream: the
     /// guest's output on a thread of its own (a blocking receive), the keyboard on this one.
     static func relay(_ console: LibvirtConsole) {
-        var saved = termios()
-        let isTerminal = isatty(0) == 1 && tcgetattr(0, &saved) == 0
-        if isTerminal {
-            var raw = saved
-            cfmakeraw(&raw)
-            tcsetattr(0, TCSANOW, &raw)
-        }
-        defer { if isTerminal { tcsetattr(0, TCSANOW, &saved) } }
+        withRawTerminal { relayRaw(console) }
+    }
+
+    private static func relayRaw(_ console: LibvirtConsole) {
         let output = Thread {
             var buffer = [UInt8](repeating: 0, count: 4096)
             while true {
@@ -120,14 +116,10 @@ extension InstanceManager {
 
     /// Copies the terminal to the socket and back, with the terminal in raw mode, until Ctrl-] or EOF.
     static func relay(socket fd: Int32) {
-        var saved = termios()
-        let isTerminal = isatty(0) == 1 && tcgetattr(0, &saved) == 0
-        if isTerminal {
-            var raw = saved
-            cfmakeraw(&raw)
-            tcsetattr(0, TCSANOW, &raw)
-        }
-        defer { if isTerminal { tcsetattr(0, TCSANOW, &saved) } }
+        withRawTerminal { relayRaw(socket: fd) }
+    }
+
+    private static func relayRaw(socket fd: Int32) {
         var fds = [pollfd(fd: 0, events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
         var buffer = [UInt8](repeating: 0, count: 4096)
         while poll(&fds, 2, -1) >= 0 {
@@ -146,5 +138,19 @@ extension InstanceManager {
                 _ = write(fd, buffer, count)
             }
         }
+    }
+
+    /// Runs `body` with standard input in raw mode when it is a terminal (every key goes through as typed,
+    /// Ctrl-C included), and restores the terminal after.
+    static func withRawTerminal(_ body: () -> Void) {
+        var saved = termios()
+        let isTerminal = isatty(0) == 1 && tcgetattr(0, &saved) == 0
+        if isTerminal {
+            var raw = saved
+            cfmakeraw(&raw)
+            tcsetattr(0, TCSANOW, &raw)
+        }
+        defer { if isTerminal { tcsetattr(0, TCSANOW, &saved) } }
+        body()
     }
 }
