@@ -75,6 +75,13 @@ public struct Readiness: Sendable {
                 throw NimbusError(
                     .processFailed, "QEMU ended while waiting for \(phase.rawValue)\(serialTail())")
             }
+            // A guest whose kernel panicked never comes; say so now rather than at the timeout.
+            if serialLogContains("Kernel panic - not syncing") {
+                throw NimbusError(
+                    .processFailed,
+                    "the guest's kernel panicked while waiting for \(phase.rawValue) (on a TCG host too loaded to run its vCPUs, a timer check can fail this way: `nimbus start` again once the host is quieter)\(serialTail(lines: 40))"
+                )
+            }
             guard ContinuousClock.now < deadline else { throw timedOut(phase) }
             try? await Task.sleep(for: .milliseconds(200))
         }

@@ -14,11 +14,14 @@ import Testing
     "Instances end to end", .serialized,
     .requires(.guest))
 struct InstanceLifecycleTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
     let home: TemporaryDirectory
     let manager: InstanceManager
     let image: String
 
-    init() throws {
+    init() async throws {
+        guestSlot = try await GuestSlot()
         home = try TemporaryDirectory("nimbus-e2e")
         manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
         image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")
@@ -338,6 +341,23 @@ struct InstanceLifecycleTests {
         #expect(result.standardError.contains("serial.log"), "\(result.standardError)")
         // The instance exists, running, for inspection; delete removes it and its QEMU.
         #expect(try await NimbusBinary.run(["delete", "--purge", "slow"], home: home.url).status == 0)
+        #expect(qemuProcesses().isEmpty)
+    }
+
+    @Test("a guest whose kernel panics fails the launch at once, naming the panic, not at the timeout")
+    func kernelPanic() async throws {
+        defer { Task { await cleanUp() } }
+        let kernel = try #require(Prerequisites.guestImageDirectory).appending(path: "vmlinuz")
+        // No initrd and a root device that does not exist: the kernel panics when it cannot mount root.
+        let result = try await NimbusBinary.run(
+            [
+                "launch", image, "--name", "panics", "--memory", "768M", "--firmware", "bios", "--kernel", kernel.path,
+                "--cmdline", "console=ttyS0 root=/dev/nonexistent panic=0",
+            ], home: home.url)
+        #expect(result.status == 7, "\(result.standardError)")
+        #expect(result.standardError.contains("kernel panicked"), "\(result.standardError)")
+        #expect(result.standardError.contains("Kernel panic - not syncing"), "\(result.standardError)")
+        #expect(try await NimbusBinary.run(["delete", "--purge", "panics"], home: home.url).status == 0)
         #expect(qemuProcesses().isEmpty)
     }
 

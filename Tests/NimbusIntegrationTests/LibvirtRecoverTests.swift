@@ -11,6 +11,11 @@ import Testing
 /// here needs it to boot (LibvirtTests does, with exec after a recover).
 @Suite("Recover from libvirt", .serialized, .requires(.guest, .libvirt))
 struct LibvirtRecoverTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
+
+    init() async throws { guestSlot = try await GuestSlot() }
+
     static let uri = LibvirtDriver.defaultURI
     var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
 

@@ -11,6 +11,11 @@ import Testing
     "libvirt on a remote host", .serialized,
     .requires(.guest, .libvirt, .programs("ip", "unshare", "nsenter", "sshd", "ssh-keygen")))
 struct LibvirtRemoteTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
+
+    init() async throws { guestSlot = try await GuestSlot() }
+
     static var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
 
     static func launchArguments(_ name: String, uri: String, extra: [String] = []) -> [String] {

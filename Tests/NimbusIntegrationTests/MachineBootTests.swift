@@ -13,6 +13,11 @@ import Testing
     .requires(.guest, .programs("cloud-localds"))
 )
 struct MachineBootTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
+
+    init() async throws { guestSlot = try await GuestSlot() }
+
     /// Generous: under TCG on a busy host a boot with cloud-init takes minutes. Not an assertion on speed,
     /// only a bound so a hung guest fails the test instead of hanging CI.
     static let bootDeadline: Duration = .seconds(900)

@@ -10,6 +10,11 @@ import Testing
     "Seed in a real guest", .serialized,
     .requires(.guest, .programs("ssh", "mkfs.ext4")))
 struct SeedGuestTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
+
+    init() async throws { guestSlot = try await GuestSlot() }
+
     @Test("cloud-init applies hostname, fqdn, locale, timezone, sudo user, write_files, runcmd and a mount")
     func seedApplies() async throws {
         let directory = try TemporaryDirectory("seed-guest")

@@ -9,6 +9,8 @@ import Testing
 /// guest fetches its NoCloud seed from Nimbus at http://10.0.2.2:PORT/ and applies it.
 @Suite("Seed over HTTP", .serialized, .requires(.guest))
 struct SeedOverHTTPTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
     let home: TemporaryDirectory
     let messages = Messages()
     let manager: InstanceManager
@@ -20,7 +22,8 @@ struct SeedOverHTTPTests {
         func append(_ line: String) { lines.withLock { $0.append(line) } }
     }
 
-    init() throws {
+    init() async throws {
+        guestSlot = try await GuestSlot()
         home = try TemporaryDirectory("nimbus-seedhttp")
         let messages = self.messages
         manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { line in
