@@ -13,23 +13,8 @@ public final class GuestSlot: Sendable {
 
     /// Waits for a free slot (a flock on one of `count` files in /tmp), for at most an hour.
     public init() async throws {
-        let deadline = ContinuousClock.now + .seconds(3600)
-        while true {
-            for index in 0..<Self.count {
-                let path = URL(fileURLWithPath: "/tmp/nimbus-tests-guest-slot-\(index).lock")
-                let fd = open(path.path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
-                guard fd >= 0 else { throw posixFailure("open", path) }
-                if flock(fd, LOCK_EX | LOCK_NB) == 0 {
-                    descriptor = fd
-                    return
-                }
-                close(fd)
-            }
-            guard ContinuousClock.now < deadline else {
-                throw NimbusError(.timeout, "no guest slot came free in an hour (/tmp/nimbus-tests-guest-slot-*.lock)")
-            }
-            try await Task.sleep(for: .milliseconds(250))
-        }
+        descriptor = try await TestLock.acquire(
+            anyOf: (0..<Self.count).map { "/tmp/nimbus-tests-guest-slot-\($0).lock" }, LOCK_EX)
     }
 
     deinit { close(descriptor) }

@@ -16,17 +16,8 @@ public enum LibvirtDaemon {
         let descriptor: Int32
 
         init(exclusive: Bool) async throws {
-            let path = URL(fileURLWithPath: "/run/nimbus-tests-libvirtd.lock")
-            descriptor = open(path.path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
-            guard descriptor >= 0 else { throw posixFailure("open", path) }
-            let deadline = ContinuousClock.now + .seconds(3600)
-            while flock(descriptor, (exclusive ? LOCK_EX : LOCK_SH) | LOCK_NB) != 0 {
-                guard ContinuousClock.now < deadline else {
-                    close(descriptor)
-                    throw NimbusError(.timeout, "another test held \(path.path) for an hour")
-                }
-                try await Task.sleep(for: .milliseconds(100))
-            }
+            descriptor = try await TestLock.acquire(
+                anyOf: ["/run/nimbus-tests-libvirtd.lock"], exclusive ? LOCK_EX : LOCK_SH)
         }
 
         public func release() { close(descriptor) }

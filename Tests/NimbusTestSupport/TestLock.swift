@@ -1,0 +1,24 @@
+import Foundation
+import NimbusCore
+
+/// flock-based locks shared by tests across test targets (they run in parallel in one process) and test
+/// processes: `LibvirtDaemon.Lease` and `GuestSlot`.
+enum TestLock {
+    /// Waits, at most an hour, until `operation` (LOCK_SH or LOCK_EX) is held on one of `paths`, trying them
+    /// in order; returns the open descriptor, whose closing releases the lock.
+    static func acquire(anyOf paths: [String], _ operation: Int32) async throws -> Int32 {
+        let deadline = ContinuousClock.now + .seconds(3600)
+        while true {
+            for path in paths {
+                let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+                guard fd >= 0 else { throw posixFailure("open", URL(fileURLWithPath: path)) }
+                if flock(fd, operation | LOCK_NB) == 0 { return fd }
+                close(fd)
+            }
+            guard ContinuousClock.now < deadline else {
+                throw NimbusError(.timeout, "another test held \(paths.joined(separator: ", ")) for an hour")
+            }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+    }
+}
