@@ -58,6 +58,8 @@ public struct InstanceManager: Sendable {
         }
 
         let image = try await pullImage(spec.image)
+        var spec = spec
+        spec.firmware = try await resolveFirmware(spec, image: image)
         guard spec.disk.bytes >= image.virtualSize else {
             throw NimbusError(
                 .invalidArgument,
@@ -187,6 +189,34 @@ public struct InstanceManager: Sendable {
         guard (1...255).contains(spec.cpus) else {
             throw NimbusError(.invalidArgument, "--cpus \(spec.cpus) is out of range: use 1 to 255")
         }
+        guard InstanceSpec.firmwares.contains(spec.firmware) else {
+            throw NimbusError(
+                .invalidArgument,
+                "firmware \"\(spec.firmware)\" is not one of \(InstanceSpec.firmwares.joined(separator: ", ")): fix --firmware or config.yaml"
+            )
+        }
+        var machine = MachineConfig(name: spec.name.rawValue)
+        machine.cpuModel = spec.cpuModel
+        try machine.validate()
+    }
+
+    /// `auto` firmware made concrete, once, at launch, so every start of the instance boots the same way.
+    ///
+    /// BIOS when the machine runs under TCG and can boot without UEFI (the image has BIOS boot code, or a
+    /// kernel is given directly): under TCG, OVMF alone runs ~6 s before the bootloader and the guest then
+    /// does more work at boot (EFI variables, pstore), SeaBIOS takes well under a second (bench/RESULTS.md,
+    /// "Firmware under TCG"). UEFI otherwise: under KVM both are quick and UEFI is what images expect first.
+    func resolveFirmware(_ spec: InstanceSpec, image: CachedImage) async throws -> String {
+        guard spec.firmware == "auto" else { return spec.firmware }
+        let choice = AcceleratorChoice(rawValue: spec.accelerator) ?? .auto
+        let accelerator = try await hypervisor.driver(for: spec).accelerator(for: choice).accelerator
+        guard accelerator == .tcg else { return "uefi" }
+        if spec.kernel != nil { return "bios" }
+        guard try await DiskImage.bootsByBIOS(image.url) else { return "uefi" }
+        progress(
+            "\(spec.name): firmware bios: the image boots by BIOS, which starts ~5 s sooner than UEFI under TCG (--firmware uefi for UEFI)"
+        )
+        return "bios"
     }
 
     /// MemTotal from /proc/meminfo.
@@ -289,6 +319,7 @@ public struct InstanceManager: Sendable {
             machine.seed = .noCloud(iso: dir.seed.path)
         }
         machine.firmware = spec.firmware == "bios" ? .bios : .uefi()
+        machine.cpuModel = spec.cpuModel
         machine.kernel = spec.kernel
         machine.network.forwards = spec.forwards
         // Keep the port of the last start when it is still free, so ssh-config blocks stay valid.
@@ -407,6 +438,10 @@ struct InstanceDrivers: Hypervisor {
         return driver
     }
 
+    /// The local QEMU driver's decision; an instance's own driver decides with `driver(for:)`.
+    func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision {
+        try await driver(for: nil).accelerator(for: choice)
+    }
     func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) -> RunningMachine {
         try await driver(directory).start(config, in: directory)
     }

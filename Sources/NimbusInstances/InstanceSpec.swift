@@ -33,8 +33,13 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var ephemeral: EphemeralDisk?
     /// `auto`, `kvm` or `tcg`.
     public var accelerator: String = "auto"
-    /// `uefi` or `bios`.
-    public var firmware: String = "uefi"
+    /// `uefi`, `bios`, or `auto`, which launch replaces with one of the two (see
+    /// `InstanceManager.resolveFirmware`), so every start boots the same way.
+    public var firmware: String = "auto"
+    /// QEMU's `-cpu` value (`--cpu-model`); nil for the accelerator's default.
+    public var cpuModel: String?
+    /// The values of `firmware`.
+    public static let firmwares = ["auto", "uefi", "bios"]
     /// `qemu` or `libvirt`.
     public var driver: String = "qemu"
     /// A kernel booted by QEMU itself instead of the disk's bootloader (`--kernel`, `--initrd`, `--cmdline`).
@@ -84,7 +89,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
             forwards,
-            ephemeral, accelerator, firmware, driver, connect, pool, fleet, seedTransport, kernel
+            ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -106,7 +111,9 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         forwards = try c.decodeIfPresent([MachineConfig.PortForward].self, forKey: .forwards) ?? []
         ephemeral = try c.decodeIfPresent(EphemeralDisk.self, forKey: .ephemeral)
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
+        // Instances launched before `auto` existed were UEFI.
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
+        cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel)
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
         connect = try c.decodeIfPresent(String.self, forKey: .connect)
         pool = try c.decodeIfPresent(String.self, forKey: .pool)

@@ -12,7 +12,8 @@ import Yams
 /// disk: 10G
 /// driver: qemu
 /// accelerator: auto
-/// firmware: uefi
+/// firmware: auto          # or uefi, bios
+/// cpu-model: max          # optional: QEMU's -cpu for new instances
 /// mirrors: { ubuntu: https://…, debian: https://…, fedora-coreos: https://… }
 /// ```
 public struct NimbusConfig: Codable, Sendable, Equatable {
@@ -22,7 +23,9 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
     public var disk: ByteSize = .gibibytes(10)
     public var driver: String = "qemu"
     public var accelerator: String = "auto"
-    public var firmware: String = "uefi"
+    public var firmware: String = "auto"
+    /// QEMU's `-cpu` for new instances; nil for the accelerator's default.
+    public var cpuModel: String?
     /// Seconds `stop` waits for the guest to power off before it forces it.
     public var stopTimeout: Int = 60
 
@@ -31,6 +34,7 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case image, cpus, memory, disk, driver, accelerator, firmware
         case stopTimeout = "stop-timeout"
+        case cpuModel = "cpu-model"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -44,6 +48,7 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? d.accelerator
         firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? d.firmware
         stopTimeout = try c.decodeIfPresent(Int.self, forKey: .stopTimeout) ?? d.stopTimeout
+        cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel)
     }
 
     /// Reads the configuration; a missing file gives the defaults, a broken one an error naming the file and

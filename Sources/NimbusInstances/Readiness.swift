@@ -75,6 +75,14 @@ public struct Readiness: Sendable {
                 throw NimbusError(
                     .processFailed, "QEMU ended while waiting for \(phase.rawValue)\(serialTail())")
             }
+            // A guest whose C library refuses the CPU never comes: glibc 2.33+ stops every program built for
+            // a higher x86-64 level (init first, so the kernel panics next). Say which level and the fix.
+            if let level = Self.missingISALevel(in: serialLogTail()) {
+                throw NimbusError(
+                    .unsupported,
+                    "the guest's programs need \(level), which the instance's CPU model does not offer: launch it with --cpu-model max (or set cpuModel: max in its instance.yaml and `nimbus start` it)\(serialTail())"
+                )
+            }
             // A guest whose kernel panicked never comes; say so now rather than at the timeout.
             if serialLogContains("Kernel panic - not syncing") {
                 throw NimbusError(
@@ -122,6 +130,22 @@ public struct Readiness: Sendable {
         let tail = text.split(separator: "\n", omittingEmptySubsequences: true).suffix(lines)
             .map { "  " + $0.trimmingCharacters(in: .controlCharacters) }
         return "; last lines of \(serialLog.path):\n" + tail.joined(separator: "\n")
+    }
+
+    /// The x86-64 level (`x86-64-v3`) glibc's "CPU does not support x86-64-vN" names in `log`, if it does.
+    static func missingISALevel(in log: String) -> String? {
+        guard let line = log.range(of: "CPU does not support x86-64-v") else { return nil }
+        let level = log[line.upperBound...].prefix { $0.isNumber }
+        return level.isEmpty ? nil : "x86-64-v\(level)"
+    }
+
+    /// The last 64 KiB of the serial log as text (the whole log can be large after a long boot).
+    func serialLogTail() -> String {
+        guard let handle = try? FileHandle(forReadingFrom: serialLog) else { return "" }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: size > 65_536 ? size - 65_536 : 0)
+        return String(decoding: (try? handle.readToEnd()) ?? Data(), as: UTF8.self)
     }
 
     func serialLogContains(_ needle: String) -> Bool {

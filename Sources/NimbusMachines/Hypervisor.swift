@@ -9,6 +9,9 @@ public protocol Hypervisor: Sendable {
     /// `qemu`, `libvirt`.
     var name: String { get }
 
+    /// The accelerator a machine started with `choice` would run on, and why: this host's for QEMU, the
+    /// daemon host's for libvirt.
+    func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision
     /// Starts `config` in `directory` and returns once the machine runs and its control channel answers.
     func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) -> RunningMachine
 

@@ -35,6 +35,9 @@ public struct MachineConfig: Codable, Sendable, Hashable {
     public var vnc: Bool = false
     /// Which accelerator to use.
     public var accelerator: AcceleratorChoice = .auto
+    /// The CPU model QEMU gives the guest (`-cpu`, like `max` or `Haswell-v4,-hle`); nil for the accelerator's
+    /// default (`Accelerator.defaultCPUModel`).
+    public var cpuModel: String?
     /// Arguments appended verbatim after everything Nimbus renders: the escape hatch for QEMU options
     /// Nimbus does not model. Never passed through a shell.
     public var extraArguments: [String] = []
@@ -66,6 +69,7 @@ public struct MachineConfig: Codable, Sendable, Hashable {
         vnc = try container.decodeIfPresent(Bool.self, forKey: .vnc) ?? defaults.vnc
         accelerator =
             try container.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? defaults.accelerator
+        cpuModel = try container.decodeIfPresent(String.self, forKey: .cpuModel)
         extraArguments =
             try container.decodeIfPresent([String].self, forKey: .extraArguments) ?? defaults.extraArguments
         annotations = try container.decodeIfPresent([String: String].self, forKey: .annotations) ?? [:]

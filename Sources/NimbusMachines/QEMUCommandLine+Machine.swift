@@ -39,12 +39,11 @@ extension QEMUCommandLine {
         switch accelerator {
         case .kvm:
             add("-accel", "kvm")
-            add("-cpu", "host")
         case .tcg:
             // MTTCG: one host thread per vCPU instead of all vCPUs on one.
             add("-accel", "tcg", ["thread": "multi"])
-            add("-cpu", "max")
         }
+        add("-cpu", config.cpuModel ?? accelerator.defaultCPUModel)
         add("-smp", "\(config.cpus)")
         add("-m", "\(config.memory.bytes >> 20)M")
 
@@ -224,6 +223,17 @@ extension MachineConfig {
             guard !vnc else { throw invalid("the microvm machine type has no display for VNC: drop --vnc or use q35") }
         }
         if kernel?.kernel.isEmpty == true { throw invalid("--kernel needs a path") }
+        if let cpuModel {
+            // One QEMU option value: a model name, then comma-separated +feature/-feature/feature=value.
+            let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.,+="))
+            guard let first = cpuModel.split(separator: ",", omittingEmptySubsequences: false).first, !first.isEmpty,
+                cpuModel.unicodeScalars.allSatisfy(allowed.contains)
+            else {
+                throw invalid(
+                    "CPU model \"\(cpuModel)\" is not a model name with optional features, like max or qemu64,+sse4.2: see `qemu-system-x86_64 -cpu help`"
+                )
+            }
+        }
         if network.mode != .user, !network.forwards.isEmpty {
             throw invalid(
                 "port forwards need user-mode networking; with a bridge or tap, reach the guest at its own address")

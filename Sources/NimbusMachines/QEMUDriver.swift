@@ -33,6 +33,10 @@ public struct QEMUDriver: Hypervisor {
 
     // MARK: start
 
+    public func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision {
+        try AcceleratorProbe.resolve(choice, cache: hostFactsCache)
+    }
+
     public func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError)
         -> RunningMachine
     {
@@ -40,7 +44,7 @@ public struct QEMUDriver: Hypervisor {
         if let running = QEMUProcess.find(in: directory) {
             throw NimbusError(.invalidState, "machine \(config.name) is already running (QEMU pid \(running.pid))")
         }
-        let decision = try AcceleratorProbe.resolve(config.accelerator, cache: hostFactsCache)
+        let decision = try await accelerator(for: config.accelerator)
         // Under TCG microvm offers a stock kernel no clock to calibrate against (no kvm-clock, HPET or ACPI
         // PM timer; the PIT alone does not do): Debian's 6.1 kernel stops at "tsc: Unable to calibrate
         // against PIT" with or without pit=on. Refuse rather than hang.

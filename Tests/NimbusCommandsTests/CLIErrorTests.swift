@@ -36,6 +36,12 @@ struct CLIErrorTests {
             arguments: ["launch", "--accel", "hvf", "x"], status: 64,
             message: "--accel hvf is not one of auto, kvm, tcg"),
         Case(
+            arguments: ["launch", "--firmware", "efi", "x"], status: 64,
+            message: "--firmware efi is not one of auto, uefi, bios"),
+        Case(
+            arguments: ["launch", "--cpu-model", "max -snapshot", "x"], status: 64,
+            message: "CPU model \"max -snapshot\" is not a model name with optional features"),
+        Case(
             arguments: ["launch", "--cloud-init", "/nonexistent/user-data", "x"], status: 64,
             message: "cannot read --cloud-init /nonexistent/user-data"),
         Case(

@@ -124,3 +124,62 @@ struct NimbusDisksTests {
         #expect(truncated?.cause as? DiskError == .truncatedHeader(path: short.path))
     }
 }
+
+@Suite("Whether a disk boots by BIOS", .requires(.programs("qemu-img", "sfdisk")))
+struct BootSectorTests {
+    /// A 64 MiB GPT disk with one ESP, as sfdisk writes it: a protective MBR with no boot code.
+    func uefiOnlyDisk(in dir: TemporaryDirectory) async throws -> URL {
+        let disk = dir.url.appending(path: "uefi.raw")
+        try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", disk.path, "64M"])
+        try await ProgramRunner.run(
+            "sh", ["-c", "printf 'label: gpt\\n,,U\\n' | sfdisk --quiet \"$0\"", disk.path])
+        return disk
+    }
+
+    /// `disk` with code in its MBR's first 440 bytes, as GRUB's boot.img or SYSLINUX's gptmbr.bin put there.
+    func addBootCode(to disk: URL) throws {
+        let handle = try FileHandle(forWritingTo: disk)
+        defer { try? handle.close() }
+        try handle.write(contentsOf: Data([0x33, 0xC0, 0xFA, 0x8E, 0xD8, 0x8E, 0xD0, 0xBC, 0x00, 0x7C]))
+    }
+
+    @Test("a GPT disk whose protective MBR has no code is UEFI-only, raw and in qcow2")
+    func uefiOnly() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let raw = try await uefiOnlyDisk(in: dir)
+        let qcow2 = dir.url.appending(path: "uefi.qcow2")
+        try await ProgramRunner.run("qemu-img", ["convert", "-q", "-c", "-O", "qcow2", raw.path, qcow2.path])
+        #expect(try await DiskImage.bootsByBIOS(raw) == false)
+        #expect(try await DiskImage.bootsByBIOS(qcow2) == false)
+    }
+
+    @Test("boot code before the 55 AA signature boots by BIOS, raw and in a compressed qcow2")
+    func hybrid() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let raw = try await uefiOnlyDisk(in: dir)
+        try addBootCode(to: raw)
+        let qcow2 = dir.url.appending(path: "hybrid.qcow2")
+        try await ProgramRunner.run("qemu-img", ["convert", "-q", "-c", "-O", "qcow2", raw.path, qcow2.path])
+        #expect(try await DiskImage.bootsByBIOS(raw))
+        #expect(try await DiskImage.bootsByBIOS(qcow2))
+    }
+
+    @Test("code without the signature, a blank disk and a short sector do not boot by BIOS")
+    func notBootSectors() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let blank = dir.url.appending(path: "blank.raw")
+        try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", blank.path, "1M"])
+        #expect(try await DiskImage.bootsByBIOS(blank) == false)
+        try addBootCode(to: blank)
+        #expect(try await DiskImage.bootsByBIOS(blank) == false)
+        #expect(DiskImage.isBIOSBootSector(Data(repeating: 0x55, count: 300)) == false)
+    }
+
+    @Test("the test guest image boots both ways, as published cloud images do", .requires(.guestImage))
+    func guestImage() async throws {
+        #expect(try await DiskImage.bootsByBIOS(try #require(Prerequisites.guestImage)))
+    }
+}

@@ -25,7 +25,7 @@ struct CommandLineTests {
                 "-nodefaults",
                 "-machine", "q35",
                 "-accel", "tcg,thread=multi",
-                "-cpu", "max",
+                "-cpu", "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt",
                 "-smp", "2",
                 "-m", "2048M",
                 "-drive", "if=pflash,format=raw,unit=0,file=/usr/share/OVMF/OVMF_CODE_4M.fd,readonly=on",
@@ -61,6 +61,23 @@ struct CommandLineTests {
         #expect(!arguments.contains { $0.contains("tcg") })
     }
 
+    @Test("a configured CPU model replaces the accelerator's default; one that is not a QEMU -cpu value is refused")
+    func cpuModel() throws {
+        var config = MachineConfig(name: "c")
+        config.cpuModel = "max,la57=off"
+        let arguments = try QEMUCommandLine.machine(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222)
+            .arguments
+        #expect(arguments.firstIndex(of: "-cpu").map { arguments[$0 + 1] } == "max,la57=off")
+        for bad in ["", ",+avx", "max -snapshot", "max;reboot"] {
+            config.cpuModel = bad
+            #expect {
+                try QEMUCommandLine.machine(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222)
+            } throws: { error in
+                (error as? NimbusError)?.message.contains("is not a model name with optional features") == true
+            }
+        }
+    }
+
     @Test(
         "direct kernel boot on microvm with BIOS: virtio-mmio devices, the seed as a read-only virtio disk, Ignition by fw_cfg"
     )
@@ -87,7 +104,7 @@ struct CommandLineTests {
                 "-nodefaults",
                 "-machine", "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on",
                 "-accel", "tcg,thread=multi",
-                "-cpu", "max",
+                "-cpu", "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt",
                 "-smp", "1",
                 "-m", "512M",
                 "-kernel", "/img/vmlinuz",

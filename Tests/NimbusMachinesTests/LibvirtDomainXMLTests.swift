@@ -49,7 +49,13 @@ struct LibvirtDomainXMLTests {
             <acpi/>
             <apic/>
           </features>
-          <cpu mode='maximum' check='none'/>
+          <cpu mode='custom' match='exact' check='none'>
+            <model fallback='forbid'>qemu64</model>
+            <feature policy='require' name='ssse3'/>
+            <feature policy='require' name='sse4.1'/>
+            <feature policy='require' name='sse4.2'/>
+            <feature policy='require' name='popcnt'/>
+          </cpu>
           <clock offset='utc'/>
           <on_poweroff>destroy</on_poweroff>
           <on_reboot>restart</on_reboot>
@@ -110,9 +116,35 @@ struct LibvirtDomainXMLTests {
         let xml = try LibvirtDomainXML.render(
             Self.cloudImage, in: Self.directory, accelerator: .kvm, sshHostPort: 2222, owner: nil)
         #expect(xml.hasPrefix("<domain type='kvm'"))
-        #expect(xml.contains("<cpu mode='host-passthrough'/>"))
+        #expect(xml.contains("<cpu mode='host-passthrough' check='none'/>"))
         #expect(!xml.contains("seclabel"))
         #expect(try await Self.validate(xml) == nil)
+    }
+
+    @Test("a CPU model renders as QEMU's -cpu would: max as maximum, features required or disabled")
+    func cpuModels() async throws {
+        var config = Self.cloudImage
+        config.cpuModel = "max"
+        var xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
+        #expect(xml.contains("<cpu mode='maximum' check='none'/>"))
+        config.cpuModel = "Haswell-v4,-hle,la57=off,+avx2"
+        xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
+        #expect(xml.contains("<model fallback='forbid'>Haswell-v4</model>"))
+        #expect(xml.contains("<feature policy='disable' name='hle'/>"))
+        #expect(xml.contains("<feature policy='disable' name='la57'/>"))
+        #expect(xml.contains("<feature policy='require' name='avx2'/>"))
+        #expect(try await Self.validate(xml) == nil)
+    }
+
+    @Test("a CPU option libvirt cannot express is refused, naming it")
+    func cpuOptionWithoutLibvirtEquivalent() throws {
+        var config = Self.cloudImage
+        config.cpuModel = "qemu64,level=13"
+        #expect {
+            try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
+        } throws: { error in
+            (error as? NimbusError)?.message.contains("\"level=13\" has no libvirt equivalent") == true
+        }
     }
 
     @Test("BIOS, Ignition, virtio-scsi, a bridge, a share and VNC render a valid document")

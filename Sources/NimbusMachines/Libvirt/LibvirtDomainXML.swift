@@ -135,7 +135,7 @@ public enum LibvirtDomainXML {
         }
         let x = XMLWriter()
         x.line("<domain type='\(accelerator == .kvm ? "kvm" : "qemu")' xmlns:qemu='\(qemuNamespace)'>")
-        x.indent {
+        try x.indent { () throws(NimbusError) in
             x.element("name", domainName(for: config.name))
             // Re-defining a persistent domain must keep its UUID, or libvirt refuses the name as taken.
             if let uuid { x.element("uuid", uuid) }
@@ -190,11 +190,7 @@ public enum LibvirtDomainXML {
                 x.line("<apic/>")
             }
             x.line("</features>")
-            switch accelerator {
-            case .kvm: x.line("<cpu mode='host-passthrough'/>")
-            // The same as the QEMU driver's `-cpu max` under TCG.
-            case .tcg: x.line("<cpu mode='maximum' check='none'/>")
-            }
+            try cpu(config.cpuModel ?? accelerator.defaultCPUModel, into: x)
             x.line("<clock offset='utc'/>")
             x.element("on_poweroff", "destroy")
             x.element("on_reboot", "restart")
@@ -217,6 +213,46 @@ public enum LibvirtDomainXML {
         }
         x.line("</domain>")
         return x.text
+    }
+
+    /// The `<cpu>` element for a QEMU `-cpu` value, so both drivers give the guest the same CPU: `host` is
+    /// host-passthrough, `max` libvirt's maximum mode, anything else a custom model whose `+f`/`-f` (or
+    /// `f=on`/`f=off`) features are required or disabled. `check='none'`: QEMU, not libvirt's CPU map, decides
+    /// what the accelerator can offer (libvirt 9.0 would otherwise refuse TCG models it cannot compare).
+    private static func cpu(_ model: String, into x: XMLWriter) throws(NimbusError) {
+        let parts = model.split(separator: ",").map(String.init)
+        switch parts.first {
+        case "host" where parts.count == 1:
+            x.line("<cpu mode='host-passthrough' check='none'/>")
+        case "max" where parts.count == 1:
+            x.line("<cpu mode='maximum' check='none'/>")
+        default:
+            var features: [(policy: String, name: String)] = []
+            for part in parts.dropFirst() {
+                if part.hasPrefix("+") {
+                    features.append(("require", String(part.dropFirst())))
+                } else if part.hasPrefix("-") {
+                    features.append(("disable", String(part.dropFirst())))
+                } else if part.hasSuffix("=on") {
+                    features.append(("require", String(part.dropLast(3))))
+                } else if part.hasSuffix("=off") {
+                    features.append(("disable", String(part.dropLast(4))))
+                } else {
+                    throw NimbusError(
+                        .unsupported,
+                        "CPU model option \"\(part)\" has no libvirt equivalent: give features as +name or -name, or use --driver qemu"
+                    )
+                }
+            }
+            x.line("<cpu mode='custom' match='exact' check='none'>")
+            x.indent {
+                x.element("model", parts.first ?? model, attributes: "fallback='forbid'")
+                for feature in features {
+                    x.line("<feature policy='\(feature.policy)' name='\(escape(feature.name))'/>")
+                }
+            }
+            x.line("</cpu>")
+        }
     }
 
     private static func devices(
@@ -387,9 +423,9 @@ private final class XMLWriter {
         line("<\(open)>\(LibvirtDomainXML.escape(value))</\(name)>")
     }
 
-    func indent(_ body: () -> Void) {
+    func indent<E: Error>(_ body: () throws(E) -> Void) throws(E) {
         depth += 1
-        body()
-        depth -= 1
+        defer { depth -= 1 }
+        try body()
     }
 }

@@ -85,6 +85,20 @@ public struct LibvirtDriver: Hypervisor {
 
     // MARK: start
 
+    public func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision {
+        try accelerator(for: choice, connection: nil)
+    }
+
+    /// The accelerator on the daemon's host: this host's probe for a local daemon, the daemon's capabilities
+    /// for a remote one (over `connection`, or a new one).
+    private func accelerator(for choice: AcceleratorChoice, connection: LibvirtConnection?) throws(NimbusError)
+        -> AcceleratorDecision
+    {
+        if Self.isLocal(uri) { return try AcceleratorProbe.resolve(choice, cache: hostFactsCache) }
+        if let connection { return try LibvirtRemote.accelerator(choice, connection: connection) }
+        return try LibvirtRemote.accelerator(choice, connection: LibvirtConnection(uri: uri))
+    }
+
     public func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError)
         -> RunningMachine
     {
@@ -92,10 +106,7 @@ public struct LibvirtDriver: Hypervisor {
         let local = Self.isLocal(uri)
         if !local { try LibvirtRemote.check(config, uri: uri) }
         let connection = try LibvirtConnection(uri: uri)
-        let decision =
-            local
-            ? try AcceleratorProbe.resolve(config.accelerator, cache: hostFactsCache)
-            : try LibvirtRemote.accelerator(config.accelerator, connection: connection)
+        let decision = try accelerator(for: config.accelerator, connection: connection)
         let domainName = LibvirtDomainXML.domainName(for: config.name)
         // A shut-off definition of this machine is defined again from the current config: the SSH port, the
         // seed's URL and the user's changes (cpus, memory in instance.yaml) may differ from the last start,
