@@ -30,9 +30,8 @@ struct ReadinessTests {
         """.write(to: log, atomically: true, encoding: .utf8)
         // Were the line not recognised, the wait would end at its deadline with a timeout instead.
         await #expect {
-            try await readiness(log, in: dir).until(.sshReachable, deadline: .now + .seconds(5), isAlive: { true }) {
-                false
-            }
+            try await readiness(log, in: dir).until(
+                .sshReachable, deadline: .now + .seconds(5), isAlive: { true }, { false })
         } throws: { error in
             let error = error as? NimbusError
             return error?.code == .unsupported && error?.message.contains("need x86-64-v3") == true

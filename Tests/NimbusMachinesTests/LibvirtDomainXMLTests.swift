@@ -125,7 +125,8 @@ struct LibvirtDomainXMLTests {
     func cpuModels() async throws {
         var config = Self.cloudImage
         config.cpuModel = "max"
-        var xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
+        var xml = try LibvirtDomainXML.render(
+            config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
         #expect(xml.contains("<cpu mode='maximum' check='none'/>"))
         config.cpuModel = "Haswell-v4,-hle,la57=off,+avx2"
         xml = try LibvirtDomainXML.render(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
