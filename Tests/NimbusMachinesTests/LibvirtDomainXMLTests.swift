@@ -95,7 +95,7 @@ struct LibvirtDomainXMLTests {
             <qemu:arg value='-netdev'/>
             <qemu:arg value='user,id=nimbus-net0,hostfwd=tcp:127.0.0.1:2222-:22,hostfwd=tcp:127.0.0.1:8080-:80'/>
             <qemu:arg value='-device'/>
-            <qemu:arg value='virtio-net-pci,netdev=nimbus-net0,mac=\(cloudImage.macAddress),bus=pcie.0,addr=0x10'/>
+            <qemu:arg value='virtio-net-pci,netdev=nimbus-net0,mac=\(cloudImage.macAddress),bus=pcie.0,addr=0x10,romfile='/>
           </qemu:commandline>
         </domain>
 

@@ -380,7 +380,9 @@ public enum LibvirtDomainXML {
             // ports from slot 1 upward and integrated ICH9 functions from 0x1f downward; 0x10 is neither.
             arguments += [
                 "-netdev", netdev,
-                "-device", "virtio-net-pci,netdev=nimbus-net0,mac=\(config.macAddress),bus=pcie.0,addr=0x10",
+                // No option ROM, as with the QEMU driver: no network boot, and iPXE's start costs time under TCG.
+                "-device",
+                "virtio-net-pci,netdev=nimbus-net0,mac=\(config.macAddress),bus=pcie.0,addr=0x10,romfile=",
             ]
         }
         return arguments + config.extraArguments
