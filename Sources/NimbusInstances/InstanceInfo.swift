@@ -43,6 +43,10 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var forwards: [String]
     /// Why the instance is in the error state.
     public var error: String?
+    /// `uefi` or `bios`.
+    public var firmware: String?
+    /// The guest's CPU model (QEMU's `-cpu`): the instance's own, or its accelerator's default at the last start.
+    public var cpuModel: String?
 }
 
 extension InstanceManager {
@@ -100,7 +104,9 @@ extension InstanceManager {
                 ? LibvirtDriver.hostLabel(spec.connect ?? LibvirtDriver.defaultURI) : "local",
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
             error: status.state == .crashed
-                ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError)
+                ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError,
+            firmware: spec.firmware,
+            cpuModel: spec.cpuModel ?? state.accelerator.flatMap(Accelerator.init(rawValue:))?.defaultCPUModel)
     }
 
     /// An instance whose files cannot be read: shown as `error` so `recover` or `delete` can deal with it.

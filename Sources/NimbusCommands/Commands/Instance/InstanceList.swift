@@ -77,6 +77,7 @@ enum InstanceTable {
             ("Uptime", info.uptime.map(formatUptime) ?? "-"), ("cloud-init", info.cloudInit ?? "-"),
             ("Forwards", info.forwards.isEmpty ? "-" : info.forwards.joined(separator: ", ")),
             ("Driver", info.driver), ("Host", info.host ?? "local"),
+            ("Firmware", info.firmware ?? "-"), ("CPU model", info.cpuModel ?? "-"),
         ]
         if let error = info.error { lines.append(("Error", error)) }
         let width = lines.map(\.0.count).max() ?? 0
