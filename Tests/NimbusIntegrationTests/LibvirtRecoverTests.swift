@@ -55,10 +55,12 @@ struct LibvirtRecoverTests {
             Self.removeDomain(domain)
             home.remove()
         }
+        // UEFI (auto would pick BIOS under TCG): its variable store lives in the folder, so losing the folder
+        // loses a file the domain needs, which recover must name.
         let launch = try await NimbusBinary.run(
             [
                 "launch", image, "--name", name.rawValue, "--driver", "libvirt", "--memory", "512M", "--accel", "tcg",
-                "--no-wait",
+                "--firmware", "uefi", "--no-wait",
             ], home: home.url)
         #expect(launch.status == 0, "\(launch.standardError)")
         // A running UEFI domain is not snapshotted (libvirt 9.0 refuses pflash domains): the way that works is named.
