@@ -55,11 +55,11 @@ public struct NoCloudSeed: Sendable {
             // Nothing to merge: the user's #cloud-config reaches the guest as written, comments and all.
             self.userData = userData.bytes
         } else {
-            var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? .mapping(.init([])), nimbus: asked)
+            var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? YAML.mapping(nodePairs: []), nimbus: asked)
             if let user = config.defaultUser, case .mapping(var mapping) = document,
                 case .sequence(let users)? = mapping[YAML.string("users")]
             {
-                mapping[YAML.string("users")] = .sequence(.init(Array(users) + [CloudConfigRenderer.userNode(user)]))
+                mapping[YAML.string("users")] = YAML.sequence(Array(users) + [CloudConfigRenderer.userNode(user)])
                 document = .mapping(mapping)
             }
             self.userData = Array(try YAML.emit(document, header: "#cloud-config").utf8)
