@@ -55,7 +55,8 @@ public struct NoCloudSeed: Sendable {
             // Nothing to merge: the user's #cloud-config reaches the guest as written, comments and all.
             self.userData = userData.bytes
         } else {
-            var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? YAML.mapping(nodePairs: []), nimbus: asked)
+            var document = CloudConfigMerge.merge(
+                user: userData?.cloudConfig ?? YAML.mapping(nodePairs: []), nimbus: asked)
             if let user = config.defaultUser, case .mapping(var mapping) = document,
                 case .sequence(let users)? = mapping[YAML.string("users")]
             {

@@ -61,7 +61,8 @@ enum SeedFiles {
         let path = url.path
         let temporary = url.deletingLastPathComponent()
             .appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp").path
-        let cannotWrite = SeedError.io(path: path, reason: "cannot write it (does the folder exist and is it writable?)")
+        let cannotWrite = SeedError.io(
+            path: path, reason: "cannot write it (does the folder exist and is it writable?)")
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
         guard fd >= 0 else { throw cannotWrite }
         let complete = data.withUnsafeBytes { buffer -> Bool in

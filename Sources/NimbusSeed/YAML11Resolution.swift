@@ -40,8 +40,10 @@ enum YAML11Resolution {
     }
 
     private static let bools: Set<[UInt8]> = Set(
-        ["yes", "Yes", "YES", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON",
-         "off", "Off", "OFF"].map { Array($0.utf8) })
+        [
+            "yes", "Yes", "YES", "no", "No", "NO", "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON",
+            "off", "Off", "OFF",
+        ].map { Array($0.utf8) })
     private static let nulls: Set<[UInt8]> = Set(["", "~", "null", "Null", "NULL"].map { Array($0.utf8) })
 
     static func isBool(_ b: [UInt8]) -> Bool { bools.contains(b) }

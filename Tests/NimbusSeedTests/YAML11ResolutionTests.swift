@@ -113,7 +113,9 @@ struct YAML11ResolutionTests {
         "version: 2\nethernets:\n  primary:\n    match:\n      macaddress: \"52:54:00:12:34:56\"\n    dhcp4: true\n",
     ]
 
-    @Test("parsed documents equal Yams's with Resolver.default, node for node, and read the same booleans, integers and nulls")
+    @Test(
+        "parsed documents equal Yams's with Resolver.default, node for node, and read the same booleans, integers and nulls"
+    )
     func documentsMatchDefaultResolver() throws {
         for document in Self.documents {
             let ours = try YAML.parse(document, file: "doc")
@@ -194,7 +196,10 @@ struct YAML11ResolutionTests {
             #expect(try Data(contentsOf: folder.appending(path: "empty")).isEmpty)
             #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["empty", "seed.iso"])
             let missing = folder.appending(path: "no/such/seed.iso")
-            #expect(throws: SeedError.io(path: missing.path, reason: "cannot write it (does the folder exist and is it writable?)")) {
+            #expect(
+                throws: SeedError.io(
+                    path: missing.path, reason: "cannot write it (does the folder exist and is it writable?)")
+            ) {
                 try SeedFiles.write(Data("x".utf8), to: missing, durable: false)
             }
         }
