@@ -179,11 +179,29 @@ public struct UserFile: Sendable {
         if path == "-" {
             return UserFile(bytes: Array(FileHandle.standardInput.readDataToEndOfFile()), source: "<stdin>")
         }
-        do {
-            return UserFile(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: path))), source: path)
-        } catch {
+        guard let bytes = readFile(path) else {
             let exists = FileManager.default.fileExists(atPath: path)
             throw .io(path: path, reason: exists ? "cannot read it (is it a readable file?)" : "no such file")
+        }
+        return UserFile(bytes: bytes, source: path)
+    }
+
+    /// The whole file (or pipe, as `<(...)` gives), with POSIX calls: `Data(contentsOf: URL(...))` costs
+    /// more on first use than the read.
+    static func readFile(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var status = stat()
+        var bytes: [UInt8] = []
+        if fstat(fd, &status) == 0, status.st_size > 0 { bytes.reserveCapacity(Int(status.st_size)) }
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            if count < 0 { return nil }
+            if count == 0 { return bytes }
+            bytes.append(contentsOf: chunk[..<count])
         }
     }
 

@@ -204,4 +204,24 @@ struct YAML11ResolutionTests {
             }
         }
     }
+
+    @Test("user files are read whole from files and pipes; a missing or unreadable one names the problem")
+    func readUserFiles() async throws {
+        try await TemporaryDirectory.with("seed-read") { directory in
+            let file = directory.url.appending(path: "meta-data")
+            let text = String(repeating: "instance-id: iid-1\n", count: 10_000)  // larger than one read
+            try Data(text.utf8).write(to: file)
+            #expect(try UserFile.read(file.path).bytes == Array(text.utf8))
+            let pipe = Pipe()
+            pipe.fileHandleForWriting.write(Data("local-hostname: web\n".utf8))
+            try pipe.fileHandleForWriting.close()
+            let viaPipe = try UserFile.read("/dev/fd/\(pipe.fileHandleForReading.fileDescriptor)")
+            #expect(viaPipe.bytes == Array("local-hostname: web\n".utf8))
+            let missing = directory.url.appending(path: "nope").path
+            #expect(throws: SeedError.io(path: missing, reason: "no such file")) { try UserFile.read(missing) }
+            #expect(throws: SeedError.io(path: directory.url.path, reason: "cannot read it (is it a readable file?)")) {
+                try UserFile.read(directory.url.path)
+            }
+        }
+    }
 }
