@@ -193,9 +193,11 @@ public struct UserFile: Sendable {
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var status = stat()
+        let size = fstat(fd, &status) == 0 && status.st_size > 0 ? Int(status.st_size) : 0
         var bytes: [UInt8] = []
-        if fstat(fd, &status) == 0, status.st_size > 0 { bytes.reserveCapacity(Int(status.st_size)) }
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        bytes.reserveCapacity(size)
+        // One read (and one at EOF) for a regular file; a page at a time for a pipe.
+        var chunk = [UInt8](repeating: 0, count: max(4096, min(size + 1, 1 << 20)))
         while true {
             let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if count < 0, errno == EINTR { continue }
