@@ -56,9 +56,10 @@ enum YAML {
     static func parse(_ text: String, file: String) throws(SeedError) -> Node? {
         do {
             // Fast path: no rules while parsing, then YAML 1.1 tags given without regular expressions.
-            // Where the resolver could make a difference inside the parser (duplicate keys: `1` and `"1"`
-            // are distinct keys only when typed; anchors: a key's node shared as a value), parse again
-            // with `Resolver.default`, so the result is always the one it gives.
+            // Where the resolver could make a difference inside the parser (keys with the same text: `1`
+            // and `"1"` are distinct only when typed; keys YAML 1.1 types other than `str`; complex keys;
+            // anchors: a key's node shared as a value), parse again with `Resolver.default`, so the
+            // result is always the one it gives.
             guard let node = try Yams.compose(yaml: text, .basic, .default, .utf8) else { return nil }
             if let typed = typedWithoutResolver(node) { return typed }
             return try Yams.compose(yaml: text, .default, .default, .utf8)
@@ -81,17 +82,22 @@ enum YAML {
     /// give it; nil when the document needs `Resolver.default` in the parser itself (see `parse`).
     ///
     /// Mapping keys were already typed `str` by the parser's duplicate check (hashing a node resolves its
-    /// tag), so a plain key typed `str` is typed again; values keep any tag written in the document.
+    /// tag); that is right for every key YAML 1.1 also types `str`, and the others (rare in cloud-config)
+    /// go to `Resolver.default`. Values keep any tag written in the document.
     static func typedWithoutResolver(_ node: Node) -> Node? {
         func typed(_ node: Node, isKey: Bool) -> Node? {
             switch node {
             case .scalar(var scalar):
                 if scalar.anchor != nil { return nil }
                 let name = scalar.tag.rawValue  // the tag as written or as the parser typed it: not resolved
-                if name == Tag.Name.implicit.rawValue
-                    || (isKey && scalar.style == .plain && name == Tag.Name.str.rawValue)
-                {
+                if name == Tag.Name.implicit.rawValue {
                     scalar.tag = tag(YAML11Resolution.tag(of: scalar.string))
+                } else if isKey, scalar.style == .plain, name == Tag.Name.str.rawValue,
+                    YAML11Resolution.tag(of: scalar.string) != .str
+                {
+                    // A plain key the duplicate check typed `str` that YAML 1.1 types otherwise (`1:`,
+                    // `yes:`): whether it was written `!!str` is lost, so `Resolver.default` decides.
+                    return nil
                 }
                 return .scalar(scalar)
             case .sequence(let sequence):
@@ -108,15 +114,12 @@ enum YAML {
                 var pairs: [(Node, Node)] = []
                 pairs.reserveCapacity(mapping.count)
                 var scalarKeys = Set<String>()
-                var complexKeys = 0
                 for (key, value) in mapping {
                     // Keys the basic parse kept apart are apart under any resolver; keys with the same text
-                    // might be equal only once typed, so leave those to `Resolver.default`.
-                    if case .scalar(let scalar) = key {
-                        guard scalarKeys.insert(scalar.string).inserted else { return nil }
-                    } else {
-                        complexKeys += 1
-                        if complexKeys > 1 { return nil }
+                    // might be equal only once typed, so leave those to `Resolver.default`, and complex keys
+                    // too (the duplicate check typed the scalars inside them `str`).
+                    guard case .scalar(let scalar) = key, scalarKeys.insert(scalar.string).inserted else {
+                        return nil
                     }
                     guard let key = typed(key, isKey: true), let value = typed(value, isKey: false) else { return nil }
                     pairs.append((key, value))

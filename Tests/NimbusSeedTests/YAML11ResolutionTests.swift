@@ -108,6 +108,8 @@ struct YAML11ResolutionTests {
         "a: &x {b: [1, yes]}\nc: *x\n&k key: value\nother: *k\n",
         "? [1, 2]\n: complex\n? [\"1\", 2]\n: other\n",
         "!!str yes: explicit\nyes: implicit\n",
+        "!!str 1: explicit str key\n!!str null: another\n",
+        "? [1, yes]\n: one complex key\nplain: 1\n",
         "- !!int 7\n- !!str 7\n- ! 7\n- !custom 7\n- 7\n",
         "instance-id: iid-bench-1\nlocal-hostname: bench\n",
         "version: 2\nethernets:\n  primary:\n    match:\n      macaddress: \"52:54:00:12:34:56\"\n    dhcp4: true\n",
