@@ -47,7 +47,7 @@ enum CloudConfigRenderer {
                     YAML.sequence(
                         fields.map {
                             ["none", "null", "~"].contains($0.lowercased())
-                                ? .scalar(.init("null", Tag(.null), .plain)) : YAML.string($0)
+                                ? .scalar(.init("null", YAML.tag(.null), .plain)) : YAML.string($0)
                         })
                 }
             ))
@@ -96,7 +96,7 @@ enum CloudConfigRenderer {
 
     /// Sizes may be numbers or words (`auto`, `1G`): numbers stay numbers.
     static func scalar(_ value: String) -> Node {
-        Int(value) != nil ? .scalar(.init(value, Tag(.int), .plain)) : YAML.string(value)
+        Int(value) != nil ? .scalar(.init(value, YAML.tag(.int), .plain)) : YAML.string(value)
     }
 
     static func userNode(_ user: InstanceConfig.User) -> Node {
@@ -123,7 +123,7 @@ enum CloudConfigRenderer {
             ("content", YAML.string(file.content)),
             ("encoding", file.encoding.map(YAML.string)),
             ("owner", file.owner.map(YAML.string)),
-            ("permissions", file.permissions.map { .scalar(.init($0, Tag(.str), .singleQuoted)) }),
+            ("permissions", file.permissions.map { .scalar(.init($0, YAML.tag(.str), .singleQuoted)) }),
             ("append", file.append ? YAML.bool(true) : nil),
         ])
     }
@@ -198,7 +198,7 @@ public enum CloudConfigMerge {
             let keyNode = YAML.string(key)
             if let existing = mapping[keyNode] {
                 if case .sequence(let mine) = existing, case .sequence(let theirs) = value {
-                    mapping[keyNode] = .sequence(.init(Array(mine) + Array(theirs)))
+                    mapping[keyNode] = YAML.sequence(Array(mine) + Array(theirs))
                 }
             } else {
                 mapping[keyNode] = value

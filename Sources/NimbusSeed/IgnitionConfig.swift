@@ -50,7 +50,7 @@ public struct IgnitionConfig: Sendable {
             else { throw .unsupportedByIgnition(option: name) }
             if name == "users", case .sequence(let users) = value {
                 // `default` names the image's default user: on CoreOS that is `core`, made anyway.
-                let named = users.filter { $0.string != "default" }.map { user -> Node in
+                let named = Array(users).filter { $0.string != "default" }.map { user -> Node in
                     guard case .mapping(var fields) = user else { return user }
                     if let groups = fields["groups"]?.string {
                         fields["groups"] = YAML.strings(
@@ -59,26 +59,20 @@ public struct IgnitionConfig: Sendable {
                     if case .sequence? = fields["sudo"] { fields["sudo"] = fields["sudo"]?.sequence?.first }
                     return .mapping(fields)
                 }
-                kept.append((key, .sequence(.init(named))))
+                kept.append((key, YAML.sequence(named)))
             } else if name == "write_files", case .sequence(let files) = value {
-                kept.append(
-                    (
-                        key,
-                        .sequence(
-                            .init(
-                                files.map { file -> Node in
-                                    guard case .mapping(var fields) = file, let permissions = fields["permissions"]
-                                    else { return file }
-                                    fields["permissions"] = YAML.string(permissions.string ?? "")
-                                    return .mapping(fields)
-                                }))
-                    ))
+                let converted = files.map { file -> Node in
+                    guard case .mapping(var fields) = file, let permissions = fields["permissions"] else { return file }
+                    fields["permissions"] = YAML.string(permissions.string ?? "")
+                    return .mapping(fields)
+                }
+                kept.append((key, YAML.sequence(converted)))
             } else {
                 kept.append((key, value))
             }
         }
         do {
-            return try YAMLDecoder().decode(InstanceConfig.self, from: .mapping(.init(kept)))
+            return try YAMLDecoder().decode(InstanceConfig.self, from: YAML.mapping(nodePairs: kept))
         } catch {
             throw .invalidDocument(file: source, line: 1, column: 1, problem: "cannot translate to Ignition: \(error)")
         }

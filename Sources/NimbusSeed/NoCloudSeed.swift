@@ -55,11 +55,12 @@ public struct NoCloudSeed: Sendable {
             // Nothing to merge: the user's #cloud-config reaches the guest as written, comments and all.
             self.userData = userData.bytes
         } else {
-            var document = CloudConfigMerge.merge(user: userData?.cloudConfig ?? .mapping(.init([])), nimbus: asked)
+            var document = CloudConfigMerge.merge(
+                user: userData?.cloudConfig ?? YAML.mapping(nodePairs: []), nimbus: asked)
             if let user = config.defaultUser, case .mapping(var mapping) = document,
                 case .sequence(let users)? = mapping[YAML.string("users")]
             {
-                mapping[YAML.string("users")] = .sequence(.init(Array(users) + [CloudConfigRenderer.userNode(user)]))
+                mapping[YAML.string("users")] = YAML.sequence(Array(users) + [CloudConfigRenderer.userNode(user)])
                 document = .mapping(mapping)
             }
             self.userData = Array(try YAML.emit(document, header: "#cloud-config").utf8)
@@ -178,11 +179,31 @@ public struct UserFile: Sendable {
         if path == "-" {
             return UserFile(bytes: Array(FileHandle.standardInput.readDataToEndOfFile()), source: "<stdin>")
         }
-        do {
-            return UserFile(bytes: Array(try Data(contentsOf: URL(fileURLWithPath: path))), source: path)
-        } catch {
+        guard let bytes = readFile(path) else {
             let exists = FileManager.default.fileExists(atPath: path)
             throw .io(path: path, reason: exists ? "cannot read it (is it a readable file?)" : "no such file")
+        }
+        return UserFile(bytes: bytes, source: path)
+    }
+
+    /// The whole file (or pipe, as `<(...)` gives), with POSIX calls: `Data(contentsOf: URL(...))` costs
+    /// more on first use than the read.
+    static func readFile(_ path: String) -> [UInt8]? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var status = stat()
+        let size = fstat(fd, &status) == 0 && status.st_size > 0 ? Int(status.st_size) : 0
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(size)
+        // One read (and one at EOF) for a regular file; a page at a time for a pipe.
+        var chunk = [UInt8](repeating: 0, count: max(4096, min(size + 1, 1 << 20)))
+        while true {
+            let count = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if count < 0, errno == EINTR { continue }
+            if count < 0 { return nil }
+            if count == 0 { return bytes }
+            bytes.append(contentsOf: chunk[..<count])
         }
     }
 

@@ -57,18 +57,33 @@ enum SeedFiles {
             }
             return
         }
+        // Plain POSIX calls: Foundation's `Data.write(to:)` fsyncs the file, which is what `durable` is for.
+        let path = url.path
         let temporary = url.deletingLastPathComponent()
-            .appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
-        do {
-            try data.write(to: temporary, options: [.withoutOverwriting])
-        } catch {
-            try? FileManager.default.removeItem(at: temporary)
-            throw .io(path: url.path, reason: "cannot write it (does the folder exist and is it writable?)")
+            .appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp").path
+        let cannotWrite = SeedError.io(
+            path: path, reason: "cannot write it (does the folder exist and is it writable?)")
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
+        guard fd >= 0 else { throw cannotWrite }
+        let complete = data.withUnsafeBytes { buffer -> Bool in
+            guard let base = buffer.baseAddress else { return true }
+            var written = 0
+            while written < buffer.count {
+                let count = Glibc.write(fd, base + written, buffer.count - written)
+                if count < 0, errno == EINTR { continue }
+                if count <= 0 { return false }
+                written += count
+            }
+            return true
         }
-        guard rename(temporary.path, url.path) == 0 else {
+        guard close(fd) == 0, complete else {
+            unlink(temporary)
+            throw cannotWrite
+        }
+        guard rename(temporary, path) == 0 else {
             let reason = String(cString: strerror(errno))
-            try? FileManager.default.removeItem(at: temporary)
-            throw .io(path: url.path, reason: reason)
+            unlink(temporary)
+            throw .io(path: path, reason: reason)
         }
     }
 }

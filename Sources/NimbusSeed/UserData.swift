@@ -49,7 +49,7 @@ public struct UserData {
         }
         let text = String(decoding: bytes, as: UTF8.self)
         guard let node = try YAML.parse(text, file: source) else {
-            cloudConfig = .mapping(.init([]))
+            cloudConfig = YAML.mapping(nodePairs: [])
             warnings = []
             return
         }
@@ -81,7 +81,10 @@ public struct UserData {
         let head = String(decoding: bytes.prefix(64), as: UTF8.self)
         let firstLine =
             head.split(separator: "\n", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? ""
-        let trimmed = firstLine.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "\r", with: "")
+        // `trimmingCharacters(in: .whitespaces)` then without "\r", in Swift rather than through NSString,
+        // whose first use costs more than the rest of the classification.
+        let trimmed = String(
+            String.UnicodeScalarView(Self.trimmingWhitespace(firstLine.unicodeScalars).filter { $0 != "\r" }))
         if trimmed.hasPrefix("#cloud-config-archive") { return .cloudConfigArchive }
         if trimmed.hasPrefix("#cloud-config") { return .cloudConfig }
         if trimmed.lowercased().hasPrefix("## template:") { return .jinjaTemplate }
@@ -92,6 +95,20 @@ public struct UserData {
         let lower = head.lowercased()
         if lower.hasPrefix("content-type: multipart") || lower.hasPrefix("mime-version:") { return .mimeMultipart }
         return .unknown
+    }
+
+    /// Whether `CharacterSet.whitespaces` holds `scalar`: general category Zs, tab and, in swift-corelibs-
+    /// foundation, U+200B ZERO WIDTH SPACE (a test compares the two over every scalar).
+    static func isWhitespace(_ scalar: Unicode.Scalar) -> Bool {
+        scalar == "\t" || scalar == "\u{200B}" || scalar.properties.generalCategory == .spaceSeparator
+    }
+
+    /// `scalars` without leading and trailing members of `CharacterSet.whitespaces`.
+    static func trimmingWhitespace(_ scalars: String.UnicodeScalarView) -> Substring.UnicodeScalarView {
+        guard let first = scalars.firstIndex(where: { !isWhitespace($0) }),
+            let last = scalars.lastIndex(where: { !isWhitespace($0) })
+        else { return Substring.UnicodeScalarView() }
+        return scalars[first...last]
     }
 }
 

@@ -126,7 +126,8 @@ public struct SeedCommand: AsyncParsableCommand {
 
     /// SOURCE_DATE_EPOCH (reproducible-builds.org) when set, else now.
     static func timestamp() -> Date {
-        if let epoch = ProcessInfo.processInfo.environment["SOURCE_DATE_EPOCH"], let seconds = TimeInterval(epoch) {
+        // getenv rather than ProcessInfo's environment, which copies every variable into a dictionary first.
+        if let epoch = getenv("SOURCE_DATE_EPOCH").map({ String(cString: $0) }), let seconds = TimeInterval(epoch) {
             return Date(timeIntervalSince1970: seconds)
         }
         return Date()
