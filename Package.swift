@@ -103,7 +103,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .executableTarget(name: "nimbus", dependencies: ["NimbusCommands"], swiftSettings: swiftSettings),
+        // The executable exports no symbols: with --static-swift-stdlib, Swift's link arguments add
+        // --export-dynamic, which puts every symbol of every package module (~34,000) in .dynsym, where the
+        // runtime's start-up dladdr scans them linearly and ld.so hashes them: ~0.3 ms of every command
+        // (bench/RESULTS.md, "Seed", session 3). Nothing looks symbols up in the executable (libvirt is
+        // dlopen'ed, and calls nothing back by name), and backtraces read .symtab.
+        .executableTarget(
+            name: "nimbus", dependencies: ["NimbusCommands"], swiftSettings: swiftSettings,
+            linkerSettings: [.unsafeFlags(["-Xlinker", "--no-export-dynamic"])]
+        ),
 
         // Tests. Each module has its own; NimbusIntegrationTests boots real guests and runs serialized.
         .target(name: "NimbusTestSupport", dependencies: ["NimbusCore"], path: "Tests/NimbusTestSupport"),
