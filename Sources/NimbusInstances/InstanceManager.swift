@@ -39,7 +39,7 @@ public struct InstanceManager: Sendable {
     @discardableResult
     public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
-        try checkResources(spec)
+        try checkSpec(spec)
         try InstanceDrivers.check(spec)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
@@ -174,8 +174,9 @@ public struct InstanceManager: Sendable {
             .joined(separator: " ").nonEmpty ?? image.reference
     }
 
-    /// Memory must fit in the host; CPUs must exist.
-    func checkResources(_ spec: InstanceSpec) throws(NimbusError) {
+    /// What launch checks of a spec before reading the image: memory must fit in the host, CPUs must exist,
+    /// the firmware must be one Nimbus knows and the CPU model a `-cpu` value.
+    func checkSpec(_ spec: InstanceSpec) throws(NimbusError) {
         if let total = Self.hostMemory(), spec.memory.bytes > total {
             throw NimbusError(
                 .invalidArgument,
@@ -205,7 +206,7 @@ public struct InstanceManager: Sendable {
     /// BIOS when the machine runs under TCG and can boot without UEFI (the image has BIOS boot code, or a
     /// kernel is given directly): under TCG, OVMF alone runs ~6 s before the bootloader and the guest then
     /// does more work at boot (EFI variables, pstore), SeaBIOS takes well under a second (bench/RESULTS.md,
-    /// "Firmware under TCG"). UEFI otherwise: under KVM both are quick and UEFI is what images expect first.
+    /// "CPU model and firmware under TCG"). UEFI otherwise: under KVM both are quick and UEFI is what images expect first.
     func resolveFirmware(_ spec: InstanceSpec, image: CachedImage) async throws -> String {
         guard spec.firmware == "auto" else { return spec.firmware }
         let choice = AcceleratorChoice(rawValue: spec.accelerator) ?? .auto
