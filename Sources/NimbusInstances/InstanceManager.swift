@@ -196,9 +196,7 @@ public struct InstanceManager: Sendable {
                 "firmware \"\(spec.firmware)\" is not one of \(InstanceSpec.firmwares.joined(separator: ", ")): fix --firmware or config.yaml"
             )
         }
-        var machine = MachineConfig(name: spec.name.rawValue)
-        machine.cpuModel = spec.cpuModel
-        try machine.validate()
+        if let cpuModel = spec.cpuModel { try MachineConfig.checkCPUModel(cpuModel) }
     }
 
     /// `auto` firmware made concrete, once, at launch, so every start of the instance boots the same way.

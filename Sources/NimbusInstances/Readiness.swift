@@ -75,16 +75,18 @@ public struct Readiness: Sendable {
                 throw NimbusError(
                     .processFailed, "QEMU ended while waiting for \(phase.rawValue)\(serialTail())")
             }
+            // Both failures below end the guest's output, so the log's tail holds them: one read for both.
+            let tail = serialLogTail()
             // A guest whose C library refuses the CPU never comes: glibc 2.33+ stops every program built for
             // a higher x86-64 level (init first, so the kernel panics next). Say which level and the fix.
-            if let level = Self.missingISALevel(in: serialLogTail()) {
+            if let level = Self.missingISALevel(in: tail) {
                 throw NimbusError(
                     .unsupported,
                     "the guest's programs need \(level), which the instance's CPU model does not offer: launch it with --cpu-model max (or set cpuModel: max in its instance.yaml and `nimbus start` it)\(serialTail())"
                 )
             }
             // A guest whose kernel panicked never comes; say so now rather than at the timeout.
-            if serialLogContains("Kernel panic - not syncing") {
+            if tail.contains("Kernel panic - not syncing") {
                 throw NimbusError(
                     .processFailed,
                     "the guest's kernel panicked while waiting for \(phase.rawValue) (on a TCG host too loaded to run its vCPUs, a timer check can fail this way: `nimbus start` again once the host is quieter)\(serialTail(lines: 40))"

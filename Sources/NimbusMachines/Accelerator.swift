@@ -24,18 +24,15 @@ public enum Accelerator: String, Codable, Sendable, Hashable {
     /// KVM: the host's CPU. TCG: QEMU's `qemu64` (the model libvirt and QEMU themselves default to) raised to
     /// x86-64-v2 (SSSE3, SSE4.1, SSE4.2, POPCNT; `qemu64` has CX16 and LAHF already), the level RHEL and
     /// CentOS Stream 9 need. Not `max`: it adds what TCG emulates slowly (AVX and AVX2, which glibc's string
-    /// functions then use; 5-level paging; SMAP), and a Debian 12 guest reached cloud-init's end ~20% later
-    /// with it (bench/RESULTS.md, "CPU model under TCG"). A guest built for x86-64-v3 (RHEL 10) needs
+    /// functions then use; 5-level paging), and QEMU spent ~20% more CPU time bringing a Debian 12 guest to
+    /// cloud-init's end with it (bench/RESULTS.md, "CPU model and firmware under TCG"). A guest built for x86-64-v3 (RHEL 10) needs
     /// `--cpu-model max`; Nimbus says so when the guest's C library stops on it.
     public var defaultCPUModel: String {
         switch self {
         case .kvm: "host"
-        case .tcg: Self.tcgCPUModel
+        case .tcg: "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"
         }
     }
-
-    /// `defaultCPUModel` under TCG.
-    public static let tcgCPUModel = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt"
 }
 
 /// Facts about this host that decide the accelerator; they hold until the host reboots.

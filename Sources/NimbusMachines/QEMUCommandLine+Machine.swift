@@ -209,6 +209,20 @@ extension MachineConfig {
         return "52:54:00:" + bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
     }
 
+    /// Checks that `model` is one QEMU `-cpu` option value: a model name, then comma-separated
+    /// +feature/-feature/feature=value. Which names QEMU knows is QEMU's to say, at start.
+    public static func checkCPUModel(_ model: String) throws(NimbusError) {
+        let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.,+="))
+        guard let first = model.split(separator: ",", omittingEmptySubsequences: false).first, !first.isEmpty,
+            model.unicodeScalars.allSatisfy(allowed.contains)
+        else {
+            throw NimbusError(
+                .invalidArgument,
+                "CPU model \"\(model)\" is not a model name with optional features, like max or qemu64,+sse4.2: see `qemu-system-x86_64 -cpu help`"
+            )
+        }
+    }
+
     /// Checks what QEMU would otherwise reject late or obscurely; each message names the value and the fix.
     public func validate() throws(NimbusError) {
         func invalid(_ message: String) -> NimbusError { NimbusError(.invalidArgument, message) }
@@ -229,17 +243,7 @@ extension MachineConfig {
             guard !vnc else { throw invalid("the microvm machine type has no display for VNC: drop --vnc or use q35") }
         }
         if kernel?.kernel.isEmpty == true { throw invalid("--kernel needs a path") }
-        if let cpuModel {
-            // One QEMU option value: a model name, then comma-separated +feature/-feature/feature=value.
-            let allowed = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_.,+="))
-            guard let first = cpuModel.split(separator: ",", omittingEmptySubsequences: false).first, !first.isEmpty,
-                cpuModel.unicodeScalars.allSatisfy(allowed.contains)
-            else {
-                throw invalid(
-                    "CPU model \"\(cpuModel)\" is not a model name with optional features, like max or qemu64,+sse4.2: see `qemu-system-x86_64 -cpu help`"
-                )
-            }
-        }
+        if let cpuModel { try Self.checkCPUModel(cpuModel) }
         if network.mode != .user, !network.forwards.isEmpty {
             throw invalid(
                 "port forwards need user-mode networking; with a bridge or tap, reach the guest at its own address")

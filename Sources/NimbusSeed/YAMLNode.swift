@@ -54,28 +54,35 @@ enum YAML {
     /// Parses `text` from `file`; a syntax error names file:line:column. Plain scalars are typed by YAML 1.1's
     /// rules (`yes`, `on` are booleans, `0644` an integer), as Yams's `Resolver.default` and PyYAML do.
     static func parse(_ text: String, file: String) throws(SeedError) -> Node? {
+        // Fast path: no rules while parsing, then YAML 1.1 tags given without regular expressions. Where the
+        // resolver could make a difference inside the parser (keys with the same text: `1` and `"1"` are
+        // distinct only when typed; keys YAML 1.1 types other than `str`; complex keys; anchors: a key's node
+        // shared as a value), parse again with `Resolver.default`, so the result is always the one it gives.
+        let basic: Node?
         do {
-            // Fast path: no rules while parsing, then YAML 1.1 tags given without regular expressions.
-            // Where the resolver could make a difference inside the parser (keys with the same text: `1`
-            // and `"1"` are distinct only when typed; keys YAML 1.1 types other than `str`; complex keys;
-            // anchors: a key's node shared as a value), parse again with `Resolver.default`, so the
-            // result is always the one it gives.
-            guard let node = try Yams.compose(yaml: text, .basic, .default, .utf8) else { return nil }
-            if let typed = typedWithoutResolver(node) { return typed }
-            return try Yams.compose(yaml: text, .default, .default, .utf8)
+            basic = try Yams.compose(yaml: text, .basic, .default, .utf8)
         } catch YamlError.duplicatedKeysInMapping {
-            do {
-                return try Yams.compose(yaml: text, .default, .default, .utf8)
-            } catch let error as YamlError {
-                throw locate(error, file: file)
-            } catch {
-                throw .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
-            }
-        } catch let error as YamlError {
-            throw locate(error, file: file)
+            return try compose(text, resolver: .default, file: file)
         } catch {
-            throw .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
+            throw seedError(error, file: file)
         }
+        guard let basic else { return nil }
+        if let typed = typedWithoutResolver(basic) { return typed }
+        return try compose(text, resolver: .default, file: file)
+    }
+
+    /// Yams's parse of `text` with `resolver`; its errors as `SeedError`s naming file:line:column.
+    private static func compose(_ text: String, resolver: Resolver, file: String) throws(SeedError) -> Node? {
+        do {
+            return try Yams.compose(yaml: text, resolver, .default, .utf8)
+        } catch {
+            throw seedError(error, file: file)
+        }
+    }
+
+    private static func seedError(_ error: any Error, file: String) -> SeedError {
+        if let error = error as? YamlError { return locate(error, file: file) }
+        return .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
     }
 
     /// `node`, parsed with `Resolver.basic`, with each untyped scalar given the tag `Resolver.default` would
