@@ -290,7 +290,11 @@ public struct LibvirtStorage: Sendable {
         progress(
             "uploading base image \(image.lastPathComponent) (\(ByteSize(bytes: size).humanReadable)) to pool \(poolName) at \(uri)"
         )
-        let part = try pool.createVolume(temporary, size: size, format: .raw, mode: 0o644, owner: owner)
+        // Declared in the image's own format: the copy below converts from the format libvirt has on record,
+        // and libvirt re-probes every volume of the pool in a thread of its own after an upload ends (unless
+        // another copy is running in the pool), so a volume declared raw holding qcow2 is raw or qcow2
+        // depending on that thread, and a raw one is copied into a qcow2 whose disk is the qcow2 file's bytes.
+        let part = try pool.createVolume(temporary, size: size, format: format, mode: 0o644, owner: owner)
         do throws(NimbusError) {
             let sent = try await Self.offload { () throws(NimbusError) -> String in
                 try part.upload(image, sparse: false, hashing: true) ?? ""
