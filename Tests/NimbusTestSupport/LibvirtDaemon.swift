@@ -41,7 +41,13 @@ public enum LibvirtDaemon {
 
     /// Starts virtlogd and libvirtd unless libvirtd answers; returns once it does (tests take a `lease()`). A cold start probes
     /// QEMU's capabilities first, which takes minutes on a loaded 2-core TCG host, hence the long wait.
+    ///
+    /// Starting is serialized by an exclusive flock: tests holding shared leases call this at once, and a second
+    /// `libvirtd -d` started before the first has written its pidfile exits with "Unable to obtain pidfile".
     public static func ensureRunning() async throws {
+        if await answers() { return }
+        let starting = try await TestLock.acquire(anyOf: ["/run/nimbus-tests-libvirtd-start.lock"], LOCK_EX)
+        defer { close(starting) }
         if await answers() { return }
         if virtlogd.livePID == nil { try await ProgramRunner.run("virtlogd", ["-d"]) }
         if libvirtd.livePID == nil { try await ProgramRunner.run("libvirtd", ["-d"]) }
