@@ -178,13 +178,15 @@ struct LibvirtDriverTests {
 
     @Test(
         "libvirtd restarted while a machine runs: status says it does not answer, then finds the machine again",
-        .requires(.libvirt))
-    func daemonRestart() async throws {
+        .requires(.libvirt), arguments: [true, false])
+    func daemonRestart(uefi: Bool) async throws {
         let lease = try await LibvirtDaemon.lease(exclusive: true)
         defer { lease.release() }
         try await TemporaryDirectory.with("nimbus-libvirt") { home in
             let directory = MachineDirectory(home.url.appending(path: "machine"))
-            let config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
+            var config = Self.firmwareOnly("rs-\(UUID().uuidString.prefix(6).lowercased())")
+            // A UEFI domain has more for libvirt to check when it reconnects (the loader, its NVRAM).
+            if uefi { config.firmware = .uefi() }
             let domain = LibvirtDomainXML.domainName(for: config.name)
             let driver = LibvirtDriver(hostFactsCache: nil)
             defer { _ = try? ProgramRunnerSync.remove(domain) }

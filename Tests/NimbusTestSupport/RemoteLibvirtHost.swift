@@ -60,6 +60,7 @@ public struct RemoteLibvirtHost: Sendable {
 
     func start() async throws {
         let dir = directory.url.path
+        LibvirtDaemon.shareKVMDeviceWithGroup()
         try await ProgramRunner.run("ip", ["netns", "add", namespace])
         try await ProgramRunner.run(
             "ip", ["link", "add", hostVeth, "type", "veth", "peer", "name", namespaceVeth, "netns", namespace])
