@@ -12,6 +12,8 @@ public struct DoctorFinding: Sendable, Equatable {
     public var ok: Bool
     /// True when `--fix` repaired it.
     public var fixed: Bool = false
+    /// True for a problem that slows or limits something without breaking it: reported, not a failure.
+    public var warning: Bool = false
 }
 
 extension InstanceManager {
@@ -44,8 +46,40 @@ extension InstanceManager {
         } catch {
             findings.append(DoctorFinding(subject: "accelerator", detail: "\(error)", ok: false))
         }
+        if ProgramRunner.find("libvirtd") != nil, let finding = Self.libvirtKVMAccess() { findings.append(finding) }
         findings += await checkStore(fix: fix)
         return findings
+    }
+
+    /// Whether libvirt's QEMU user can open `device`: nil when the device or the user does not exist.
+    ///
+    /// libvirtd probes QEMU as root but checks /dev/kvm as the user it runs QEMU as (`libvirt-qemu` on Debian).
+    /// Without udev (containers, minimal VMs) /dev/kvm stays root's alone: root's probe finds KVM, the user's
+    /// check does not, and libvirtd takes its capabilities cache for stale and probes QEMU again at every call,
+    /// so each domain start takes minutes. A warning: the QEMU driver does not care.
+    static func libvirtKVMAccess(device: String = "/dev/kvm", user: String = "libvirt-qemu") -> DoctorFinding? {
+        var status = stat()
+        guard stat(device, &status) == 0, let account = getpwnam(user) else { return nil }
+        let uid = account.pointee.pw_uid
+        let primary = account.pointee.pw_gid
+        var count: Int32 = 64
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        if getgrouplist(account.pointee.pw_name, primary, &groups, &count) < 0 {
+            groups = [gid_t](repeating: 0, count: Int(count))
+            _ = getgrouplist(account.pointee.pw_name, primary, &groups, &count)
+        }
+        let member = groups.prefix(Int(max(count, 0))).contains(status.st_gid) || primary == status.st_gid
+        let readWrite: mode_t = status.st_uid == uid ? 0o600 : member ? 0o060 : 0o006
+        if status.st_mode & readWrite == readWrite {
+            return DoctorFinding(subject: "libvirt and \(device)", detail: "\(user) can open it", ok: true)
+        }
+        let group = getgrgid(status.st_gid).map { String(cString: $0.pointee.gr_name) } ?? String(status.st_gid)
+        let mode = String(status.st_mode & 0o777, radix: 8)
+        return DoctorFinding(
+            subject: "libvirt and \(device)",
+            detail:
+                "\(user), the user libvirt runs QEMU as, cannot open it (mode \(mode), group \(group)): libvirtd will probe QEMU again at every call and each libvirt start takes minutes; do what udev does on a normal host: `chgrp kvm \(device) && chmod 0660 \(device)`",
+            ok: false, warning: true)
     }
 
     func checkStore(fix: Bool) async -> [DoctorFinding] {

@@ -17,9 +17,10 @@ struct HostDoctor: AsyncParsableCommand {
         let findings = await context.manager.doctor(fix: fix)
         for finding in findings {
             Console.result(
-                "\(finding.ok ? "ok  " : (finding.fixed ? "fixed" : "FAIL")) \(finding.subject): \(finding.detail)\n")
+                "\(finding.ok ? "ok  " : finding.fixed ? "fixed" : finding.warning ? "warn" : "FAIL") \(finding.subject): \(finding.detail)\n"
+            )
         }
-        if findings.contains(where: { !$0.ok && !$0.fixed }) {
+        if findings.contains(where: { !$0.ok && !$0.fixed && !$0.warning }) {
             throw NimbusError(
                 .invalidState, "doctor found problems\(fix ? "" : ": `nimbus doctor --fix` repairs what is safe")")
         }
