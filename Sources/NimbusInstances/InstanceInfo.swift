@@ -85,11 +85,17 @@ extension InstanceManager {
         let running = live == .running || live == .suspended
         let resolved: InstanceInfo.State =
             state.deleted ? .deleted : (state.lastError != nil && !running ? .error : (state.complete ? live : .error))
-        var used: ByteSize?
-        if let attributes = try? dir.disk.resourceValues(forKeys: [.totalFileAllocatedSizeKey]),
-            let bytes = attributes.totalFileAllocatedSize
-        {
-            used = ByteSize(bytes: UInt64(bytes))
+        // The pool volume of a libvirt instance, else the folder's disk; unknown ("-") when neither answers.
+        let used: ByteSize?
+        do {
+            if let allocation = try await hypervisor.diskAllocation(dir.machine) {
+                used = ByteSize(bytes: allocation)
+            } else {
+                used = (try? dir.disk.resourceValues(forKeys: [.totalFileAllocatedSizeKey]))?
+                    .totalFileAllocatedSize.map { ByteSize(bytes: UInt64($0)) }
+            }
+        } catch {
+            used = nil
         }
         let port = running ? state.sshPort : nil
         return InstanceInfo(

@@ -464,6 +464,9 @@ struct InstanceDrivers: Hypervisor {
     func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? {
         try await driver(directory).diskFile(directory)
     }
+    func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? {
+        try await driver(directory).diskAllocation(directory)
+    }
     func forget(_ directory: MachineDirectory) async throws(NimbusError) {
         try await driver(directory).forget(directory)
     }

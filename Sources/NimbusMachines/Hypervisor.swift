@@ -49,6 +49,9 @@ public protocol Hypervisor: Sendable {
     /// The machine's main disk on this host when it is not the folder's own (a libvirt pool volume), for
     /// qemu-img while the machine is stopped; nil for the folder's.
     func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL?
+    /// The bytes the machine's main disk takes on its host when it is not the folder's own (a libvirt pool
+    /// volume, on whichever host the pool is); nil for the folder's, which the caller measures itself.
+    func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64?
 }
 
 extension Hypervisor {
@@ -57,6 +60,9 @@ extension Hypervisor {
 
     /// The folder's own disk.
     public func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? { nil }
+
+    /// The folder's own disk.
+    public func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? { nil }
 
     /// A hypervisor that keeps nothing outside the folder only has to end the machine.
     public func forget(_ directory: MachineDirectory) async throws(NimbusError) {

@@ -90,6 +90,18 @@ struct LibvirtTests {
         #expect(try await manager.info(name).state == .stopped)
         #expect(try await LibvirtDaemon.virsh(["domstate", domain]).standardOutput.contains("shut off"))
 
+        // info's disk usage is what the guest's disk takes in its pool (libvirt's allocation of the overlay
+        // volume the guest wrote to), not the folder's own small files.
+        let disks = try await LibvirtDaemon.virsh(["domblklist", domain, "--details"]).standardOutput
+        let volume = try #require(
+            disks.split(separator: "\n").first { $0.contains(" disk ") && $0.contains(" vda ") }?
+                .split(separator: " ").last.map(String.init), "\(disks)")
+        let volumeInfo = try await LibvirtDaemon.virsh(["vol-info", "--bytes", volume]).standardOutput
+        let allocation = try #require(
+            volumeInfo.firstMatch(of: #/Allocation:\s+(\d+) bytes/#).flatMap { UInt64($0.1) }, "\(volumeInfo)")
+        #expect(allocation > 1 << 20, "\(volumeInfo)")
+        #expect(try await manager.info(name).diskUsed?.bytes == allocation)
+
         let purge = try await NimbusBinary.run(["delete", "--purge", name.rawValue], home: home.url)
         #expect(purge.status == 0, "\(purge.standardError)")
         #expect(!manager.store.exists(name))

@@ -281,7 +281,7 @@ public struct LibvirtDriver: Hypervisor {
     /// (libvirt 9.0 refuses internal snapshots of UEFI domains even when shut off).
     public func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? {
         guard let record = Self.record(directory),
-            let path = try LibvirtStorage.diskPath(of: directory, domain: record.domain)
+            let path = try LibvirtStorage.diskVolume(of: directory, domain: record.domain)?.path()
         else { return nil }
         guard Self.isLocal(record.uri) else {
             throw NimbusError(
@@ -290,6 +290,13 @@ public struct LibvirtDriver: Hypervisor {
             )
         }
         return URL(fileURLWithPath: path)
+    }
+
+    /// What the overlay volume takes in its pool, asked of libvirt, so it is right for a remote host too; 0
+    /// before the volume is made.
+    public func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? {
+        guard let record = Self.record(directory) else { return nil }
+        return try LibvirtStorage.diskVolume(of: directory, domain: record.domain)?.allocation() ?? 0
     }
 
     /// Deletes the machine's volumes from its pool (`LibvirtStorage`); base images stay for the next launch.

@@ -184,11 +184,12 @@ public struct LibvirtStorage: Sendable {
 
     /// Deletes every volume `directory`'s machine owns, and the record; the pool and base images stay.
     /// The path of the machine's overlay volume on the daemon's host; nil when it has none yet.
-    static func diskPath(of directory: MachineDirectory, domain: String) throws(NimbusError) -> String? {
+    /// The machine's overlay volume in its pool, nil before it was made (or once it is gone).
+    static func diskVolume(of directory: MachineDirectory, domain: String) throws(NimbusError) -> LibvirtVolume? {
         guard let record = record(directory), record.diskCreated else { return nil }
         let connection = try LibvirtConnection(uri: record.uri)
         let storage = LibvirtStorage(connection: connection, pool: record.pool, owner: nil) { _ in }
-        return try storage.existingPool()?.volume(named: "\(domain)-\(record.token)-disk.qcow2")?.path()
+        return try storage.existingPool()?.volume(named: "\(domain)-\(record.token)-disk.qcow2")
     }
 
     static func deleteVolumes(of directory: MachineDirectory) throws(NimbusError) {
@@ -661,6 +662,19 @@ final class LibvirtVolume: @unchecked Sendable {
         }
         defer { free(text) }
         return String(cString: text)
+    }
+
+    /// The bytes the volume takes on its host (its file's allocated blocks for a directory pool), as libvirt
+    /// reads them now.
+    func allocation() throws(NimbusError) -> UInt64 {
+        var info = virStorageVolInfo()
+        guard libvirt.virStorageVolGetInfo(pointer, &info) == 0 else {
+            let error = LibvirtError.last("virStorageVolGetInfo")
+            throw NimbusError(
+                .processFailed, "libvirt at \(uri) could not read the size of volume \(name): \(error.message)",
+                cause: error)
+        }
+        return info.allocation
     }
 
     func delete() throws(NimbusError) {
