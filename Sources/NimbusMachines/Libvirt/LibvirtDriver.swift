@@ -293,10 +293,14 @@ public struct LibvirtDriver: Hypervisor {
     }
 
     /// What the overlay volume takes in its pool, asked of libvirt, so it is right for a remote host too; 0
-    /// before the volume is made.
+    /// before the volume is made, an error once it is gone.
     public func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? {
-        guard let record = Self.record(directory) else { return nil }
-        return try LibvirtStorage.diskVolume(of: directory, domain: record.domain)?.allocation() ?? 0
+        guard let record = Self.record(directory), let storage = LibvirtStorage.record(directory) else { return nil }
+        guard storage.diskCreated else { return 0 }
+        guard let volume = try LibvirtStorage.diskVolume(of: directory, domain: record.domain) else {
+            throw NimbusError(.notFound, "the disk volume of domain \(record.domain) is gone from pool \(storage.pool)")
+        }
+        return try volume.allocation()
     }
 
     /// Deletes the machine's volumes from its pool (`LibvirtStorage`); base images stay for the next launch.

@@ -182,8 +182,6 @@ public struct LibvirtStorage: Sendable {
         return (url, format, info.virtualSize)
     }
 
-    /// Deletes every volume `directory`'s machine owns, and the record; the pool and base images stay.
-    /// The path of the machine's overlay volume on the daemon's host; nil when it has none yet.
     /// The machine's overlay volume in its pool, nil before it was made (or once it is gone).
     static func diskVolume(of directory: MachineDirectory, domain: String) throws(NimbusError) -> LibvirtVolume? {
         guard let record = record(directory), record.diskCreated else { return nil }
@@ -192,6 +190,7 @@ public struct LibvirtStorage: Sendable {
         return try storage.existingPool()?.volume(named: "\(domain)-\(record.token)-disk.qcow2")
     }
 
+    /// Deletes every volume `directory`'s machine owns, and the record; the pool and base images stay.
     static func deleteVolumes(of directory: MachineDirectory) throws(NimbusError) {
         guard let record = record(directory) else { return }
         let connection = try LibvirtConnection(uri: record.uri)
