@@ -280,8 +280,8 @@ public struct LibvirtDriver: Hypervisor {
     /// The overlay volume in the pool, on this host; snapshots of a stopped machine run qemu-img on it
     /// (libvirt 9.0 refuses internal snapshots of UEFI domains even when shut off).
     public func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? {
-        guard let record = Self.record(directory),
-            let path = try LibvirtStorage.diskVolume(of: directory, domain: record.domain)?.path()
+        guard let record = Self.record(directory), let storage = LibvirtStorage.record(directory),
+            let path = try LibvirtStorage.diskVolume(storage, domain: record.domain)?.path()
         else { return nil }
         guard Self.isLocal(record.uri) else {
             throw NimbusError(
@@ -297,7 +297,7 @@ public struct LibvirtDriver: Hypervisor {
     public func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? {
         guard let record = Self.record(directory), let storage = LibvirtStorage.record(directory) else { return nil }
         guard storage.diskCreated else { return 0 }
-        guard let volume = try LibvirtStorage.diskVolume(of: directory, domain: record.domain) else {
+        guard let volume = try LibvirtStorage.diskVolume(storage, domain: record.domain) else {
             throw NimbusError(.notFound, "the disk volume of domain \(record.domain) is gone from pool \(storage.pool)")
         }
         return try volume.allocation()

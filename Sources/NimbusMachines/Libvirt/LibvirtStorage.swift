@@ -182,9 +182,10 @@ public struct LibvirtStorage: Sendable {
         return (url, format, info.virtualSize)
     }
 
-    /// The machine's overlay volume in its pool, nil before it was made (or once it is gone).
-    static func diskVolume(of directory: MachineDirectory, domain: String) throws(NimbusError) -> LibvirtVolume? {
-        guard let record = record(directory), record.diskCreated else { return nil }
+    /// The overlay volume of the machine `record` describes, in its pool; nil before it was made (or once it
+    /// is gone).
+    static func diskVolume(_ record: Record, domain: String) throws(NimbusError) -> LibvirtVolume? {
+        guard record.diskCreated else { return nil }
         let connection = try LibvirtConnection(uri: record.uri)
         let storage = LibvirtStorage(connection: connection, pool: record.pool, owner: nil) { _ in }
         return try storage.existingPool()?.volume(named: "\(domain)-\(record.token)-disk.qcow2")
