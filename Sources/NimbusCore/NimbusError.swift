@@ -34,6 +34,9 @@ public struct NimbusError: Error, Sendable, CustomStringConvertible {
         public static let unsupported = Code(name: "unsupported", exitStatus: 10)
         /// Reading or writing a file failed.
         public static let io = Code(name: "io", exitStatus: 11)
+        /// The guest booted but did not take its personality: cloud-init never ran (no datasource found,
+        /// disabled), or a `--mount` could not be made. The instance is left running for inspection.
+        public static let guestSetup = Code(name: "guest-setup", exitStatus: 12)
         /// A bug or a state Nimbus cannot explain.
         public static let internalError = Code(name: "internal", exitStatus: 70)
     }

@@ -6,12 +6,24 @@ import Yams
 ///
 /// Precedence: `NIMBUS_MIRROR_UBUNTU` / `NIMBUS_MIRROR_DEBIAN` / `NIMBUS_MIRROR_FEDORA_COREOS` in the
 /// environment, then `mirrors.ubuntu|debian|fedora-coreos` in config.yaml, then the official hosts.
+///
+/// The Ubuntu and Debian mirrors may each have one of two layouts, told apart by what the mirror holds
+/// (the publisher's layout is tried first; the one found is remembered in the metadata folder, so resolving
+/// from cached metadata asks the mirror nothing; see `MetadataCache.locate`). Fedora CoreOS has one.
 public struct Mirrors: Sendable, Equatable {
-    /// Holds `releases/streams/v1/…` and `daily/streams/v1/…`.
+    /// Either a host root like cloud-images.ubuntu.com, holding `releases/streams/v1/…` and
+    /// `daily/streams/v1/…` with the items' paths below `releases/` and `daily/`; or a mirror of one stream
+    /// as `sstream-mirror` writes it, holding `streams/v1/index.json` (or `.sjson`) and the items' paths at its
+    /// top, which serves only the stream its index's content id names (`com.ubuntu.cloud:released:download`
+    /// or `…:daily:download`).
     public var ubuntu: URL
-    /// Holds `<codename>/latest/…`.
+    /// Either a mirror of `images/cloud/`, holding `<codename>/latest/…`; or a mirror of one codename's tree
+    /// (`bookworm/`), holding `latest/…` and the dated folders at its top, which serves only the release its
+    /// `latest/SHA512SUMS` lists.
     public var debian: URL
-    /// Holds `streams/<stream>.json` and `prod/streams/…`.
+    /// Holds `streams/<stream>.json` and `prod/streams/…`, as builds.coreos.fedoraproject.org does: artifact
+    /// locations on the official host are fetched from the same path on the mirror, and locations on any other
+    /// host (a stream file rewritten for a site) as they are.
     public var fedoraCoreOS: URL
 
     /// The distributions' own hosts.

@@ -15,6 +15,7 @@ import Yams
 ///     disk: 10G
 ///     forwards: ["8080:80"]
 ///     mounts: ["./site:/srv/site"]      # relative to the fleet file
+///     mount-type: virtiofs              # or 9p; default: virtiofs where virtiofsd runs
 ///     cloud-init: |                     # inline user-data ...
 ///       #cloud-config
 ///       packages: [nginx]
@@ -34,6 +35,7 @@ public struct FleetFile: Sendable {
         public var timezone: String?
         public var forwards: [String]?
         public var mounts: [String]?
+        public var mountType: String?
         public var ephemeral: String?
         public var cloudInit: String?
         public var cloudInitFile: String?
@@ -41,6 +43,7 @@ public struct FleetFile: Sendable {
 
         enum CodingKeys: String, CodingKey {
             case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral
+            case mountType = "mount-type"
             case cloudInit = "cloud-init"
             case cloudInitFile = "cloud-init-file"
             case sshKeys = "ssh-keys"
@@ -52,7 +55,8 @@ public struct FleetFile: Sendable {
                 name: name, image: image ?? defaults.image, cpus: cpus ?? defaults.cpus,
                 memory: memory ?? defaults.memory, disk: disk ?? defaults.disk, hostname: hostname,
                 locale: locale ?? defaults.locale, timezone: timezone ?? defaults.timezone,
-                forwards: forwards, mounts: mounts ?? defaults.mounts, ephemeral: ephemeral ?? defaults.ephemeral,
+                forwards: forwards, mounts: mounts ?? defaults.mounts, mountType: mountType ?? defaults.mountType,
+                ephemeral: ephemeral ?? defaults.ephemeral,
                 cloudInit: cloudInit ?? (cloudInitFile == nil ? defaults.cloudInit : nil),
                 cloudInitFile: cloudInitFile ?? (cloudInit == nil ? defaults.cloudInitFile : nil),
                 sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []))
@@ -130,6 +134,14 @@ public struct FleetFile: Sendable {
         }
         spec.mounts = try (entry.mounts ?? []).map { (m: String) throws(NimbusError) in
             try Mount(parsing: m, relativeTo: base)
+        }
+        if let text = entry.mountType {
+            guard let type = MountType(rawValue: text) else {
+                throw NimbusError(
+                    .invalidArgument,
+                    "mount-type \"\(text)\" is not one of \(MountType.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            spec.mountType = type
         }
         spec.ephemeral = try entry.ephemeral.map { (e: String) throws(NimbusError) in try EphemeralDisk(parsing: e) }
         spec.accelerator = config.accelerator

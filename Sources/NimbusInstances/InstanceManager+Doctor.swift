@@ -46,6 +46,14 @@ extension InstanceManager {
         } catch {
             findings.append(DoctorFinding(subject: "accelerator", detail: "\(error)", ok: false))
         }
+        if let reason = Virtiofsd.unavailableReason() {
+            findings.append(
+                DoctorFinding(
+                    subject: "virtiofsd", detail: "\(reason); --mount falls back to 9p, which many cloud kernels lack",
+                    ok: false, warning: true))
+        } else {
+            findings.append(DoctorFinding(subject: "virtiofsd", detail: Virtiofsd.program() ?? "", ok: true))
+        }
         if ProgramRunner.find("libvirtd") != nil, let finding = Self.libvirtKVMAccess() { findings.append(finding) }
         findings += await checkStore(fix: fix)
         return findings
@@ -103,6 +111,16 @@ extension InstanceManager {
             }
             findings.append(finding)
         }
+        for process in orphanedVirtiofsd() {
+            var finding = DoctorFinding(
+                subject: "virtiofsd pid \(process.pid)", detail: "serves \(process.folder), which is not an instance",
+                ok: false)
+            if fix, kill(process.pid, SIGKILL) == 0 {
+                finding.fixed = true
+                finding.detail += "; killed"
+            }
+            findings.append(finding)
+        }
         for name in store.names() {
             findings += await checkInstance(name, fix: fix)
         }
@@ -148,6 +166,20 @@ extension InstanceManager {
                 }
                 findings.append(finding)
             }
+            let helpers = Virtiofsd.livePIDs(in: machine)
+            if !helpers.isEmpty {
+                var finding = DoctorFinding(
+                    subject: subject,
+                    detail:
+                        "virtiofsd (pid \(helpers.map(String.init).joined(separator: ", "))) runs with no QEMU to serve (a start was interrupted)",
+                    ok: false)
+                if fix {
+                    Virtiofsd.stopAll(in: machine)
+                    finding.fixed = true
+                    finding.detail += "; ended"
+                }
+                findings.append(finding)
+            }
         } else if status.state == .unresponsive {
             findings.append(
                 DoctorFinding(
@@ -155,9 +187,35 @@ extension InstanceManager {
                     ok: false))
         }
         if findings.isEmpty {
-            findings.append(DoctorFinding(subject: subject, detail: status.state.rawValue, ok: true))
+            let helpers = Virtiofsd.livePIDs(in: machine)
+            let detail =
+                helpers.isEmpty
+                ? status.state.rawValue
+                : "\(status.state.rawValue), virtiofsd pid \(helpers.map(String.init).joined(separator: ", "))"
+            findings.append(DoctorFinding(subject: subject, detail: detail, ok: true))
         }
         return findings
+    }
+
+    /// virtiofsd processes started for an instance folder of this store that no longer exists (they carry
+    /// their folder in `Virtiofsd.ownerVariable`).
+    func orphanedVirtiofsd() -> [(pid: Int32, folder: String)] {
+        let instances = paths.instances.path + "/"
+        let marker = Array("\(Virtiofsd.ownerVariable)=".utf8)
+        var orphans: [(Int32, String)] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = Int32(entry), PIDFile.isAlive(pid),
+                let data = FileManager.default.contents(atPath: "/proc/\(entry)/environ"),
+                let variable = data.split(separator: 0).first(where: { $0.starts(with: marker) })
+            else { continue }
+            let folder = String(decoding: variable.dropFirst(marker.count), as: UTF8.self)
+            guard folder.hasPrefix(instances) else { continue }
+            let name = (folder as NSString).lastPathComponent
+            if name.hasPrefix(".") || !FileManager.default.fileExists(atPath: folder + "/instance.yaml") {
+                orphans.append((pid, folder))
+            }
+        }
+        return orphans
     }
 
     /// QEMU processes started for an instance folder of this store that no longer exists.

@@ -60,6 +60,7 @@ public struct InstanceManager: Sendable {
         let image = try await pullImage(spec.image)
         var spec = spec
         spec.firmware = try await resolveFirmware(spec, image: image)
+        spec.mountType = resolveMountType(spec)
         guard spec.disk.bytes >= image.virtualSize else {
             throw NimbusError(
                 .invalidArgument,
@@ -134,7 +135,7 @@ public struct InstanceManager: Sendable {
     public static let defaultUser = "nimbus"
 
     /// The instance's personality: hostname, locale, timezone, the default user with its keys, the pinned
-    /// host key, and the mounts (9p shares and the ephemeral disk).
+    /// host key, and the mounts (shared folders and the ephemeral disk).
     func personality(_ spec: InstanceSpec, userKeys: [String], hostKey: SSHKeyPair, user: String) -> InstanceConfig {
         var config = InstanceConfig()
         config.hostname = spec.effectiveHostname
@@ -148,10 +149,13 @@ public struct InstanceManager: Sendable {
             InstanceConfig.Network.Interface(
                 macAddress: MachineConfig(name: spec.name.rawValue).macAddress, dhcp4: true)
         ]
+        // `nofail` keeps a boot going when a folder cannot be mounted; readiness then checks every mount and
+        // fails the launch naming the one that is missing (`checkMounts`).
         for (index, mount) in spec.mounts.enumerated() {
+            let options =
+                spec.mountType == .ninep ? "trans=virtio,version=9p2000.L,msize=262144,nofail" : "defaults,nofail"
             config.mounts.append([
-                Self.shareTag(index), mount.guestPath, "9p", "trans=virtio,version=9p2000.L,msize=262144,nofail", "0",
-                "0",
+                Self.shareTag(index), mount.guestPath, spec.mountType.guestFileSystem, options, "0", "0",
             ])
         }
         if let ephemeral = spec.ephemeral {
@@ -197,6 +201,11 @@ public struct InstanceManager: Sendable {
             )
         }
         if let cpuModel = spec.cpuModel { try MachineConfig.checkCPUModel(cpuModel) }
+        if spec.mountType == .virtiofs, !spec.mounts.isEmpty, spec.driver == "qemu",
+            let reason = Virtiofsd.unavailableReason()
+        {
+            throw NimbusError(.unsupported, "--mount-type virtiofs cannot serve here: \(reason); or use --mount-type 9p")
+        }
     }
 
     /// `auto` firmware made concrete, once, at launch, so every start of the instance boots the same way.
@@ -216,6 +225,27 @@ public struct InstanceManager: Sendable {
             "\(spec.name): firmware bios: the image boots by BIOS, which starts ~5 s sooner than UEFI under TCG (--firmware uefi for UEFI)"
         )
         return "bios"
+    }
+
+    /// `auto` mounts made concrete, once, at launch (the guest's fstab names the type): virtiofs, unless the
+    /// QEMU driver cannot run virtiofsd here, then 9p with a warning. libvirt starts its own virtiofsd.
+    func resolveMountType(_ spec: InstanceSpec) -> MountType {
+        guard !spec.mounts.isEmpty else { return spec.mountType == .auto ? .virtiofs : spec.mountType }
+        var type = spec.mountType
+        if type == .auto {
+            if spec.driver == "qemu", let reason = Virtiofsd.unavailableReason() {
+                progress("\(spec.name): warning: mounting over 9p, as virtiofs cannot serve here: \(reason)")
+                type = .ninep
+            } else {
+                type = .virtiofs
+            }
+        }
+        if type == .ninep {
+            progress(
+                "\(spec.name): warning: many cloud kernels cannot mount 9p (Debian's cloud kernel has none); launch fails if the guest cannot"
+            )
+        }
+        return type
     }
 
     /// MemTotal from /proc/meminfo.
@@ -325,7 +355,9 @@ public struct InstanceManager: Sendable {
         // On a remote host only that host can tell; the driver tries another port when it is taken.
         machine.network.sshHostPort = state.sshPort.flatMap { state.sshHost != nil || Loopback.isFree($0) ? $0 : nil }
         machine.shares = spec.mounts.enumerated().map { index, mount in
-            MachineConfig.Share(hostPath: mount.hostPath, tag: Self.shareTag(index))
+            MachineConfig.Share(
+                hostPath: mount.hostPath, tag: Self.shareTag(index),
+                transport: spec.mountType == .ninep ? .ninep : .virtiofs)
         }
         machine.accelerator = AcceleratorChoice(rawValue: spec.accelerator) ?? .auto
         return machine
@@ -355,8 +387,14 @@ public struct InstanceManager: Sendable {
     /// errors is an error naming the failed modules, and the instance stays up for inspection.
     func waitUntilReady(_ name: InstanceName, clock: ContinuousClock.Instant, timeout: Duration) async throws {
         let ssh = try sshAccess(name, state: store.loadState(name))
+        let spec = try store.loadSpec(name)
         let report = progress
-        let readiness = Readiness(serialLog: store.directory(name).serialLog, ssh: ssh, start: clock) { phase, time in
+        let cloudInit: CloudInitSeed? =
+            FileManager.default.fileExists(atPath: store.directory(name).ignition.path)
+            ? nil : spec.seedTransport == .http ? .http : .cdrom
+        let readiness = Readiness(
+            serialLog: store.directory(name).serialLog, ssh: ssh, start: clock, cloudInit: cloudInit
+        ) { phase, time in
             report("\(name): \(phase.rawValue) (\(Self.format(time)))")
         }
         let machineDir = store.directory(name).machine
@@ -378,6 +416,40 @@ public struct InstanceManager: Sendable {
                 "cloud-init finished with errors in \(name): \(modules). The instance is left running: `nimbus shell \(name)` to look, /var/log/cloud-init.log has the details"
             )
         }
+        try await checkMounts(spec, ssh: ssh)
+    }
+
+    /// Fails naming each `--mount` the guest has not mounted (fstab's `nofail` lets the boot go on without
+    /// it), with the guest's own reason: a second `mount` of it, whose error is kept.
+    func checkMounts(_ spec: InstanceSpec, ssh: SSHAccess) async throws {
+        guard !spec.mounts.isEmpty else { return }
+        let type = spec.mountType.guestFileSystem
+        let script = """
+            for m in "$@"; do
+              findmnt -rn -M "$m" -t \(type) >/dev/null && continue
+              error=$(sudo -n mount "$m" 2>&1) && findmnt -rn -M "$m" -t \(type) >/dev/null && continue
+              printf '%s\\t%s\\n' "$m" "$(printf '%s' "${error:-not mounted}" | tr '\\n' ' ' | tr -s ' ')"
+            done
+            """
+        let output = try await ssh.run(["sh", "-c", script, "sh"] + spec.mounts.map(\.guestPath))
+        guard output.status == 0 else {
+            throw NimbusError(
+                .processFailed, "could not check the mounts in \(spec.name): \(output.standardError)")
+        }
+        let missing = output.standardOutput.split(separator: "\n").map { line in
+            let parts = line.split(separator: "\t", maxSplits: 1).map(String.init)
+            let mount = spec.mounts.first { $0.guestPath == parts[0] }
+            return "\(mount.map { "\($0.hostPath):\($0.guestPath)" } ?? parts[0]) (\(parts.count > 1 ? parts[1] : "not mounted"))"
+        }
+        guard !missing.isEmpty else { return }
+        let hint =
+            spec.mountType == .ninep
+            ? "the guest's kernel may have no 9p (Debian's cloud kernel has none): relaunch with --mount-type virtiofs"
+            : "the guest's kernel needs virtiofs (CONFIG_VIRTIO_FS, in every current distribution kernel), or relaunch with --mount-type 9p"
+        throw NimbusError(
+            .guestSetup,
+            "the guest could not mount \(missing.joined(separator: "; ")): \(hint). The instance is left running: `nimbus shell \(spec.name)` to look"
+        )
     }
 
     /// Refuses instances that are deleted or broken, saying what to do.

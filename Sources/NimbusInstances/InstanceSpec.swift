@@ -27,6 +27,9 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var userDataEncoding: UserDataEncoding = .text
     /// Host folders shared into the guest.
     public var mounts: [Mount] = []
+    /// How `mounts` reach the guest; `auto`, which launch replaces with virtiofs (or 9p where virtiofsd
+    /// cannot run), so every start mounts the same way. A stored spec without it mounted 9p.
+    public var mountType: MountType = .auto
     /// Extra host ports forwarded to the guest.
     public var forwards: [MachineConfig.PortForward] = []
     /// The scratch disk that comes back empty at every start.
@@ -89,7 +92,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
             forwards,
-            ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel
+            ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel, mountType
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -108,6 +111,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         userData = try c.decodeIfPresent(String.self, forKey: .userData)
         userDataEncoding = try c.decodeIfPresent(UserDataEncoding.self, forKey: .userDataEncoding) ?? .text
         mounts = try c.decodeIfPresent([Mount].self, forKey: .mounts) ?? []
+        // Instances launched before virtiofs mounted their folders over 9p, and their guests' fstab says so.
+        mountType = try c.decodeIfPresent(MountType.self, forKey: .mountType) ?? .ninep
         forwards = try c.decodeIfPresent([MachineConfig.PortForward].self, forKey: .forwards) ?? []
         ephemeral = try c.decodeIfPresent(EphemeralDisk.self, forKey: .ephemeral)
         accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
@@ -130,6 +135,19 @@ public enum SeedTransport: String, Codable, Sendable, Equatable, CaseIterable {
     /// No seed disk: the files in the instance's `seed/` folder, served by Nimbus on 127.0.0.1 (the guest's
     /// 10.0.2.2) while each boot fetches them; the machine is told the URL in its SMBIOS serial number.
     case http
+}
+
+/// How `--mount` folders reach the guest (`--mount-type`).
+public enum MountType: String, Codable, Sendable, Equatable, CaseIterable {
+    /// virtiofs where virtiofsd can run, else 9p with a warning; decided at launch.
+    case auto
+    /// virtio-fs, served by a virtiofsd the instance owns: what current cloud kernels mount.
+    case virtiofs
+    /// virtio-9p, served by QEMU; many cloud kernels (Debian's `cloud-amd64`) cannot mount it.
+    case ninep = "9p"
+
+    /// The file system type the guest mounts (`fstab`'s third field).
+    public var guestFileSystem: String { self == .ninep ? "9p" : "virtiofs" }
 }
 
 /// `--mount HOST:GUEST`: a host folder shared into the guest.

@@ -28,23 +28,43 @@ public struct CloudInitResult: Sendable, Equatable, Decodable {
     }
 }
 
+/// How the guest's cloud-init gets its seed, for telling why it never started.
+public enum CloudInitSeed: Sendable {
+    /// The NoCloud ISO on a virtio-scsi CD-ROM, labelled `cidata`.
+    case cdrom
+    /// NoCloud over HTTP, named in the SMBIOS serial number.
+    case http
+}
+
 /// Waits for a guest to become ready without polling SSH in a loop: the serial log shows the kernel, a
 /// TCP probe on the forwarded port shows sshd's banner, and then one SSH call, `cloud-init status --wait`,
 /// returns when cloud-init has finished.
+///
+/// A guest that shows its login prompt and never a word from cloud-init fails the wait within
+/// `cloudInitGrace`, naming the likely cause, instead of at the timeout: a seed the guest cannot see means
+/// ds-identify finds no datasource and disables cloud-init, and with it the user, keys and SSH host keys.
 public struct Readiness: Sendable {
     public let serialLog: URL
     public let ssh: SSHAccess
     /// Called as each phase is reached, with the time since `start`.
     public let report: @Sendable (BootPhase, Duration) -> Void
     public let start: ContinuousClock.Instant
+    /// Where the guest's cloud-init seed is; nil when the guest has no cloud-init to wait for (Ignition).
+    public let cloudInit: CloudInitSeed?
+
+    /// How long after the login prompt a cloud-init that has said nothing is taken for one that never runs.
+    /// On Debian and Ubuntu, cloud-init prints its banner before the login prompt (its units run before
+    /// systemd-user-sessions), so any wait here is a margin only.
+    public var cloudInitGrace: Duration = .seconds(20)
 
     public init(
-        serialLog: URL, ssh: SSHAccess, start: ContinuousClock.Instant = .now,
+        serialLog: URL, ssh: SSHAccess, start: ContinuousClock.Instant = .now, cloudInit: CloudInitSeed? = nil,
         report: @escaping @Sendable (BootPhase, Duration) -> Void
     ) {
         self.serialLog = serialLog
         self.ssh = ssh
         self.start = start
+        self.cloudInit = cloudInit
         self.report = report
     }
 
@@ -55,12 +75,22 @@ public struct Readiness: Sendable {
         -> CloudInitResult
     {
         let deadline = start + timeout
+        let console = SerialWatch(serialLog)
         // A guest on a remote libvirt host writes its serial log there: its first sign here is SSH.
         if ssh.host == "127.0.0.1" {
-            try await until(.kernel, deadline: deadline, isAlive: isAlive) { serialLogContains("Linux version") }
+            try await until(.kernel, deadline: deadline, isAlive: isAlive, console: console) { console.sawKernel }
         }
-        try await until(.sshReachable, deadline: deadline, isAlive: isAlive) { sshBannerAnswers() }
-        let output = try await cloudInitStatus(deadline: deadline)
+        try await until(.sshReachable, deadline: deadline, isAlive: isAlive, console: console) {
+            sshBannerAnswers()
+        }
+        let output = try await cloudInitStatus(deadline: deadline, console: console)
+        if cloudInit != nil, output.status == "disabled" || output.status == "not run" {
+            console.poll()
+            throw NimbusError(
+                .guestSetup,
+                "cloud-init did not run in the guest (`cloud-init status`: \(output.status)\(output.detail.map { ", \($0)" } ?? "")): \(likelyCause(console)) The instance is left running: `nimbus shell` does not work without cloud-init, `nimbus console` does"
+            )
+        }
         report(.cloudInitFinished, .now - start)
         return output
     }
@@ -68,15 +98,19 @@ public struct Readiness: Sendable {
     /// Polls `condition` (a local file read or a loopback probe, never an SSH login) every 200 ms.
     func until(
         _ phase: BootPhase, deadline: ContinuousClock.Instant, isAlive: @Sendable () async -> Bool,
-        _ condition: () -> Bool
+        console: SerialWatch? = nil, _ condition: () -> Bool
     ) async throws(NimbusError) {
-        while !condition() {
+        let console = console ?? SerialWatch(serialLog)
+        while true {
+            console.poll()
+            if condition() { break }
             guard await isAlive() else {
                 throw NimbusError(
                     .processFailed, "QEMU ended while waiting for \(phase.rawValue)\(serialTail())")
             }
-            // Both failures below end the guest's output, so the log's tail holds them: one read for both.
-            let tail = serialLogTail()
+            try checkCloudInitStarted(console)
+            // Both failures below end the guest's output, so the log's tail holds them.
+            let tail = console.tail
             // A guest whose C library refuses the CPU never comes: glibc 2.33+ stops every program built for
             // a higher x86-64 level (init first, so the kernel panics next). Say which level and the fix.
             if let level = Self.missingISALevel(in: tail) {
@@ -98,12 +132,57 @@ public struct Readiness: Sendable {
         report(phase, .now - start)
     }
 
+    /// Fails when the guest showed its login prompt `cloudInitGrace` ago and cloud-init has said nothing.
+    func checkCloudInitStarted(_ console: SerialWatch) throws(NimbusError) {
+        guard cloudInit != nil, !console.sawCloudInit, let prompt = console.loginPromptAt,
+            ContinuousClock.now - prompt >= cloudInitGrace
+        else { return }
+        throw NimbusError(
+            .guestSetup,
+            "cloud-init never started in the guest: it reached its login prompt at \(Self.seconds(prompt - start)) with no word from cloud-init on its console, so nothing of the instance's configuration (user, SSH keys, host keys) was applied. \(likelyCause(console)) The instance is left running for inspection: `nimbus console` shows its console\(serialTail())"
+        )
+    }
+
+    /// Why cloud-init found no datasource, from the block devices the guest's kernel reported.
+    func likelyCause(_ console: SerialWatch) -> String {
+        let devices = console.blockDevices.isEmpty ? "none" : console.blockDevices.joined(separator: ", ")
+        let seen = "The block devices the guest's kernel reported: \(devices)."
+        switch cloudInit {
+        case .cdrom where !console.blockDevices.contains(where: { $0.hasPrefix("sr") }):
+            return
+                "Likely cause: the guest's kernel saw no CD-ROM, so the NoCloud seed (a virtio-scsi CD-ROM labelled cidata) was invisible to it and ds-identify found no datasource; the kernel needs virtio_scsi and sr_mod, or launch with --seed-over-http, which needs neither. \(seen)"
+        case .cdrom:
+            return
+                "Likely cause: the kernel saw the seed CD-ROM, yet ds-identify found no datasource or cloud-init is disabled in the image (/etc/cloud/cloud-init.disabled, cloud-init=disabled on the kernel command line); /run/cloud-init/ds-identify.log in the guest says which. \(seen)"
+        case .http, .none:
+            return
+                "Likely cause: ds-identify did not find the NoCloud seed named in the SMBIOS serial number (ds=nocloud-net), or cloud-init is disabled in the image; /run/cloud-init/ds-identify.log in the guest says which. \(seen)"
+        }
+    }
+
+    static func seconds(_ duration: Duration) -> String {
+        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+        return String(format: "%.1fs", seconds)
+    }
+
+    /// Asks cloud-init for its result, waiting in the guest until it is done, except when cloud-init is
+    /// disabled there (`--wait` would then wait for ever): its status is asked at once.
+    static let statusCommand = [
+        "sh", "-c",
+        "if [ -e /run/cloud-init/disabled ] || [ -e /etc/cloud/cloud-init.disabled ]; then exec cloud-init status --format json; fi; exec cloud-init status --wait --format json",
+    ]
+
     /// One SSH call that blocks in the guest until cloud-init is done, retried only while the login itself
-    /// fails (sshd can answer a moment before cloud-init has written the user's keys).
-    func cloudInitStatus(deadline: ContinuousClock.Instant) async throws(NimbusError) -> CloudInitResult {
+    /// fails (sshd can answer a moment before cloud-init has written the user's keys, and a guest whose
+    /// cloud-init never ran has no key of ours: its console then tells, see `checkCloudInitStarted`).
+    func cloudInitStatus(deadline: ContinuousClock.Instant, console: SerialWatch) async throws(NimbusError)
+        -> CloudInitResult
+    {
         var last = ""
         while ContinuousClock.now < deadline {
-            let output = try await ssh.run(["cloud-init", "status", "--wait", "--format", "json"])
+            console.poll()
+            try checkCloudInitStarted(console)
+            let output = try await ssh.run(Self.statusCommand)
             // 0: done, 1: error (still a finished boot); 255: ssh itself failed.
             if output.status == 0 || output.status == 1,
                 let result = try? JSONDecoder().decode(CloudInitResult.self, from: Data(output.standardOutput.utf8))
@@ -141,20 +220,6 @@ public struct Readiness: Sendable {
         return level.isEmpty ? nil : "x86-64-v\(level)"
     }
 
-    /// The last 64 KiB of the serial log as text (the whole log can be large after a long boot).
-    func serialLogTail() -> String {
-        guard let handle = try? FileHandle(forReadingFrom: serialLog) else { return "" }
-        defer { try? handle.close() }
-        let size = (try? handle.seekToEnd()) ?? 0
-        try? handle.seek(toOffset: size > 65_536 ? size - 65_536 : 0)
-        return String(decoding: (try? handle.readToEnd()) ?? Data(), as: UTF8.self)
-    }
-
-    func serialLogContains(_ needle: String) -> Bool {
-        guard let data = try? Data(contentsOf: serialLog) else { return false }
-        return data.range(of: Data(needle.utf8)) != nil
-    }
-
     /// True when something on the forwarded port sends an SSH banner. QEMU's user-mode network accepts
     /// every connection on a forwarded port at once, so an accepted connection alone proves nothing. The
     /// receive waits at most a second on a loopback socket, where the banner or a reset comes at once.
@@ -189,5 +254,83 @@ public struct Readiness: Sendable {
             entry = current.pointee.ai_next
         }
         return nil
+    }
+}
+
+/// What the guest's serial console has shown so far, read from the log incrementally: each poll reads only
+/// what was appended since the last. Used by one wait at a time.
+final class SerialWatch {
+    let url: URL
+    private var offset: UInt64 = 0
+    private var partialLine = ""
+    /// The last 64 KiB of the log.
+    private(set) var tail = ""
+    /// The kernel's banner (`Linux version`) has been printed.
+    private(set) var sawKernel = false
+    /// cloud-init's banner (`Cloud-init v. 22.4.2 running 'init-local'`) has been printed.
+    private(set) var sawCloudInit = false
+    /// When a getty's login prompt (`localhost login: `) was first seen.
+    private(set) var loginPromptAt: ContinuousClock.Instant?
+    /// The block devices the kernel reported (`vda (virtio disk)`, `sr0 (CD-ROM)`), in order, once each.
+    private(set) var blockDevices: [String] = []
+
+    init(_ url: URL) { self.url = url }
+
+    /// Reads what the log gained since the last poll.
+    func poll() {
+        guard let handle = try? FileHandle(forReadingFrom: url) else { return }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        if size < offset {  // rotated or cut: start over
+            offset = 0
+            partialLine = ""
+        }
+        guard size > offset, (try? handle.seek(toOffset: offset)) != nil,
+            let data = try? handle.read(upToCount: Int(size - offset))
+        else { return }
+        offset += UInt64(data.count)
+        let text = String(decoding: data, as: UTF8.self)
+        tail = String((tail + text).suffix(65_536))
+        // Split on Characters that are newlines: a console's "\r\n" is one Character, never equal to "\n".
+        var lines = (partialLine + text).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+        partialLine = String(lines.removeLast())
+        for line in lines { scan(line) }
+        // A login prompt waits for input: it ends no line.
+        if loginPromptAt == nil, Self.isLoginPrompt(partialLine) { loginPromptAt = .now }
+    }
+
+    private func scan(_ line: Substring) {
+        if !sawKernel, line.contains("Linux version") { sawKernel = true }
+        if !sawCloudInit, line.contains("Cloud-init v.") { sawCloudInit = true }
+        if loginPromptAt == nil, Self.isLoginPrompt(line) { loginPromptAt = .now }
+        if let device = Self.blockDevice(in: line), !blockDevices.contains(device) { blockDevices.append(device) }
+    }
+
+    /// A getty's prompt, `localhost login: `, at the start of a line (the console may append kernel or
+    /// cloud-init output to it), with the terminal's carriage returns ignored.
+    static func isLoginPrompt(_ line: some StringProtocol) -> Bool {
+        let text = line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
+        guard let prompt = text.range(of: " login:") else { return false }
+        let host = text[..<prompt.lowerBound]
+        let after = text[prompt.upperBound...].drop { $0 == " " }
+        return !host.isEmpty && !host.contains(" ") && !host.contains("[") && (after.isEmpty || after.first == "[")
+    }
+
+    /// The disk named in a kernel line such as `virtio_blk virtio2: [vda] 8388608 512-byte logical blocks`
+    /// or `sr 0:0:0:0: [sr0] scsi3-mmc drive`, with its kind.
+    static func blockDevice(in line: some StringProtocol) -> String? {
+        guard let open = line.firstIndex(of: "["), let close = line[open...].firstIndex(of: "]") else {
+            return nil
+        }
+        // The timestamp `[    1.234]` comes first: look at the next bracket too.
+        let name = line[line.index(after: open)..<close]
+        if name.first?.isNumber == true || name.first == " " {
+            return blockDevice(in: line[line.index(after: close)...])
+        }
+        let kinds: [(prefix: String, kind: String)] = [("vd", "virtio disk"), ("sd", "SCSI disk"), ("sr", "CD-ROM")]
+        guard let match = kinds.first(where: { name.hasPrefix($0.prefix) }), name.count <= 6,
+            name.allSatisfy({ $0.isLetter || $0.isNumber })
+        else { return nil }
+        return "\(name) (\(match.kind))"
     }
 }

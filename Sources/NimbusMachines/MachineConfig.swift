@@ -285,20 +285,28 @@ extension MachineConfig {
         }
     }
 
-    /// A host folder shared into the guest with 9p (`mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`).
+    /// A host folder shared into the guest, mounted there by its tag: over virtiofs
+    /// (`mount -t virtiofs TAG DIR`, served by a virtiofsd the machine owns) or over 9p
+    /// (`mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`, served by QEMU itself).
     public struct Share: Codable, Sendable, Hashable {
         public var hostPath: String
-        /// The 9p mount tag the guest mounts by (at most 31 bytes).
+        /// The mount tag the guest mounts by (at most 31 bytes).
         public var tag: String
         public var readOnly: Bool = false
+        /// How 9p maps guest ownership onto host files (virtiofs passes ownership through as it is).
         public var securityModel: SecurityModel = .mappedXattr
+        /// The file system protocol; a stored share without one is 9p, the only one before virtiofs.
+        public var transport: Transport = .virtiofs
 
-        public init(hostPath: String, tag: String, readOnly: Bool = false, securityModel: SecurityModel = .mappedXattr)
-        {
+        public init(
+            hostPath: String, tag: String, readOnly: Bool = false, securityModel: SecurityModel = .mappedXattr,
+            transport: Transport = .virtiofs
+        ) {
             self.hostPath = hostPath
             self.tag = tag
             self.readOnly = readOnly
             self.securityModel = securityModel
+            self.transport = transport
         }
 
         public init(from decoder: any Decoder) throws {
@@ -307,6 +315,16 @@ extension MachineConfig {
             tag = try container.decode(String.self, forKey: .tag)
             readOnly = try container.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
             securityModel = try container.decodeIfPresent(SecurityModel.self, forKey: .securityModel) ?? .mappedXattr
+            transport = try container.decodeIfPresent(Transport.self, forKey: .transport) ?? .ninep
+        }
+
+        /// The file system protocol a share uses.
+        public enum Transport: String, Codable, Sendable, Hashable, CaseIterable {
+            /// virtio-fs: a vhost-user device backed by virtiofsd; needs the guest's memory shared
+            /// (memfd). Every current distribution kernel has it, Debian's cloud kernel included.
+            case virtiofs
+            /// virtio-9p, served by QEMU. Many cloud kernels have no 9p (Debian's `cloud-amd64`).
+            case ninep = "9p"
         }
 
         /// How guest ownership and modes map onto host files.

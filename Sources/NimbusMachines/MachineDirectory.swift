@@ -15,6 +15,9 @@ public struct MachineDirectory: Sendable, Hashable {
     /// The VNC socket's name, relative to the folder.
     public static let vncSocketName = "vnc.sock"
 
+    /// The vhost-user socket of the virtiofsd serving share `index`, relative to the folder.
+    public static func virtiofsSocketName(_ index: Int) -> String { "virtiofs\(index).sock" }
+
     /// The QMP control socket (mode 0600).
     public var qmpSocket: URL { url.appending(path: Self.qmpSocketName) }
     /// The serial console socket (mode 0600): connect to it to type on the guest's ttyS0.
@@ -23,6 +26,12 @@ public struct MachineDirectory: Sendable, Hashable {
     public var vncSocket: URL { url.appending(path: Self.vncSocketName) }
     /// QEMU's pid, written by QEMU itself once it has daemonized.
     public var pidFile: URL { url.appending(path: "qemu.pid") }
+    /// The vhost-user socket of the virtiofsd serving share `index`.
+    public func virtiofsSocket(_ index: Int) -> URL { url.appending(path: Self.virtiofsSocketName(index)) }
+    /// The pid of the virtiofsd serving share `index`, written by Nimbus when it starts it.
+    public func virtiofsPIDFile(_ index: Int) -> URL { url.appending(path: "virtiofsd\(index).pid") }
+    /// What the virtiofsd serving share `index` printed.
+    public func virtiofsLog(_ index: Int) -> URL { url.appending(path: "virtiofsd\(index).log") }
     /// The serial console of the current boot.
     public var serialLog: URL { url.appending(path: "serial.log") }
     /// The serial console of the previous boot.

@@ -27,12 +27,31 @@ extension QEMUCommandLine {
         add("-name", nil, ["guest": config.name])
         add("-no-user-config")
         add("-nodefaults")
+        // virtiofsd reads and writes the guest's memory itself: with a virtiofs share, the RAM is a memfd
+        // shared with it (vhost-user), named as the machine's memory backend.
+        let sharedMemory = config.shares.contains { $0.transport == .virtiofs }
+        if sharedMemory {
+            add(
+                "-object", "memory-backend-memfd",
+                ["id": "ram0", "size": "\(config.memory.bytes >> 20)M", "share": "on"])
+        }
         if microvm {
             // Option ROMs and the legacy PIT/PIC only slow a direct kernel boot (kvm-clock calibrates the TSC);
             // the ISA serial port is the console. QEMUDriver refuses microvm under TCG (see there).
-            add(
-                "-machine", "microvm",
-                ["x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on"])
+            if sharedMemory {
+                add(
+                    "-machine", "microvm",
+                    [
+                        "x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on",
+                        "memory-backend": "ram0",
+                    ])
+            } else {
+                add(
+                    "-machine", "microvm",
+                    ["x-option-roms": "off", "pit": "off", "pic": "off", "isa-serial": "on", "rtc": "on"])
+            }
+        } else if sharedMemory {
+            add("-machine", "q35", ["memory-backend": "ram0"])
         } else {
             add("-machine", "q35")
         }
@@ -59,7 +78,13 @@ extension QEMUCommandLine {
             if let commandLine = kernel.commandLine { add("-append", commandLine) }
         }
 
+        // One virtio-scsi controller for every SCSI device (disks and the seed CD-ROM), made on first use.
         var scsiController = false
+        func needSCSIController() {
+            guard !scsiController else { return }
+            add("-device", "virtio-scsi-\(bus)", ["id": "scsi0"])
+            scsiController = true
+        }
         for (index, disk) in config.disks.enumerated() {
             let id = "disk\(index)"
             var drive: KeyValuePairs<String, String> = [
@@ -80,10 +105,7 @@ extension QEMUCommandLine {
                     add("-device", "virtio-blk-\(bus)", ["drive": id, "id": "\(id)-dev"])
                 }
             case .virtioSCSI:
-                if !scsiController {
-                    add("-device", "virtio-scsi-\(bus)", ["id": "scsi0"])
-                    scsiController = true
-                }
+                needSCSIController()
                 if let boot {
                     add("-device", "scsi-hd", ["drive": id, "id": "\(id)-dev", "bus": "scsi0.0", "bootindex": boot])
                 } else {
@@ -100,10 +122,13 @@ extension QEMUCommandLine {
                 add("-drive", nil, ["if": "none", "id": "seed", "file": iso, "format": "raw", "readonly": "on"])
                 add("-device", "virtio-blk-device", ["drive": "seed", "id": "seed-dev"])
             } else {
+                // A CD-ROM on virtio-scsi (sr_mod), not on q35's AHCI: cloud kernels have virtio-scsi and
+                // sr_mod, and some (Debian's cloud-amd64) have no AHCI, so an ide-cd seed is never seen there.
+                needSCSIController()
                 add(
                     "-drive", nil,
                     ["if": "none", "id": "seed", "file": iso, "format": "raw", "media": "cdrom", "readonly": "on"])
-                add("-device", "ide-cd", ["drive": "seed", "id": "seed-dev"])
+                add("-device", "scsi-cd", ["drive": "seed", "id": "seed-dev", "bus": "scsi0.0"])
             }
         case .ignition(let config):
             add("-fw_cfg", nil, ["name": "opt/com.coreos/config", "file": config])
@@ -149,19 +174,26 @@ extension QEMUCommandLine {
 
         for (index, share) in config.shares.enumerated() {
             let id = "fs\(index)"
-            if share.readOnly {
-                add(
-                    "-fsdev", "local",
-                    [
-                        "id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue,
-                        "readonly": "on",
-                    ])
-            } else {
-                add(
-                    "-fsdev", "local",
-                    ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue])
+            switch share.transport {
+            case .virtiofs:
+                // virtiofsd (started by QEMUDriver before QEMU) listens on this socket, relative to the folder.
+                add("-chardev", "socket", ["id": id, "path": MachineDirectory.virtiofsSocketName(index)])
+                add("-device", "vhost-user-fs-\(bus)", ["chardev": id, "tag": share.tag, "queue-size": "1024"])
+            case .ninep:
+                if share.readOnly {
+                    add(
+                        "-fsdev", "local",
+                        [
+                            "id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue,
+                            "readonly": "on",
+                        ])
+                } else {
+                    add(
+                        "-fsdev", "local",
+                        ["id": id, "path": share.hostPath, "security_model": share.securityModel.rawValue])
+                }
+                add("-device", "virtio-9p-\(bus)", ["fsdev": id, "mount_tag": share.tag])
             }
-            add("-device", "virtio-9p-\(bus)", ["fsdev": id, "mount_tag": share.tag])
         }
 
         // The serial console is a socket a person can attach to (`nimbus console`), and QEMU also appends
@@ -266,7 +298,12 @@ extension MachineConfig {
         var tags = Set<String>()
         for share in shares {
             guard !share.tag.isEmpty, share.tag.utf8.count <= 31, !share.tag.contains(",") else {
-                throw invalid("mount tag \"\(share.tag)\" is not usable: 9p tags are 1 to 31 bytes without commas")
+                throw invalid("mount tag \"\(share.tag)\" is not usable: mount tags are 1 to 31 bytes without commas")
+            }
+            if share.transport == .virtiofs, share.readOnly {
+                throw invalid(
+                    "share \(share.hostPath) is read-only, which virtiofs cannot enforce here: mount it read-only in the guest, or use 9p"
+                )
             }
             guard tags.insert(share.tag).inserted else {
                 throw invalid("mount tag \"\(share.tag)\" is used twice: give each share its own tag")

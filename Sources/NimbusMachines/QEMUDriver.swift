@@ -66,6 +66,8 @@ public struct QEMUDriver: Hypervisor {
         removeRuntimeFiles(directory)
         try await prepareFirmware(config, directory)
         SerialLog.rotate(directory, limit: config.console.logLimit)
+        // QEMU connects to each virtiofsd's socket as it starts: they must listen first.
+        try await Virtiofsd.startAll(config, in: directory)
 
         let pickPort = config.network.mode == .user && config.network.forwardSSH && config.network.sshHostPort == nil
         var sshHostPort: UInt16? = nil
@@ -88,7 +90,11 @@ public struct QEMUDriver: Hypervisor {
             if result.status == 0 { break }
             let failure = MachineError.classify(status: result.status, standardError: result.standardError)
             // A free port found by binding port 0 can be taken again before QEMU binds it; retry that race.
-            if case .portInUse(let port, _) = failure, pickPort, port == sshHostPort, attempt < 3 { continue }
+            if case .portInUse(let port, _) = failure, pickPort, port == sshHostPort, attempt < 3 {
+                // A virtiofsd serves one connection: the QEMU that failed may have taken it.
+                try await Virtiofsd.startAll(config, in: directory)
+                continue
+            }
             removeRuntimeFiles(directory)
             throw failure.nimbusError(machine: config.name)
         }
@@ -141,11 +147,12 @@ public struct QEMUDriver: Hypervisor {
     }
 
     /// Removes the sockets and pidfile a dead QEMU left behind (it cannot unlink a socket it bound by a
-    /// relative path once it has changed to /).
+    /// relative path once it has changed to /), and ends the virtiofsd processes it no longer uses.
     private func removeRuntimeFiles(_ directory: MachineDirectory) {
         for file in [directory.qmpSocket, directory.consoleSocket, directory.vncSocket, directory.pidFile] {
             unlink(file.path)
         }
+        Virtiofsd.stopAll(in: directory)
     }
 
     /// A port on 127.0.0.1 that nothing listens on now.

@@ -36,8 +36,16 @@ struct ManagerMappingTests {
         #expect(config.defaultUser?.sshAuthorizedKeys == ["ssh-ed25519 AAAA me"])
         #expect(config.hostKeys?.ed25519Public == hostKey.publicKeyLine)
         #expect(config.network.interfaces.first?.macAddress == MachineConfig(name: "web").macAddress)
-        #expect(config.mounts.contains { $0.first == "nimbus0" && $0[1] == "/src" && $0[2] == "9p" })
+        #expect(config.mounts.contains { $0 == ["nimbus0", "/src", "virtiofs", "defaults,nofail", "0", "0"] })
         #expect(config.mounts.contains { $0.first == "LABEL=nimbus-scratch" && $0[1] == "/scratch" })
+        // 9p when asked for, with the options its transport needs.
+        var ninep = try spec(in: dir)
+        ninep.mountType = .ninep
+        let shared = manager.personality(ninep, userKeys: [], hostKey: hostKey, user: "nimbus")
+        #expect(shared.mounts.contains { $0.first == "nimbus0" && $0[2] == "9p" && $0[3].hasPrefix("trans=virtio") })
+        #expect(
+            manager.machineConfig(ninep, state: InstanceState(), in: manager.store.directory(try InstanceName("web")))
+                .shares.map(\.transport) == [.ninep])
     }
 
     @Test("the machine gets the overlay, the scratch disk, the seed, the forwards and the shares")

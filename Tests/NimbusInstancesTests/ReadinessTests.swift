@@ -46,3 +46,99 @@ struct ReadinessTests {
         #expect(Readiness.missingISALevel(in: "[    0.1] x86/cpu: x86-64-v3 is fine") == nil)
     }
 }
+
+@Suite("Readiness tells a cloud-init that never starts")
+struct CloudInitNeverStartedTests {
+    /// What Debian's cloud kernel printed on this host's QEMU, with the console's CRLF line ends: the boot
+    /// disk on virtio-blk and, when the guest could see it, the seed CD-ROM on virtio-scsi.
+    static func console(seedSeen: Bool, cloudInit: Bool) -> String {
+        var lines = [
+            "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
+            "[    0.000000] Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC",
+            "[    6.524025] virtio_blk virtio0: [vda] 8388608 512-byte logical blocks (4.29 GB/4.00 GiB)",
+            "[    6.530001]  vda: vda1 vda2",
+        ]
+        if seedSeen { lines.append("[    6.918554] sr 0:0:0:0: [sr0] scsi3-mmc drive: 16x/50x cd/rw xa/form2 cdda tray") }
+        if cloudInit {
+            lines.append(
+                "[   39.638843] cloud-init[261]: Cloud-init v. 22.4.2 running 'init-local' at Thu, 03 Dec 2026 07:30:05 +0000.")
+        }
+        lines += ["", "Debian GNU/Linux 12 localhost ttyS0", "", "localhost login: "]
+        return lines.joined(separator: "\r\n")
+    }
+
+    func readiness(_ log: URL, in dir: TemporaryDirectory, seed: CloudInitSeed?) -> Readiness {
+        let ssh = SSHAccess(
+            identity: dir.url.appending(path: "id"), knownHosts: dir.url.appending(path: "known_hosts"),
+            hostAlias: "test", user: "nimbus", port: 9, controlDirectory: dir.url)
+        var readiness = Readiness(serialLog: log, ssh: ssh, cloudInit: seed) { _, _ in }
+        readiness.cloudInitGrace = .milliseconds(300)
+        return readiness
+    }
+
+    func wait(_ console: String, seed: CloudInitSeed?) async throws -> NimbusError? {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.url.appending(path: "serial.log")
+        try console.write(to: log, atomically: true, encoding: .utf8)
+        do {
+            try await readiness(log, in: dir, seed: seed).until(
+                .sshReachable, deadline: .now + .seconds(3), isAlive: { true }, { false })
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    @Test("the console's lines are read across CRLF ends: the kernel, the disks it saw, cloud-init, the login prompt")
+    func watch() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.url.appending(path: "serial.log")
+        try Self.console(seedSeen: true, cloudInit: false).write(to: log, atomically: true, encoding: .utf8)
+        let watch = SerialWatch(log)
+        watch.poll()
+        #expect(watch.sawKernel && !watch.sawCloudInit)
+        #expect(watch.blockDevices == ["vda (virtio disk)", "sr0 (CD-ROM)"])
+        #expect(watch.loginPromptAt != nil)
+        // Appended output is read from where the last poll stopped.
+        let handle = try FileHandle(forWritingTo: log)
+        try handle.seekToEnd()
+        try handle.write(contentsOf: Data("\r\n[   40.1] cloud-init[261]: Cloud-init v. 22.4.2 running 'init'\r\n".utf8))
+        try handle.close()
+        watch.poll()
+        #expect(watch.sawCloudInit)
+        #expect(SerialWatch.isLoginPrompt("web login: [   79.910276] cloud-init[473]: Cloud-init v. 22.4.2"))
+        #expect(!SerialWatch.isLoginPrompt("[    1.0] systemd[1]: Starting Login Service"))
+        #expect(!SerialWatch.isLoginPrompt("Last login: Thu Dec  3"))
+    }
+
+    @Test("no CD-ROM seen and no word from cloud-init: the seed was invisible, named with the disks the kernel saw")
+    func seedInvisible() async throws {
+        let error = try await wait(Self.console(seedSeen: false, cloudInit: false), seed: .cdrom)
+        #expect(error?.code == .guestSetup)
+        #expect(error?.code.exitStatus == 12)
+        let message = error?.message ?? ""
+        #expect(message.contains("cloud-init never started in the guest"), "\(message)")
+        #expect(message.contains("the guest's kernel saw no CD-ROM"), "\(message)")
+        #expect(message.contains("virtio_scsi and sr_mod, or launch with --seed-over-http"), "\(message)")
+        #expect(message.contains("reported: vda (virtio disk)."), "\(message)")
+    }
+
+    @Test("the CD-ROM seen but cloud-init silent: ds-identify or a disabled cloud-init, and where to look")
+    func seedSeenCloudInitSilent() async throws {
+        let error = try await wait(Self.console(seedSeen: true, cloudInit: false), seed: .cdrom)
+        #expect(error?.code == .guestSetup)
+        #expect(error?.message.contains("the kernel saw the seed CD-ROM") == true, "\(error?.message ?? "")")
+        #expect(error?.message.contains("/run/cloud-init/ds-identify.log") == true)
+        #expect(error?.message.contains("sr0 (CD-ROM)") == true)
+    }
+
+    @Test("cloud-init that spoke, or a guest without cloud-init (Ignition), is waited for as before")
+    func notTriggered() async throws {
+        let spoke = try await wait(Self.console(seedSeen: true, cloudInit: true), seed: .cdrom)
+        #expect(spoke?.code == .timeout)
+        let ignition = try await wait(Self.console(seedSeen: false, cloudInit: false), seed: nil)
+        #expect(ignition?.code == .timeout)
+    }
+}

@@ -43,7 +43,7 @@ struct MachineBootTests {
             "qemu-img",
             [
                 "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                image.appending(path: "debian-12-nocloud.qcow2").path, guest.overlay.path, "4G",
+                image.appending(path: "debian-12-genericcloud-amd64.qcow2").path, guest.overlay.path, "4G",
             ])
         do {
             try await body(guest)

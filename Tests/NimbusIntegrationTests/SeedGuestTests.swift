@@ -50,7 +50,7 @@ struct SeedGuestTests {
             "qemu-img",
             [
                 "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                imageDirectory.appending(path: "debian-12-nocloud.qcow2").path, overlay, "4G",
+                imageDirectory.appending(path: "debian-12-genericcloud-amd64.qcow2").path, overlay, "4G",
             ])
         let data = folder.appending(path: "data.img").path
         try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", data, "64M"])

@@ -33,9 +33,10 @@ struct CommandLineTests {
                 "-drive",
                 "if=none,id=disk0,file=/var/lib/nimbus/instances/web/disk.qcow2,format=qcow2,discard=unmap,detect-zeroes=unmap",
                 "-device", "virtio-blk-pci,drive=disk0,id=disk0-dev,bootindex=0",
+                "-device", "virtio-scsi-pci,id=scsi0",
                 "-drive",
                 "if=none,id=seed,file=/var/lib/nimbus/instances/web/seed.iso,format=raw,media=cdrom,readonly=on",
-                "-device", "ide-cd,drive=seed,id=seed-dev",
+                "-device", "scsi-cd,drive=seed,id=seed-dev,bus=scsi0.0",
                 "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22",
                 "-device", "virtio-net-pci,netdev=net0,mac=\(config.macAddress),romfile=",
                 "-object", "rng-random,id=rng0,filename=/dev/urandom",
@@ -136,8 +137,8 @@ struct CommandLineTests {
             .init(path: "/d/scratch.raw", format: .raw, interface: .virtioSCSI),
         ]
         config.shares = [
-            .init(hostPath: "/home/me/src", tag: "src"),
-            .init(hostPath: "/srv/data, old", tag: "data", readOnly: true, securityModel: .none),
+            .init(hostPath: "/home/me/src", tag: "src", transport: .ninep),
+            .init(hostPath: "/srv/data, old", tag: "data", readOnly: true, securityModel: .none, transport: .ninep),
         ]
         config.network = .init(mode: .bridge(name: "br0"), macAddress: "52:54:00:00:00:01")
         config.vnc = true
@@ -170,6 +171,36 @@ struct CommandLineTests {
         #expect(values(of: "-smbios") == ["type=1,serial=ds=nocloud-net;s=http://10.0.2.2:8000/"])
         #expect(!arguments.contains { $0.contains("pflash") })
         #expect(Array(arguments.suffix(2)) == ["-device", "pvpanic"])
+    }
+
+    @Test("virtiofs shares: the RAM is a shared memfd backend, each share a vhost-user-fs device on its virtiofsd's socket")
+    func virtiofsShares() throws {
+        var config = MachineConfig(name: "web")
+        config.memory = .mebibytes(1536)
+        config.disks = [.init(path: "/d/disk.qcow2")]
+        config.shares = [
+            .init(hostPath: "/home/me/src", tag: "nimbus0"), .init(hostPath: "/srv/site", tag: "nimbus1"),
+        ]
+        let arguments = try QEMUCommandLine.machine(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222)
+            .arguments
+        func values(of option: String) -> [String] {
+            arguments.indices.filter { arguments[$0] == option }.map { arguments[$0 + 1] }
+        }
+        #expect(values(of: "-object").first == "memory-backend-memfd,id=ram0,size=1536M,share=on")
+        #expect(values(of: "-machine") == ["q35,memory-backend=ram0"])
+        #expect(values(of: "-m") == ["1536M"])
+        #expect(values(of: "-chardev").prefix(2) == ["socket,id=fs0,path=virtiofs0.sock", "socket,id=fs1,path=virtiofs1.sock"])
+        #expect(
+            values(of: "-device").filter { $0.hasPrefix("vhost-user-fs") } == [
+                "vhost-user-fs-pci,chardev=fs0,tag=nimbus0,queue-size=1024",
+                "vhost-user-fs-pci,chardev=fs1,tag=nimbus1,queue-size=1024",
+            ])
+        #expect(!arguments.contains("-fsdev"))
+        // Without a virtiofs share, the memory is QEMU's own, as before.
+        config.shares = [.init(hostPath: "/home/me/src", tag: "nimbus0", transport: .ninep)]
+        let plain = try QEMUCommandLine.machine(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222)
+            .arguments
+        #expect(!plain.contains { $0.contains("memory-backend") })
     }
 
     @Test("a path with a comma is escaped for QEMU and passed as one argument, spaces and quotes untouched")
@@ -244,7 +275,10 @@ struct MachineConfigTests {
         rejects({ $0.network.macAddress = "52:54:00:zz:00:01" }, saying: "MAC address \"52:54:00:zz:00:01\"")
         rejects(
             { $0.shares = [.init(hostPath: "/a", tag: String(repeating: "t", count: 32))] },
-            saying: "9p tags are 1 to 31 bytes")
+            saying: "mount tags are 1 to 31 bytes")
+        rejects(
+            { $0.shares = [.init(hostPath: "/a", tag: "a", readOnly: true)] },
+            saying: "virtiofs cannot enforce here: mount it read-only in the guest, or use 9p")
         rejects(
             { $0.shares = [.init(hostPath: "/a", tag: "x"), .init(hostPath: "/b", tag: "x")] }, saying: "used twice")
         rejects({ $0.name = "" }, saying: "needs a name")
@@ -289,7 +323,8 @@ struct MachineConfigTests {
                     .utf8))
         #expect(nested.disks == [.init(path: "/d.qcow2")])
         #expect(nested.network == .init(forwards: [.init(hostPort: 80, guestPort: 8080)], sshHostPort: 2222))
-        #expect(nested.shares == [.init(hostPath: "/s", tag: "s")])
+        // A share stored before virtiofs existed was 9p.
+        #expect(nested.shares == [.init(hostPath: "/s", tag: "s", transport: .ninep)])
         #expect(nested.seed == .noCloud(iso: "/seed.iso"))
         var full = MachineConfig(name: "full")
         full.disks = [.init(path: "/d", interface: .virtioSCSI)]
@@ -297,7 +332,7 @@ struct MachineConfigTests {
         full.firmware = .bios
         full.kernel = .init(kernel: "/k", initrd: "/i", commandLine: "quiet")
         full.network = .init(mode: .tap(name: "tap0"), forwardSSH: false)
-        full.shares = [.init(hostPath: "/s", tag: "s", readOnly: true)]
+        full.shares = [.init(hostPath: "/s", tag: "s", readOnly: true, transport: .ninep), .init(hostPath: "/v", tag: "v")]
         full.accelerator = .tcg
         let data = try JSONEncoder().encode(full)
         #expect(try JSONDecoder().decode(MachineConfig.self, from: data) == full)

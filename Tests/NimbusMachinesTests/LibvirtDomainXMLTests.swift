@@ -70,9 +70,10 @@ struct LibvirtDomainXMLTests {
             <disk type='file' device='cdrom'>
               <driver name='qemu' type='raw'/>
               <source file='/home/alice/.local/share/nimbus/instances/web/machine/seed.iso'/>
-              <target dev='sda' bus='sata'/>
+              <target dev='sda' bus='scsi'/>
               <readonly/>
             </disk>
+            <controller type='scsi' model='virtio-scsi'/>
             <controller type='usb' model='none'/>
             <serial type='pty'>
               <log file='/home/alice/.local/share/nimbus/instances/web/machine/serial.log' append='on'/>
@@ -158,7 +159,7 @@ struct LibvirtDomainXMLTests {
         ]
         config.seed = .ignition(config: "/srv/core/config.ign")
         config.network = MachineConfig.Network(mode: .bridge(name: "br0"))
-        config.shares = [MachineConfig.Share(hostPath: "/srv/src", tag: "src", readOnly: true)]
+        config.shares = [MachineConfig.Share(hostPath: "/srv/src", tag: "src", readOnly: true, transport: .ninep)]
         config.vnc = true
         let xml = try LibvirtDomainXML.render(
             config, in: Self.directory, accelerator: .tcg, sshHostPort: nil, owner: nil)
@@ -169,6 +170,38 @@ struct LibvirtDomainXMLTests {
         #expect(xml.contains("<source bridge='br0'/>"))
         #expect(xml.contains("<target dir='src'/>"))
         #expect(!xml.contains("qemu:commandline"))
+        let complaint = try await Self.validate(xml)
+        #expect(complaint == nil, "\(complaint ?? "")")
+    }
+
+    @Test("a virtiofs share: shared memfd memory, a virtiofs filesystem libvirt serves; valid for libvirt's schema")
+    func virtiofs() async throws {
+        var config = MachineConfig(name: "web")
+        config.disks = [MachineConfig.Disk(path: "/srv/web/overlay.qcow2")]
+        config.seed = .noCloud(iso: "/srv/web/seed.iso")
+        config.shares = [MachineConfig.Share(hostPath: "/home/alice/src", tag: "nimbus0")]
+        let xml = try LibvirtDomainXML.render(
+            config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
+        #expect(
+            xml.contains(
+                """
+                  <memoryBacking>
+                    <source type='memfd'/>
+                    <access mode='shared'/>
+                  </memoryBacking>
+                """))
+        #expect(
+            xml.contains(
+                """
+                    <filesystem type='mount' accessmode='passthrough'>
+                      <driver type='virtiofs' queue='1024'/>
+                      <source dir='/home/alice/src'/>
+                      <target dir='nimbus0'/>
+                    </filesystem>
+                """))
+        // The seed CD-ROM is on virtio-scsi, with its controller.
+        #expect(xml.contains("<target dev='sda' bus='scsi'/>"))
+        #expect(xml.contains("<controller type='scsi' model='virtio-scsi'/>"))
         let complaint = try await Self.validate(xml)
         #expect(complaint == nil, "\(complaint ?? "")")
     }

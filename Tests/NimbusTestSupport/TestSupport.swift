@@ -42,20 +42,20 @@ public enum Prerequisites {
         names.allSatisfy { ProgramRunner.find($0) != nil }
     }
 
-    /// The guest image folder made by scripts/build-guest-image (holding debian-12-nocloud.qcow2, vmlinuz,
+    /// The guest image folder made by scripts/build-guest-image (holding debian-12-genericcloud-amd64.qcow2, vmlinuz,
     /// initrd.img and SHA256SUMS), from `NIMBUS_TEST_IMAGE_DIR`.
     public static var guestImageDirectory: URL? {
         guard let path = ProcessInfo.processInfo.environment["NIMBUS_TEST_IMAGE_DIR"], !path.isEmpty else {
             return nil
         }
         let url = URL(fileURLWithPath: path, isDirectory: true)
-        let image = url.appending(path: "debian-12-nocloud.qcow2")
+        let image = url.appending(path: "debian-12-genericcloud-amd64.qcow2")
         return FileManager.default.fileExists(atPath: image.path) ? url : nil
     }
 
     /// The guest image file, for `file://` launches.
     public static var guestImage: URL? {
-        guestImageDirectory?.appending(path: "debian-12-nocloud.qcow2")
+        guestImageDirectory?.appending(path: "debian-12-genericcloud-amd64.qcow2")
     }
 }
 

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import NimbusInstances
 
 /// Option groups shared by many commands, attached with `@OptionGroup`.
 public enum Flags {
@@ -37,3 +38,5 @@ public enum Flags {
 public enum OutputFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
     case table, json, yaml, csv
 }
+
+extension MountType: ExpressibleByArgument {}

@@ -148,6 +148,15 @@ public enum LibvirtDomainXML {
             }
             x.line("</metadata>")
             x.line("<memory unit='MiB'>\(config.memory.bytes >> 20)</memory>")
+            if config.shares.contains(where: { $0.transport == .virtiofs }) {
+                // virtiofsd maps the guest's memory: a memfd shared with it.
+                x.line("<memoryBacking>")
+                x.indent {
+                    x.line("<source type='memfd'/>")
+                    x.line("<access mode='shared'/>")
+                }
+                x.line("</memoryBacking>")
+            }
             x.line("<vcpu>\(config.cpus)</vcpu>")
             switch config.seed {
             case .ignition(let file):
@@ -289,11 +298,13 @@ public enum LibvirtDomainXML {
             x.indent {
                 x.line("<driver name='qemu' type='raw'/>")
                 x.line("<source file='\(escape(iso))'/>")
-                // SATA on q35's AHCI; its own letter after any SCSI disks, so the names never clash.
-                x.line("<target dev='sd\(letters[scsiCount % 26])' bus='sata'/>")
+                // On virtio-scsi, as with the QEMU driver: cloud kernels have it and sr_mod, and some have no
+                // AHCI (q35's SATA), where a seed on bus='sata' is never seen. Its letter follows the SCSI disks.
+                x.line("<target dev='sd\(letters[scsiCount % 26])' bus='scsi'/>")
                 x.line("<readonly/>")
             }
             x.line("</disk>")
+            scsiCount += 1
         }
         if scsiCount > 0 { x.line("<controller type='scsi' model='virtio-scsi'/>") }
         // Like the QEMU driver's -nodefaults: no USB controller nobody plugs anything into.
@@ -322,12 +333,24 @@ public enum LibvirtDomainXML {
         }
 
         for share in config.shares {
-            let mode = share.securityModel == .mappedXattr ? "mapped" : "squash"
-            x.line("<filesystem type='mount' accessmode='\(mode)'>")
-            x.indent {
-                x.line("<source dir='\(escape(share.hostPath))'/>")
-                x.line("<target dir='\(escape(share.tag))'/>")
-                if share.readOnly { x.line("<readonly/>") }
+            switch share.transport {
+            case .virtiofs:
+                // libvirt starts and ends the virtiofsd itself (found through QEMU's vhost-user descriptors);
+                // the domain's memory is shared with it (memoryBacking above).
+                x.line("<filesystem type='mount' accessmode='passthrough'>")
+                x.indent {
+                    x.line("<driver type='virtiofs' queue='1024'/>")
+                    x.line("<source dir='\(escape(share.hostPath))'/>")
+                    x.line("<target dir='\(escape(share.tag))'/>")
+                }
+            case .ninep:
+                let mode = share.securityModel == .mappedXattr ? "mapped" : "squash"
+                x.line("<filesystem type='mount' accessmode='\(mode)'>")
+                x.indent {
+                    x.line("<source dir='\(escape(share.hostPath))'/>")
+                    x.line("<target dir='\(escape(share.tag))'/>")
+                    if share.readOnly { x.line("<readonly/>") }
+                }
             }
             x.line("</filesystem>")
         }

@@ -46,15 +46,16 @@ enum Fixtures {
     }
 
     /// A simplestreams tree: `<stream>/streams/v1/index.json` and the products file, as
-    /// cloud-images.ubuntu.com publishes them. Every item's bytes are `image`. Returns the products
-    /// file's path, for tests that tamper with it.
+    /// cloud-images.ubuntu.com publishes them, or under `root` (ending in `/`, or `""`: the server's top, as a
+    /// mirror of one stream). Every item's bytes are `image`. Returns the products file's path, for tests that
+    /// tamper with it.
     @discardableResult
     static func ubuntuTree(
-        on server: MirrorServer, stream: String = "released", images: [UbuntuImage], image: Data,
-        mutate: (inout [String: Any]) -> Void = { _ in }
+        on server: MirrorServer, stream: String = "released", root: String? = nil, images: [UbuntuImage],
+        image: Data, mutate: (inout [String: Any]) -> Void = { _ in }
     ) throws -> String {
         let contentID = "com.ubuntu.cloud:\(stream):download"
-        let root = stream == "released" ? "releases" : stream
+        let root = root ?? (stream == "released" ? "releases/" : "\(stream)/")
         var products: [String: Any] = [:]
         for product in images {
             var versions: [String: Any] = [:]
@@ -67,7 +68,7 @@ enum Fixtures {
                         : "server/releases/\(product.codename)/release-\(serial)"
                     let suffix = item == "uefi1.img" ? "-uefi1" : ""
                     let path = "\(folder)/ubuntu-\(product.version)-server-cloudimg-\(product.arch)\(suffix).img"
-                    server.put("\(root)/\(path)", image)
+                    server.put("\(root)\(path)", image)
                     items[item] = [
                         "ftype": item, "path": path, "sha256": sha256(image), "size": image.count,
                         "md5": String(repeating: "0", count: 32),
@@ -112,12 +113,12 @@ enum Fixtures {
             ],
         ]
         server.put(
-            "\(root)/streams/v1/index.json",
+            "\(root)streams/v1/index.json",
             try JSONSerialization.data(withJSONObject: index, options: [.sortedKeys, .prettyPrinted]))
         server.put(
-            "\(root)/\(productsPath)",
+            "\(root)\(productsPath)",
             try JSONSerialization.data(withJSONObject: catalog, options: [.sortedKeys, .prettyPrinted]))
-        return "\(root)/\(productsPath)"
+        return "\(root)\(productsPath)"
     }
 
     static let standardUbuntu: [UbuntuImage] = [

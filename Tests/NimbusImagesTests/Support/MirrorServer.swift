@@ -61,6 +61,20 @@ final class MirrorServer: Sendable {
     /// Puts `data` at `path` (no leading slash).
     func put(_ path: String, _ data: Data) { files.withLock { $0["/" + path] = data } }
     func put(_ path: String, _ text: String) { put(path, Data(text.utf8)) }
+    /// Puts every file under `folder` at its path relative to `folder`, below `prefix` (no leading slash).
+    func putTree(_ folder: URL, under prefix: String = "") throws {
+        let base = folder.standardizedFileURL.resolvingSymlinksInPath().path
+        guard let walker = FileManager.default.enumerator(atPath: base) else { return }
+        while let relative = walker.nextObject() as? String {
+            var isFolder: ObjCBool = false
+            let path = base + "/" + relative
+            guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder), !isFolder.boolValue else {
+                continue
+            }
+            put(prefix + relative, try Data(contentsOf: URL(fileURLWithPath: path)))
+        }
+    }
+
     /// What is served at `path`.
     func file(_ path: String) -> Data? { files.withLock { $0["/" + path] } }
     func remove(_ path: String) { _ = files.withLock { $0.removeValue(forKey: "/" + path) } }
@@ -71,6 +85,9 @@ final class MirrorServer: Sendable {
     }
 
     func clearFaults() { faults.withLock { $0 = [:] } }
+
+    /// How many requests were made so far, for any path.
+    var requestCount: Int { log.withLock { $0.count } }
 
     /// The requests made so far for `path`.
     func requests(_ path: String) -> [Request] { log.withLock { $0.filter { $0.path == "/" + path } } }

@@ -43,6 +43,17 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "Share a host folder: HOST:GUEST (repeatable).")
     var mount: [String] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "How --mount folders reach the guest: auto, virtiofs or 9p.",
+            discussion: """
+                auto (the default) is virtiofs, served by a virtiofsd the instance owns, which every current \
+                distribution kernel mounts, Debian's cloud kernel included; 9p only where virtiofsd cannot run, \
+                with a warning. 9p is served by QEMU itself, and many cloud kernels cannot mount it. A mount the \
+                guest cannot make fails the launch, naming it. Decided once, at launch.
+                """))
+    var mountType: MountType = .auto
+
     @Option(help: "Forward a port on 127.0.0.1: HOST:GUEST[/udp] (repeatable).")
     var forward: [String] = []
 
@@ -164,6 +175,7 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.pool = pool
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
+        spec.mountType = mountType
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }
         spec.kernel = kernel.map {
             .init(kernel: Self.absolute($0), initrd: initrd.map(Self.absolute), commandLine: cmdline)
