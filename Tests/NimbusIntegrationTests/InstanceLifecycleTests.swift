@@ -49,6 +49,17 @@ struct InstanceLifecycleTests {
         }
     }
 
+    /// virtiofsd processes serving `folder` (started by Nimbus's QEMU driver or by libvirtd).
+    static func virtiofsdProcesses(serving folder: URL) -> [Int32] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), PIDFile.isAlive(pid),
+                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else { return nil }
+            let line = String(decoding: data.map { $0 == 0 ? 0x20 : $0 }, as: UTF8.self)
+            return line.contains("virtiofsd") && line.contains(folder.path) ? pid : nil
+        }
+    }
+
     func cleanUp() async {
         for name in manager.store.names() { try? await manager.delete(name, purge: true) }
         for pid in qemuProcesses() { kill(pid, SIGKILL) }
@@ -114,10 +125,21 @@ struct InstanceLifecycleTests {
                 sudo: "ALL=(ALL) NOPASSWD:ALL"
                 shell: /bin/bash
                 ssh_authorized_keys: ["\(userKey.publicKeyLine)"]
+            bootcmd:
+              - [sh, -c, "echo boot >> /var/tmp/bootcmd-count"]
             write_files:
               - path: /etc/nimbus-test.conf
                 content: "written by cloud-init\\n"
                 permissions: "0640"
+              - path: /etc/nimbus-unicode.txt
+                content: "héllo wörld ☁ 雲\\n"
+                owner: alice:alice
+                permissions: "0600"
+                defer: true
+              - path: /usr/local/bin/nimbus-hello
+                encoding: b64
+                content: \(Data("#!/bin/sh\necho hello from base64\n".utf8).base64EncodedString())
+                permissions: "0755"
             runcmd:
               - [sh, -c, "echo ran >> /var/tmp/runcmd-count"]
             """
@@ -189,9 +211,27 @@ struct InstanceLifecycleTests {
         #expect(try await guest(web.name, "sudo cat /etc/nimbus-test.conf") == "written by cloud-init")
         #expect(try await guest(web.name, "stat -c %a /etc/nimbus-test.conf") == "640")
         #expect(try await guest(web.name, "cat /var/tmp/runcmd-count") == "ran")
+        #expect(try await guest(web.name, "cat /var/tmp/bootcmd-count") == "boot")
+        #expect(try await guest(web.name, "sudo cat /etc/nimbus-unicode.txt") == "héllo wörld ☁ 雲")
+        #expect(try await guest(web.name, "sudo stat -c '%a %U' /etc/nimbus-unicode.txt") == "600 alice")
+        #expect(try await guest(web.name, "nimbus-hello") == "hello from base64")
+        // The guest boots Debian's cloud kernel; the seed came from its virtio-scsi CD-ROM; the folder is
+        // mounted over virtiofs and written both ways.
+        #expect(try await guest(web.name, "uname -r").hasSuffix("-cloud-amd64"))
+        #expect(try await guest(web.name, "cloud-init status --long").contains("seed=/dev/sr0"))
+        #expect(try await guest(web.name, "findmnt -n -o FSTYPE /mnt/share") == "virtiofs")
         #expect(try await guest(web.name, "cat /mnt/share/hello.txt") == "shared from the host")
+        _ = try await guest(web.name, "echo 'written by the guest ☁' | sudo tee /mnt/share/from-guest.txt")
+        #expect(
+            try String(contentsOf: share.appending(path: "from-guest.txt"), encoding: .utf8)
+                == "written by the guest ☁\n")
+        #expect(!Self.virtiofsdProcesses(serving: share).isEmpty)
+        if driver == "qemu" {
+            #expect(Virtiofsd.livePIDs(in: manager.store.directory(web.name).machine).count == 1)
+        }
         #expect(try await guest(web.name, "findmnt -n -o FSTYPE,SOURCE /scratch").hasPrefix("ext4"))
         #expect(try await guest(web.name, "cloud-init status") == "status: done")
+        if driver == "qemu" { try await checkDeviceTable(in: web.name) }
         // The user's own key logs in as alice, host key pinned.
         let aliceKey = home.url.appending(path: "alice")
         try userKey.write(privateKeyTo: aliceKey)
@@ -252,6 +292,7 @@ struct InstanceLifecycleTests {
         #expect(try await manager.snapshots(web.name).map(\.name) == [snapshot])
         try await manager.start(web.name, wait: true, timeout: .seconds(900))
         #expect(try await guest(web.name, "cat /var/tmp/runcmd-count") == "ran")
+        #expect(try await guest(web.name, "cat /var/tmp/bootcmd-count") == "boot\nboot")
         #expect(try await guest(web.name, "ls -A /scratch | grep -v lost+found | wc -l") == "0")
         #expect(try await guest(web.name, "cat /mnt/share/hello.txt") == "shared from the host")
 
@@ -262,8 +303,21 @@ struct InstanceLifecycleTests {
         try await manager.start(web.name, wait: true, timeout: .seconds(900))
         #expect(try await guest(web.name, "test -e /etc/after-snapshot && echo present || echo gone") == "gone")
 
+        // QEMU killed under the running instance: its virtiofsd goes with it, and `start` brings it back.
+        if driver == "qemu" {
+            let pid = try #require(PIDFile(manager.store.directory(web.name).machine.pidFile.path).livePID)
+            kill(pid, SIGKILL)
+            let deadline = ContinuousClock.now + .seconds(10)
+            while !Self.virtiofsdProcesses(serving: share).isEmpty, ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(Self.virtiofsdProcesses(serving: share).isEmpty)
+            #expect(try await manager.info(web.name).state == .stopped)
+        }
+
         // delete --purge leaves nothing but the image cache and the installation's key.
         try await manager.delete(web.name, purge: true)
+        #expect(Self.virtiofsdProcesses(serving: share).isEmpty)
         #expect(qemuProcesses().isEmpty)
         #expect(try FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path).isEmpty)
         let data = try FileManager.default.contentsOfDirectory(atPath: home.paths.data.path).sorted()
@@ -275,6 +329,32 @@ struct InstanceLifecycleTests {
         }
         #expect(
             try FileManager.default.contentsOfDirectory(atPath: home.paths.data.appending(path: "locks").path).isEmpty)
+    }
+
+    /// docs/devices.md's table of kernel options, checked against the running guest's own kernel config:
+    /// the option names of each row, and what Debian's cloud kernel has of each (y, m or -).
+    func checkDeviceTable(in name: InstanceName) async throws {
+        let document = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appending(path: "docs/devices.md")
+        var expected: [String: String] = [:]
+        for line in try String(contentsOf: document, encoding: .utf8).split(separator: "\n")
+        where line.hasPrefix("| ") && !line.hasPrefix("| device") && !line.hasPrefix("| ---") {
+            let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            let options = cells[cells.count - 2].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            let values = cells[cells.count - 1].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            #expect(options.count == values.count, "\(line)")
+            for (option, value) in zip(options, values) { expected[option] = value }
+        }
+        #expect(expected.count > 15, "docs/devices.md has no table of kernel options")
+        let config = try await guest(name, "cat /boot/config-$(uname -r)")
+        var actual: [String: String] = [:]
+        for line in config.split(separator: "\n") where line.hasPrefix("CONFIG_") {
+            let pair = line.dropFirst("CONFIG_".count).split(separator: "=", maxSplits: 1).map(String.init)
+            if pair.count == 2 { actual[pair[0]] = pair[1] }
+        }
+        for (option, value) in expected.sorted(by: { $0.key < $1.key }) {
+            #expect((actual[option] ?? "-") == value, "docs/devices.md says CONFIG_\(option) is \(value)")
+        }
     }
 
     /// Phases of `nimbus launch`, by the stderr line that starts each.
@@ -344,6 +424,58 @@ struct InstanceLifecycleTests {
                 continuation.resume(returning: seen)
             }
         }
+    }
+
+    @Test(
+        "a guest whose kernel cannot see the seed fails the launch within 60 s of its login prompt, naming the cause and the disks it saw"
+    )
+    func seedInvisible() async throws {
+        defer { Task { await cleanUp() } }
+        let images = try #require(Prerequisites.guestImageDirectory)
+        // Debian's cloud kernel with sr_mod kept out: a kernel that cannot see the seed CD-ROM, as one without
+        // the CD-ROM's driver (AHCI for a SATA seed) cannot.
+        let clock = ContinuousClock.now
+        let result = try await NimbusBinary.run(
+            [
+                "launch", image, "--name", "blind", "--memory", "768M", "--firmware", "bios",
+                "--kernel", images.appending(path: "vmlinuz").path,
+                "--initrd", images.appending(path: "initrd.img").path,
+                "--cmdline", "root=LABEL=nimbus-root ro console=ttyS0,115200 modprobe.blacklist=sr_mod",
+            ], home: home.url)
+        let elapsed = ContinuousClock.now - clock
+        let message = result.standardError
+        #expect(result.status == NimbusError.Code.guestSetup.exitStatus, "\(message)")
+        #expect(message.contains("cloud-init never started in the guest"), "\(message)")
+        #expect(message.contains("saw no CD-ROM"), "\(message)")
+        #expect(message.contains("vda (virtio disk)"), "\(message)")
+        // "it reached its login prompt at 61.3s": the launch ended within 60 s of it.
+        let prompt = message.components(separatedBy: "login prompt at ").dropFirst().first?.prefix { $0 != "s" }
+        let promptSeconds = try #require(prompt.flatMap { Double($0) }, "\(message)")
+        #expect(elapsed - .milliseconds(Int(promptSeconds * 1000)) < .seconds(60), "\(elapsed), prompt \(promptSeconds)s")
+        // Left running for inspection.
+        #expect(try await manager.info(try InstanceName("blind")).state == .running)
+        #expect(try await NimbusBinary.run(["delete", "--purge", "blind"], home: home.url).status == 0)
+        #expect(qemuProcesses().isEmpty)
+    }
+
+    @Test("a --mount the guest's kernel cannot mount (9p on the cloud kernel) fails the launch, naming the mount and why")
+    func unmountable9p() async throws {
+        defer { Task { await cleanUp() } }
+        let share = home.url.appending(path: "share9p")
+        try FileManager.default.createDirectory(at: share, withIntermediateDirectories: true)
+        let result = try await NimbusBinary.run(
+            [
+                "launch", image, "--name", "ninep", "--memory", "768M", "--mount", "\(share.path):/mnt/share",
+                "--mount-type", "9p",
+            ], home: home.url)
+        let message = result.standardError
+        #expect(result.status == NimbusError.Code.guestSetup.exitStatus, "\(message)")
+        #expect(message.contains("many cloud kernels cannot mount 9p"), "\(message)")
+        #expect(message.contains("the guest could not mount \(share.path):/mnt/share"), "\(message)")
+        #expect(message.contains("unknown filesystem type '9p'"), "\(message)")
+        #expect(message.contains("--mount-type virtiofs"), "\(message)")
+        #expect(try await NimbusBinary.run(["delete", "--purge", "ninep"], home: home.url).status == 0)
+        #expect(qemuProcesses().isEmpty)
     }
 
     @Test("a phase that does not come in time is named, with the serial log's last lines; nothing is orphaned")

@@ -133,16 +133,18 @@ struct MachineBootTests {
         "UEFI boot with --accel auto (TCG chosen by itself), NoCloud seed, running, then a graceful stop by the guest")
     func uefiBoot() async throws {
         try await Self.withGuest { guest in
-            // A 9p share, a raw scratch disk on virtio-scsi and VNC ride along; the guest reports what it sees.
+            // A virtiofs share (Debian's cloud kernel, which this disk boots, has no 9p), a raw scratch disk on
+            // virtio-scsi and VNC ride along; the guest reports what it sees and writes into the share.
             let shared = guest.directory.url.appending(path: "shared")
             try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
-            try "nimbus-9p-ok".write(to: shared.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
+            try "nimbus-virtiofs-ok".write(to: shared.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
             let scratch = guest.directory.url.appending(path: "scratch.raw")
             try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", scratch.path, "64M"])
             try await Self.makeSeed(
                 guest,
-                script: "mkdir -p /mnt/host && mount -t 9p -o trans=virtio,version=9p2000.L,ro hostshare /mnt/host"
-                    + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0;"
+                script: "mkdir -p /mnt/host && mount -t virtiofs hostshare /mnt/host"
+                    + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0"
+                    + " && echo written-by-the-guest > /mnt/host/from-guest.txt;"
                     + " echo NIMBUS-DISKS $(lsblk -dn -o NAME,SIZE | tr -s ' ' | tr '\\n' ' ') > /dev/ttyS0")
             var config = MachineConfig(name: "guest")
             config.memory = .gibibytes(1)
@@ -151,7 +153,7 @@ struct MachineBootTests {
                 .init(path: scratch.path, format: .raw, interface: .virtioSCSI),
             ]
             config.seed = .noCloud(iso: guest.seed.path)
-            config.shares = [.init(hostPath: shared.path, tag: "hostshare", readOnly: true)]
+            config.shares = [.init(hostPath: shared.path, tag: "hostshare")]
             config.vnc = true
             config.accelerator = .auto
             let machine = try await guest.driver.start(config, in: guest.directory)
@@ -163,17 +165,25 @@ struct MachineBootTests {
             }
             print(machine.accelerator.notice ?? "accelerator: \(machine.accelerator.reason)")
             let log = try await Self.waitForConsole(guest, "NIMBUS-READY")
-            #expect(log.contains("NIMBUS-SHARE nimbus-9p-ok"))
+            #expect(log.contains("NIMBUS-SHARE nimbus-virtiofs-ok"))
+            #expect(
+                (try? String(contentsOf: shared.appending(path: "from-guest.txt"), encoding: .utf8))
+                    == "written-by-the-guest\n")
+            // The share's virtiofsd belongs to the machine, and ends with it.
+            #expect(Virtiofsd.livePIDs(in: guest.directory).count == 1)
             #expect(try Self.consoleAnswers(guest, containing: "login:"))
             let disks = log.split(whereSeparator: \.isNewline).first { $0.hasPrefix("NIMBUS-DISKS") }
             #expect(disks?.contains("vda 4G") == true, "\(disks ?? "")")
             #expect(disks?.contains("sda 64M") == true, "\(disks ?? "")")
             #expect(await guest.driver.status(of: guest.directory).state == .running)
             try await Self.stopGracefully(guest)
+            #expect(Virtiofsd.livePIDs(in: guest.directory).isEmpty)
         }
     }
 
-    @Test("direct kernel boot with BIOS (SeaBIOS); the Ignition config reaches the guest through fw_cfg")
+    @Test(
+        "direct kernel boot of the generic kernel with BIOS (SeaBIOS); a read-only 9p share; the Ignition config through fw_cfg"
+    )
     func directKernelBIOSIgnition() async throws {
         try await Self.withGuest { guest in
             let ignition = guest.directory.url.appending(path: "config.ign")
@@ -181,16 +191,24 @@ struct MachineBootTests {
                 #"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/nimbus","contents":{"source":"data:,fw_cfg%20works"}}]}}"#
             try config.write(to: ignition, atomically: true, encoding: .utf8)
             let raw = "/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config/raw"
+            // 9p, which only the generic kernel has: read-only, so the guest's write is refused.
+            let shared = guest.directory.url.appending(path: "shared")
+            try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
+            try "nimbus-9p-ok".write(to: shared.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
             try await Self.makeSeed(
                 guest,
-                script: "modprobe qemu_fw_cfg; echo NIMBUS-IGNITION $(base64 -w0 \(raw)) END > /dev/ttyS0")
+                script: "modprobe qemu_fw_cfg; echo NIMBUS-IGNITION $(base64 -w0 \(raw)) END > /dev/ttyS0;"
+                    + " mkdir -p /mnt/host && mount -t 9p -o trans=virtio,version=9p2000.L hostshare /mnt/host"
+                    + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0;"
+                    + " touch /mnt/host/nope || echo NIMBUS-READONLY > /dev/ttyS0")
             var machine = MachineConfig(name: "guest")
             machine.memory = .gibibytes(1)
             machine.firmware = .bios
             machine.kernel = .init(
-                kernel: guest.image.appending(path: "vmlinuz").path,
-                initrd: guest.image.appending(path: "initrd.img").path,
+                kernel: guest.image.appending(path: "vmlinuz-generic").path,
+                initrd: guest.image.appending(path: "initrd-generic.img").path,
                 commandLine: "root=LABEL=nimbus-root ro console=ttyS0,115200")
+            machine.shares = [.init(hostPath: shared.path, tag: "hostshare", readOnly: true, transport: .ninep)]
             // The NoCloud ISO rides along as a read-only disk (cloud-init finds it by its cidata label), so the
             // seed slot carries the Ignition config.
             machine.disks = [
@@ -202,6 +220,9 @@ struct MachineBootTests {
             let line = try #require(log.split(whereSeparator: \.isNewline).first { $0.hasPrefix("NIMBUS-IGNITION ") })
             let encoded = line.split(separator: " ").dropFirst().first.map(String.init) ?? ""
             #expect(Data(base64Encoded: encoded) == Data(config.utf8))
+            #expect(log.contains("NIMBUS-SHARE nimbus-9p-ok"))
+            #expect(log.contains("NIMBUS-READONLY"))
+            #expect(log.contains("Linux version 6.") && !log.contains("-cloud-amd64"))
             #expect(await guest.driver.status(of: guest.directory).state == .running)
             try await Self.stopGracefully(guest)
         }

@@ -66,7 +66,10 @@ struct SeedGuestTests {
             "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd",
             "-drive", "if=pflash,format=raw,file=\(vars.path)",
             "-drive", "file=\(overlay),if=virtio,format=qcow2",
-            "-drive", "file=\(iso.path),media=cdrom,readonly=on",
+            // A CD-ROM on virtio-scsi: Debian's cloud kernel has no AHCI, where a plain `media=cdrom` would go.
+            "-device", "virtio-scsi-pci,id=scsi0",
+            "-drive", "if=none,id=seed,file=\(iso.path),media=cdrom,readonly=on",
+            "-device", "scsi-cd,drive=seed,bus=scsi0.0",
             "-drive", "file=\(data),if=virtio,format=raw",
             "-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:\(port)-:22",
             "-device", "virtio-net-pci,netdev=n0,mac=\(mac)",
