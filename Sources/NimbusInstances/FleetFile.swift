@@ -139,7 +139,8 @@ public struct FleetFile: Sendable {
             guard let type = MountType(rawValue: text) else {
                 throw NimbusError(
                     .invalidArgument,
-                    "mount-type \"\(text)\" is not one of \(MountType.allCases.map(\.rawValue).joined(separator: ", "))")
+                    "mount-type \"\(text)\" is not one of \(MountType.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
             }
             spec.mountType = type
         }

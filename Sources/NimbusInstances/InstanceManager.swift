@@ -204,7 +204,8 @@ public struct InstanceManager: Sendable {
         if spec.mountType == .virtiofs, !spec.mounts.isEmpty, spec.driver == "qemu",
             let reason = Virtiofsd.unavailableReason()
         {
-            throw NimbusError(.unsupported, "--mount-type virtiofs cannot serve here: \(reason); or use --mount-type 9p")
+            throw NimbusError(
+                .unsupported, "--mount-type virtiofs cannot serve here: \(reason); or use --mount-type 9p")
         }
     }
 
@@ -439,7 +440,8 @@ public struct InstanceManager: Sendable {
         let missing = output.standardOutput.split(separator: "\n").map { line in
             let parts = line.split(separator: "\t", maxSplits: 1).map(String.init)
             let mount = spec.mounts.first { $0.guestPath == parts[0] }
-            return "\(mount.map { "\($0.hostPath):\($0.guestPath)" } ?? parts[0]) (\(parts.count > 1 ? parts[1] : "not mounted"))"
+            return
+                "\(mount.map { "\($0.hostPath):\($0.guestPath)" } ?? parts[0]) (\(parts.count > 1 ? parts[1] : "not mounted"))"
         }
         guard !missing.isEmpty else { return }
         let hint =

@@ -34,7 +34,8 @@ public enum Virtiofsd {
             return "virtiofsd is not installed (`apt-get install qemu-system-x86` ships /usr/lib/qemu/virtiofsd)"
         }
         if program == "/usr/lib/qemu/virtiofsd", geteuid() != 0 {
-            return "QEMU's virtiofsd (\(program)) runs only as root; `apt-get install virtiofsd` gives one that does not"
+            return
+                "QEMU's virtiofsd (\(program)) runs only as root; `apt-get install virtiofsd` gives one that does not"
         }
         return nil
     }
@@ -114,7 +115,6 @@ public enum Virtiofsd {
         let deadline = ContinuousClock.now + .seconds(10)
         while !FileManager.default.fileExists(atPath: socket.path) {
             guard PIDFile.isAlive(pid) else {
-                reap(pid)
                 let log = (try? String(contentsOf: directory.virtiofsLog(index), encoding: .utf8)) ?? ""
                 throw NimbusError(
                     .processFailed,
@@ -166,7 +166,14 @@ public enum Virtiofsd {
             throw NimbusError(
                 .processFailed, "could not start \(arguments[0]): \(String(cString: strerror(result)))")
         }
-        return pid
+        // The child is this process's until it ends: a thread of its own collects its exit status then, so a
+        // long-lived process using the library keeps no zombie (the CLI exits long before, and init reaps).
+        let child = pid
+        Thread.detachNewThread {
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0, errno == EINTR {}
+        }
+        return child
     }
 
     /// The environment variable that ties a virtiofsd to its folder: its socket path is relative, and its
@@ -177,7 +184,8 @@ public enum Virtiofsd {
     private static func process(named file: URL, in directory: MachineDirectory) -> Int32? {
         guard let pid = PIDFile(file.path).livePID,
             let data = FileManager.default.contents(atPath: "/proc/\(pid)/environ"),
-            data.split(separator: 0).contains(where: { $0.elementsEqual("\(ownerVariable)=\(directory.url.path)".utf8) })
+            data.split(separator: 0).contains(where: { $0.elementsEqual("\(ownerVariable)=\(directory.url.path)".utf8) }
+            )
         else { return nil }
         return pid
     }
@@ -195,18 +203,10 @@ public enum Virtiofsd {
     private static func waitForExit(_ pid: Int32, timeout: Duration) -> Bool {
         let deadline = ContinuousClock.now + timeout
         while PIDFile.isAlive(pid) {
-            reap(pid)
             guard ContinuousClock.now < deadline else { return false }
             usleep(10_000)
         }
-        reap(pid)
         return true
-    }
-
-    /// Collects the exit status of a virtiofsd this process started (a no-op for any other).
-    private static func reap(_ pid: Int32) {
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, WNOHANG)
     }
 
     // glibc's GNU extensions to posix_spawn (glibc 2.26 and 2.29), which Swift's Glibc module does not
@@ -215,6 +215,8 @@ public enum Virtiofsd {
     private static let spawnSetSID: Int32 = 0x80
 
     @_silgen_name("posix_spawn_file_actions_addchdir_np")
-    private static func addChdir(_ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: UnsafePointer<CChar>)
+    private static func addChdir(
+        _ actions: UnsafeMutablePointer<posix_spawn_file_actions_t>, _ path: UnsafePointer<CChar>
+    )
         -> Int32
 }

@@ -58,10 +58,13 @@ struct CloudInitNeverStartedTests {
             "[    6.524025] virtio_blk virtio0: [vda] 8388608 512-byte logical blocks (4.29 GB/4.00 GiB)",
             "[    6.530001]  vda: vda1 vda2",
         ]
-        if seedSeen { lines.append("[    6.918554] sr 0:0:0:0: [sr0] scsi3-mmc drive: 16x/50x cd/rw xa/form2 cdda tray") }
+        if seedSeen {
+            lines.append("[    6.918554] sr 0:0:0:0: [sr0] scsi3-mmc drive: 16x/50x cd/rw xa/form2 cdda tray")
+        }
         if cloudInit {
             lines.append(
-                "[   39.638843] cloud-init[261]: Cloud-init v. 22.4.2 running 'init-local' at Thu, 03 Dec 2026 07:30:05 +0000.")
+                "[   39.638843] cloud-init[261]: Cloud-init v. 22.4.2 running 'init-local' at Thu, 03 Dec 2026 07:30:05 +0000."
+            )
         }
         lines += ["", "Debian GNU/Linux 12 localhost ttyS0", "", "localhost login: "]
         return lines.joined(separator: "\r\n")
@@ -104,7 +107,8 @@ struct CloudInitNeverStartedTests {
         // Appended output is read from where the last poll stopped.
         let handle = try FileHandle(forWritingTo: log)
         try handle.seekToEnd()
-        try handle.write(contentsOf: Data("\r\n[   40.1] cloud-init[261]: Cloud-init v. 22.4.2 running 'init'\r\n".utf8))
+        try handle.write(
+            contentsOf: Data("\r\n[   40.1] cloud-init[261]: Cloud-init v. 22.4.2 running 'init'\r\n".utf8))
         try handle.close()
         watch.poll()
         #expect(watch.sawCloudInit)

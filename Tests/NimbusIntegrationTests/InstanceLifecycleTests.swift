@@ -451,14 +451,16 @@ struct InstanceLifecycleTests {
         // "it reached its login prompt at 61.3s": the launch ended within 60 s of it.
         let prompt = message.components(separatedBy: "login prompt at ").dropFirst().first?.prefix { $0 != "s" }
         let promptSeconds = try #require(prompt.flatMap { Double($0) }, "\(message)")
-        #expect(elapsed - .milliseconds(Int(promptSeconds * 1000)) < .seconds(60), "\(elapsed), prompt \(promptSeconds)s")
+        #expect(
+            elapsed - .milliseconds(Int(promptSeconds * 1000)) < .seconds(60), "\(elapsed), prompt \(promptSeconds)s")
         // Left running for inspection.
         #expect(try await manager.info(try InstanceName("blind")).state == .running)
         #expect(try await NimbusBinary.run(["delete", "--purge", "blind"], home: home.url).status == 0)
         #expect(qemuProcesses().isEmpty)
     }
 
-    @Test("a --mount the guest's kernel cannot mount (9p on the cloud kernel) fails the launch, naming the mount and why")
+    @Test(
+        "a --mount the guest's kernel cannot mount (9p on the cloud kernel) fails the launch, naming the mount and why")
     func unmountable9p() async throws {
         defer { Task { await cleanUp() } }
         let share = home.url.appending(path: "share9p")

@@ -173,7 +173,9 @@ struct CommandLineTests {
         #expect(Array(arguments.suffix(2)) == ["-device", "pvpanic"])
     }
 
-    @Test("virtiofs shares: the RAM is a shared memfd backend, each share a vhost-user-fs device on its virtiofsd's socket")
+    @Test(
+        "virtiofs shares: the RAM is a shared memfd backend, each share a vhost-user-fs device on its virtiofsd's socket"
+    )
     func virtiofsShares() throws {
         var config = MachineConfig(name: "web")
         config.memory = .mebibytes(1536)
@@ -189,7 +191,10 @@ struct CommandLineTests {
         #expect(values(of: "-object").first == "memory-backend-memfd,id=ram0,size=1536M,share=on")
         #expect(values(of: "-machine") == ["q35,memory-backend=ram0"])
         #expect(values(of: "-m") == ["1536M"])
-        #expect(values(of: "-chardev").prefix(2) == ["socket,id=fs0,path=virtiofs0.sock", "socket,id=fs1,path=virtiofs1.sock"])
+        #expect(
+            values(of: "-chardev").prefix(2) == [
+                "socket,id=fs0,path=virtiofs0.sock", "socket,id=fs1,path=virtiofs1.sock",
+            ])
         #expect(
             values(of: "-device").filter { $0.hasPrefix("vhost-user-fs") } == [
                 "vhost-user-fs-pci,chardev=fs0,tag=nimbus0,queue-size=1024",
@@ -332,7 +337,9 @@ struct MachineConfigTests {
         full.firmware = .bios
         full.kernel = .init(kernel: "/k", initrd: "/i", commandLine: "quiet")
         full.network = .init(mode: .tap(name: "tap0"), forwardSSH: false)
-        full.shares = [.init(hostPath: "/s", tag: "s", readOnly: true, transport: .ninep), .init(hostPath: "/v", tag: "v")]
+        full.shares = [
+            .init(hostPath: "/s", tag: "s", readOnly: true, transport: .ninep), .init(hostPath: "/v", tag: "v"),
+        ]
         full.accelerator = .tcg
         let data = try JSONEncoder().encode(full)
         #expect(try JSONDecoder().decode(MachineConfig.self, from: data) == full)
