@@ -98,41 +98,72 @@ public enum Virtiofsd {
             throw NimbusError(
                 .invalidArgument, "the shared folder \(share.hostPath) does not exist: create it, or remove the mount")
         }
-        // The socket path is relative to the folder (virtiofsd starts there), so a deep NIMBUS_HOME never
-        // overflows sun_path. `cache=auto`: the guest caches with a timeout, as QEMU's 9p did not at all.
+        // Nimbus binds the listening socket and hands it over (`--fd`), as libvirt does: given a socket path
+        // instead, QEMU's virtiofsd locks a pidfile named after that path in /run/virtiofsd, so two instances'
+        // `virtiofs0.sock` (relative, to stay within sun_path whatever the folder's depth) would collide.
+        // `cache=auto`: the guest caches with a timeout, as QEMU's 9p did not at all.
+        let listener = try listen(on: MachineDirectory.virtiofsSocketName(index), in: directory)
+        defer { close(listener) }
         let arguments = [
-            program, "--socket-path=\(MachineDirectory.virtiofsSocketName(index))", "-o", "source=\(share.hostPath)",
-            "-o", "cache=auto",
+            program, "--fd=\(inheritedSocket)", "-o", "source=\(share.hostPath)", "-o", "cache=auto",
         ]
-        let pid = try spawnDetached(arguments, in: directory, log: directory.virtiofsLog(index))
+        let pid = try spawnDetached(
+            arguments, in: directory, log: directory.virtiofsLog(index), socket: listener)
         do {
             try AtomicFile.write(Data("\(pid)\n".utf8), to: directory.virtiofsPIDFile(index))
         } catch {
             kill(pid, SIGKILL)
             throw NimbusError(.io, "could not write \(directory.virtiofsPIDFile(index).path)", cause: error)
         }
-        // virtiofsd creates its socket, then waits for QEMU to connect.
-        let deadline = ContinuousClock.now + .seconds(10)
-        while !FileManager.default.fileExists(atPath: socket.path) {
-            guard PIDFile.isAlive(pid) else {
-                let log = (try? String(contentsOf: directory.virtiofsLog(index), encoding: .utf8)) ?? ""
-                throw NimbusError(
-                    .processFailed,
-                    "virtiofsd could not serve \(share.hostPath): \(log.trimmingCharacters(in: .whitespacesAndNewlines))"
-                )
-            }
-            guard ContinuousClock.now < deadline else {
-                throw NimbusError(.timeout, "virtiofsd for \(share.hostPath) did not create its socket within 10 s")
-            }
-            try? await Task.sleep(for: .milliseconds(10))
+        // virtiofsd checks its options and the shared folder at once, then waits for QEMU on the socket.
+        try? await Task.sleep(for: .milliseconds(20))
+        guard PIDFile.isAlive(pid) else {
+            let log = (try? String(contentsOf: directory.virtiofsLog(index), encoding: .utf8)) ?? ""
+            throw NimbusError(
+                .processFailed,
+                "virtiofsd could not serve \(share.hostPath): \(log.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
-        chmod(socket.path, 0o600)
+    }
+
+    /// The descriptor number virtiofsd gets its listening socket as.
+    private static let inheritedSocket: Int32 = 3
+
+    /// A Unix socket listening at `name` in the machine's folder (mode 0600), bound through
+    /// /proc/self/fd/N/`name` so that a folder deeper than sun_path's 108 bytes still works.
+    private static func listen(on name: String, in directory: MachineDirectory) throws(NimbusError) -> Int32 {
+        let path = directory.url.appending(path: name).path
+        unlink(path)
+        let folder = open(directory.url.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard folder >= 0 else {
+            throw NimbusError(.io, "could not open \(directory.url.path): \(String(cString: strerror(errno)))")
+        }
+        defer { close(folder) }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw NimbusError(.io, "could not create a socket: \(String(cString: strerror(errno)))") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array("/proc/self/fd/\(folder)/\(name)".utf8)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            buffer.copyBytes(from: bytes.prefix(buffer.count - 1))
+            buffer[min(bytes.count, buffer.count - 1)] = 0
+        }
+        let bound = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        guard bound, chmod(path, 0o600) == 0, Glibc.listen(fd, 1) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw NimbusError(.io, "could not listen on \(path): \(reason)")
+        }
+        return fd
     }
 
     /// Starts `arguments` in the machine's folder in a session of its own (no terminal, no signals from the
-    /// caller's), with stdin from /dev/null, stdout and stderr written to `log`, and `ownerVariable` naming
-    /// the folder; does not wait for it.
-    private static func spawnDetached(_ arguments: [String], in directory: MachineDirectory, log: URL)
+    /// caller's), with stdin from /dev/null, stdout and stderr written to `log`, `socket` as descriptor 3,
+    /// and `ownerVariable` naming the folder; does not wait for it.
+    private static func spawnDetached(_ arguments: [String], in directory: MachineDirectory, log: URL, socket: Int32)
         throws(NimbusError) -> Int32
     {
         var actions = posix_spawn_file_actions_t()
@@ -146,6 +177,8 @@ public enum Virtiofsd {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, log.path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // dup2 clears close-on-exec on the copy: the socket reaches virtiofsd as descriptor 3, nothing else.
+        posix_spawn_file_actions_adddup2(&actions, socket, inheritedSocket)
         _ = addChdir(&actions, directory.url.path)
         posix_spawnattr_setflags(&attributes, Int16(spawnSetSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var noSignals = sigset_t()
