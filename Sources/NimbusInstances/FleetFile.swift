@@ -118,14 +118,10 @@ public struct FleetFile: Sendable {
     static func spec(name: InstanceName, entry: Entry, config: NimbusConfig, base: URL, fleet: String)
         throws(NimbusError) -> InstanceSpec
     {
-        var spec = InstanceSpec(name: name, image: entry.image ?? config.image)
-        spec.cpus = entry.cpus ?? config.cpus
-        spec.memory =
-            try entry.memory.map { (m: String) throws(NimbusError) in try ByteSize(parsing: m, what: "memory") }
-            ?? config.memory
-        spec.disk =
-            try entry.disk.map { (d: String) throws(NimbusError) in try ByteSize(parsing: d, what: "disk") }
-            ?? config.disk
+        var spec = InstanceSpec(name: name, image: entry.image, defaults: config)
+        if let cpus = entry.cpus { spec.cpus = cpus }
+        if let memory = entry.memory { spec.memory = try ByteSize(parsing: memory, what: "memory") }
+        if let disk = entry.disk { spec.disk = try ByteSize(parsing: disk, what: "disk") }
         spec.hostname = entry.hostname
         spec.locale = entry.locale
         spec.timezone = entry.timezone
@@ -145,9 +141,6 @@ public struct FleetFile: Sendable {
             spec.mountType = type
         }
         spec.ephemeral = try entry.ephemeral.map { (e: String) throws(NimbusError) in try EphemeralDisk(parsing: e) }
-        spec.accelerator = config.accelerator
-        spec.firmware = config.firmware
-        spec.driver = config.driver
         spec.fleet = fleet
         if let inline = entry.cloudInit {
             spec.userData = inline

@@ -399,10 +399,9 @@ public struct InstanceManager: Sendable {
             report("\(name): \(phase.rawValue) (\(Self.format(time)))")
         }
         let machineDir = store.directory(name).machine
-        let driver = hypervisor
-        let result = try await readiness.wait(timeout: timeout) {
-            await driver.status(of: machineDir).state != .stopped
-        }
+        // The instance's own driver, chosen once: asked every 200 ms, and each choice reads instance.yaml.
+        let driver = hypervisor.driver(for: spec)
+        let result = try await readiness.wait(timeout: timeout) { await driver.isRunning(machineDir) }
         try await store.withLock(name) { _ in
             try store.updateState(name) { $0.cloudInitStatus = result.status }
             refreshAnnotations(name)
@@ -519,6 +518,7 @@ struct InstanceDrivers: Hypervisor {
         try await driver(directory).start(config, in: directory)
     }
     func status(of directory: MachineDirectory) async -> MachineStatus { await driver(directory).status(of: directory) }
+    func isRunning(_ directory: MachineDirectory) async -> Bool { await driver(directory).isRunning(directory) }
     func stop(_ directory: MachineDirectory, timeout: Duration, progress: (@Sendable (String) -> Void)?)
         async throws(NimbusError) -> StopOutcome
     {

@@ -61,6 +61,20 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         self.image = image
     }
 
+    /// A spec with config.yaml's defaults for everything it sets (image, CPUs, memory, disk, accelerator,
+    /// firmware, CPU model, driver): the one place they are merged, for `launch` and `apply` alike, which
+    /// then apply their own flags or fleet entries over it.
+    public init(name: InstanceName, image: String?, defaults config: NimbusConfig) {
+        self.init(name: name, image: image ?? config.image)
+        cpus = config.cpus
+        memory = config.memory
+        disk = config.disk
+        accelerator = config.accelerator
+        firmware = config.firmware
+        cpuModel = config.cpuModel
+        driver = config.driver
+    }
+
     /// The hostname the guest gets.
     public var effectiveHostname: String { hostname ?? name.rawValue }
 

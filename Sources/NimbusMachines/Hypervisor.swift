@@ -17,6 +17,8 @@ public protocol Hypervisor: Sendable {
 
     /// What the machine is doing now, from its live process and its control channel.
     func status(of directory: MachineDirectory) async -> MachineStatus
+    /// Whether the machine's process still runs: the cheap question a wait asks over and over.
+    func isRunning(_ directory: MachineDirectory) async -> Bool
 
     /// Stops the machine, politely first: see `StopOutcome` for the ladder. `progress` hears each step.
     func stop(
@@ -55,6 +57,11 @@ public protocol Hypervisor: Sendable {
 }
 
 extension Hypervisor {
+    /// Asked of the full status where the driver has nothing cheaper.
+    public func isRunning(_ directory: MachineDirectory) async -> Bool {
+        await status(of: directory).state != .stopped
+    }
+
     /// Nothing outside the machine folder: the QEMU driver keeps every file in it.
     public func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {}
 

@@ -233,6 +233,11 @@ public struct QEMUDriver: Hypervisor {
         }
     }
 
+    /// From the pidfile and /proc alone: no monitor connection, so a wait can ask every 200 ms for free.
+    public func isRunning(_ directory: MachineDirectory) async -> Bool {
+        QEMUProcess.find(in: directory) != nil
+    }
+
     public func suspend(_ directory: MachineDirectory) async throws(NimbusError) {
         try await withMonitor(directory, "suspend the machine") { client throws(QMPError) in try await client.stop() }
     }

@@ -220,6 +220,20 @@ struct FleetFileTests {
         #expect(fleet.specs[0].mounts.first?.hostPath == dir.url.appending(path: "site").standardizedFileURL.path)
         #expect(fleet.specs[1].userData == "#cloud-config\nruncmd: [true]\n")
         #expect(fleet.specs[1].cpus == 4)
+        // config.yaml's defaults reach `apply` as they reach `launch`, cpu-model and disk among them.
+        var config = NimbusConfig()
+        config.cpuModel = "max"
+        config.disk = .gibibytes(20)
+        config.driver = "libvirt"
+        config.firmware = "uefi"
+        config.accelerator = "tcg"
+        let configured = try FleetFile(url: url, config: config)
+        #expect(
+            configured.specs.allSatisfy {
+                $0.cpuModel == "max" && $0.disk == .gibibytes(20) && $0.driver == "libvirt" && $0.firmware == "uefi"
+                    && $0.accelerator == "tcg" && $0.image == "debian:12"
+            })
+        #expect(configured.specs[1].cpus == 4 && configured.specs[0].cpus == config.cpus)
     }
 
     @Test(

@@ -160,17 +160,17 @@ struct InstanceLaunch: AsyncParsableCommand {
         let instanceName =
             try name.map { try InstanceName($0) }
             ?? InstanceName.generate(avoiding: Set(store.names().map(\.rawValue)))
-        var spec = InstanceSpec(name: instanceName, image: image ?? context.config.image)
-        spec.cpus = resources.cpus ?? context.config.cpus
-        spec.memory = try resources.memory.map { try ByteSize(parsing: $0, what: "--memory") } ?? context.config.memory
-        spec.disk = try resources.disk.map { try ByteSize(parsing: $0, what: "--disk") } ?? context.config.disk
+        var spec = InstanceSpec(name: instanceName, image: image, defaults: context.config)
+        if let cpus = resources.cpus { spec.cpus = cpus }
+        if let memory = resources.memory { spec.memory = try ByteSize(parsing: memory, what: "--memory") }
+        if let disk = resources.disk { spec.disk = try ByteSize(parsing: disk, what: "--disk") }
         spec.hostname = hostname
         spec.locale = locale
         spec.timezone = timezone
-        spec.accelerator = accel ?? context.config.accelerator
-        spec.firmware = firmware ?? context.config.firmware
-        spec.cpuModel = cpuModel ?? context.config.cpuModel
-        spec.driver = driver ?? context.config.driver
+        if let accel { spec.accelerator = accel }
+        if let firmware { spec.firmware = firmware }
+        if let cpuModel { spec.cpuModel = cpuModel }
+        if let driver { spec.driver = driver }
         spec.connect = connect
         spec.pool = pool
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
