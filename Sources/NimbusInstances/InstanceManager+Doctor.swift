@@ -101,21 +101,14 @@ extension InstanceManager {
             }
             findings.append(finding)
         }
-        for process in orphanedQEMU() {
+        let orphans =
+            orphanedQEMU().map { (program: "QEMU", pid: $0.pid, detail: "runs for \($0.folder)") }
+            + orphanedVirtiofsd().map { (program: "virtiofsd", pid: $0.pid, detail: "serves \($0.folder)") }
+        for orphan in orphans {
             var finding = DoctorFinding(
-                subject: "QEMU pid \(process.pid)", detail: "runs for \(process.folder), which is not an instance",
+                subject: "\(orphan.program) pid \(orphan.pid)", detail: "\(orphan.detail), which is not an instance",
                 ok: false)
-            if fix, kill(process.pid, SIGKILL) == 0 {
-                finding.fixed = true
-                finding.detail += "; killed"
-            }
-            findings.append(finding)
-        }
-        for process in orphanedVirtiofsd() {
-            var finding = DoctorFinding(
-                subject: "virtiofsd pid \(process.pid)", detail: "serves \(process.folder), which is not an instance",
-                ok: false)
-            if fix, kill(process.pid, SIGKILL) == 0 {
+            if fix, kill(orphan.pid, SIGKILL) == 0 {
                 finding.fixed = true
                 finding.detail += "; killed"
             }
