@@ -13,10 +13,10 @@ let swiftSettings: [SwiftSetting] = [
 
 /// How the `nimbus` executable is linked on Linux; each flag is there for start-up time, which is most of a
 /// short command's run (bench/RESULTS.md, "Seed").
-/// - It exports no symbols: with --static-swift-stdlib, Swift's link arguments add --export-dynamic, which
-///   puts every symbol of every package module (~34,000) in .dynsym, where the runtime's start-up dladdr
-///   scans them linearly and ld.so hashes them: ~0.3 ms of every command (session 3). Nothing looks symbols
-///   up in the executable (libvirt is dlopen'ed and calls nothing back by name); backtraces read .symtab.
+/// - It exports no symbols: with the Swift runtime linked in (staticSwiftRuntime, below), Swift's link arguments
+///   add --export-dynamic, which puts every symbol of every package module (~34,000) in .dynsym, where the
+///   runtime's start-up dladdr scans them linearly and ld.so hashes them: ~0.3 ms of every command (session 3).
+///   Nothing looks symbols up in the executable (libvirt is dlopen'ed and calls nothing back by name).
 /// - It is linked by lld (the toolchain's own) so its ~123,000 relative relocations can be packed as DT_RELR:
 ///   24 KB instead of a 2.9 MB .rela.dyn that ld.so reads at every start (~40 fewer page faults, ~0.25 ms;
 ///   session 5). The executable stays position independent. Only a glibc of 2.36 or later loads DT_RELR,
@@ -29,6 +29,19 @@ let executableLinkerFlags: [String] = {
     }
     return flags
 }()
+
+/// The release executable carries the Swift runtime, Foundation and Dispatch inside it, as `swift build
+/// --static-swift-stdlib` would make it, but here, so that the plain `swift build -c release` a user runs makes the
+/// binary that is installed and measured: dynamically linked, `nimbus --version` took 18 ms instead of ~4.5
+/// (the loader binding libswiftCore's and Foundation's symbols at every start), and the binary needs a Swift
+/// toolchain wherever it runs. `-static-stdlib` goes to the executable's compile as well as to its link: compiled
+/// against the toolchain's static modules, its object names every library static Foundation needs (ICU,
+/// CoreFoundation, its shims) for the link to take, which the other modules' objects do not. Those are compiled
+/// as usual, so debug and test builds are unchanged, and only this small module differs from a dynamic build.
+let staticSwiftRuntime: (compile: SwiftSetting, link: LinkerSetting) = (
+    .unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release)),
+    .unsafeFlags(["-static-stdlib"], .when(platforms: [.linux], configuration: .release))
+)
 
 /// The (major, minor) version of this host's glibc, which confstr reports as "glibc 2.36"; nil elsewhere.
 func buildingHostGlibc() -> (Int, Int)? {
@@ -143,8 +156,9 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .executableTarget(
-            name: "nimbus", dependencies: ["NimbusCommands"], swiftSettings: swiftSettings,
-            linkerSettings: [.unsafeFlags(executableLinkerFlags, .when(platforms: [.linux]))]
+            name: "nimbus", dependencies: ["NimbusCommands"],
+            swiftSettings: swiftSettings + [staticSwiftRuntime.compile],
+            linkerSettings: [.unsafeFlags(executableLinkerFlags, .when(platforms: [.linux])), staticSwiftRuntime.link]
         ),
 
         // Tests. Each module has its own; NimbusIntegrationTests boots real guests and runs serialized.

@@ -5,7 +5,11 @@ import ArgumentParser
 /// Each noun's commands live in a folder of their own (`Commands/Instance`, `Commands/Image`, ...);
 /// this type only lists them, grouped as `nimbus --help` shows them.
 public struct NimbusCommand: AsyncParsableCommand {
+    /// The version, the one place it is written: the Debian package takes it from `nimbus --version`.
     public static let version = "0.1.0"
+
+    /// What `nimbus --version` prints: the version and the commit the binary was built from.
+    public static var versionLine: String { "nimbus \(version) (commit \(BuildInfo.commit))" }
 
     public static let configuration = CommandConfiguration(
         commandName: "nimbus",
@@ -14,7 +18,7 @@ public struct NimbusCommand: AsyncParsableCommand {
             State lives in $XDG_DATA_HOME/nimbus, images in $XDG_CACHE_HOME/nimbus/images and defaults in \
             $XDG_CONFIG_HOME/nimbus/config.yaml; NIMBUS_HOME=DIR puts all three under DIR.
             """,
-        version: version,
+        version: versionLine,
         subcommands: [],
         groupedSubcommands: [
             CommandGroup(

@@ -3,9 +3,10 @@ import Testing
 
 @Suite("The nimbus command")
 struct RootCommandTests {
-    @Test("--version prints the version")
+    @Test("--version prints the version and the commit it was built from")
     func version() {
-        #expect(NimbusCommand.configuration.version == NimbusCommand.version)
+        #expect(NimbusCommand.configuration.version == "nimbus \(NimbusCommand.version) (commit \(BuildInfo.commit))")
+        #expect(BuildInfo.commit == "unknown" || BuildInfo.commit.wholeMatch(of: /[0-9a-f]{7,40}(-dirty)?/) != nil)
     }
 
     @Test("CSV fields with commas and quotes are quoted per RFC 4180")
