@@ -16,13 +16,18 @@ import NimbusCore
 /// Written by hand: swift-subprocess waits for every child it starts, and virtiofsd must outlive the
 /// `nimbus` that starts it, in a session of its own.
 public enum Virtiofsd {
-    /// The virtiofsd program: `NIMBUS_VIRTIOFSD`, then the standalone (Rust) virtiofsd of Debian's
-    /// `virtiofsd` package, then the one Debian's QEMU ships in /usr/lib/qemu. nil when none is installed.
+    /// The virtiofsd program: `NIMBUS_VIRTIOFSD`, else the one Debian's QEMU ships in /usr/lib/qemu (the one
+    /// the tests run), else the standalone (Rust) virtiofsd of Debian 13's `virtiofsd` package; for a user
+    /// other than root the standalone one first, as QEMU's needs root. nil when none is installed. The
+    /// standalone one documents `--fd` and the `-o source=,cache=` compatibility options Nimbus passes, but
+    /// only QEMU's has been run here (bookworm has no standalone package).
     public static func program(environment: [String: String] = ProcessInfo.processInfo.environment) -> String? {
         if let path = environment["NIMBUS_VIRTIOFSD"], !path.isEmpty {
             return FileManager.default.isExecutableFile(atPath: path) ? path : nil
         }
-        return ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"].first {
+        let qemu = "/usr/lib/qemu/virtiofsd"
+        let standalone = "/usr/libexec/virtiofsd"
+        return (geteuid() == 0 ? [qemu, standalone] : [standalone, qemu]).first {
             FileManager.default.isExecutableFile(atPath: $0)
         }
     }
@@ -40,8 +45,9 @@ public enum Virtiofsd {
         return nil
     }
 
-    /// Starts one virtiofsd per virtiofs share of `config`, after ending any the folder still has, and
-    /// returns once each listens on its socket. On failure none is left running.
+    /// Starts one virtiofsd per virtiofs share of `config`, after ending any the folder still has, each on a
+    /// socket Nimbus listens on for it, so QEMU can connect as soon as this returns. On failure none is left
+    /// running.
     static func startAll(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) {
         stopAll(in: directory)
         let shares = config.shares.enumerated().filter { $0.element.transport == .virtiofs }
