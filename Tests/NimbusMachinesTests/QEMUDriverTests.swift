@@ -44,6 +44,11 @@ struct MachineFixture {
     .requires(.programs("qemu-system-x86_64", "qemu-img"))
 )
 struct QEMUDriverTests {
+    /// Held while each test runs its QEMU: with guests booting under TCG beside it, a QEMU outside the slots
+    /// has waited over 10 s for its monitor's greeting on this 2-core host.
+    let guestSlot: GuestSlot
+
+    init() async throws { guestSlot = try await GuestSlot() }
     @Test(
         "start runs QEMU detached in its own session with a 0600 QMP socket; status, suspend, resume, reset follow the live machine"
     )
