@@ -81,7 +81,7 @@ public struct Readiness: Sendable {
             try await until(.kernel, deadline: deadline, isAlive: isAlive, console: console) { console.sawKernel }
         }
         try await until(.sshReachable, deadline: deadline, isAlive: isAlive, console: console) {
-            sshBannerAnswers()
+            await sshBannerAnswersOffThePool()
         }
         let output = try await cloudInitStatus(deadline: deadline, console: console)
         if cloudInit != nil, output.status == "disabled" || output.status == "not run" {
@@ -98,12 +98,12 @@ public struct Readiness: Sendable {
     /// Polls `condition` (a local file read or a loopback probe, never an SSH login) every 200 ms.
     func until(
         _ phase: BootPhase, deadline: ContinuousClock.Instant, isAlive: @Sendable () async -> Bool,
-        console: SerialWatch? = nil, _ condition: () -> Bool
+        console: SerialWatch? = nil, _ condition: () async -> Bool
     ) async throws(NimbusError) {
         let console = console ?? SerialWatch(serialLog)
         while true {
             console.poll()
-            if condition() { break }
+            if await condition() { break }
             guard await isAlive() else {
                 throw NimbusError(
                     .processFailed, "QEMU ended while waiting for \(phase.rawValue)\(serialTail())")
@@ -218,6 +218,14 @@ public struct Readiness: Sendable {
         guard let line = log.range(of: "CPU does not support x86-64-v") else { return nil }
         let level = log[line.upperBound...].prefix { $0.isNumber }
         return level.isEmpty ? nil : "x86-64-v\(level)"
+    }
+
+    /// `sshBannerAnswers` on a thread of its own: its receive can block for a second, and the cooperative pool
+    /// has one thread per core (two here), which every other task of the process needs meanwhile.
+    func sshBannerAnswersOffThePool() async -> Bool {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: self.sshBannerAnswers()) }
+        }
     }
 
     /// True when something on the forwarded port sends an SSH banner. QEMU's user-mode network accepts
