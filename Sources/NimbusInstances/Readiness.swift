@@ -139,7 +139,7 @@ public struct Readiness: Sendable {
         else { return }
         throw NimbusError(
             .guestSetup,
-            "cloud-init never started in the guest: it reached its login prompt at \(Self.seconds(prompt - start)) with no word from cloud-init on its console, so nothing of the instance's configuration (user, SSH keys, host keys) was applied. \(likelyCause(console)) The instance is left running for inspection: `nimbus console` shows its console\(serialTail())"
+            "cloud-init never started in the guest: it reached its login prompt at \(InstanceManager.format(prompt - start)) with no word from cloud-init on its console, so nothing of the instance's configuration (user, SSH keys, host keys) was applied. \(likelyCause(console)) The instance is left running for inspection: `nimbus console` shows its console\(serialTail())"
         )
     }
 
@@ -158,11 +158,6 @@ public struct Readiness: Sendable {
             return
                 "Likely cause: ds-identify did not find the NoCloud seed named in the SMBIOS serial number (ds=nocloud-net), or cloud-init is disabled in the image; /run/cloud-init/ds-identify.log in the guest says which. \(seen)"
         }
-    }
-
-    static func seconds(_ duration: Duration) -> String {
-        let seconds = Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
-        return String(format: "%.1fs", seconds)
     }
 
     /// Asks cloud-init for its result, waiting in the guest until it is done, except when cloud-init is
