@@ -64,7 +64,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "nimbus", targets: ["nimbus"]),
-        .library(name: "NimbusInstances", targets: ["NimbusInstances"]),
+        .library(name: "NimbusInstances", targets: ["NimbusInstances", "NimbusDrivers"]),
         .library(name: "NimbusISO9660", targets: ["NimbusISO9660"]),
         .library(name: "NimbusQMP", targets: ["NimbusQMP"]),
     ],
@@ -88,7 +88,7 @@ let package = Package(
         ),
 
         // libvirt's C API (headers from Debian's libvirt-dev), loaded with dlopen on first use rather than
-        // linked: see Sources/CLibvirt/include/CLibvirt.h. Used only by NimbusMachines' LibvirtDriver.
+        // linked: see Sources/CLibvirt/include/CLibvirt.h. Used only by NimbusLibvirt.
         .target(name: "CLibvirt", linkerSettings: [.linkedLibrary("dl")]),
 
         // The shared floor: errors, paths, sizes, running programs, atomic files.
@@ -122,19 +122,34 @@ let package = Package(
                 "NimbusCore", "NimbusISO9660",
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
-            ],
-            swiftSettings: swiftSettings
-        ),
-        .target(
-            name: "NimbusMachines",
-            dependencies: [
-                "NimbusCore", "NimbusDisks", "NimbusQMP", "CLibvirt",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ],
-            exclude: ["Libvirt/README.md"],
+            swiftSettings: swiftSettings
+        ),
+
+        // Machines: what a machine is and the protocol drivers implement (small, driver-free); each driver
+        // in a target of its own. NimbusInstances depends on NimbusMachines only: the compiler keeps driver
+        // types out of it. NimbusDrivers (after NimbusInstances) is the one place that knows every driver.
+        .target(name: "NimbusMachines", dependencies: ["NimbusCore"], swiftSettings: swiftSettings),
+        .target(
+            name: "NimbusQEMU",
+            dependencies: ["NimbusCore", "NimbusMachines", "NimbusQMP"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "NimbusLibvirt",
+            dependencies: [
+                "NimbusCore", "NimbusMachines", "CLibvirt",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            exclude: ["README.md"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "NimbusDrivers",
+            dependencies: ["NimbusCore", "NimbusMachines", "NimbusQEMU", "NimbusLibvirt", "NimbusInstances"],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -149,7 +164,7 @@ let package = Package(
         .target(
             name: "NimbusCommands",
             dependencies: [
-                "NimbusInstances", "NimbusImages", "NimbusDisks",
+                "NimbusInstances", "NimbusImages", "NimbusDisks", "NimbusDrivers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -178,13 +193,24 @@ let package = Package(
         ),
         .testTarget(name: "NimbusDisksTests", dependencies: ["NimbusDisks", "NimbusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(name: "NimbusSeedTests", dependencies: ["NimbusSeed", "NimbusTestSupport"], resources: [.copy("Resources")], swiftSettings: swiftSettings),
-        .testTarget(name: "NimbusMachinesTests", dependencies: ["NimbusMachines", "NimbusTestSupport"], swiftSettings: swiftSettings),
+        .testTarget(
+            name: "NimbusMachinesTests",
+            dependencies: ["NimbusMachines", "NimbusQEMU", "NimbusLibvirt", "NimbusSeed", "NimbusQMP", "NimbusTestSupport"],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(name: "NimbusInstancesTests",
-            dependencies: ["NimbusInstances", "NimbusTestSupport", .product(name: "Yams", package: "Yams")], swiftSettings: swiftSettings),
+            dependencies: [
+                "NimbusInstances", "NimbusDrivers", "NimbusQEMU", "NimbusLibvirt", "NimbusTestSupport",
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: swiftSettings),
         .testTarget(name: "NimbusCommandsTests", dependencies: ["NimbusCommands", "NimbusTestSupport"], swiftSettings: swiftSettings),
         .testTarget(
             name: "NimbusIntegrationTests",
-            dependencies: ["NimbusCommands", "NimbusInstances", "NimbusMachines", "NimbusSeed", "NimbusQMP", "NimbusTestSupport"],
+            dependencies: [
+                "NimbusCommands", "NimbusInstances", "NimbusDrivers", "NimbusMachines", "NimbusQEMU", "NimbusLibvirt",
+                "NimbusSeed", "NimbusQMP", "NimbusTestSupport",
+            ],
             swiftSettings: swiftSettings
         ),
     ],

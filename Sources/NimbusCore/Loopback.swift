@@ -41,6 +41,12 @@ public enum Loopback {
         return true
     }
 
+    /// A port on 127.0.0.1 that nothing listens on now, or an error saying there is none.
+    public static func requireFreePort() throws(NimbusError) -> UInt16 {
+        guard let port = freePort() else { throw NimbusError(.network, "could not find a free port on 127.0.0.1") }
+        return port
+    }
+
     /// A port nothing holds now, picked by the kernel.
     public static func freePort() -> UInt16? {
         guard let socket = bindSocket(port: 0) else { return nil }

@@ -72,7 +72,8 @@ extension InstanceManager {
         let dir = try store.requireExisting(name)
         let spec = try store.loadSpec(name)
         let state = try store.loadState(name)
-        let status = await hypervisor.driver(for: spec).status(of: dir.machine)
+        let driver = hypervisor.driver(for: spec)
+        let status = await driver.status(of: dir.machine)
         let live: InstanceInfo.State =
             switch status.state {
             case .running: .running
@@ -85,10 +86,11 @@ extension InstanceManager {
         let running = live == .running || live == .suspended
         let resolved: InstanceInfo.State =
             state.deleted ? .deleted : (state.lastError != nil && !running ? .error : (state.complete ? live : .error))
-        // The pool volume of a libvirt instance, else the folder's disk; unknown ("-") when neither answers.
+        // The disk in the driver's storage (a libvirt pool volume), else the folder's; unknown ("-") when
+        // neither answers.
         let used: ByteSize?
         do {
-            if let allocation = try await hypervisor.diskAllocation(dir.machine) {
+            if let allocation = try await driver.storage?.diskAllocation(dir.machine) {
                 used = ByteSize(bytes: allocation)
             } else {
                 used = (try? dir.disk.resourceValues(forKeys: [.totalFileAllocatedSizeKey]))?
@@ -106,8 +108,7 @@ extension InstanceManager {
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
             cloudInit: state.cloudInitStatus, driver: spec.driver,
-            host: spec.driver == "libvirt"
-                ? LibvirtDriver.hostLabel(spec.connect ?? LibvirtDriver.defaultURI) : "local",
+            host: driver.hostLabel,
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
             error: status.state == .crashed
                 ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError,

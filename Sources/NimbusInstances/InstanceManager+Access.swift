@@ -7,12 +7,14 @@ extension InstanceManager {
     public func sshAccess(_ name: InstanceName) async throws -> SSHAccess {
         let state = try store.loadState(name)
         try requireUsable(name, state)
-        let status = await hypervisor.status(of: store.directory(name).machine)
+        let status = await hypervisor.driver(store.directory(name).machine).status(of: store.directory(name).machine)
         switch status.state {
-        case .running: break
+        // A live process whose monitor is slow (a loaded host) or busy (another client) may still answer
+        // SSH: try it, and let SSH's own time-out speak if it does not.
+        case .running, .unresponsive, .transitioning: break
         case .paused: throw NimbusError(.invalidState, "\(name) is suspended: `nimbus resume \(name)` first")
         case .stopped: throw NimbusError(.invalidState, "\(name) is stopped: `nimbus start \(name)` first")
-        default: throw NimbusError(.invalidState, "\(name) is not running (\(status.detail ?? status.state.rawValue))")
+        case .crashed: throw NimbusError(.invalidState, "\(name) is not running (\(status.detail ?? status.state.rawValue))")
         }
         return try sshAccess(name, state: state)
     }

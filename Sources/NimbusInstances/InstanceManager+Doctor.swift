@@ -46,48 +46,13 @@ extension InstanceManager {
         } catch {
             findings.append(DoctorFinding(subject: "accelerator", detail: "\(error)", ok: false))
         }
-        if let reason = Virtiofsd.unavailableReason() {
-            findings.append(
-                DoctorFinding(
-                    subject: "virtiofsd", detail: "\(reason); --mount falls back to 9p, which many cloud kernels lack",
-                    ok: false, warning: true))
-        } else {
-            findings.append(DoctorFinding(subject: "virtiofsd", detail: Virtiofsd.program() ?? "", ok: true))
+        for driver in hypervisor.drivers.hostDrivers() {
+            findings += driver.hostFindings().map {
+                DoctorFinding(subject: $0.subject, detail: $0.detail, ok: $0.ok, warning: $0.warning)
+            }
         }
-        if ProgramRunner.find("libvirtd") != nil, let finding = Self.libvirtKVMAccess() { findings.append(finding) }
         findings += await checkStore(fix: fix)
         return findings
-    }
-
-    /// Whether libvirt's QEMU user can open `device`: nil when the device or the user does not exist.
-    ///
-    /// libvirtd probes QEMU as root but checks /dev/kvm as the user it runs QEMU as (`libvirt-qemu` on Debian).
-    /// Without udev (containers, minimal VMs) /dev/kvm stays root's alone: root's probe finds KVM, the user's
-    /// check does not, and libvirtd takes its capabilities cache for stale and probes QEMU again at every call,
-    /// so each domain start takes minutes. A warning: the QEMU driver does not care.
-    static func libvirtKVMAccess(device: String = "/dev/kvm", user: String = "libvirt-qemu") -> DoctorFinding? {
-        var status = stat()
-        guard stat(device, &status) == 0, let account = getpwnam(user) else { return nil }
-        let uid = account.pointee.pw_uid
-        let primary = account.pointee.pw_gid
-        var count: Int32 = 64
-        var groups = [gid_t](repeating: 0, count: Int(count))
-        if getgrouplist(account.pointee.pw_name, primary, &groups, &count) < 0 {
-            groups = [gid_t](repeating: 0, count: Int(count))
-            _ = getgrouplist(account.pointee.pw_name, primary, &groups, &count)
-        }
-        let member = groups.prefix(Int(max(count, 0))).contains(status.st_gid) || primary == status.st_gid
-        let readWrite: mode_t = status.st_uid == uid ? 0o600 : member ? 0o060 : 0o006
-        if status.st_mode & readWrite == readWrite {
-            return DoctorFinding(subject: "libvirt and \(device)", detail: "\(user) can open it", ok: true)
-        }
-        let group = getgrgid(status.st_gid).map { String(cString: $0.pointee.gr_name) } ?? String(status.st_gid)
-        let mode = String(status.st_mode & 0o777, radix: 8)
-        return DoctorFinding(
-            subject: "libvirt and \(device)",
-            detail:
-                "\(user), the user libvirt runs QEMU as, cannot open it (mode \(mode), group \(group)): libvirtd will probe QEMU again at every call and each libvirt start takes minutes; do what udev does on a normal host: `chgrp kvm \(device) && chmod 0660 \(device)`",
-            ok: false, warning: true)
     }
 
     func checkStore(fix: Bool) async -> [DoctorFinding] {
@@ -101,12 +66,9 @@ extension InstanceManager {
             }
             findings.append(finding)
         }
-        let orphans =
-            orphanedQEMU().map { (program: "QEMU", pid: $0.pid, detail: "runs for \($0.folder)") }
-            + orphanedVirtiofsd().map { (program: "virtiofsd", pid: $0.pid, detail: "serves \($0.folder)") }
-        for orphan in orphans {
+        for orphan in orphans() {
             var finding = DoctorFinding(
-                subject: "\(orphan.program) pid \(orphan.pid)", detail: "\(orphan.detail), which is not an instance",
+                subject: "\(orphan.program) pid \(orphan.pid)", detail: "runs for \(orphan.folder), which is not an instance",
                 ok: false)
             if fix, kill(orphan.pid, SIGKILL) == 0 {
                 finding.fixed = true
@@ -140,36 +102,15 @@ extension InstanceManager {
                         "its base image \(base.path) is gone from the cache: the instance cannot start; pull the image again or delete the instance",
                     ok: false))
         }
-        let status = await hypervisor.status(of: dir.machine)
-        let machine = dir.machine
+        let driver = hypervisor.driver(dir.machine)
+        let status = await driver.status(of: dir.machine)
         if status.state == .stopped {
-            let leftovers = [machine.pidFile, machine.qmpSocket].filter {
-                FileManager.default.fileExists(atPath: $0.path)
-            }
-            if !leftovers.isEmpty {
-                var finding = DoctorFinding(
-                    subject: subject,
-                    detail:
-                        "stale \(leftovers.map(\.lastPathComponent).joined(separator: " and ")) of a QEMU that is gone",
-                    ok: false)
+            for leftover in driver.leftovers(of: dir.machine) {
+                var finding = DoctorFinding(subject: subject, detail: leftover.description, ok: false)
                 if fix {
-                    for file in leftovers { try? FileManager.default.removeItem(at: file) }
+                    leftover.clear()
                     finding.fixed = true
-                    finding.detail += "; removed"
-                }
-                findings.append(finding)
-            }
-            let helpers = Virtiofsd.livePIDs(in: machine)
-            if !helpers.isEmpty {
-                var finding = DoctorFinding(
-                    subject: subject,
-                    detail:
-                        "virtiofsd (pid \(helpers.map(String.init).joined(separator: ", "))) runs with no QEMU to serve (a start was interrupted)",
-                    ok: false)
-                if fix {
-                    Virtiofsd.stopAll(in: machine)
-                    finding.fixed = true
-                    finding.detail += "; ended"
+                    finding.detail += "; \(leftover.clearedAs)"
                 }
                 findings.append(finding)
             }
@@ -180,7 +121,7 @@ extension InstanceManager {
                     ok: false))
         }
         if findings.isEmpty {
-            let helpers = Virtiofsd.livePIDs(in: machine)
+            let helpers = driver.helperPIDs(of: dir.machine)
             let detail =
                 helpers.isEmpty
                 ? status.state.rawValue
@@ -190,46 +131,14 @@ extension InstanceManager {
         return findings
     }
 
-    /// virtiofsd processes started for an instance folder of this store that no longer exists (they carry
-    /// their folder in `Virtiofsd.ownerVariable`).
-    func orphanedVirtiofsd() -> [(pid: Int32, folder: String)] {
-        let instances = paths.instances.path + "/"
-        let marker = Array("\(Virtiofsd.ownerVariable)=".utf8)
-        var orphans: [(Int32, String)] = []
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry), PIDFile.isAlive(pid),
-                let data = FileManager.default.contents(atPath: "/proc/\(entry)/environ"),
-                let variable = data.split(separator: 0).first(where: { $0.starts(with: marker) })
-            else { continue }
-            let folder = String(decoding: variable.dropFirst(marker.count), as: UTF8.self)
-            guard folder.hasPrefix(instances) else { continue }
-            let name = (folder as NSString).lastPathComponent
-            if name.hasPrefix(".") || !FileManager.default.fileExists(atPath: folder + "/instance.yaml") {
-                orphans.append((pid, folder))
+    /// Processes the drivers started for instance folders of this store that no longer exist (a folder
+    /// whose name starts with "." is a launch's or a delete's, never an instance).
+    func orphans() -> [OrphanProcess] {
+        hypervisor.drivers.hostDrivers().flatMap {
+            $0.orphans(under: paths.instances) { folder in
+                !(folder as NSString).lastPathComponent.hasPrefix(".")
+                    && FileManager.default.fileExists(atPath: folder + "/instance.yaml")
             }
         }
-        return orphans
-    }
-
-    /// QEMU processes started for an instance folder of this store that no longer exists.
-    func orphanedQEMU() -> [(pid: Int32, folder: String)] {
-        let instances = paths.instances.path + "/"
-        var orphans: [(Int32, String)] = []
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = Int32(entry),
-                let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
-            else { continue }
-            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            guard arguments.first?.contains("qemu-system") == true,
-                let pidfile = zip(arguments, arguments.dropFirst()).first(where: { $0.0 == "-pidfile" })?.1,
-                pidfile.hasPrefix(instances)
-            else { continue }
-            let folder = (pidfile as NSString).deletingLastPathComponent
-            let name = (folder as NSString).lastPathComponent
-            if name.hasPrefix(".") || !FileManager.default.fileExists(atPath: folder + "/instance.yaml") {
-                orphans.append((pid, folder))
-            }
-        }
-        return orphans
     }
 }

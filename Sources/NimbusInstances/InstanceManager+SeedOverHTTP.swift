@@ -56,10 +56,10 @@ extension InstanceManager {
         progress("\(name): serving the seed at \(server.guestURL) until the guest has fetched it")
         let machineDir = store.directory(name).machine
         let serialLog = store.directory(name).serialLog.path
-        let driver = hypervisor
+        let driver = hypervisor.driver(machineDir)
         do {
             try await server.waitUntilFetched(timeout: timeout - (.now - clock)) {
-                await driver.status(of: machineDir).state != .stopped
+                await driver.isRunning(machineDir)
             }
         } catch let error as SeedServerError {
             await server.shutdown()

@@ -28,7 +28,7 @@ extension InstanceManager {
     /// The snapshots of an instance's disk (readable while it runs).
     public func snapshots(_ name: InstanceName) async throws -> [SnapshotInfo] {
         let dir = try store.requireExisting(name)
-        return try await listSnapshots(hypervisor.diskFile(dir.machine) ?? dir.disk, shared: true)
+        return try await listSnapshots(hypervisor.driver(dir.machine).storage?.diskFile(dir.machine) ?? dir.disk, shared: true)
     }
 
     /// Returns a stopped instance's disk to a snapshot.
@@ -64,11 +64,11 @@ extension InstanceManager {
     ) async throws -> T {
         try await store.withLock(name) { _ in
             let dir = try store.requireExisting(name)
-            guard await hypervisor.status(of: dir.machine).state == .stopped else {
+            guard await hypervisor.driver(dir.machine).status(of: dir.machine).state == .stopped else {
                 throw NimbusError(
                     .invalidState, "\(name) is running: stop it first (`nimbus stop \(name)`) to \(action) it")
             }
-            return try await body(hypervisor.diskFile(dir.machine) ?? dir.disk)
+            return try await body(hypervisor.driver(dir.machine).storage?.diskFile(dir.machine) ?? dir.disk)
         }
     }
 

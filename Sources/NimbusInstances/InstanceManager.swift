@@ -21,11 +21,16 @@ public struct InstanceManager: Sendable {
     /// Image download and import progress; the CLI draws it.
     public var imageProgress: @Sendable (TransferProgress) -> Void = { _ in }
 
-    public init(paths: NimbusPaths, config: NimbusConfig, progress: @escaping @Sendable (String) -> Void = { _ in }) {
+    /// A manager of the instances under `paths`, running machines through `drivers` (the CLI gives
+    /// `NimbusDrivers.StandardDrivers`; `import NimbusDrivers` adds an initializer that does).
+    public init(
+        paths: NimbusPaths, config: NimbusConfig, drivers: any MachineDrivers,
+        progress: @escaping @Sendable (String) -> Void = { _ in }
+    ) {
         self.paths = paths
         self.config = config
         self.store = InstanceStore(paths: paths)
-        self.hypervisor = InstanceDrivers(hostFactsCache: paths.hostFacts, progress: progress)
+        self.hypervisor = InstanceDrivers(drivers: drivers, progress: progress)
         self.progress = progress
     }
 
@@ -40,7 +45,7 @@ public struct InstanceManager: Sendable {
     public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
         try checkSpec(spec)
-        try InstanceDrivers.check(spec)
+        try hypervisor.check(spec)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
             do {
@@ -70,10 +75,11 @@ public struct InstanceManager: Sendable {
         let userKey = try await installationKey()
 
         // With the seed over HTTP, startMachine returns the server this boot fetches it from.
-        let libvirtURI = spec.driver == "libvirt" ? spec.connect ?? LibvirtDriver.defaultURI : nil
+        let driver = hypervisor.driver(for: spec)
+        let definitionPlace = driver.definitions?.place
         let seedServer = try await store.withLock(spec.name) { lock in
-            // Known before the domain exists, so a launch killed after defining it still finds it in `list`.
-            if let libvirtURI { try rememberLibvirtDaemon(libvirtURI) }
+            // Known before the definition exists, so a launch killed after making it still finds it in `list`.
+            if let definitionPlace { try rememberPlace(definitionPlace) }
             _ = try await store.create(spec) { staging in
                 try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
             }
@@ -83,10 +89,10 @@ public struct InstanceManager: Sendable {
             } catch {
                 // A launch whose machine never ran leaves nothing behind, so the same command can be retried
                 // once the cause (a port in use, a missing firmware) is fixed.
-                try? await hypervisor.forget(store.directory(spec.name).machine)
-                try? await hypervisor.deleteStorage(store.directory(spec.name).machine)
+                try? await driver.forget(store.directory(spec.name).machine)
+                try? await driver.storage?.deleteStorage(store.directory(spec.name).machine)
                 try? store.remove(spec.name, lock: lock)
-                if let libvirtURI { forgetLibvirtDaemonIfUnused(libvirtURI) }
+                if let definitionPlace { forgetPlaceIfUnused(definitionPlace) }
                 throw error
             }
         }
@@ -201,8 +207,8 @@ public struct InstanceManager: Sendable {
             )
         }
         if let cpuModel = spec.cpuModel { try MachineConfig.checkCPUModel(cpuModel) }
-        if spec.mountType == .virtiofs, !spec.mounts.isEmpty, spec.driver == "qemu",
-            let reason = Virtiofsd.unavailableReason()
+        if spec.mountType == .virtiofs, !spec.mounts.isEmpty,
+            let reason = hypervisor.driver(for: spec).shareProblem(.virtiofs)
         {
             throw NimbusError(
                 .unsupported, "--mount-type virtiofs cannot serve here: \(reason); or use --mount-type 9p")
@@ -229,12 +235,13 @@ public struct InstanceManager: Sendable {
     }
 
     /// `auto` mounts made concrete, once, at launch (the guest's fstab names the type): virtiofs, unless the
-    /// QEMU driver cannot run virtiofsd here, then 9p with a warning. libvirt starts its own virtiofsd.
+    /// instance's driver says it cannot serve it here (the QEMU driver without a virtiofsd), then 9p with a
+    /// warning.
     func resolveMountType(_ spec: InstanceSpec) -> MountType {
         guard !spec.mounts.isEmpty else { return spec.mountType == .auto ? .virtiofs : spec.mountType }
         var type = spec.mountType
         if type == .auto {
-            if spec.driver == "qemu", let reason = Virtiofsd.unavailableReason() {
+            if let reason = hypervisor.driver(for: spec).shareProblem(.virtiofs) {
                 progress("\(spec.name): warning: mounting over 9p, as virtiofs cannot serve here: \(reason)")
                 type = .ninep
             } else {
@@ -305,9 +312,10 @@ public struct InstanceManager: Sendable {
         }
         let seedServer = try await startSeedServer(name, spec: spec)
         var machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
-        if spec.driver == "libvirt" { machine.annotations = annotations(spec, state: state, in: dir) }
+        let driver = hypervisor.driver(for: spec)
+        if driver.definitions != nil { machine.annotations = annotations(spec, state: state, in: dir) }
         do {
-            let running = try await hypervisor.start(machine, in: dir.machine)
+            let running = try await driver.start(machine, in: dir.machine)
             if let notice = running.accelerator.notice { progress(notice) }
             state.sshPort = running.sshHostPort
             state.sshHost = running.sshHost == "127.0.0.1" ? nil : running.sshHost
@@ -370,7 +378,7 @@ public struct InstanceManager: Sendable {
         let seedServer = try await store.withLock(name) { _ in
             let state = try store.loadState(name)
             try requireUsable(name, state)
-            switch await hypervisor.status(of: store.directory(name).machine).state {
+            switch await hypervisor.driver(store.directory(name).machine).status(of: store.directory(name).machine).state {
             case .stopped: break
             case .paused:
                 throw NimbusError(.invalidState, "\(name) is suspended: `nimbus resume \(name)`")
@@ -472,27 +480,19 @@ extension String {
     var nonEmpty: String? { isEmpty ? nil : self }
 }
 
-/// Picks each instance's machine driver from its spec (`driver`, `connect` in instance.yaml, which sits in
-/// the machine's folder): QEMU directly, or libvirt at the spec's URI.
-struct InstanceDrivers: Hypervisor {
-    let name = "instance"
-    let hostFactsCache: URL?
+/// Picks each instance's machine driver from its spec (`driver`, `connect`, `pool` in instance.yaml, which
+/// sits in the machine's folder), through the `MachineDrivers` the manager was given.
+struct InstanceDrivers: Sendable {
+    let drivers: any MachineDrivers
     var progress: @Sendable (String) -> Void = { _ in }
 
-    /// Checks the spec's driver before anything is written; for libvirt, that its daemon answers.
-    static func check(_ spec: InstanceSpec) throws(NimbusError) {
-        switch spec.driver {
-        case "qemu":
-            guard spec.connect == nil else {
-                throw NimbusError(.invalidArgument, "--connect \(spec.connect ?? "") needs --driver libvirt")
-            }
-        case "libvirt":
-            try LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: nil).checkConnection()
-        default:
-            throw NimbusError(.invalidArgument, "driver \"\(spec.driver)\" is not one of qemu, libvirt")
-        }
+    /// Checks the spec's driver before anything is written: the choice itself, and that the driver can
+    /// start machines (libvirt: its daemon answers).
+    func check(_ spec: InstanceSpec) throws(NimbusError) {
+        try drivers.driver(for: spec.driverChoice, progress: progress).checkReachable()
     }
 
+    /// The driver of the machine in `directory`, from the instance.yaml beside it.
     func driver(_ directory: MachineDirectory) -> any Hypervisor {
         let file = directory.url.appending(path: "instance.yaml")
         let spec = (try? String(contentsOf: file, encoding: .utf8)).flatMap {
@@ -501,56 +501,12 @@ struct InstanceDrivers: Hypervisor {
         return driver(for: spec)
     }
 
-    /// The driver of an instance whose spec is already read (`list` reads hundreds: parse each once).
+    /// The driver of an instance whose spec is already read (`list` reads hundreds: parse each once); the
+    /// local QEMU driver without a spec, or with one whose driver is not valid (launch refuses those).
     func driver(for spec: InstanceSpec?) -> any Hypervisor {
-        guard let spec, spec.driver == "libvirt" else { return QEMUDriver(hostFactsCache: hostFactsCache) }
-        var driver = LibvirtDriver(uri: spec.connect ?? LibvirtDriver.defaultURI, hostFactsCache: hostFactsCache)
-        driver.pool = spec.pool ?? LibvirtStorage.defaultPool
-        driver.progress = progress
-        return driver
+        drivers.driver(for: (try? spec?.driverChoice) ?? .qemu, progress: progress)
     }
 
-    /// The local QEMU driver's decision; an instance's own driver decides with `driver(for:)`.
-    func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision {
-        try await driver(for: nil).accelerator(for: choice)
-    }
-    func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) -> RunningMachine {
-        try await driver(directory).start(config, in: directory)
-    }
-    func status(of directory: MachineDirectory) async -> MachineStatus { await driver(directory).status(of: directory) }
-    func isRunning(_ directory: MachineDirectory) async -> Bool { await driver(directory).isRunning(directory) }
-    func stop(_ directory: MachineDirectory, timeout: Duration, progress: (@Sendable (String) -> Void)?)
-        async throws(NimbusError) -> StopOutcome
-    {
-        try await driver(directory).stop(directory, timeout: timeout, progress: progress)
-    }
-    func suspend(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).suspend(directory)
-    }
-    func resume(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).resume(directory)
-    }
-    func reset(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).reset(directory) }
-    func kill(_ directory: MachineDirectory) async throws(NimbusError) { try await driver(directory).kill(directory) }
-    func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).deleteStorage(directory)
-    }
-    func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? {
-        try await driver(directory).diskFile(directory)
-    }
-    func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? {
-        try await driver(directory).diskAllocation(directory)
-    }
-    func forget(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).forget(directory)
-    }
-    func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).saveSnapshot(name, in: directory)
-    }
-    func loadSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).loadSnapshot(name, in: directory)
-    }
-    func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError) {
-        try await driver(directory).deleteSnapshot(name, in: directory)
-    }
+    /// The local QEMU driver: host facts for `doctor` and the accelerator of this host.
+    var local: any Hypervisor { driver(for: nil) }
 }

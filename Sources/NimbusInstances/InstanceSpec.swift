@@ -56,6 +56,11 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     /// How the NoCloud seed reaches the guest: a CD-ROM, or HTTP from Nimbus (`--seed-over-http`).
     public var seedTransport: SeedTransport = .iso
 
+    /// `driver`, `connect` and `pool` as one checked value; an error names a field that does not fit.
+    public var driverChoice: DriverChoice {
+        get throws(NimbusError) { try DriverChoice(name: driver, connect: connect, pool: pool) }
+    }
+
     public init(name: InstanceName, image: String) {
         self.name = name
         self.image = image

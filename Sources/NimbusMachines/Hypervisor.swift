@@ -1,17 +1,27 @@
 import Foundation
 import NimbusCore
 
-/// What runs machines: QEMU directly today, libvirt later. NimbusInstances talks only to this.
+/// What runs machines: QEMU directly (`NimbusQEMU`) or through libvirt (`NimbusLibvirt`). NimbusInstances
+/// talks only to this protocol, and gets drivers from `MachineDrivers`.
 ///
 /// Drivers keep no state of their own: everything about a machine is read from its folder and its live
-/// process each time, so any `nimbus` process can pick up a machine another one started.
+/// process each time, so any `nimbus` process can pick up a machine another one started. What only some
+/// drivers have is a capability, nil where a driver lacks it: `storage` (disks outside the folder) and
+/// `definitions` (machines defined outside the folder).
 public protocol Hypervisor: Sendable {
     /// `qemu`, `libvirt`.
     var name: String { get }
+    /// The host the machines run on, as `nimbus list` shows it: `local`, or a host name.
+    var hostLabel: String { get }
 
+    /// Checks, before anything is written, that machines can be started here: for libvirt, that the
+    /// daemon answers. An error says how to fix it.
+    func checkReachable() throws(NimbusError)
     /// The accelerator a machine started with `choice` would run on, and why: this host's for QEMU, the
     /// daemon host's for libvirt.
     func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision
+    /// Why shares of `transport` cannot work with this driver here, or nil when they can.
+    func shareProblem(_ transport: MachineConfig.Share.Transport) -> String?
     /// Starts `config` in `directory` and returns once the machine runs and its control channel answers.
     func start(_ config: MachineConfig, in directory: MachineDirectory) async throws(NimbusError) -> RunningMachine
 
@@ -29,53 +39,42 @@ public protocol Hypervisor: Sendable {
     func suspend(_ directory: MachineDirectory) async throws(NimbusError)
     /// Resumes the vCPUs.
     func resume(_ directory: MachineDirectory) async throws(NimbusError)
-    /// A hard reset.
-    func reset(_ directory: MachineDirectory) async throws(NimbusError)
     /// Ends the machine at once (SIGKILL) and waits until its files are free.
     func kill(_ directory: MachineDirectory) async throws(NimbusError)
     /// Forgets the machine before its folder is removed for good: ends it if it runs, and drops what the
-    /// hypervisor keeps of it outside the folder (libvirt: the domain's definition).
+    /// driver keeps of it outside the folder (libvirt: the domain's definition).
     func forget(_ directory: MachineDirectory) async throws(NimbusError)
 
-    /// A live snapshot of the running machine (RAM, devices, disks) named `name`.
-    func saveSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
-    /// Returns the running machine to the live snapshot `name`.
-    func loadSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
-    /// Deletes the live snapshot `name`.
-    func deleteSnapshot(_ name: String, in directory: MachineDirectory) async throws(NimbusError)
+    /// The running machine's serial console.
+    func openConsole(_ directory: MachineDirectory) async throws(NimbusError) -> any MachineConsole
 
-    /// Deletes what the stopped machine keeps outside its folder (the libvirt driver's pool volumes), before
-    /// the folder itself is removed.
-    func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError)
+    /// Disks kept outside the machine folder (libvirt pool volumes); nil when the folder holds them.
+    var storage: (any MachineStorage)? { get }
+    /// Machine definitions kept outside the folder (libvirt domains); nil when the folder is all there is.
+    var definitions: (any MachineDefinitions)? { get }
 
-    /// The machine's main disk on this host when it is not the folder's own (a libvirt pool volume), for
-    /// qemu-img while the machine is stopped; nil for the folder's.
+    /// What `nimbus doctor` should know of this driver on its host (helpers it needs and lacks).
+    func hostFindings() -> [HostFinding]
+    /// Processes this driver started for folders under `instances` that no longer hold a machine.
+    func orphans(under instances: URL, isMachineFolder: (String) -> Bool) -> [OrphanProcess]
+    /// What the stopped machine in `directory` left behind.
+    func leftovers(of directory: MachineDirectory) -> [MachineLeftover]
+    /// The helper processes (virtiofsd) serving the machine in `directory`.
+    func helperPIDs(of directory: MachineDirectory) -> [Int32]
+}
+
+/// Disks a driver keeps outside the machine folder (libvirt pool volumes, on whichever host the pool is).
+public protocol MachineStorage: Sendable {
+    /// The machine's main disk as a file on this host, for qemu-img while the machine is stopped; nil when
+    /// it is not reachable as a file here (a remote pool).
     func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL?
-    /// The bytes the machine's main disk takes on its host when it is not the folder's own (a libvirt pool
-    /// volume, on whichever host the pool is); nil for the folder's, which the caller measures itself.
+    /// The bytes the machine's main disk takes on its host.
     func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64?
+    /// Deletes the stopped machine's disks, before its folder is removed.
+    func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError)
 }
 
 extension Hypervisor {
-    /// Asked of the full status where the driver has nothing cheaper.
-    public func isRunning(_ directory: MachineDirectory) async -> Bool {
-        await status(of: directory).state != .stopped
-    }
-
-    /// Nothing outside the machine folder: the QEMU driver keeps every file in it.
-    public func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError) {}
-
-    /// The folder's own disk.
-    public func diskFile(_ directory: MachineDirectory) async throws(NimbusError) -> URL? { nil }
-
-    /// The folder's own disk.
-    public func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64? { nil }
-
-    /// A hypervisor that keeps nothing outside the folder only has to end the machine.
-    public func forget(_ directory: MachineDirectory) async throws(NimbusError) {
-        try await kill(directory)
-    }
-
     /// Stops the machine with the default 60-second wait for the guest.
     public func stop(_ directory: MachineDirectory) async throws(NimbusError) -> StopOutcome {
         try await stop(directory, timeout: .seconds(60), progress: nil)
@@ -94,10 +93,23 @@ public struct RunningMachine: Sendable, Hashable {
     public let qmpSocket: URL
     /// The VNC socket, when asked for.
     public let vncSocket: URL?
-    /// The argument vector the hypervisor was started with.
+    /// How the machine was started, for a person: QEMU's argument vector, or libvirt's call.
     public let commandLine: [String]
     /// The host whose `sshHostPort` reaches the guest: 127.0.0.1, or a remote libvirt host.
     public var sshHost: String = "127.0.0.1"
+
+    public init(
+        pid: Int32, accelerator: AcceleratorDecision, sshHostPort: UInt16?, qmpSocket: URL, vncSocket: URL?,
+        commandLine: [String], sshHost: String = "127.0.0.1"
+    ) {
+        self.pid = pid
+        self.accelerator = accelerator
+        self.sshHostPort = sshHostPort
+        self.qmpSocket = qmpSocket
+        self.vncSocket = vncSocket
+        self.commandLine = commandLine
+        self.sshHost = sshHost
+    }
 }
 
 /// The state of a machine, read from the live process and QMP.
@@ -152,4 +164,10 @@ public struct StopOutcome: Sendable, Hashable, Codable {
     public let shutdownReason: String?
     /// Each step taken, as logged.
     public let steps: [String]
+
+    public init(endedBy: Rung, shutdownReason: String?, steps: [String]) {
+        self.endedBy = endedBy
+        self.shutdownReason = shutdownReason
+        self.steps = steps
+    }
 }

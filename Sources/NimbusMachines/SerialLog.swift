@@ -7,9 +7,9 @@ import NimbusCore
 /// no daemon to read a pipe. So Nimbus does it at the two moments it runs: at start the last boot's log
 /// becomes `serial.log.1` (one generation kept), and at stop the log is cut to its last `limit` bytes.
 /// While a machine runs, its log grows unbounded; a guest console is quiet after boot.
-enum SerialLog {
+public enum SerialLog {
     /// Moves the current log aside before a boot, keeping it cut to `limit`.
-    static func rotate(_ directory: MachineDirectory, limit: ByteSize) {
+    public static func rotate(_ directory: MachineDirectory, limit: ByteSize) {
         let manager = FileManager.default
         guard manager.fileExists(atPath: directory.serialLog.path) else { return }
         trim(directory.serialLog, limit: limit)
@@ -18,7 +18,7 @@ enum SerialLog {
     }
 
     /// Cuts `file` to its last `limit` bytes, atomically.
-    static func trim(_ file: URL, limit: ByteSize) {
+    public static func trim(_ file: URL, limit: ByteSize) {
         guard let handle = try? FileHandle(forReadingFrom: file) else { return }
         defer { try? handle.close() }
         guard let size = try? handle.seekToEnd(), size > limit.bytes else { return }

@@ -7,6 +7,7 @@ import Testing
 import Yams
 
 @testable import NimbusInstances
+import NimbusDrivers
 
 @Suite("From an instance spec to a seed and a machine")
 struct ManagerMappingTests {

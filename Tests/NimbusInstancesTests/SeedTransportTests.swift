@@ -6,6 +6,8 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusInstances
+import NimbusQEMU
+import NimbusDrivers
 
 /// `seedTransport: http` (`launch --seed-over-http`) without a guest: the spec, the seed folder, the machine,
 /// and the errors users meet.

@@ -4,6 +4,7 @@ import NimbusInstances
 import NimbusMachines
 import NimbusTestSupport
 import Testing
+import NimbusLibvirt
 
 /// Persistent libvirt domains outliving their instance folder: `nimbus list` marks them, `nimbus recover`
 /// rebuilds the folder from the domain's metadata, and every way recover can be refused. Through the real

@@ -4,6 +4,7 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusLibvirt
 
 /// Instances on a remote libvirt host: a second libvirtd in a network namespace made by the test
 /// (`RemoteLibvirtHost`), reached over qemu+tcp and qemu+ssh, with the real Debian guest under TCG.

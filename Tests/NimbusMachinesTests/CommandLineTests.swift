@@ -4,6 +4,7 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusQEMU
 
 /// Golden command lines: no QEMU needed. Each expected array is what QEMU gets, argument by argument.
 @Suite("QEMU command lines")

@@ -4,6 +4,7 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusLibvirt
 
 /// The domain XML rendered from `MachineConfig`: a golden document, and every rendered document checked
 /// against libvirt's own RelaxNG schema with `virt-xml-validate`.

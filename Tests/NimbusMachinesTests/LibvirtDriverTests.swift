@@ -4,6 +4,7 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusLibvirt
 
 /// The libvirt driver against the host's real libvirtd (started by the tests when it is not running) and
 /// real QEMU under TCG. The lifecycle test boots no OS: a BIOS machine without disks sits in SeaBIOS,
@@ -252,11 +253,11 @@ extension LibvirtDriverTests {
             let domain = LibvirtDomainXML.domainName(for: config.name)
             let driver = LibvirtDriver(hostFactsCache: nil)
             defer { _ = try? ProgramRunnerSync.remove(domain) }
-            let stopped = #expect(throws: NimbusError.self) { try driver.openConsole(directory) }
+            let stopped = await #expect(throws: NimbusError.self) { try await driver.openConsole(directory) }
             #expect(stopped?.code == .invalidState)
 
             _ = try await driver.start(config, in: directory)
-            let console = try driver.openConsole(directory)
+            let console = try await driver.openConsole(directory)
             // OVMF with nothing to boot ends in its shell on the serial port; keep typing `ver` until it answers.
             let received = await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
                 Thread.detachNewThread {

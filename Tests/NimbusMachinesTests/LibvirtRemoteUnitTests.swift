@@ -4,6 +4,7 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusLibvirt
 
 /// What changes for a daemon on another host, checked without one: the rendered domain and the refusals.
 @Suite("libvirt remote hosts (no daemon)")

@@ -4,6 +4,7 @@ import NimbusQMP
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusQEMU
 
 /// The Nimbus side of bench/machine; runs only when the script sets NIMBUS_BENCH_MACHINE.
 ///

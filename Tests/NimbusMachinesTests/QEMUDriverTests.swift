@@ -5,6 +5,7 @@ import NimbusTestSupport
 import Testing
 
 @testable import NimbusMachines
+@testable import NimbusQEMU
 
 #if canImport(Glibc)
     import Glibc

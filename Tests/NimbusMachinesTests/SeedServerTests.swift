@@ -3,6 +3,7 @@ import NimbusCore
 import NimbusMachines
 import NimbusTestSupport
 import Testing
+import NimbusSeed
 
 /// `SeedServer` against a real HTTP client (curl), the way cloud-init's NoCloud datasource reads it.
 @Suite("Seed server")

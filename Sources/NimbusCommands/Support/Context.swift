@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusImages
 import NimbusInstances
 

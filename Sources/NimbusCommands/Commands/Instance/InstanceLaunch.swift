@@ -139,14 +139,12 @@ struct InstanceLaunch: AsyncParsableCommand {
             if let firmware, !InstanceSpec.firmwares.contains(firmware) {
                 throw ValidationError("--firmware \(firmware) is not one of auto, uefi, bios")
             }
-            if let driver, !["qemu", "libvirt"].contains(driver) {
-                throw ValidationError("--driver \(driver) is not one of qemu, libvirt")
-            }
-            if connect != nil, driver == "qemu" {
-                throw ValidationError("--connect needs --driver libvirt")
-            }
-            if pool != nil, driver == "qemu" {
-                throw ValidationError("--pool needs --driver libvirt")
+            if let driver {
+                guard DriverChoice.names.contains(driver) else {
+                    throw ValidationError(
+                        "--driver \(driver) is not one of \(DriverChoice.names.joined(separator: ", "))")
+                }
+                _ = try DriverChoice(name: driver, connect: connect, pool: pool)
             }
             guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
             for text in forward { _ = try MachineConfig.PortForward(parsing: text) }

@@ -1,5 +1,6 @@
 import CLibvirt
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 /// Runs machines through libvirt's C API: the same `MachineConfig`, rendered as domain XML
@@ -161,7 +162,7 @@ public struct LibvirtDriver: Hypervisor {
                 if let fixedPort, local || attempt == 1 {
                     sshHostPort = fixedPort
                 } else {
-                    sshHostPort = local ? try QEMUDriver.freeLoopbackPort() : LibvirtRemote.randomPort()
+                    sshHostPort = local ? try Loopback.requireFreePort() : LibvirtRemote.randomPort()
                 }
             }
             var placed = placement.config
@@ -544,10 +545,10 @@ extension LibvirtDriver {
     /// Makes `directory` the folder of a Nimbus domain found on a daemon (`nimbus recover`, which builds
     /// the folder elsewhere and renames it to the one the metadata names): it records the daemon and the
     /// domain, so the driver finds the machine again.
-    public static func adopt(_ domain: LibvirtDomainSummary, in directory: MachineDirectory) throws(NimbusError) {
-        try writeRecord(Record(uri: domain.uri, domain: domain.domain), in: directory)
+    public static func adopt(_ machine: DefinedMachine, in directory: MachineDirectory) throws(NimbusError) {
+        try writeRecord(Record(uri: machine.place, domain: machine.definitionName), in: directory)
         // Which pool volumes are the machine's: without it, its next start would make a new, empty overlay.
-        if let storage = domain.metadata.annotations[storageAnnotationKey] {
+        if let storage = machine.annotations[storageAnnotationKey] {
             do {
                 try AtomicFile.write(Data(storage.utf8), to: LibvirtStorage.recordFile(directory), permissions: 0o600)
             } catch {
@@ -580,7 +581,7 @@ extension LibvirtDriver {
 ///
 /// `@unchecked Sendable`: one thread receives while another sends, which libvirt's blocking streams allow
 /// (its RPC client passes the connection between waiting threads); `finished` is guarded by a lock.
-public final class LibvirtConsole: @unchecked Sendable {
+public final class LibvirtConsole: MachineConsole, @unchecked Sendable {
     private let stream: virStreamPtr
     private let domain: LibvirtDomain
     private let lock = NSLock()
@@ -633,7 +634,7 @@ public final class LibvirtConsole: @unchecked Sendable {
 extension LibvirtDriver {
     /// Opens the serial console of the running machine in `directory`. `force` takes it over from another
     /// client (a `virsh console` left open), as libvirt allows one console client at a time.
-    public func openConsole(_ directory: MachineDirectory, force: Bool = true) throws(NimbusError) -> LibvirtConsole {
+    public func openConsole(_ directory: MachineDirectory, force: Bool) throws(NimbusError) -> LibvirtConsole {
         guard let record = Self.record(directory) else {
             throw NimbusError(.invalidState, "the machine in \(directory.url.path) has never run through libvirt")
         }

@@ -1,5 +1,6 @@
 import CLibvirt
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 /// What changes when the daemon runs on another host (a URI with a host part): the files QEMU opens must be

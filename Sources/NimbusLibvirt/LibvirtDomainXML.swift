@@ -1,4 +1,5 @@
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 /// The libvirt domain XML for a `MachineConfig`: the same machine `QEMUCommandLine.machine` builds, told
@@ -396,7 +397,7 @@ public enum LibvirtDomainXML {
                 rules.append(
                     "\(forward.transport.rawValue):\(forward.hostAddress):\(forward.hostPort)-:\(forward.guestPort)")
             }
-            let netdev = (["user", "id=nimbus-net0"] + rules.map { "hostfwd=\(QEMUCommandLine.escape($0))" })
+            let netdev = (["user", "id=nimbus-net0"] + rules.map { "hostfwd=\(MachineConfig.qemuEscape($0))" })
                 .joined(separator: ",")
             // An explicit slot on the root bus: libvirt does not know this device, and QEMU would otherwise give
             // it the first free slot, which libvirt assigns to its own first root port. libvirt fills root

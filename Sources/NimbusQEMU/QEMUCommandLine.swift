@@ -1,4 +1,5 @@
 import Foundation
+import NimbusMachines
 
 /// A QEMU command line as a value: the program, its options in order, and the folder it starts in.
 ///
@@ -53,9 +54,7 @@ public struct QEMUCommandLine: Sendable, Hashable {
     public func render() -> [String] { [executable] + arguments }
 
     /// Doubles commas, QEMU's escape for a comma inside an option value.
-    public static func escape(_ value: String) -> String {
-        value.replacingOccurrences(of: ",", with: ",,")
-    }
+    public static func escape(_ value: String) -> String { MachineConfig.qemuEscape(value) }
 
     /// The command line for a person to read or paste (each argument single-quoted when needed). Never
     /// executed.

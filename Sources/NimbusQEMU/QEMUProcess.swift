@@ -1,4 +1,5 @@
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 #if canImport(Glibc)

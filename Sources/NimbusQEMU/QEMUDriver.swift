@@ -1,4 +1,5 @@
 import Foundation
+import NimbusMachines
 import NimbusCore
 import NimbusQMP
 
@@ -79,7 +80,7 @@ public struct QEMUDriver: Hypervisor {
                 if let fixed = config.network.sshHostPort {
                     sshHostPort = fixed
                 } else {
-                    sshHostPort = try Self.freeLoopbackPort()
+                    sshHostPort = try Loopback.requireFreePort()
                 }
             }
             commandLine = try QEMUCommandLine.machine(
@@ -155,14 +156,6 @@ public struct QEMUDriver: Hypervisor {
         Virtiofsd.stopAll(in: directory)
     }
 
-    /// A port on 127.0.0.1 that nothing listens on now.
-    static func freeLoopbackPort() throws(NimbusError) -> UInt16 {
-        guard let port = Loopback.freePort() else {
-            throw NimbusError(.network, "could not find a free port on 127.0.0.1")
-        }
-        return port
-    }
-
     // MARK: QMP
 
     /// Connects to the machine's QMP socket. A socket path longer than `sun_path` (108 bytes, a deep
@@ -206,12 +199,16 @@ public struct QEMUDriver: Hypervisor {
 
     // MARK: status and control
 
+    /// How long `status` waits for the monitor before calling the machine unresponsive. QEMU greets from its
+    /// main loop, which on a loaded TCG host (four guests on two cores in CI) was seen to take over 3 s.
+    static let statusTimeout: Duration = .seconds(10)
+
     public func status(of directory: MachineDirectory) async -> MachineStatus {
         guard let process = QEMUProcess.find(in: directory) else {
             return MachineStatus(state: .stopped, pid: nil, detail: nil)
         }
         do {
-            let client = try await Self.connect(directory, timeout: .seconds(3))
+            let client = try await Self.connect(directory, timeout: Self.statusTimeout)
             let answer: Result<QMPStatus, QMPError>
             do {
                 answer = .success(try await client.queryStatus())

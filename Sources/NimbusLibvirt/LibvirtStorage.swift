@@ -1,6 +1,7 @@
 import CLibvirt
 import Crypto
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 /// A machine's disks in a libvirt storage pool, on whichever host the daemon runs: the same code path for

@@ -1,5 +1,6 @@
 import CLibvirt
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 /// A failed libvirt call, with libvirt's own error number and domain (virterror.h), so failures are told

@@ -1,4 +1,5 @@
 import NimbusCore
+import NimbusMachines
 
 /// How QEMU refused to start, read from its own stderr.
 public enum MachineError: Error, Sendable, Hashable, CustomStringConvertible {

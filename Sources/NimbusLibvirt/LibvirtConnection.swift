@@ -1,5 +1,6 @@
 import CLibvirt
 import Foundation
+import NimbusMachines
 import NimbusCore
 
 /// One open connection to a libvirt daemon (`virConnectPtr`), closed when released.
