@@ -1,7 +1,12 @@
 import Foundation
 import Yams
 
-/// An Ignition spec 3.4.0 config (Fedora CoreOS, Flatcar) rendered from the same `InstanceConfig`.
+/// An Ignition spec 3.x config (Fedora CoreOS, Flatcar, RHCOS) rendered from the same `InstanceConfig`.
+///
+/// The spec version is the lowest that expresses the config (`specVersion`, `versionReason`): Ignition
+/// accepts older specs, never newer ones (Debian's Ignition 2.14 refuses 3.4.0, as do Flatcar's, RHCOS's and
+/// older Fedora CoreOS releases), and everything Nimbus writes today (users with keys and groups, files with
+/// modes, owners and appends, links, units) is spec 3.0.0, which every Ignition since 2.0 reads.
 ///
 /// Translation: users (`core` when none is named) with their SSH keys and groups, a sudoers drop-in for
 /// `sudo` rules; `/etc/hostname`; `/etc/locale.conf`; `timezone` as the `/etc/localtime` link;
@@ -11,6 +16,10 @@ import Yams
 public struct IgnitionConfig: Sendable {
     /// The config as pretty JSON with sorted keys, ending in a newline.
     public let json: String
+    /// The spec version `json` declares.
+    public let specVersion: String
+    /// Why that version, for `--verbose`: the feature that needs it, or that none needs more.
+    public let versionReason: String
 
     /// Translates `config`, merged with the user's `#cloud-config` when given (same precedence as the
     /// NoCloud seed: the user wins on scalars, lists are appended).
@@ -25,8 +34,17 @@ public struct IgnitionConfig: Sendable {
             config = config.merged(withUserConfig: try Self.decode(node, source: userData.source))
         }
         try Self.rejectUnsupported(config)
-        json = try Self.render(config)
+        (json, specVersion, versionReason) = try Self.render(config)
     }
+
+    /// The spec versions by the first feature of each that Nimbus may write, oldest first; a config declares
+    /// the newest version any of its features needs. Only 3.0.0 features are written today; a feature of a
+    /// later spec (file compression: 3.1.0; `shouldExist`, LUKS: 3.2.0; kernel arguments: 3.3.0; 3.4.0's
+    /// Tang/Clevis options) adds its row here, and its check to `requiredVersion`.
+    static let baseVersion = (version: "3.0.0", reason: "users, files, links and units need nothing newer")
+
+    /// The lowest spec version that expresses `document`.
+    static func requiredVersion(_ document: Config) -> (version: String, reason: String) { baseVersion }
 
     static let translatable: Set<String> = [
         "hostname", "fqdn", "locale", "timezone", "users", "ssh_authorized_keys", "write_files", "runcmd",
@@ -103,12 +121,12 @@ public struct IgnitionConfig: Sendable {
     // MARK: - Rendering
 
     struct Config: Encodable {
-        var ignition = Version()
+        var ignition = Version(version: baseVersion.version)
         var passwd: Passwd
         var storage: Storage
         var systemd: Systemd
     }
-    struct Version: Encodable { var version = "3.4.0" }
+    struct Version: Encodable { var version: String }
     struct Passwd: Encodable { var users: [User] }
     struct User: Encodable {
         var name: String
@@ -146,7 +164,7 @@ public struct IgnitionConfig: Sendable {
 
     static func dataURL(_ text: String) -> String { "data:;base64," + Data(text.utf8).base64EncodedString() }
 
-    static func render(_ config: InstanceConfig) throws(SeedError) -> String {
+    static func render(_ config: InstanceConfig) throws(SeedError) -> (json: String, version: String, reason: String) {
         var users = config.users
         if let user = config.defaultUser { users.insert(user, at: 0) }
         if users.isEmpty { users = [InstanceConfig.User(name: "core", sudo: nil, shell: nil)] }
@@ -251,7 +269,7 @@ public struct IgnitionConfig: Sendable {
 
                         """))
         }
-        let document = Config(
+        var document = Config(
             passwd: Passwd(
                 users: users.map { user in
                     User(
@@ -261,10 +279,12 @@ public struct IgnitionConfig: Sendable {
                 }),
             storage: Storage(files: files, links: links.isEmpty ? nil : links),
             systemd: Systemd(units: units))
+        let required = requiredVersion(document)
+        document.ignition.version = required.version
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         do {
-            return String(decoding: try encoder.encode(document), as: UTF8.self) + "\n"
+            return (String(decoding: try encoder.encode(document), as: UTF8.self) + "\n", required.version, required.reason)
         } catch {
             throw .invalidValue("could not render the Ignition config: \(error)")
         }

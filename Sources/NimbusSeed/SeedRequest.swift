@@ -8,7 +8,7 @@ public struct SeedRequest: Sendable {
     public enum Format: String, Sendable, CaseIterable {
         /// A cloud-init NoCloud `cidata` ISO.
         case nocloud
-        /// An Ignition spec 3.4 JSON config.
+        /// An Ignition spec 3.x JSON config, of the lowest version that expresses it.
         case ignition
     }
 

@@ -72,7 +72,8 @@ struct SeedCommandTests {
             let output = folder.appending(path: "config.ign").path
             try await run(["--format", "ignition", output, "--hostname", "core-1", "--ssh-key", key])
             let json = String(decoding: try Data(contentsOf: URL(fileURLWithPath: output)), as: UTF8.self)
-            #expect(json.contains("\"version\" : \"3.4.0\""))
+            // The lowest spec that expresses it: 3.0.0, which every Ignition 2.x reads.
+            #expect(json.contains("\"version\" : \"3.0.0\""))
             #expect(json.contains("\"name\" : \"core\""))
         }
     }
@@ -159,6 +160,13 @@ struct SeedCommandTests {
             #expect(bad.status != 0)
             #expect(bad.output.contains("<stdin>:2:11: `hostname` must be a string"))
             #expect(!FileManager.default.fileExists(atPath: output + "2"))
+            // --verbose says which Ignition spec version the config declares, and why.
+            let verbose = try ProgramRunnerSync.run(
+                Self.binary, ["seed", "--format", "ignition", "--print", "--verbose", "--hostname", "v1"])
+            #expect(verbose.status == 0, "\(verbose.output)")
+            #expect(
+                verbose.output.contains("ignition: spec 3.0.0: users, files, links and units need nothing newer"),
+                "\(verbose.output)")
         }
     }
 

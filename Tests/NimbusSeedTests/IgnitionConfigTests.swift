@@ -48,6 +48,16 @@ struct IgnitionConfigTests {
         try expectValidIgnition(try IgnitionConfig(config: InstanceConfig(), userData: user).json)
     }
 
+    @Test("the spec version is the lowest that expresses the config, and says why")
+    func lowestVersion() throws {
+        for config in [try Self.config(), InstanceConfig()] {
+            let ignition = try IgnitionConfig(config: config)
+            #expect(ignition.specVersion == "3.0.0")
+            #expect(ignition.json.contains("\"version\" : \"3.0.0\""))
+            #expect(ignition.versionReason.contains("need nothing newer"))
+        }
+    }
+
     @Test("with no user named, keys go to core")
     func coreByDefault() throws {
         var config = InstanceConfig()

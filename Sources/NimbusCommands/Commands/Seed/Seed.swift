@@ -53,7 +53,7 @@ public struct SeedCommand: AsyncParsableCommand {
             valueName: "address"))
     public var mac: String?
 
-    @Option(name: .long, help: "nocloud (an ISO, the default) or ignition (an Ignition 3.4 JSON file).")
+    @Option(name: .long, help: "nocloud (an ISO, the default) or ignition (an Ignition JSON file, spec 3.0.0 unless a feature needs newer).")
     public var format: SeedFormat = .nocloud
 
     @Flag(name: .long, help: "Show the rendered files instead of writing OUTPUT.")
@@ -110,6 +110,10 @@ public struct SeedCommand: AsyncParsableCommand {
         }
         for warning in result.warnings where !global.quiet {
             FileHandle.standardError.write(Data("warning: \(warning)\n".utf8))
+        }
+        if global.verbose, case .ignition(let config) = result {
+            FileHandle.standardError.write(
+                Data("ignition: spec \(config.specVersion): \(config.versionReason)\n".utf8))
         }
         if print {
             FileHandle.standardOutput.write(Data(result.printed.utf8))
