@@ -164,7 +164,7 @@ let package = Package(
         .target(
             name: "NimbusCommands",
             dependencies: [
-                "NimbusInstances", "NimbusImages", "NimbusDisks", "NimbusDrivers",
+                "NimbusInstances", "NimbusImages", "NimbusDisks", "NimbusDrivers", "NimbusSeed",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Yams", package: "Yams"),
             ],

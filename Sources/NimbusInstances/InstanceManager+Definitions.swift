@@ -24,6 +24,7 @@ extension InstanceManager {
     func annotations(_ spec: InstanceSpec, state: InstanceState, in dir: InstanceDirectory) -> [String: String] {
         var kept = spec
         kept.userData = nil
+        kept.ignition = nil
         kept.userDataEncoding = .text
         var annotations: [String: String] = [:]
         if let yaml = try? YAMLEncoder().encode(kept) { annotations[Annotation.spec] = yaml }

@@ -55,6 +55,14 @@ public struct InstanceManager: Sendable {
             }
         }
         for warning in userData?.warnings ?? [] { progress("warning: \(warning)") }
+        var userIgnition: UserIgnition?
+        if let text = spec.ignition {
+            do {
+                userIgnition = try await UserIgnition(text: text, source: "the --ignition config").validated()
+            } catch let error as SeedError {
+                throw error.nimbusError
+            }
+        }
         guard !store.exists(spec.name) else {
             throw NimbusError(
                 .alreadyExists,
@@ -63,6 +71,12 @@ public struct InstanceManager: Sendable {
         }
 
         let image = try await pullImage(spec.image)
+        if userIgnition != nil, image.distribution != .fedoraCoreOS {
+            throw NimbusError(
+                .invalidArgument,
+                "--ignition needs a CoreOS image (like fedora-coreos:stable): \(spec.image) boots cloud-init, so give its personality with --cloud-init"
+            )
+        }
         var spec = spec
         spec.firmware = try await resolveFirmware(spec, image: image)
         spec.mountType = resolveMountType(spec)
@@ -81,7 +95,8 @@ public struct InstanceManager: Sendable {
             // Known before the definition exists, so a launch killed after making it still finds it in `list`.
             if let definitionPlace { try rememberPlace(definitionPlace) }
             _ = try await store.create(spec) { staging in
-                try await build(spec, image: image, userKey: userKey, userData: userData, in: staging)
+                try await build(
+                    spec, image: image, userKey: userKey, userData: userData, userIgnition: userIgnition, in: staging)
             }
             progress("\(spec.name): created from \(image.reference) (\(elapsed(since: clock)))")
             do {
@@ -104,7 +119,8 @@ public struct InstanceManager: Sendable {
 
     /// Fills a new instance's folder: the overlay, the seed or Ignition config, known_hosts, the state.
     func build(
-        _ spec: InstanceSpec, image: CachedImage, userKey: SSHKeyPair, userData: UserData?, in dir: InstanceDirectory
+        _ spec: InstanceSpec, image: CachedImage, userKey: SSHKeyPair, userData: UserData?,
+        userIgnition: UserIgnition? = nil, in dir: InstanceDirectory
     ) async throws -> InstanceState {
         try await DiskImage.createOverlay(at: dir.disk, backedBy: image.url, size: spec.disk.bytes)
 
@@ -119,7 +135,8 @@ public struct InstanceManager: Sendable {
             spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
         do {
             if image.distribution == .fedoraCoreOS {
-                let ignition = try IgnitionConfig(config: personality, userData: userData)
+                let ignition = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)
+                progress("\(spec.name): Ignition spec \(ignition.specVersion): \(ignition.versionReason)")
                 try AtomicFile.write(Data(ignition.json.utf8), to: dir.ignition, permissions: 0o600)
             } else {
                 let seed = try NoCloudSeed(config: personality, name: spec.name.rawValue, userData: userData)

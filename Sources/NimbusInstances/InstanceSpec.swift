@@ -55,6 +55,9 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var fleet: String?
     /// How the NoCloud seed reaches the guest: a CD-ROM, or HTTP from Nimbus (`--seed-over-http`).
     public var seedTransport: SeedTransport = .iso
+    /// The user's own Ignition config as given (`--ignition`), for CoreOS images: merged by Ignition into
+    /// the config Nimbus writes.
+    public var ignition: String?
 
     /// `driver`, `connect` and `pool` as one checked value; an error names a field that does not fit.
     public var driverChoice: DriverChoice {
@@ -111,7 +114,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
             forwards,
-            ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel, mountType
+            ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel, mountType,
+            ignition
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -144,6 +148,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         kernel = try c.decodeIfPresent(MachineConfig.DirectKernelBoot.self, forKey: .kernel)
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
         seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso
+        ignition = try c.decodeIfPresent(String.self, forKey: .ignition)
     }
 }
 

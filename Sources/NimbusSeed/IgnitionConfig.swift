@@ -22,8 +22,13 @@ public struct IgnitionConfig: Sendable {
     public let versionReason: String
 
     /// Translates `config`, merged with the user's `#cloud-config` when given (same precedence as the
-    /// NoCloud seed: the user wins on scalars, lists are appended).
-    public init(config: InstanceConfig, userData: UserData? = nil) throws(SeedError) {
+    /// NoCloud seed: the user wins on scalars, lists are appended). A user's own Ignition config is merged
+    /// in by Ignition itself (`ignition.config.merge`, a data URL of it as written), so where both set
+    /// something the user's wins, as a child config does in Ignition; the result declares the user's spec
+    /// version when it is newer than the one Nimbus's own part needs.
+    public init(config: InstanceConfig, userData: UserData? = nil, userConfig: UserIgnition? = nil)
+        throws(SeedError)
+    {
         var config = config
         if let userData {
             guard userData.kind == .cloudConfig, let node = userData.cloudConfig else {
@@ -34,7 +39,7 @@ public struct IgnitionConfig: Sendable {
             config = config.merged(withUserConfig: try Self.decode(node, source: userData.source))
         }
         try Self.rejectUnsupported(config)
-        (json, specVersion, versionReason) = try Self.render(config)
+        (json, specVersion, versionReason) = try Self.render(config, userConfig: userConfig)
     }
 
     /// The spec versions by the first feature of each that Nimbus may write, oldest first; a config declares
@@ -126,7 +131,11 @@ public struct IgnitionConfig: Sendable {
         var storage: Storage
         var systemd: Systemd
     }
-    struct Version: Encodable { var version: String }
+    struct Version: Encodable {
+        var version: String
+        var config: Merge?
+    }
+    struct Merge: Encodable { var merge: [Contents] }
     struct Passwd: Encodable { var users: [User] }
     struct User: Encodable {
         var name: String
@@ -164,7 +173,9 @@ public struct IgnitionConfig: Sendable {
 
     static func dataURL(_ text: String) -> String { "data:;base64," + Data(text.utf8).base64EncodedString() }
 
-    static func render(_ config: InstanceConfig) throws(SeedError) -> (json: String, version: String, reason: String) {
+    static func render(_ config: InstanceConfig, userConfig: UserIgnition? = nil) throws(SeedError) -> (
+        json: String, version: String, reason: String
+    ) {
         var users = config.users
         if let user = config.defaultUser { users.insert(user, at: 0) }
         if users.isEmpty { users = [InstanceConfig.User(name: "core", sudo: nil, shell: nil)] }
@@ -279,7 +290,13 @@ public struct IgnitionConfig: Sendable {
                 }),
             storage: Storage(files: files, links: links.isEmpty ? nil : links),
             systemd: Systemd(units: units))
-        let required = requiredVersion(document)
+        var required = requiredVersion(document)
+        if let userConfig {
+            document.ignition.config = Merge(merge: [Contents(source: dataURL(userConfig.text))])
+            if UserIgnition.isOlder(required.version, than: userConfig.version) {
+                required = (userConfig.version, "\(userConfig.source), merged into it, declares that spec")
+            }
+        }
         document.ignition.version = required.version
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

@@ -134,6 +134,47 @@ struct CLIErrorTests {
         }
     }
 
+    @Test(
+        "--ignition: a file that is not an Ignition 3.x config is refused naming it; a cloud-init image refuses it",
+        .requires(.guestImage))
+    func ignitionErrors() async throws {
+        let image = try #require(Prerequisites.guestImage, "NIMBUS_TEST_IMAGE_DIR names no guest image")
+        try await TemporaryDirectory.with { home in
+            let cases = [
+                ("not-json.ign", "{\"ignition\": ", "is not JSON"),
+                ("array.ign", "[1]", "is JSON but not an object"),
+                ("no-version.ign", "{\"storage\": {}}", "has no ignition.version"),
+                ("spec2.ign", "{\"ignition\": {\"version\": \"2.2.0\"}}", "is Ignition spec 2.2.0; Nimbus takes spec 3.x"),
+            ]
+            for (file, text, message) in cases {
+                let path = home.url.appending(path: file).path
+                try text.write(toFile: path, atomically: true, encoding: .utf8)
+                let result = try await NimbusBinary.run(
+                    ["launch", "file://\(image.path)", "--ignition", path, "--name", "ign"], home: home.url)
+                #expect(result.status == 64, "\(file): \(result.standardError)")
+                #expect(result.standardError.contains("\(path) \(message)"), "\(result.standardError)")
+            }
+            // A valid config that ignition-validate rejects (a relative path) is refused quoting it.
+            if Prerequisites.programs("ignition-validate") {
+                let path = home.url.appending(path: "relative.ign").path
+                try #"{"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "etc/x"}]}}"#
+                    .write(toFile: path, atomically: true, encoding: .utf8)
+                let result = try await NimbusBinary.run(
+                    ["launch", "file://\(image.path)", "--ignition", path, "--name", "ign"], home: home.url)
+                #expect(result.status == 64, "\(result.standardError)")
+                #expect(result.standardError.contains("ignition-validate rejects"), "\(result.standardError)")
+            }
+            // A good config on an image that boots cloud-init, not Ignition.
+            let good = home.url.appending(path: "good.ign").path
+            try #"{"ignition": {"version": "3.3.0"}}"#.write(toFile: good, atomically: true, encoding: .utf8)
+            let result = try await NimbusBinary.run(
+                ["launch", "file://\(image.path)", "--ignition", good, "--name", "ign"], home: home.url)
+            #expect(result.status == 64, "\(result.standardError)")
+            #expect(result.standardError.contains("--ignition needs a CoreOS image"), "\(result.standardError)")
+            #expect((try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? [] == [])
+        }
+    }
+
     @Test("several failures are all reported, one a line")
     func aggregate() async throws {
         try await TemporaryDirectory.with { home in

@@ -1,4 +1,5 @@
 import Foundation
+import NimbusCore
 import NimbusSeed
 import NimbusTestSupport
 import Testing
@@ -46,6 +47,60 @@ struct IgnitionConfigTests {
                 "#cloud-config\nhostname: x\nusers: [default, {name: u, groups: 'a, b', sudo: ALL=(ALL) ALL}]\nwrite_files: [{path: /a, content: b, permissions: '0600'}]\n"
                     .utf8), source: "ud")
         try expectValidIgnition(try IgnitionConfig(config: InstanceConfig(), userData: user).json)
+    }
+
+    @Test("a user's Ignition config is merged as written through a data URL, and its newer spec is declared")
+    func userConfigMerged() throws {
+        let text = #"{"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "/etc/mine", "mode": 420}]}}"#
+        let user = try UserIgnition(text: text, source: "mine.ign")
+        #expect(user.version == "3.3.0")
+        let ignition = try IgnitionConfig(config: try Self.config(), userConfig: user)
+        #expect(ignition.specVersion == "3.3.0")
+        #expect(ignition.versionReason.contains("mine.ign"))
+        let document = try #require(
+            try JSONSerialization.jsonObject(with: Data(ignition.json.utf8)) as? [String: Any])
+        let section = try #require(document["ignition"] as? [String: Any])
+        let merge = try #require((section["config"] as? [String: Any])?["merge"] as? [[String: Any]])
+        let source = try #require(merge.first?["source"] as? String)
+        #expect(source.hasPrefix("data:;base64,"))
+        let embedded = Data(base64Encoded: String(source.dropFirst("data:;base64,".count)))
+        #expect(embedded == Data(text.utf8))
+        // An older user spec leaves Nimbus's own.
+        let older = try UserIgnition(text: #"{"ignition": {"version": "3.0.0"}}"#, source: "old.ign")
+        #expect(try IgnitionConfig(config: InstanceConfig(), userConfig: older).specVersion == "3.0.0")
+    }
+
+    @Test(
+        "a merged config passes ignition-validate; ignition-validate's complaint about a user config is quoted",
+        .requires(.programs("ignition-validate")))
+    func userConfigValidated() async throws {
+        let user = try UserIgnition(text: #"{"ignition": {"version": "3.3.0"}}"#, source: "mine.ign")
+        try expectValidIgnition(try IgnitionConfig(config: try Self.config(), userConfig: user).json)
+        _ = try await user.validated()
+        let bad = try UserIgnition(
+            text: #"{"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "etc/x"}]}}"#, source: "bad.ign")
+        await #expect(throws: NimbusError.self) { try await bad.validated() }
+        do {
+            _ = try await bad.validated()
+        } catch {
+            #expect(error.message.contains("ignition-validate rejects bad.ign"), "\(error.message)")
+            #expect(error.message.contains("path"), "\(error.message)")
+        }
+    }
+
+    @Test("a user config that is not Ignition 3.x is refused, naming the file and the fix")
+    func userConfigRefused() {
+        for (text, message) in [
+            ("nope", "mine.ign is not JSON"), ("[]", "is JSON but not an object"),
+            (#"{"ignition": {}}"#, "has no ignition.version"),
+            (#"{"ignition": {"version": "2.3.0"}}"#, "is Ignition spec 2.3.0; Nimbus takes spec 3.x"),
+        ] {
+            #expect {
+                _ = try UserIgnition(text: text, source: "mine.ign")
+            } throws: { error in
+                "\(error)".contains(message)
+            }
+        }
     }
 
     @Test("the spec version is the lowest that expresses the config, and says why")

@@ -3,6 +3,7 @@ import Foundation
 import NimbusCore
 import NimbusInstances
 import NimbusMachines
+import NimbusSeed
 
 /// `nimbus launch`: a new instance from an image, ready when cloud-init has finished.
 struct InstanceLaunch: AsyncParsableCommand {
@@ -27,6 +28,16 @@ struct InstanceLaunch: AsyncParsableCommand {
 
     @Option(help: "cloud-init user-data for the instance ('-' reads standard input).")
     var cloudInit: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Your own Ignition config (spec 3.x JSON) for a CoreOS image, merged with Nimbus's.",
+            discussion: """
+                Kept as written: Nimbus's config (keys, host keys, hostname) merges it through \
+                ignition.config.merge, so where both set something yours wins. Checked with \
+                ignition-validate where installed.
+                """))
+    var ignition: String?
 
     @Option(help: "An OpenSSH public key to authorise for the default user (repeatable).")
     var sshKey: [String] = []
@@ -182,6 +193,7 @@ struct InstanceLaunch: AsyncParsableCommand {
             try readPublicKey(URL(fileURLWithPath: ($0 as NSString).expandingTildeInPath))
         }
         if let cloudInit { spec.setUserData(Array(try readUserData(cloudInit))) }
+        if let ignition { spec.ignition = try readIgnition(ignition) }
         if seedOverHttp { spec.seedTransport = .http }
 
         let info = try await context.manager.launch(spec, wait: !noWait, timeout: .seconds(timeout))
@@ -197,6 +209,22 @@ extension InstanceLaunch {
     /// `path` made absolute against the working folder, with `~` expanded.
     static func absolute(_ path: String) -> String {
         URL(fileURLWithPath: (path as NSString).expandingTildeInPath).standardizedFileURL.path
+    }
+}
+
+/// Reads `--ignition FILE` and checks that it is an Ignition 3.x config, with errors that name the file.
+func readIgnition(_ argument: String) throws -> String {
+    let url = URL(fileURLWithPath: (argument as NSString).expandingTildeInPath)
+    guard let data = FileManager.default.contents(atPath: url.path) else {
+        throw NimbusError(.invalidArgument, "cannot read --ignition \(url.path): check the path and its permissions")
+    }
+    guard let text = String(validating: Array(data), as: UTF8.self) else {
+        throw NimbusError(.invalidArgument, "--ignition \(url.path) is not UTF-8 text: an Ignition config is JSON")
+    }
+    do {
+        return try UserIgnition(text: text, source: url.path).text
+    } catch {
+        throw error.nimbusError
     }
 }
 
