@@ -9,8 +9,10 @@ import NimbusCore
 public enum BootPhase: String, Sendable, CaseIterable {
     case qemuStarted = "QEMU started"
     case kernel = "kernel booting"
+    case ignitionFinished = "Ignition finished"
     case sshReachable = "SSH reachable"
     case cloudInitFinished = "cloud-init finished"
+    case ignitionApplied = "Ignition's configuration in place"
 }
 
 /// What `cloud-init status --format json` said at the end of the boot.
@@ -49,7 +51,8 @@ public struct Readiness: Sendable {
     /// Called as each phase is reached, with the time since `start`.
     public let report: @Sendable (BootPhase, Duration) -> Void
     public let start: ContinuousClock.Instant
-    /// Where the guest's cloud-init seed is; nil when the guest has no cloud-init to wait for (Ignition).
+    /// Where the guest's cloud-init seed is; nil when the guest has no cloud-init to wait for: it is then
+    /// configured by Ignition (CoreOS), whose result the console and /etc/.ignition-result.json show.
     public let cloudInit: CloudInitSeed?
 
     /// How long after the login prompt a cloud-init that has said nothing is taken for one that never runs.
@@ -83,6 +86,11 @@ public struct Readiness: Sendable {
         try await until(.sshReachable, deadline: deadline, isAlive: isAlive, console: console) {
             await sshBannerAnswersOffThePool()
         }
+        guard cloudInit != nil else {
+            try await ignitionResult(deadline: deadline, console: console)
+            report(.ignitionApplied, .now - start)
+            return CloudInitResult(status: "done")
+        }
         let output = try await cloudInitStatus(deadline: deadline, console: console)
         if cloudInit != nil, output.status == "disabled" || output.status == "not run" {
             console.poll()
@@ -109,6 +117,7 @@ public struct Readiness: Sendable {
                     .processFailed, "QEMU ended while waiting for \(phase.rawValue)\(serialTail())")
             }
             try checkCloudInitStarted(console)
+            try checkIgnition(console)
             // Both failures below end the guest's output, so the log's tail holds them.
             let tail = console.tail
             // A guest whose C library refuses the CPU never comes: glibc 2.33+ stops every program built for
@@ -140,6 +149,50 @@ public struct Readiness: Sendable {
         throw NimbusError(
             .guestSetup,
             "cloud-init never started in the guest: it reached its login prompt at \(InstanceManager.format(prompt - start)) with no word from cloud-init on its console, so nothing of the instance's configuration (user, SSH keys, host keys) was applied. \(likelyCause(console)) The instance is left running for inspection: `nimbus console` shows its console\(serialTail())"
+        )
+    }
+
+    /// With Ignition (no cloud-init seed): reports Ignition's end when the console shows it (first boot
+    /// only; later boots do not run it), and fails at once, naming the stage and quoting Ignition's errors,
+    /// when a stage failed: the initramfs then waits in its emergency shell for ever.
+    func checkIgnition(_ console: SerialWatch) throws(NimbusError) {
+        guard cloudInit == nil else { return }
+        if console.ignitionFinished, !console.ignitionReported {
+            console.ignitionReported = true
+            report(.ignitionFinished, .now - start)
+        }
+        guard let stage = console.ignitionFailure() else { return }
+        let errors = console.ignitionErrors.suffix(6).map { "  " + $0 }.joined(separator: "\n")
+        throw NimbusError(
+            .guestSetup,
+            "Ignition failed in the guest at its \(stage) stage, so the machine stopped in its initramfs's emergency shell and will not boot further"
+                + (errors.isEmpty ? "" : ". Ignition said:\n\(errors)\n")
+                + "The instance is left running: `nimbus console` reaches the emergency shell, `nimbus delete --purge` and a launch with a fixed config start again\(serialTail())"
+        )
+    }
+
+    /// One SSH login with the pinned host key, which Ignition wrote, looking for the result Ignition leaves
+    /// for every later boot (`/etc/.ignition-result.json`); retried only while the login fails.
+    func ignitionResult(deadline: ContinuousClock.Instant, console: SerialWatch) async throws(NimbusError) {
+        var last = ""
+        while ContinuousClock.now < deadline {
+            console.poll()
+            try checkIgnition(console)
+            // The file is root's alone (0600); its name in /etc is anyone's to see.
+            let output = try await ssh.run(["test", "-e", "/etc/.ignition-result.json"])
+            if output.status == 0 { return }
+            if output.status != 255 {
+                throw NimbusError(
+                    .guestSetup,
+                    "the guest has no /etc/.ignition-result.json: Ignition never ran in it (its boot loader must pass ignition.firstboot on the first boot, as Fedora CoreOS's does), so Nimbus's configuration is not there. The instance is left running: `nimbus console` shows its console"
+                )
+            }
+            last = output.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
+            try? await Task.sleep(for: .seconds(1))
+        }
+        throw NimbusError(
+            .timeout,
+            "timed out logging in to check Ignition's result (last ssh error: \(last.isEmpty ? "none" : last))\(serialTail())"
         )
     }
 
@@ -276,6 +329,16 @@ final class SerialWatch {
     private(set) var loginPromptAt: ContinuousClock.Instant?
     /// The block devices the kernel reported (`vda (virtio disk)`, `sr0 (CD-ROM)`), in order, once each.
     private(set) var blockDevices: [String] = []
+    /// systemd reached `ignition-complete.target` in the initramfs: every Ignition stage succeeded.
+    private(set) var ignitionFinished = false
+    /// Whether `ignitionFinished` has been reported (by `Readiness.checkIgnition`).
+    var ignitionReported = false
+    /// The Ignition stage whose unit failed (`fetch-offline`, `files`), once the emergency shell shows.
+    private(set) var ignitionFailedStage: String?
+    private var failedStage: String?
+    private var failedStageAt: ContinuousClock.Instant?
+    /// Ignition's own error lines (`ignition[412]: ... error ...`, `CRITICAL`), in order.
+    private(set) var ignitionErrors: [String] = []
 
     init(_ url: URL) { self.url = url }
 
@@ -307,6 +370,54 @@ final class SerialWatch {
         if !sawCloudInit, line.contains("Cloud-init v.") { sawCloudInit = true }
         if loginPromptAt == nil, Self.isLoginPrompt(line) { loginPromptAt = .now }
         if let device = Self.blockDevice(in: line), !blockDevices.contains(device) { blockDevices.append(device) }
+        scanIgnition(line)
+    }
+
+    /// Ignition's progress as systemd and Ignition print it on the console, colours removed: `Reached target
+    /// ignition-co…te.target - Ignition Complete.` (systemd shortens unit names to fit, so the descriptions
+    /// are what is matched), `Failed to start ignition-files.service - Ignition (files).`, Ignition's error
+    /// lines, and dracut's emergency shell, which a failed stage ends in.
+    private func scanIgnition(_ raw: Substring) {
+        guard raw.contains("gnition") || raw.contains("mergency") else { return }
+        let line = Self.withoutColours(raw)
+        if line.contains("Reached target"), line.contains("Ignition Complete") { ignitionFinished = true }
+        if failedStage == nil, line.contains("Failed to start"), let open = line.range(of: "Ignition (") {
+            failedStage = String(line[open.upperBound...].prefix { $0 != ")" })
+            failedStageAt = .now
+        }
+        if line.contains("ignition["), line.contains("error") || line.contains("CRITICAL") {
+            let text = line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
+            if !ignitionErrors.contains(text) { ignitionErrors.append(text) }
+        }
+        if let failedStage, line.contains("mergency") { ignitionFailedStage = failedStage }
+    }
+
+    /// The failed stage, also when no emergency shell was recognised 10 s after the failure (a dracut that
+    /// words it otherwise): nothing boots after a failed Ignition stage either way.
+    func ignitionFailure() -> String? {
+        if let ignitionFailedStage { return ignitionFailedStage }
+        guard let failedStage, let failedStageAt, ContinuousClock.now - failedStageAt > .seconds(10) else { return nil }
+        return failedStage
+    }
+
+    /// `line` without terminal escape sequences (`ESC [ ... letter`), which systemd colours its status with.
+    static func withoutColours(_ line: some StringProtocol) -> String {
+        var result = ""
+        var escape = false
+        var iterator = line.unicodeScalars.makeIterator()
+        while let scalar = iterator.next() {
+            if escape {
+                if scalar.properties.isAlphabetic { escape = false }
+                continue
+            }
+            if scalar == "\u{1b}" {
+                escape = true
+                _ = iterator.next()  // the "["
+                continue
+            }
+            result.unicodeScalars.append(scalar)
+        }
+        return result
     }
 
     /// A getty's prompt, `localhost login: `, at the start of a line (the console may append kernel or

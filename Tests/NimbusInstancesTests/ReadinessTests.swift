@@ -117,6 +117,38 @@ struct CloudInitNeverStartedTests {
         #expect(!SerialWatch.isLoginPrompt("Last login: Thu Dec  3"))
     }
 
+    @Test("Ignition's end and a failed stage are read from systemd's coloured, shortened status lines")
+    func ignitionConsole() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.url.appending(path: "serial.log")
+        // As the CoreOS-like guest's console shows them (systemd 252 in a dracut initramfs).
+        let success = [
+            "         Starting \u{1b}[0;1;39mignition-fetch-of…\u{1b}[0m - Ignition (fetch-offline)...",
+            "[\u{1b}[0;32m  OK  \u{1b}[0m] Finished \u{1b}[0;1;39mignition-files.service\u{1b}[0m - Ignition (files).",
+            "[\u{1b}[0;32m  OK  \u{1b}[0m] Reached target \u{1b}[0;1;39mignition-co…te.target\u{1b}[0m - Ignition Complete.",
+        ]
+        try (success.joined(separator: "\r\n") + "\r\n").write(to: log, atomically: true, encoding: .utf8)
+        let watch = SerialWatch(log)
+        watch.poll()
+        #expect(watch.ignitionFinished)
+        #expect(watch.ignitionFailure() == nil)
+
+        let failure = [
+            "[   12.3] ignition[412]: failed to fetch config: unsupported config version",
+            "[   12.4] ignition[412]: error: CRITICAL : Ignition failed: unsupported config version",
+            "[\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mignition-fetch-of…ce\u{1b}[0m - Ignition (fetch-offline).",
+            "Entering emergency mode. Exit the shell to continue.",
+        ]
+        try (failure.joined(separator: "\r\n") + "\r\n").write(to: log, atomically: true, encoding: .utf8)
+        let failed = SerialWatch(log)
+        failed.poll()
+        #expect(!failed.ignitionFinished)
+        #expect(failed.ignitionFailure() == "fetch-offline")
+        #expect(failed.ignitionErrors.contains { $0.contains("CRITICAL : Ignition failed: unsupported config version") })
+        #expect(SerialWatch.withoutColours("[\u{1b}[0;32m  OK  \u{1b}[0m] Done") == "[  OK  ] Done")
+    }
+
     @Test("no CD-ROM seen and no word from cloud-init: the seed was invisible, named with the disks the kernel saw")
     func seedInvisible() async throws {
         let error = try await wait(Self.console(seedSeen: false, cloudInit: false), seed: .cdrom)
