@@ -165,8 +165,8 @@ public struct Readiness: Sendable {
         let errors = console.ignitionErrors.suffix(6).map { "  " + $0 }.joined(separator: "\n")
         throw NimbusError(
             .guestSetup,
-            "Ignition failed in the guest at its \(stage) stage, so the machine stopped in its initramfs's emergency shell and will not boot further"
-                + (errors.isEmpty ? "" : ". Ignition said:\n\(errors)\n")
+            "Ignition failed in the guest at its \(stage) stage, so the machine stopped in its initramfs's emergency shell and will not boot further. "
+                + (errors.isEmpty ? "" : "Ignition said:\n\(errors)\n")
                 + "The instance is left running: `nimbus console` reaches the emergency shell, `nimbus delete --purge` and a launch with a fixed config start again\(serialTail())"
         )
     }
@@ -337,6 +337,7 @@ final class SerialWatch {
     private(set) var ignitionFailedStage: String?
     private var failedStage: String?
     private var failedStageAt: ContinuousClock.Instant?
+    private var collectingErrors = false
     /// Ignition's own error lines (`ignition[412]: ... error ...`, `CRITICAL`), in order.
     private(set) var ignitionErrors: [String] = []
 
@@ -376,10 +377,25 @@ final class SerialWatch {
     /// Ignition's progress as systemd and Ignition print it on the console, colours removed: `Reached target
     /// ignition-co…te.target - Ignition Complete.` (systemd shortens unit names to fit, so the descriptions
     /// are what is matched), `Failed to start ignition-files.service - Ignition (files).`, Ignition's error
-    /// lines, and dracut's emergency shell, which a failed stage ends in.
+    /// lines (its own `ignition[PID]: ... error` lines, or those the image's emergency hook lists under
+    /// "Ignition's errors"), and dracut's emergency shell, which a failed stage ends in.
     private func scanIgnition(_ raw: Substring) {
+        if collectingErrors {
+            let text = Self.withoutColours(raw).trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
+            if text.hasPrefix("------") {
+                collectingErrors = false
+            } else if !text.isEmpty, !ignitionErrors.contains(text) {
+                ignitionErrors.append(text)
+            }
+            return
+        }
         guard raw.contains("gnition") || raw.contains("mergency") else { return }
         let line = Self.withoutColours(raw)
+        // The image's emergency hook lists Ignition's journal lines under this header, up to a "------" rule.
+        if line.contains("Ignition's errors") {
+            collectingErrors = true
+            return
+        }
         if line.contains("Reached target"), line.contains("Ignition Complete") { ignitionFinished = true }
         if failedStage == nil, line.contains("Failed to start"), let open = line.range(of: "Ignition (") {
             failedStage = String(line[open.upperBound...].prefix { $0 != ")" })
@@ -392,12 +408,13 @@ final class SerialWatch {
         if let failedStage, line.contains("mergency") { ignitionFailedStage = failedStage }
     }
 
-    /// The failed stage, also when no emergency shell was recognised 10 s after the failure (a dracut that
-    /// words it otherwise): nothing boots after a failed Ignition stage either way.
+    /// The failed stage once the emergency shell and Ignition's errors have shown, or 10 s after the failure
+    /// whatever showed (a dracut that words it otherwise): nothing boots after a failed stage either way.
     func ignitionFailure() -> String? {
-        if let ignitionFailedStage { return ignitionFailedStage }
-        guard let failedStage, let failedStageAt, ContinuousClock.now - failedStageAt > .seconds(10) else { return nil }
-        return failedStage
+        guard let failedStage, let failedStageAt else { return nil }
+        // The emergency shell's hook prints the failed units' logs, Ignition's errors among them, just after.
+        if ignitionFailedStage != nil, !ignitionErrors.isEmpty { return failedStage }
+        return ContinuousClock.now - failedStageAt > .seconds(10) ? failedStage : nil
     }
 
     /// `line` without terminal escape sequences (`ESC [ ... letter`), which systemd colours its status with.

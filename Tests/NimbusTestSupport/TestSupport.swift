@@ -57,6 +57,17 @@ public enum Prerequisites {
     public static var guestImage: URL? {
         guestImageDirectory?.appending(path: "debian-12-genericcloud-amd64.qcow2")
     }
+
+    /// The Fedora CoreOS stream mirror of the CoreOS-like guest (scripts/build-coreos-image's `mirror/`), named
+    /// by NIMBUS_TEST_COREOS_DIR, for launches of `fedora-coreos:stable`.
+    public static var coreOSMirror: URL? {
+        guard let path = ProcessInfo.processInfo.environment["NIMBUS_TEST_COREOS_DIR"], !path.isEmpty else {
+            return nil
+        }
+        let mirror = URL(fileURLWithPath: path, isDirectory: true).appending(path: "mirror", directoryHint: .isDirectory)
+        let stream = mirror.appending(path: "streams/stable.json")
+        return FileManager.default.fileExists(atPath: stream.path) ? mirror : nil
+    }
 }
 
 /// One thing a test needs from the host, and how to get it when it is missing.
@@ -76,6 +87,15 @@ public struct Prerequisite: Sendable {
         Prerequisite(
             isMet: Prerequisites.guestImageDirectory != nil,
             need: "the guest image in NIMBUS_TEST_IMAGE_DIR (bash scripts/test builds it and sets it)")
+    }
+
+    /// The CoreOS-like guest's mirror in NIMBUS_TEST_COREOS_DIR.
+    public static var coreOS: Prerequisite {
+        all(
+            programs("qemu-system-x86_64", "qemu-img"),
+            Prerequisite(
+                isMet: Prerequisites.coreOSMirror != nil,
+                need: "the CoreOS-like guest in NIMBUS_TEST_COREOS_DIR (bash scripts/test builds it and sets it)"))
     }
 
     /// All a guest boot needs: QEMU, qemu-img, OVMF and the guest image.

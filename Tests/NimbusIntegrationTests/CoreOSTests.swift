@@ -1,0 +1,145 @@
+import Foundation
+import NimbusCore
+import NimbusDrivers
+import NimbusInstances
+import NimbusTestSupport
+import Testing
+
+/// `fedora-coreos:stable` for real: the CoreOS-like guest of scripts/build-coreos-image (no cloud-init;
+/// Debian's Ignition 2.14 in a dracut initramfs, run on the first boot only, as Fedora CoreOS's GRUB does it),
+/// pulled from a Fedora CoreOS stream mirror laid out as builds.coreos.fedoraproject.org lays it out. Ignition
+/// applies the personality Nimbus renders from a cloud-config and the user's own Ignition config.
+@Suite("CoreOS with Ignition", .serialized, .requires(.coreOS))
+struct CoreOSTests {
+    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
+    let guestSlot: GuestSlot
+    let home: TemporaryDirectory
+    let manager: InstanceManager
+
+    init() async throws {
+        guestSlot = try await GuestSlot()
+        home = try TemporaryDirectory("nimbus-coreos")
+        // The mirror through config.yaml, as a user points Nimbus at one.
+        let mirror = Prerequisites.coreOSMirror?.absoluteString ?? "file:///missing-coreos-mirror/"
+        try FileManager.default.createDirectory(at: home.paths.config, withIntermediateDirectories: true)
+        try "mirrors:\n  fedora-coreos: \(mirror)\n".write(to: home.paths.configFile, atomically: true, encoding: .utf8)
+        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+    }
+
+    /// Runs `command` in the instance through `sh -c` and returns its stdout, trimmed; a non-zero exit fails.
+    func guest(_ name: InstanceName, _ command: String, sourceLocation: SourceLocation = #_sourceLocation) async throws
+        -> String
+    {
+        let result = try await manager.sshAccess(name).run(["sh", "-c", command])
+        #expect(result.status == 0, "`\(command)` in \(name): \(result.standardError)", sourceLocation: sourceLocation)
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    static let cloudConfig = """
+        #cloud-config
+        hostname: coreos-one
+        users:
+          - name: dev
+            groups: [wheel]
+            shell: /bin/bash
+        write_files:
+          - path: /etc/nimbus-test.conf
+            content: "written by Ignition\\n"
+            permissions: "0640"
+        runcmd:
+          - [sh, -c, "echo ran >> /var/tmp/runcmd-count"]
+        """
+
+    /// The user's own config: a file Nimbus does not write, in a spec newer than Nimbus's own part needs.
+    static let userIgnition = #"""
+        {"ignition": {"version": "3.3.0"},
+         "storage": {"files": [{"path": "/etc/from-user.conf", "mode": 384,
+                                "contents": {"source": "data:,mine%0A"}}]}}
+        """#
+
+    func spec(_ name: String, driver: String) throws -> InstanceSpec {
+        var spec = InstanceSpec(name: try InstanceName(name), image: "fedora-coreos:stable")
+        spec.driver = driver
+        spec.memory = .mebibytes(1024)
+        spec.setUserData(Array(Self.cloudConfig.utf8))
+        spec.ignition = Self.userIgnition
+        return spec
+    }
+
+    @Test("Ignition applies hostname, users, keys, files with modes, runcmd as a unit and the user's config; a restart does not run it again (QEMU)")
+    func launchQEMU() async throws {
+        try await scenario(driver: "qemu")
+    }
+
+    @Test(
+        "Ignition applies hostname, users, keys, files with modes, runcmd as a unit and the user's config; a restart does not run it again (libvirt)",
+        .requires(.libvirt))
+    func launchLibvirt() async throws {
+        let lease = try await LibvirtDaemon.lease()
+        defer { lease.release() }
+        try await scenario(driver: "libvirt")
+    }
+
+    func scenario(driver: String) async throws {
+        let name = try InstanceName("coreos-" + driver + "-" + UUID().uuidString.prefix(4).lowercased())
+        defer {
+            let (manager, home) = (manager, home)
+            Task {
+                try? await manager.delete(name, purge: true)
+                home.remove()
+            }
+        }
+        let info = try await manager.launch(try spec(name.rawValue, driver: driver), wait: true, timeout: .seconds(900))
+        #expect(info.state == .running)
+        #expect(info.cloudInit == "done")
+
+        // exec reaches `core` with the pinned host key Ignition wrote (StrictHostKeyChecking=yes, no TOFU).
+        #expect(try await guest(name, "id -un") == "core")
+        #expect(try await guest(name, "hostname") == "coreos-one")
+        #expect(try await guest(name, "id -nG dev").split(separator: " ").contains("wheel"))
+        #expect(try await guest(name, "stat -c '%a %U' /etc/nimbus-test.conf") == "640 root")
+        #expect(try await guest(name, "sudo -n cat /etc/nimbus-test.conf") == "written by Ignition")
+        #expect(try await guest(name, "sudo -n stat -c '%a' /etc/ssh/ssh_host_ed25519_key") == "600")
+        #expect(try await guest(name, "sudo -n cat /etc/from-user.conf") == "mine")
+        #expect(try await guest(name, "sudo -n stat -c '%a' /etc/from-user.conf") == "600")
+        // runcmd as a oneshot unit, enabled by Ignition: it ran once.
+        #expect(try await guest(name, "cat /var/tmp/runcmd-count") == "ran")
+        // A file Ignition wrote, changed by hand, keeps the change over a restart: Ignition runs once.
+        _ = try await guest(name, "echo changed | sudo -n tee /etc/nimbus-test.conf >/dev/null")
+        try await manager.stop(name, force: false, timeout: .seconds(120))
+        try await manager.start(name, wait: true, timeout: .seconds(900))
+        #expect(try await guest(name, "sudo -n cat /etc/nimbus-test.conf") == "changed")
+        #expect(try await guest(name, "grep -c ignition.firstboot /proc/cmdline || true") == "0")
+        #expect(try await guest(name, "cat /var/tmp/runcmd-count") == "ran")
+    }
+
+    @Test("a config Ignition rejects at boot fails the launch at once, naming the stage and quoting Ignition")
+    func rejectedAtBoot() async throws {
+        let name = try InstanceName("coreos-bad")
+        defer {
+            let (manager, home) = (manager, home)
+            Task {
+                try? await manager.delete(name, purge: true)
+                home.remove()
+            }
+        }
+        var spec = InstanceSpec(name: name, image: "fedora-coreos:stable")
+        spec.memory = .mebibytes(1024)
+        // Valid to ignition-validate, impossible at boot: the owner does not exist in the guest.
+        spec.ignition = #"""
+            {"ignition": {"version": "3.3.0"},
+             "storage": {"files": [{"path": "/etc/owned", "user": {"name": "nobody-here"},
+                                    "contents": {"source": "data:,x"}}]}}
+            """#
+        let started = ContinuousClock.now
+        do {
+            try await manager.launch(spec, wait: true, timeout: .seconds(900))
+            Issue.record("the launch succeeded")
+        } catch let error as NimbusError {
+            #expect(error.code == .guestSetup, "\(error.message)")
+            #expect(error.message.contains("Ignition failed in the guest at its files stage"), "\(error.message)")
+            #expect(error.message.contains("nobody-here"), "\(error.message)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(600))
+    }
+}
