@@ -14,7 +14,8 @@ extension InstanceManager {
         case .running, .unresponsive, .transitioning: break
         case .paused: throw NimbusError(.invalidState, "\(name) is suspended: `nimbus resume \(name)` first")
         case .stopped: throw NimbusError(.invalidState, "\(name) is stopped: `nimbus start \(name)` first")
-        case .crashed: throw NimbusError(.invalidState, "\(name) is not running (\(status.detail ?? status.state.rawValue))")
+        case .crashed:
+            throw NimbusError(.invalidState, "\(name) is not running (\(status.detail ?? status.state.rawValue))")
         }
         return try sshAccess(name, state: state)
     }

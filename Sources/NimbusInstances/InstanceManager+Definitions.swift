@@ -295,7 +295,8 @@ extension InstanceManager {
                     "an instance named \"\(name)\" exists already: recover leaves it as it is; `nimbus list` shows it")
             }
             _ = try await store.create(spec) { staging in
-                try AtomicFile.write(Data((machine.annotations[Annotation.knownHosts] ?? "").utf8), to: staging.knownHosts)
+                try AtomicFile.write(
+                    Data((machine.annotations[Annotation.knownHosts] ?? "").utf8), to: staging.knownHosts)
                 try definitions.adopt(machine, in: staging.machine)
                 return recoveredState
             }

@@ -68,7 +68,8 @@ extension InstanceManager {
         }
         for orphan in orphans() {
             var finding = DoctorFinding(
-                subject: "\(orphan.program) pid \(orphan.pid)", detail: "runs for \(orphan.folder), which is not an instance",
+                subject: "\(orphan.program) pid \(orphan.pid)",
+                detail: "runs for \(orphan.folder), which is not an instance",
                 ok: false)
             if fix, kill(orphan.pid, SIGKILL) == 0 {
                 finding.fixed = true

@@ -21,7 +21,9 @@ extension InstanceManager {
                 progress("\(name): stopped (forced)")
             } else {
                 let report = progress
-                let outcome = try await hypervisor.driver(dir.machine).stop(dir.machine, timeout: timeout) { report("\(name): \($0)") }
+                let outcome = try await hypervisor.driver(dir.machine).stop(dir.machine, timeout: timeout) {
+                    report("\(name): \($0)")
+                }
                 progress("\(name): stopped (\(outcome.endedBy.rawValue))")
             }
         }
@@ -73,7 +75,9 @@ extension InstanceManager {
             } else {
                 if await hypervisor.driver(dir.machine).status(of: dir.machine).state != .stopped {
                     let report = progress
-                    _ = try await hypervisor.driver(dir.machine).stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
+                    _ = try await hypervisor.driver(dir.machine).stop(
+                        dir.machine, timeout: .seconds(config.stopTimeout)
+                    ) {
                         report("\(name): \($0)")
                     }
                 }

@@ -28,7 +28,8 @@ extension InstanceManager {
     /// The snapshots of an instance's disk (readable while it runs).
     public func snapshots(_ name: InstanceName) async throws -> [SnapshotInfo] {
         let dir = try store.requireExisting(name)
-        return try await listSnapshots(hypervisor.driver(dir.machine).storage?.diskFile(dir.machine) ?? dir.disk, shared: true)
+        return try await listSnapshots(
+            hypervisor.driver(dir.machine).storage?.diskFile(dir.machine) ?? dir.disk, shared: true)
     }
 
     /// Returns a stopped instance's disk to a snapshot.

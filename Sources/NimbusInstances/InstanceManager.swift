@@ -395,7 +395,9 @@ public struct InstanceManager: Sendable {
         let seedServer = try await store.withLock(name) { _ in
             let state = try store.loadState(name)
             try requireUsable(name, state)
-            switch await hypervisor.driver(store.directory(name).machine).status(of: store.directory(name).machine).state {
+            switch await hypervisor.driver(store.directory(name).machine).status(of: store.directory(name).machine)
+                .state
+            {
             case .stopped: break
             case .paused:
                 throw NimbusError(.invalidState, "\(name) is suspended: `nimbus resume \(name)`")

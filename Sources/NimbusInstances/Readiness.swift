@@ -381,7 +381,8 @@ final class SerialWatch {
     /// "Ignition's errors"), and dracut's emergency shell, which a failed stage ends in.
     private func scanIgnition(_ raw: Substring) {
         if collectingErrors {
-            let text = Self.withoutColours(raw).trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
+            let text = Self.withoutColours(raw).trimmingCharacters(
+                in: .whitespacesAndNewlines.union(.controlCharacters))
             if text.hasPrefix("------") {
                 collectingErrors = false
             } else if !text.isEmpty, !ignitionErrors.contains(text) {

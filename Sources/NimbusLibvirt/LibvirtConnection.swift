@@ -1,7 +1,7 @@
 import CLibvirt
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 /// One open connection to a libvirt daemon (`virConnectPtr`), closed when released.
 ///

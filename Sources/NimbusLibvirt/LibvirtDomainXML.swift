@@ -1,6 +1,6 @@
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 /// The libvirt domain XML for a `MachineConfig`: the same machine `QEMUCommandLine.machine` builds, told
 /// to libvirt. See README.md beside this file for the choices (networking, serial log, metadata).

@@ -1,6 +1,6 @@
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 #if canImport(Glibc)
     import Glibc
@@ -29,7 +29,9 @@ extension LibvirtDriver: MachineStorage {
 
     /// On a local daemon: whether libvirt's QEMU user can open /dev/kvm (see `kvmAccess`).
     public func hostFindings() -> [HostFinding] {
-        guard Self.isLocal(uri), ProgramRunner.find("libvirtd") != nil, let finding = Self.kvmAccess() else { return [] }
+        guard Self.isLocal(uri), ProgramRunner.find("libvirtd") != nil, let finding = Self.kvmAccess() else {
+            return []
+        }
         return [finding]
     }
 

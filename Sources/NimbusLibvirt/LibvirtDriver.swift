@@ -1,7 +1,7 @@
 import CLibvirt
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 /// Runs machines through libvirt's C API: the same `MachineConfig`, rendered as domain XML
 /// (`LibvirtDomainXML`), on a local or remote libvirt daemon.

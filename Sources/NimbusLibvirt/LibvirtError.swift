@@ -1,7 +1,7 @@
 import CLibvirt
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 /// A failed libvirt call, with libvirt's own error number and domain (virterror.h), so failures are told
 /// apart by number rather than by English text.

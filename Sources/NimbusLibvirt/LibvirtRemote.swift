@@ -1,7 +1,7 @@
 import CLibvirt
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 /// What changes when the daemon runs on another host (a URI with a host part): the files QEMU opens must be
 /// on that host, the SSH forward must listen where Nimbus can reach it, and the accelerator is that host's.

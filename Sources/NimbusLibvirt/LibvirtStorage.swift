@@ -1,8 +1,8 @@
 import CLibvirt
 import Crypto
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 /// A machine's disks in a libvirt storage pool, on whichever host the daemon runs: the same code path for
 /// `qemu:///system` and `qemu+ssh://host/system`, since the files travel through libvirt's streams and never

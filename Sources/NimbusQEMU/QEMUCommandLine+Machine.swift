@@ -1,6 +1,6 @@
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 extension QEMUCommandLine {
     /// The command line that starts `config` in `directory`: daemonized, with a pidfile, a QMP socket and

@@ -1,6 +1,6 @@
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 import NimbusQMP
 
 #if canImport(Glibc)

@@ -1,6 +1,6 @@
 import Foundation
-import NimbusMachines
 import NimbusCore
+import NimbusMachines
 
 #if canImport(Glibc)
     import Glibc

@@ -301,7 +301,9 @@ public struct IgnitionConfig: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         do {
-            return (String(decoding: try encoder.encode(document), as: UTF8.self) + "\n", required.version, required.reason)
+            return (
+                String(decoding: try encoder.encode(document), as: UTF8.self) + "\n", required.version, required.reason
+            )
         } catch {
             throw .invalidValue("could not render the Ignition config: \(error)")
         }

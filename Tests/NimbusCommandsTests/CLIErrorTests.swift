@@ -144,7 +144,10 @@ struct CLIErrorTests {
                 ("not-json.ign", "{\"ignition\": ", "is not JSON"),
                 ("array.ign", "[1]", "is JSON but not an object"),
                 ("no-version.ign", "{\"storage\": {}}", "has no ignition.version"),
-                ("spec2.ign", "{\"ignition\": {\"version\": \"2.2.0\"}}", "is Ignition spec 2.2.0; Nimbus takes spec 3.x"),
+                (
+                    "spec2.ign", "{\"ignition\": {\"version\": \"2.2.0\"}}",
+                    "is Ignition spec 2.2.0; Nimbus takes spec 3.x"
+                ),
             ]
             for (file, text, message) in cases {
                 let path = home.url.appending(path: file).path

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusMachines
 import NimbusSeed
 import NimbusTestSupport
@@ -7,7 +8,6 @@ import Testing
 import Yams
 
 @testable import NimbusInstances
-import NimbusDrivers
 
 @Suite("From an instance spec to a seed and a machine")
 struct ManagerMappingTests {

@@ -145,22 +145,28 @@ struct CloudInitNeverStartedTests {
         failed.poll()
         #expect(!failed.ignitionFinished)
         #expect(failed.ignitionFailure() == "fetch-offline")
-        #expect(failed.ignitionErrors.contains { $0.contains("CRITICAL : Ignition failed: unsupported config version") })
+        #expect(
+            failed.ignitionErrors.contains { $0.contains("CRITICAL : Ignition failed: unsupported config version") })
         #expect(SerialWatch.withoutColours("[\u{1b}[0;32m  OK  \u{1b}[0m] Done") == "[  OK  ] Done")
 
         // The CoreOS-like image's emergency hook, verbatim: Ignition's journal lines under a header.
         let hook = [
             "[\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mignition-f…ce\u{1b}[0m - Ignition (fetch-offline).",
             "[\u{1b}[0;32m  OK  \u{1b}[0m] Reached target \u{1b}[0;1;39memergency.target\u{1b}[0m - Emergency Mode.",
-            "------", "Ignition has failed: ignition-fetch-offline.service", "Ignition's errors (journalctl -t ignition):",
-            "failed to fetch config: unsupported config version", "Ignition failed: unsupported config version", "------",
+            "------", "Ignition has failed: ignition-fetch-offline.service",
+            "Ignition's errors (journalctl -t ignition):",
+            "failed to fetch config: unsupported config version", "Ignition failed: unsupported config version",
+            "------",
             "Entering emergency mode. Exit the shell to continue.",
         ]
         try (hook.joined(separator: "\r\n") + "\r\n").write(to: log, atomically: true, encoding: .utf8)
         let hooked = SerialWatch(log)
         hooked.poll()
         #expect(hooked.ignitionFailure() == "fetch-offline")
-        #expect(hooked.ignitionErrors == ["failed to fetch config: unsupported config version", "Ignition failed: unsupported config version"])
+        #expect(
+            hooked.ignitionErrors == [
+                "failed to fetch config: unsupported config version", "Ignition failed: unsupported config version",
+            ])
     }
 
     @Test("no CD-ROM seen and no word from cloud-init: the seed was invisible, named with the disks the kernel saw")

@@ -1,13 +1,13 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusMachines
+import NimbusQEMU
 import NimbusSeed
 import NimbusTestSupport
 import Testing
 
 @testable import NimbusInstances
-import NimbusQEMU
-import NimbusDrivers
 
 /// `seedTransport: http` (`launch --seed-over-http`) without a guest: the spec, the seed folder, the machine,
 /// and the errors users meet.

@@ -1,12 +1,12 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusTestSupport
 import Testing
 
 @testable import NimbusInstances
 @testable import NimbusMachines
 @testable import NimbusQEMU
-import NimbusDrivers
 
 /// The virtiofsd an instance owns, against Debian's real virtiofsd (root: it sandboxes itself in
 /// namespaces), with no guest: it listens on its socket and waits for a QEMU that these tests never start.

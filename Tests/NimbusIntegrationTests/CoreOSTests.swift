@@ -66,7 +66,9 @@ struct CoreOSTests {
         return spec
     }
 
-    @Test("Ignition applies hostname, users, keys, files with modes, runcmd as a unit and the user's config; a restart does not run it again (QEMU)")
+    @Test(
+        "Ignition applies hostname, users, keys, files with modes, runcmd as a unit and the user's config; a restart does not run it again (QEMU)"
+    )
     func launchQEMU() async throws {
         try await scenario(driver: "qemu")
     }

@@ -1,13 +1,13 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusInstances
+import NimbusLibvirt
 import NimbusMachines
+import NimbusQEMU
 import NimbusSeed
 import NimbusTestSupport
 import Testing
-import NimbusQEMU
-import NimbusLibvirt
-import NimbusDrivers
 
 /// The instances issue's end-to-end scenario against the real Debian guest under QEMU (TCG here): launch with
 /// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, two instances at

@@ -1,10 +1,10 @@
 import Foundation
 import NimbusCore
 import NimbusInstances
+import NimbusLibvirt
 import NimbusMachines
 import NimbusTestSupport
 import Testing
-import NimbusLibvirt
 
 /// Persistent libvirt domains outliving their instance folder: `nimbus list` marks them, `nimbus recover`
 /// rebuilds the folder from the domain's metadata, and every way recover can be refused. Through the real

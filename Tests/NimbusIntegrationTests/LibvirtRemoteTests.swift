@@ -3,8 +3,8 @@ import NimbusCore
 import NimbusTestSupport
 import Testing
 
-@testable import NimbusMachines
 @testable import NimbusLibvirt
+@testable import NimbusMachines
 
 /// Instances on a remote libvirt host: a second libvirtd in a network namespace made by the test
 /// (`RemoteLibvirtHost`), reached over qemu+tcp and qemu+ssh, with the real Debian guest under TCG.

@@ -1,11 +1,11 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusInstances
+import NimbusLibvirt
 import NimbusMachines
 import NimbusTestSupport
 import Testing
-import NimbusLibvirt
-import NimbusDrivers
 
 /// The instances issue's core path through libvirt: the real Debian guest launched on the local libvirtd
 /// (qemu:///system, TCG), reached by exec, stopped, and purged without a domain left behind.

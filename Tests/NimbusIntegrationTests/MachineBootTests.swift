@@ -1,9 +1,9 @@
 import Foundation
 import NimbusCore
 import NimbusMachines
+import NimbusQEMU
 import NimbusTestSupport
 import Testing
-import NimbusQEMU
 
 /// Boots the real guest image (NIMBUS_TEST_IMAGE_DIR) under QEMU through NimbusMachines. Each boot works
 /// on a qcow2 overlay in a temporary NIMBUS_HOME, never on the image itself, and is killed at the end

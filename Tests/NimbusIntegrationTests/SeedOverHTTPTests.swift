@@ -1,10 +1,10 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusInstances
 import NimbusTestSupport
 import Synchronization
 import Testing
-import NimbusDrivers
 
 /// `launch --seed-over-http` with the real Debian guest (cloud-init 22.4) under QEMU: no seed disk, the
 /// guest fetches its NoCloud seed from Nimbus at http://10.0.2.2:PORT/ and applies it.

@@ -3,8 +3,8 @@ import NimbusCore
 import NimbusTestSupport
 import Testing
 
-@testable import NimbusMachines
 @testable import NimbusLibvirt
+@testable import NimbusMachines
 
 /// The domain XML rendered from `MachineConfig`: a golden document, and every rendered document checked
 /// against libvirt's own RelaxNG schema with `virt-xml-validate`.

@@ -3,8 +3,8 @@ import NimbusCore
 import NimbusTestSupport
 import Testing
 
-@testable import NimbusMachines
 @testable import NimbusLibvirt
+@testable import NimbusMachines
 
 /// The libvirt driver against the host's real libvirtd (started by the tests when it is not running) and
 /// real QEMU under TCG. The lifecycle test boots no OS: a BIOS machine without disks sits in SeaBIOS,

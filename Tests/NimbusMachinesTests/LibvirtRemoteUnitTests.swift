@@ -3,8 +3,8 @@ import NimbusCore
 import NimbusTestSupport
 import Testing
 
-@testable import NimbusMachines
 @testable import NimbusLibvirt
+@testable import NimbusMachines
 
 /// What changes for a daemon on another host, checked without one: the rendered domain and the refusals.
 @Suite("libvirt remote hosts (no daemon)")

@@ -1,9 +1,9 @@
 import Foundation
 import NimbusCore
 import NimbusMachines
+import NimbusSeed
 import NimbusTestSupport
 import Testing
-import NimbusSeed
 
 /// `SeedServer` against a real HTTP client (curl), the way cloud-init's NoCloud datasource reads it.
 @Suite("Seed server")

@@ -64,7 +64,8 @@ public enum Prerequisites {
         guard let path = ProcessInfo.processInfo.environment["NIMBUS_TEST_COREOS_DIR"], !path.isEmpty else {
             return nil
         }
-        let mirror = URL(fileURLWithPath: path, isDirectory: true).appending(path: "mirror", directoryHint: .isDirectory)
+        let mirror = URL(fileURLWithPath: path, isDirectory: true).appending(
+            path: "mirror", directoryHint: .isDirectory)
         let stream = mirror.appending(path: "streams/stable.json")
         return FileManager.default.fileExists(atPath: stream.path) ? mirror : nil
     }

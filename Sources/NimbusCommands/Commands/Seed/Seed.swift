@@ -53,7 +53,11 @@ public struct SeedCommand: AsyncParsableCommand {
             valueName: "address"))
     public var mac: String?
 
-    @Option(name: .long, help: "nocloud (an ISO, the default) or ignition (an Ignition JSON file, spec 3.0.0 unless a feature needs newer).")
+    @Option(
+        name: .long,
+        help:
+            "nocloud (an ISO, the default) or ignition (an Ignition JSON file, spec 3.0.0 unless a feature needs newer)."
+    )
     public var format: SeedFormat = .nocloud
 
     @Flag(name: .long, help: "Show the rendered files instead of writing OUTPUT.")
