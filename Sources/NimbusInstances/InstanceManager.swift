@@ -525,7 +525,4 @@ struct InstanceDrivers: Sendable {
     func driver(for spec: InstanceSpec?) -> any Hypervisor {
         drivers.driver(for: (try? spec?.driverChoice) ?? .qemu, progress: progress)
     }
-
-    /// The local QEMU driver: host facts for `doctor` and the accelerator of this host.
-    var local: any Hypervisor { driver(for: nil) }
 }

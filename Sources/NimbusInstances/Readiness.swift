@@ -333,11 +333,12 @@ final class SerialWatch {
     private(set) var ignitionFinished = false
     /// Whether `ignitionFinished` has been reported (by `Readiness.checkIgnition`).
     var ignitionReported = false
-    /// The Ignition stage whose unit failed (`fetch-offline`, `files`), once the emergency shell shows.
-    private(set) var ignitionFailedStage: String?
+    /// The Ignition stage whose unit failed (`fetch-offline`, `files`), and when the failure showed.
     private var failedStage: String?
     private var failedStageAt: ContinuousClock.Instant?
     private var collectingErrors = false
+    /// dracut's emergency shell showed after a failed stage.
+    private var sawEmergency = false
     /// Ignition's own error lines (`ignition[412]: ... error ...`, `CRITICAL`), in order.
     private(set) var ignitionErrors: [String] = []
 
@@ -406,7 +407,7 @@ final class SerialWatch {
             let text = line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
             if !ignitionErrors.contains(text) { ignitionErrors.append(text) }
         }
-        if let failedStage, line.contains("mergency") { ignitionFailedStage = failedStage }
+        if failedStage != nil, line.contains("mergency") { sawEmergency = true }
     }
 
     /// The failed stage once the emergency shell and Ignition's errors have shown, or 10 s after the failure
@@ -414,7 +415,7 @@ final class SerialWatch {
     func ignitionFailure() -> String? {
         guard let failedStage, let failedStageAt else { return nil }
         // The emergency shell's hook prints the failed units' logs, Ignition's errors among them, just after.
-        if ignitionFailedStage != nil, !ignitionErrors.isEmpty { return failedStage }
+        if sawEmergency, !ignitionErrors.isEmpty { return failedStage }
         return ContinuousClock.now - failedStageAt > .seconds(10) ? failedStage : nil
     }
 
