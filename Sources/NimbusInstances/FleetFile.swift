@@ -1,6 +1,7 @@
 import Foundation
 import NimbusCore
 import NimbusMachines
+import NimbusSeed
 import Yams
 
 /// A declarative file of instances for `nimbus apply -f fleet.yaml`.
@@ -21,6 +22,9 @@ import Yams
 ///       packages: [nginx]
 ///   - name: db
 ///     cloud-init-file: db.yaml          # ... or a file, relative to the fleet file
+///   - name: edge
+///     image: fedora-coreos:stable
+///     ignition-file: edge.ign           # your own Ignition config (CoreOS), as `launch --ignition`
 /// ```
 public struct FleetFile: Sendable {
     /// One instance's entry; every key but `name` is optional.
@@ -39,6 +43,7 @@ public struct FleetFile: Sendable {
         public var ephemeral: String?
         public var cloudInit: String?
         public var cloudInitFile: String?
+        public var ignitionFile: String?
         public var sshKeys: [String]?
 
         enum CodingKeys: String, CodingKey {
@@ -46,6 +51,7 @@ public struct FleetFile: Sendable {
             case mountType = "mount-type"
             case cloudInit = "cloud-init"
             case cloudInitFile = "cloud-init-file"
+            case ignitionFile = "ignition-file"
             case sshKeys = "ssh-keys"
         }
 
@@ -59,6 +65,7 @@ public struct FleetFile: Sendable {
                 ephemeral: ephemeral ?? defaults.ephemeral,
                 cloudInit: cloudInit ?? (cloudInitFile == nil ? defaults.cloudInit : nil),
                 cloudInitFile: cloudInitFile ?? (cloudInit == nil ? defaults.cloudInitFile : nil),
+                ignitionFile: ignitionFile ?? defaults.ignitionFile,
                 sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []))
         }
     }
@@ -150,6 +157,17 @@ public struct FleetFile: Sendable {
                 throw NimbusError(.invalidArgument, "cloud-init-file \(path.path) cannot be read")
             }
             spec.userData = text
+        }
+        if let file = entry.ignitionFile {
+            let path = URL(fileURLWithPath: file, relativeTo: base).standardizedFileURL
+            guard let text = try? String(contentsOf: path, encoding: .utf8) else {
+                throw NimbusError(.invalidArgument, "ignition-file \(path.path) cannot be read")
+            }
+            do {
+                spec.ignition = try UserIgnition(text: text, source: path.path).text
+            } catch {
+                throw error.nimbusError
+            }
         }
         spec.sshAuthorizedKeys = try (entry.sshKeys ?? []).map { (k: String) throws(NimbusError) in
             try readPublicKey(URL(fileURLWithPath: (k as NSString).expandingTildeInPath, relativeTo: base))

@@ -236,6 +236,22 @@ struct FleetFileTests {
         #expect(configured.specs[1].cpus == 4 && configured.specs[0].cpus == config.cpus)
     }
 
+    @Test("ignition-file: the user's Ignition config, read relative to the fleet file and checked; a bad one is named")
+    func fleetIgnition() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let config = #"{"ignition": {"version": "3.3.0"}}"#
+        try config.write(to: dir.url.appending(path: "edge.ign"), atomically: true, encoding: .utf8)
+        try "{\"ignition\": {\"version\": \"2.2.0\"}}".write(
+            to: dir.url.appending(path: "old.ign"), atomically: true, encoding: .utf8)
+        let url = try write(
+            "instances:\n  - name: edge\n    image: fedora-coreos:stable\n    ignition-file: edge.ign\n", in: dir)
+        #expect(try FleetFile(url: url, config: NimbusConfig()).specs.first?.ignition == config)
+        let old = try write("instances:\n  - name: edge\n    ignition-file: old.ign\n", in: dir)
+        let error = #expect(throws: NimbusError.self) { try FleetFile(url: old, config: NimbusConfig()) }
+        #expect(error?.message.contains("old.ign is Ignition spec 2.2.0") == true, "\(error?.message ?? "")")
+    }
+
     @Test(
         "mistakes name the file, the entry and the problem",
         arguments: [
@@ -244,6 +260,7 @@ struct FleetFileTests {
             ("instances:\n  - name: a\n  - name: a\n", "the name \"a\" is used twice"),
             ("instances:\n  - name: a\n    memory: 1.5.2G\n", "(a): memory \"1.5.2G\" is not a size"),
             ("instances:\n  - name: a\n    cloud-init-file: missing.yaml\n", "missing.yaml cannot be read"),
+            ("instances:\n  - name: a\n    ignition-file: missing.ign\n", "ignition-file"),
             ("instances: [\n", "fleet.yaml"),
         ])
     func errors(text: String, expected: String) throws {
