@@ -159,12 +159,9 @@ public struct FleetFile: Sendable {
             spec.userData = text
         }
         if let file = entry.ignitionFile {
-            let path = URL(fileURLWithPath: file, relativeTo: base).standardizedFileURL
-            guard let text = try? String(contentsOf: path, encoding: .utf8) else {
-                throw NimbusError(.invalidArgument, "ignition-file \(path.path) cannot be read")
-            }
             do {
-                spec.ignition = try UserIgnition(text: text, source: path.path).text
+                let url = URL(fileURLWithPath: file, relativeTo: base).standardizedFileURL
+                spec.ignition = try UserIgnition.read(url, option: "ignition-file").text
             } catch {
                 throw error.nimbusError
             }

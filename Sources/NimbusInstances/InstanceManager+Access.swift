@@ -7,7 +7,8 @@ extension InstanceManager {
     public func sshAccess(_ name: InstanceName) async throws -> SSHAccess {
         let state = try store.loadState(name)
         try requireUsable(name, state)
-        let status = await hypervisor.driver(store.directory(name).machine).status(of: store.directory(name).machine)
+        let machine = store.directory(name).machine
+        let status = await hypervisor.driver(machine).status(of: machine)
         switch status.state {
         // A live process whose monitor is slow (a loaded host) or busy (another client) may still answer
         // SSH: try it, and let SSH's own time-out speak if it does not.

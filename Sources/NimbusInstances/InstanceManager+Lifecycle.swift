@@ -12,16 +12,17 @@ extension InstanceManager {
             if let port = state.sshPort {
                 await sshAccess(name, state: state, port: port).closeSharedConnection()
             }
-            guard await hypervisor.driver(dir.machine).status(of: dir.machine).state != .stopped else {
+            let driver = hypervisor.driver(dir.machine)
+            guard await driver.status(of: dir.machine).state != .stopped else {
                 progress("\(name) is stopped already")
                 return
             }
             if force {
-                try await hypervisor.driver(dir.machine).kill(dir.machine)
+                try await driver.kill(dir.machine)
                 progress("\(name): stopped (forced)")
             } else {
                 let report = progress
-                let outcome = try await hypervisor.driver(dir.machine).stop(dir.machine, timeout: timeout) {
+                let outcome = try await driver.stop(dir.machine, timeout: timeout) {
                     report("\(name): \($0)")
                 }
                 progress("\(name): stopped (\(outcome.endedBy.rawValue))")
@@ -33,8 +34,9 @@ extension InstanceManager {
     public func suspend(_ name: InstanceName) async throws {
         try await store.withLock(name) { _ in
             let dir = store.directory(name)
-            switch await hypervisor.driver(dir.machine).status(of: dir.machine).state {
-            case .running: try await hypervisor.driver(dir.machine).suspend(dir.machine)
+            let driver = hypervisor.driver(dir.machine)
+            switch await driver.status(of: dir.machine).state {
+            case .running: try await driver.suspend(dir.machine)
             case .paused: progress("\(name) is suspended already")
             case .stopped: throw NimbusError(.invalidState, "\(name) is stopped, not running: nothing to suspend")
             default: throw NimbusError(.invalidState, "\(name) is not running: it cannot be suspended now")
@@ -46,8 +48,9 @@ extension InstanceManager {
     public func resume(_ name: InstanceName) async throws {
         try await store.withLock(name) { _ in
             let dir = store.directory(name)
-            switch await hypervisor.driver(dir.machine).status(of: dir.machine).state {
-            case .paused: try await hypervisor.driver(dir.machine).resume(dir.machine)
+            let driver = hypervisor.driver(dir.machine)
+            switch await driver.status(of: dir.machine).state {
+            case .paused: try await driver.resume(dir.machine)
             case .running: progress("\(name) is running already")
             case .stopped: throw NimbusError(.invalidState, "\(name) is stopped, not suspended: `nimbus start \(name)`")
             default: throw NimbusError(.invalidState, "\(name) is not suspended: it cannot be resumed now")
@@ -63,21 +66,19 @@ extension InstanceManager {
             if let state = try? store.loadState(name), let port = state.sshPort {
                 await sshAccess(name, state: state, port: port).closeSharedConnection()
             }
+            let driver = hypervisor.driver(dir.machine)
             if purge {
                 // Ends the machine and, for libvirt, undefines its domain (with its NVRAM) and deletes its
                 // volumes from the pool before the folder goes; a daemon that does not answer keeps all three.
-                let driver = hypervisor.driver(dir.machine)
                 try await driver.forget(dir.machine)
                 try await driver.storage?.deleteStorage(dir.machine)
                 try store.remove(name, lock: lock)
                 if let place = driver.definitions?.place { forgetPlaceIfUnused(place) }
                 progress("\(name): purged")
             } else {
-                if await hypervisor.driver(dir.machine).status(of: dir.machine).state != .stopped {
+                if await driver.status(of: dir.machine).state != .stopped {
                     let report = progress
-                    _ = try await hypervisor.driver(dir.machine).stop(
-                        dir.machine, timeout: .seconds(config.stopTimeout)
-                    ) {
+                    _ = try await driver.stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
                         report("\(name): \($0)")
                     }
                 }
@@ -101,9 +102,10 @@ extension InstanceManager {
                 progress("\(name): recovered")
                 return
             }
-            let status = await hypervisor.driver(dir.machine).status(of: dir.machine)
+            let driver = hypervisor.driver(dir.machine)
+            let status = await driver.status(of: dir.machine)
             if status.state == .unresponsive || status.state == .crashed {
-                try await hypervisor.driver(dir.machine).kill(dir.machine)
+                try await driver.kill(dir.machine)
             }
             guard state.lastError != nil || !state.complete || status.state == .unresponsive || status.state == .crashed
             else {

@@ -65,11 +65,12 @@ extension InstanceManager {
     ) async throws -> T {
         try await store.withLock(name) { _ in
             let dir = try store.requireExisting(name)
-            guard await hypervisor.driver(dir.machine).status(of: dir.machine).state == .stopped else {
+            let driver = hypervisor.driver(dir.machine)
+            guard await driver.status(of: dir.machine).state == .stopped else {
                 throw NimbusError(
                     .invalidState, "\(name) is running: stop it first (`nimbus stop \(name)`) to \(action) it")
             }
-            return try await body(hypervisor.driver(dir.machine).storage?.diskFile(dir.machine) ?? dir.disk)
+            return try await body(driver.storage?.diskFile(dir.machine) ?? dir.disk)
         }
     }
 

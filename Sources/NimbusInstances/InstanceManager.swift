@@ -395,9 +395,8 @@ public struct InstanceManager: Sendable {
         let seedServer = try await store.withLock(name) { _ in
             let state = try store.loadState(name)
             try requireUsable(name, state)
-            switch await hypervisor.driver(store.directory(name).machine).status(of: store.directory(name).machine)
-                .state
-            {
+            let machine = store.directory(name).machine
+            switch await hypervisor.driver(machine).status(of: machine).state {
             case .stopped: break
             case .paused:
                 throw NimbusError(.invalidState, "\(name) is suspended: `nimbus resume \(name)`")

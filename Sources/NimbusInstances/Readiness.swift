@@ -92,7 +92,7 @@ public struct Readiness: Sendable {
             return CloudInitResult(status: "done")
         }
         let output = try await cloudInitStatus(deadline: deadline, console: console)
-        if cloudInit != nil, output.status == "disabled" || output.status == "not run" {
+        if output.status == "disabled" || output.status == "not run" {
             console.poll()
             throw NimbusError(
                 .guestSetup,
@@ -386,8 +386,8 @@ final class SerialWatch {
                 in: .whitespacesAndNewlines.union(.controlCharacters))
             if text.hasPrefix("------") {
                 collectingErrors = false
-            } else if !text.isEmpty, !ignitionErrors.contains(text) {
-                ignitionErrors.append(text)
+            } else {
+                recordIgnitionError(text)
             }
             return
         }
@@ -404,10 +404,14 @@ final class SerialWatch {
             failedStageAt = .now
         }
         if line.contains("ignition["), line.contains("error") || line.contains("CRITICAL") {
-            let text = line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
-            if !ignitionErrors.contains(text) { ignitionErrors.append(text) }
+            recordIgnitionError(line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters)))
         }
         if failedStage != nil, line.contains("mergency") { sawEmergency = true }
+    }
+
+    /// Keeps one of Ignition's error lines, once.
+    private func recordIgnitionError(_ text: String) {
+        if !text.isEmpty, !ignitionErrors.contains(text) { ignitionErrors.append(text) }
     }
 
     /// The failed stage once the emergency shell and Ignition's errors have shown, or 10 s after the failure

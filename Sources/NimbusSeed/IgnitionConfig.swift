@@ -42,14 +42,10 @@ public struct IgnitionConfig: Sendable {
         (json, specVersion, versionReason) = try Self.render(config, userConfig: userConfig)
     }
 
-    /// The spec versions by the first feature of each that Nimbus may write, oldest first; a config declares
-    /// the newest version any of its features needs. Only 3.0.0 features are written today; a feature of a
-    /// later spec (file compression: 3.1.0; `shouldExist`, LUKS: 3.2.0; kernel arguments: 3.3.0; 3.4.0's
-    /// Tang/Clevis options) adds its row here, and its check to `requiredVersion`.
+    /// The spec version of what Nimbus writes itself. Everything it renders (users, files, links, units) is
+    /// spec 3.0.0; a feature of a later spec (file compression: 3.1.0; `shouldExist`, LUKS: 3.2.0; kernel
+    /// arguments: 3.3.0), once rendered, must raise the version `render` declares when it is used.
     static let baseVersion = (version: "3.0.0", reason: "users, files, links and units need nothing newer")
-
-    /// The lowest spec version that expresses `document`.
-    static func requiredVersion(_ document: Config) -> (version: String, reason: String) { baseVersion }
 
     static let translatable: Set<String> = [
         "hostname", "fqdn", "locale", "timezone", "users", "ssh_authorized_keys", "write_files", "runcmd",
@@ -290,7 +286,7 @@ public struct IgnitionConfig: Sendable {
                 }),
             storage: Storage(files: files, links: links.isEmpty ? nil : links),
             systemd: Systemd(units: units))
-        var required = requiredVersion(document)
+        var required = baseVersion
         if let userConfig {
             document.ignition.config = Merge(merge: [Contents(source: dataURL(userConfig.text))])
             if UserIgnition.isOlder(required.version, than: userConfig.version) {

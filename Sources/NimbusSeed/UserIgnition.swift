@@ -42,6 +42,18 @@ public struct UserIgnition: Sendable, Equatable {
         self.version = version
     }
 
+    /// Reads and checks the config in `url`, given as `option` (`--ignition`, `ignition-file`), with errors
+    /// naming both.
+    public static func read(_ url: URL, option: String) throws(SeedError) -> UserIgnition {
+        guard let data = FileManager.default.contents(atPath: url.path) else {
+            throw .invalidValue("cannot read \(option) \(url.path): check the path and its permissions")
+        }
+        guard let text = String(validating: Array(data), as: UTF8.self) else {
+            throw .invalidValue("\(option) \(url.path) is not UTF-8 text: an Ignition config is JSON")
+        }
+        return try UserIgnition(text: text, source: url.path)
+    }
+
     /// (major, minor, patch) of a spec version such as `3.4.0` or `3.4.0-experimental`.
     static func specVersion(_ text: String) -> (major: Int, minor: Int, patch: Int)? {
         let numbers = text.split(separator: "-", maxSplits: 1).first?.split(separator: ".").compactMap { Int($0) } ?? []

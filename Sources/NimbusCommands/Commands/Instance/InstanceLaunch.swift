@@ -214,15 +214,9 @@ extension InstanceLaunch {
 
 /// Reads `--ignition FILE` and checks that it is an Ignition 3.x config, with errors that name the file.
 func readIgnition(_ argument: String) throws -> String {
-    let url = URL(fileURLWithPath: (argument as NSString).expandingTildeInPath)
-    guard let data = FileManager.default.contents(atPath: url.path) else {
-        throw NimbusError(.invalidArgument, "cannot read --ignition \(url.path): check the path and its permissions")
-    }
-    guard let text = String(validating: Array(data), as: UTF8.self) else {
-        throw NimbusError(.invalidArgument, "--ignition \(url.path) is not UTF-8 text: an Ignition config is JSON")
-    }
     do {
-        return try UserIgnition(text: text, source: url.path).text
+        let url = URL(fileURLWithPath: (argument as NSString).expandingTildeInPath)
+        return try UserIgnition.read(url, option: "--ignition").text
     } catch {
         throw error.nimbusError
     }
