@@ -34,7 +34,9 @@ public struct NimbusCommand: AsyncParsableCommand {
                     AccessExec.self, AccessShell.self, AccessCopy.self, AccessSSHConfig.self, AccessConsole.self,
                     AccessLogs.self,
                 ]),
-            CommandGroup(name: "Snapshots and fleets", subcommands: [SnapshotCommand.self, FleetApply.self]),
+            CommandGroup(
+                name: "Snapshots, networks and fleets",
+                subcommands: [SnapshotCommand.self, NetworkCommand.self, FleetApply.self]),
             CommandGroup(name: "Images and seeds", subcommands: [Image.self, SeedCommand.self]),
             CommandGroup(name: "Host", subcommands: [HostDoctor.self]),
         ]

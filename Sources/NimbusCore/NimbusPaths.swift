@@ -11,21 +11,30 @@ public struct NimbusPaths: Sendable, Equatable {
     public let cache: URL
     /// `$XDG_CONFIG_HOME/nimbus`: `config.yaml`.
     public let config: URL
+    /// Host networks (`nimbus network`): host-wide like the bridges they stand for, so one that root makes
+    /// is seen by every user. `$NIMBUS_NETWORKS_DIR`; else `$NIMBUS_HOME/networks`; else
+    /// /var/lib/nimbus/networks.
+    public let networks: URL
 
-    public init(data: URL, cache: URL, config: URL) {
+    public init(data: URL, cache: URL, config: URL, networks: URL? = nil) {
         self.data = data
         self.cache = cache
         self.config = config
+        self.networks = networks ?? data.appending(path: "networks", directoryHint: .isDirectory)
     }
 
     /// Resolves the locations from an environment (the process's by default).
     public static func resolve(environment: [String: String] = ProcessInfo.processInfo.environment) -> NimbusPaths {
+        let networks = environment["NIMBUS_NETWORKS_DIR"].flatMap { $0.hasPrefix("/") ? $0 : nil }.map {
+            URL(fileURLWithPath: $0, isDirectory: true).standardizedFileURL
+        }
         if let home = environment["NIMBUS_HOME"], !home.isEmpty {
             let root = URL(fileURLWithPath: home, isDirectory: true).standardizedFileURL
             return NimbusPaths(
                 data: root.appending(path: "data", directoryHint: .isDirectory),
                 cache: root.appending(path: "cache", directoryHint: .isDirectory),
-                config: root.appending(path: "config", directoryHint: .isDirectory)
+                config: root.appending(path: "config", directoryHint: .isDirectory),
+                networks: networks ?? root.appending(path: "networks", directoryHint: .isDirectory)
             )
         }
         let userHome =
@@ -41,7 +50,8 @@ public struct NimbusPaths: Sendable, Equatable {
         return NimbusPaths(
             data: base("XDG_DATA_HOME", ".local/share").appending(path: "nimbus", directoryHint: .isDirectory),
             cache: base("XDG_CACHE_HOME", ".cache").appending(path: "nimbus", directoryHint: .isDirectory),
-            config: base("XDG_CONFIG_HOME", ".config").appending(path: "nimbus", directoryHint: .isDirectory)
+            config: base("XDG_CONFIG_HOME", ".config").appending(path: "nimbus", directoryHint: .isDirectory),
+            networks: networks ?? URL(fileURLWithPath: "/var/lib/nimbus/networks", isDirectory: true)
         )
     }
 

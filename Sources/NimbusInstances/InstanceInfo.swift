@@ -18,7 +18,8 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var image: String
     /// Release and serial of the image, when known.
     public var imageVersion: String?
-    /// The guest's IPv4 addresses: both drivers use QEMU's user-mode network, where it is the fixed 10.0.2.15.
+    /// The guest's IPv4 addresses while it runs: QEMU's user-mode network's fixed 10.0.2.15 (both drivers),
+    /// then its address on each network.
     public var ipv4: [String]
     /// `user@127.0.0.1:port`, while running.
     public var ssh: String?
@@ -47,6 +48,15 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var firmware: String?
     /// The guest's CPU model (QEMU's `-cpu`): the instance's own, or its accelerator's default at the last start.
     public var cpuModel: String?
+    /// The instance's NICs on host networks (`--network`), running or not.
+    public var networks: [NetworkAddress] = []
+
+    /// An instance's place on a network.
+    public struct NetworkAddress: Codable, Sendable, Equatable {
+        public var name: String
+        public var address: String
+        public var mac: String
+    }
 }
 
 extension InstanceManager {
@@ -102,7 +112,7 @@ extension InstanceManager {
         let port = running ? state.sshPort : nil
         return InstanceInfo(
             name: name.rawValue, state: resolved, image: spec.image, imageVersion: state.imageDescription,
-            ipv4: running ? ["10.0.2.15"] : [],
+            ipv4: running ? ["10.0.2.15"] + spec.networks.compactMap { $0.address?.description } : [],
             ssh: port.map { "\(state.sshUser)@\(state.sshHost ?? "127.0.0.1"):\($0)" }, cpus: spec.cpus,
             memory: spec.memory, diskUsed: used,
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
@@ -113,7 +123,11 @@ extension InstanceManager {
             error: status.state == .crashed
                 ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError,
             firmware: spec.firmware,
-            cpuModel: spec.cpuModel ?? state.accelerator.flatMap(Accelerator.init(rawValue:))?.defaultCPUModel)
+            cpuModel: spec.cpuModel ?? state.accelerator.flatMap(Accelerator.init(rawValue:))?.defaultCPUModel,
+            networks: spec.networks.compactMap { attachment in
+                guard let address = attachment.address, let mac = attachment.macAddress else { return nil }
+                return InstanceInfo.NetworkAddress(name: attachment.network, address: address.description, mac: mac)
+            })
     }
 
     /// An instance whose files cannot be read: shown as `error` so `recover` or `delete` can deal with it.

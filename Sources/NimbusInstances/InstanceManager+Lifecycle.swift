@@ -72,7 +72,9 @@ extension InstanceManager {
                 // volumes from the pool before the folder goes; a daemon that does not answer keeps all three.
                 try await driver.forget(dir.machine)
                 try await driver.storage?.deleteStorage(dir.machine)
+                let attachments = (try? store.loadSpec(name))?.networks ?? []
                 try store.remove(name, lock: lock)
+                networks.release(attachments, of: name)
                 if let place = driver.definitions?.place { forgetPlaceIfUnused(place) }
                 progress("\(name): purged")
             } else {

@@ -16,6 +16,8 @@ public struct InstanceManager: Sendable {
     public let config: NimbusConfig
     public let store: InstanceStore
     let hypervisor: InstanceDrivers
+    /// The host networks instances join.
+    public let networks: NetworkManager
     /// Messages for people (phases, notices), one line each; the CLI writes them to stderr.
     let progress: @Sendable (String) -> Void
     /// Image download and import progress; the CLI draws it.
@@ -31,6 +33,7 @@ public struct InstanceManager: Sendable {
         self.config = config
         self.store = InstanceStore(paths: paths)
         self.hypervisor = InstanceDrivers(drivers: drivers, progress: progress)
+        self.networks = NetworkManager(paths: paths, drivers: drivers, progress: progress)
         self.progress = progress
     }
 
@@ -46,6 +49,7 @@ public struct InstanceManager: Sendable {
         let clock = ContinuousClock.now
         try checkSpec(spec)
         try hypervisor.check(spec)
+        try networks.check(spec.networks, driver: spec.driver)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
             do {
@@ -87,29 +91,39 @@ public struct InstanceManager: Sendable {
                     + "ask for at least \(ByteSize(bytes: image.virtualSize).humanReadable)")
         }
         let userKey = try await installationKey()
+        // Addresses are taken before the lock, so a launch that then fails gives them back below.
+        spec.networks = try networks.reserve(spec.networks, for: spec.name, exists: store.exists)
+        let reservedNetworks = spec.networks
 
         // With the seed over HTTP, startMachine returns the server this boot fetches it from.
         let driver = hypervisor.driver(for: spec)
         let definitionPlace = driver.definitions?.place
-        let seedServer = try await store.withLock(spec.name) { lock in
-            // Known before the definition exists, so a launch killed after making it still finds it in `list`.
-            if let definitionPlace { try rememberPlace(definitionPlace) }
-            _ = try await store.create(spec) { staging in
-                try await build(
-                    spec, image: image, userKey: userKey, userData: userData, userIgnition: userIgnition, in: staging)
+        let seedServer: SeedServer?
+        do {
+            seedServer = try await store.withLock(spec.name) { [spec] lock in
+                // Known before the definition exists, so a launch killed after making it still finds it in `list`.
+                if let definitionPlace { try rememberPlace(definitionPlace) }
+                _ = try await store.create(spec) { staging in
+                    try await build(
+                        spec, image: image, userKey: userKey, userData: userData, userIgnition: userIgnition,
+                        in: staging)
+                }
+                progress("\(spec.name): created from \(image.reference) (\(elapsed(since: clock)))")
+                do {
+                    return try await startMachine(spec.name, clock: clock)
+                } catch {
+                    // A launch whose machine never ran leaves nothing behind, so the same command can be retried
+                    // once the cause (a port in use, a missing firmware) is fixed.
+                    try? await driver.forget(store.directory(spec.name).machine)
+                    try? await driver.storage?.deleteStorage(store.directory(spec.name).machine)
+                    try? store.remove(spec.name, lock: lock)
+                    if let definitionPlace { forgetPlaceIfUnused(definitionPlace) }
+                    throw error
+                }
             }
-            progress("\(spec.name): created from \(image.reference) (\(elapsed(since: clock)))")
-            do {
-                return try await startMachine(spec.name, clock: clock)
-            } catch {
-                // A launch whose machine never ran leaves nothing behind, so the same command can be retried
-                // once the cause (a port in use, a missing firmware) is fixed.
-                try? await driver.forget(store.directory(spec.name).machine)
-                try? await driver.storage?.deleteStorage(store.directory(spec.name).machine)
-                try? store.remove(spec.name, lock: lock)
-                if let definitionPlace { forgetPlaceIfUnused(definitionPlace) }
-                throw error
-            }
+        } catch {
+            networks.release(reservedNetworks, of: spec.name)
+            throw error
         }
         // Outside the lock, like readiness; even without `wait`, as no one else would serve the seed.
         if let seedServer { try await serveSeed(seedServer, to: spec.name, clock: clock, timeout: timeout) }
@@ -131,8 +145,9 @@ public struct InstanceManager: Sendable {
         state.imageDigest = image.sha256
         state.imageDescription = describe(image)
         state.sshUser = image.distribution == .fedoraCoreOS ? "core" : Self.defaultUser
-        let personality = personality(
+        var personality = personality(
             spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
+        try addNetworks(spec.networks, to: &personality)
         do {
             if image.distribution == .fedoraCoreOS {
                 let ignition = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)
@@ -327,8 +342,10 @@ public struct InstanceManager: Sendable {
         if let ephemeral = spec.ephemeral {
             try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
         }
+        let attachments = try await machineAttachments(spec)
         let seedServer = try await startSeedServer(name, spec: spec)
         var machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
+        machine.network.attachments = attachments
         let driver = hypervisor.driver(for: spec)
         if driver.definitions != nil { machine.annotations = annotations(spec, state: state, in: dir) }
         do {

@@ -58,6 +58,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     /// The user's own Ignition config as given (`--ignition`), for CoreOS images: merged by Ignition into
     /// the config Nimbus writes.
     public var ignition: String?
+    /// NICs on host networks (`--network`), with the address and MAC each got at launch.
+    public var networks: [NetworkAttachment] = []
 
     /// `driver`, `connect` and `pool` as one checked value; an error names a field that does not fit.
     public var driverChoice: DriverChoice {
@@ -115,7 +117,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
             forwards,
             ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel, mountType,
-            ignition
+            ignition, networks
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -149,6 +151,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
         seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso
         ignition = try c.decodeIfPresent(String.self, forKey: .ignition)
+        networks = try c.decodeIfPresent([NetworkAttachment].self, forKey: .networks) ?? []
     }
 }
 

@@ -52,6 +52,8 @@ public protocol Hypervisor: Sendable {
     var storage: (any MachineStorage)? { get }
     /// Machine definitions kept outside the folder (libvirt domains); nil when the folder is all there is.
     var definitions: (any MachineDefinitions)? { get }
+    /// Host networks the driver's machines can join (`nimbus network`); nil when it cannot make them.
+    var networks: (any MachineNetworks)? { get }
 
     /// What `nimbus doctor` should know of this driver on its host (helpers it needs and lacks).
     func hostFindings() -> [HostFinding]

@@ -12,12 +12,7 @@ extension MachineConfig {
     /// the name, so a restarted guest keeps its DHCP lease.
     public var macAddress: String {
         if let mac = network.macAddress { return mac }
-        // FNV-1a: stable across runs and platforms, unlike Hasher.
-        var hash: UInt32 = 2_166_136_261
-        for byte in name.utf8 {
-            hash ^= UInt32(byte)
-            hash = hash &* 16_777_619
-        }
+        let hash = fnv1a32(name)
         let bytes = [(hash >> 16) & 0xff, (hash >> 8) & 0xff, hash & 0xff]
         return "52:54:00:" + bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
     }

@@ -183,16 +183,35 @@ extension MachineConfig {
         public var sshHostPort: UInt16?
         /// The guest's MAC address; nil derives a stable one from the machine name.
         public var macAddress: String?
+        /// More NICs, each on a host network (`nimbus network`), after the first.
+        public var attachments: [Attachment] = []
 
         public init(
             mode: Mode = .user, forwards: [PortForward] = [], forwardSSH: Bool = true, sshHostPort: UInt16? = nil,
-            macAddress: String? = nil
+            macAddress: String? = nil, attachments: [Attachment] = []
         ) {
             self.mode = mode
             self.forwards = forwards
             self.forwardSSH = forwardSSH
             self.sshHostPort = sshHostPort
             self.macAddress = macAddress
+            self.attachments = attachments
+        }
+
+        /// A NIC on a host network: a bridge the QEMU driver reaches through qemu-bridge-helper, or the
+        /// libvirt network of that name.
+        public struct Attachment: Codable, Sendable, Hashable {
+            /// The Nimbus network's name.
+            public var network: String
+            /// The host bridge the NIC's tap joins.
+            public var bridge: String
+            public var macAddress: String
+
+            public init(network: String, bridge: String, macAddress: String) {
+                self.network = network
+                self.bridge = bridge
+                self.macAddress = macAddress
+            }
         }
 
         public init(from decoder: any Decoder) throws {
@@ -202,6 +221,7 @@ extension MachineConfig {
             forwardSSH = try container.decodeIfPresent(Bool.self, forKey: .forwardSSH) ?? true
             sshHostPort = try container.decodeIfPresent(UInt16.self, forKey: .sshHostPort)
             macAddress = try container.decodeIfPresent(String.self, forKey: .macAddress)
+            attachments = try container.decodeIfPresent([Attachment].self, forKey: .attachments) ?? []
         }
 
         /// The network backend.

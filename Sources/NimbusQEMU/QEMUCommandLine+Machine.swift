@@ -167,6 +167,16 @@ extension QEMUCommandLine {
                 add("-device", "virtio-net-pci", ["netdev": "net0", "mac": config.macAddress, "romfile": ""])
             }
         }
+        // Each network NIC is a tap that qemu-bridge-helper plugs into the network's bridge.
+        for (index, attachment) in config.network.attachments.enumerated() {
+            let id = "net\(index + 1)"
+            add("-netdev", "bridge", ["id": id, "br": attachment.bridge])
+            if microvm {
+                add("-device", "virtio-net-device", ["netdev": id, "mac": attachment.macAddress])
+            } else {
+                add("-device", "virtio-net-pci", ["netdev": id, "mac": attachment.macAddress, "romfile": ""])
+            }
+        }
 
         if config.randomNumberGenerator {
             add("-object", "rng-random", ["id": "rng0", "filename": "/dev/urandom"])

@@ -13,6 +13,7 @@ extension QEMUDriver {
     public var hostLabel: String { "local" }
     public var storage: (any MachineStorage)? { nil }
     public var definitions: (any MachineDefinitions)? { nil }
+    public var networks: (any MachineNetworks)? { QEMUNetworks() }
 
     /// QEMU must be installed; everything else is found at start, where its absence is named.
     public func checkReachable() throws(NimbusError) {

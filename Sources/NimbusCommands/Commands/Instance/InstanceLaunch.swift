@@ -68,6 +68,14 @@ struct InstanceLaunch: AsyncParsableCommand {
     @Option(help: "Forward a port on 127.0.0.1: HOST:GUEST[/udp] (repeatable).")
     var forward: [String] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "Join a network: NAME[:ADDRESS] (repeatable; `nimbus network create` makes one).",
+            discussion:
+                "The instance gets a NIC on the network with a fixed address (the given one, or one Nimbus picks) that it keeps for life, and resolves the network's other instances by name."
+        ))
+    var network: [String] = []
+
     @Option(help: "A scratch disk made empty at every start: SIZE[:MOUNTPOINT] (default /mnt).")
     var ephemeral: String?
 
@@ -159,6 +167,7 @@ struct InstanceLaunch: AsyncParsableCommand {
             }
             guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
             for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
+            for text in network { _ = try NetworkAttachment(parsing: text) }
             if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
         }
     }
@@ -183,6 +192,7 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.connect = connect
         spec.pool = pool
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
+        spec.networks = try network.map { try NetworkAttachment(parsing: $0) }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.mountType = mountType
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }

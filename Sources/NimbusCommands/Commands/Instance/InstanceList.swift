@@ -76,6 +76,13 @@ enum InstanceTable {
             ),
             ("Uptime", info.uptime.map(formatUptime) ?? "-"), ("cloud-init", info.cloudInit ?? "-"),
             ("Forwards", info.forwards.isEmpty ? "-" : info.forwards.joined(separator: ", ")),
+            (
+                "Networks",
+                info.networks.isEmpty
+                    ? "-"
+                    : info.networks.map { "\($0.name) \($0.address) (\($0.mac))" }
+                        .joined(separator: ", ")
+            ),
             ("Driver", info.driver), ("Host", info.host ?? "local"),
             ("Firmware", info.firmware ?? "-"), ("CPU model", info.cpuModel ?? "-"),
         ]

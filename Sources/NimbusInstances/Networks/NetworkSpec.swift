@@ -1,0 +1,92 @@
+import Foundation
+import NimbusCore
+import NimbusMachines
+
+/// A host network as the user made it (`nimbus network create`), stored as `network.yaml` in its folder.
+public struct NetworkSpec: Codable, Sendable, Equatable {
+    /// The format of this file.
+    public var version: Int = 1
+    /// A DNS label: instances resolve each other under `<name>.internal`.
+    public var name: String
+    public var subnet: IPv4Subnet
+    /// Traffic to the outside is masqueraded (`--nat`); otherwise the network reaches only its instances
+    /// and the host.
+    public var nat: Bool = false
+    /// The host bridge.
+    public var bridge: String
+    /// The driver whose machines join the network.
+    public var driver: String = "qemu"
+    public var createdAt: Date = Date()
+
+    public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: String = "qemu") {
+        self.name = name
+        self.subnet = subnet
+        self.nat = nat
+        self.driver = driver
+        self.bridge = Self.bridgeName(for: name)
+    }
+
+    /// `nmb-NAME`, or, for a name too long for Linux's 15-byte interface names, `nmb-` and a hash of it.
+    static func bridgeName(for name: String) -> String {
+        if name.count <= 11 { return "nmb-\(name)" }
+        return "nmb-" + String(format: "%08x", fnv1a32(name))
+    }
+
+    /// Checks a network name: a DNS label (a-z, 0-9, '-', at most 63), as it becomes a domain.
+    public static func checkName(_ name: String) throws(NimbusError) {
+        let allowed = name.unicodeScalars.allSatisfy {
+            ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-"
+        }
+        guard !name.isEmpty, name.count <= 63, allowed, name.first != "-", name.last != "-" else {
+            throw NimbusError(
+                .invalidArgument,
+                "network name \"\(name)\" is not a DNS label: use 1 to 63 of a-z, 0-9 and '-', '-' neither first nor last"
+            )
+        }
+    }
+
+    /// The network as its driver makes it, in `folder`.
+    func definition(in folder: URL) -> NetworkDefinition {
+        NetworkDefinition(name: name, bridge: bridge, subnet: subnet, nat: nat, folder: folder)
+    }
+}
+
+/// `--network NAME[:ADDRESS]`: an instance's NIC on a network, stored in its instance.yaml with the address
+/// and MAC it got at launch, which it keeps for life.
+public struct NetworkAttachment: Codable, Sendable, Equatable {
+    public var network: String
+    /// Nil until launch picks one (or the user's, checked).
+    public var address: IPv4Address?
+    /// Derived from the instance's and the network's names at launch.
+    public var macAddress: String?
+
+    public init(network: String, address: IPv4Address? = nil, macAddress: String? = nil) {
+        self.network = network
+        self.address = address
+        self.macAddress = macAddress
+    }
+
+    /// Parses `NAME` or `NAME:ADDRESS`; `what` names the option for errors.
+    public init(parsing text: String, what: String = "--network") throws(NimbusError) {
+        let parts = text.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        try NetworkSpec.checkName(parts[0])
+        network = parts[0]
+        if parts.count == 2 {
+            guard let address = IPv4Address(parts[1]) else {
+                throw NimbusError(
+                    .invalidArgument,
+                    "\(what) \"\(text)\": \"\(parts[1])\" is not an IPv4 address; write NAME or NAME:ADDRESS, like n1:192.168.100.20"
+                )
+            }
+            self.address = address
+        }
+    }
+
+    /// A locally administered MAC, stable for an instance on a network (QEMU's 52:54:00 prefix with the
+    /// last three bytes from a hash of both names).
+    static func macAddress(instance: InstanceName, network: String) -> String {
+        let hash = fnv1a32("\(instance.rawValue)@\(network)")
+        let bytes = [(hash >> 16) & 0xff, (hash >> 8) & 0xff, hash & 0xff]
+        return "52:54:00:" + bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+    }
+}
