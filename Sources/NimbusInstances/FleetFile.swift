@@ -25,6 +25,10 @@ import Yams
 ///   - name: edge
 ///     image: fedora-coreos:stable
 ///     ignition-file: edge.ign           # your own Ignition config (CoreOS), as `launch --ignition`
+///     networks: [back, "front:192.168.50.10"]   # as `launch --network`
+/// networks:            # optional: made by `apply` when missing (needs root)
+///   back: {}                            # a free /24, no NAT
+///   front: {subnet: 192.168.50.0/24, nat: true}
 /// ```
 public struct FleetFile: Sendable {
     /// One instance's entry; every key but `name` is optional.
@@ -45,6 +49,7 @@ public struct FleetFile: Sendable {
         public var cloudInitFile: String?
         public var ignitionFile: String?
         public var sshKeys: [String]?
+        public var networks: [String]?
 
         enum CodingKeys: String, CodingKey {
             case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral
@@ -53,6 +58,7 @@ public struct FleetFile: Sendable {
             case cloudInitFile = "cloud-init-file"
             case ignitionFile = "ignition-file"
             case sshKeys = "ssh-keys"
+            case networks
         }
 
         /// `self` with the keys it lacks taken from `defaults`.
@@ -66,19 +72,28 @@ public struct FleetFile: Sendable {
                 cloudInit: cloudInit ?? (cloudInitFile == nil ? defaults.cloudInit : nil),
                 cloudInitFile: cloudInitFile ?? (cloudInit == nil ? defaults.cloudInitFile : nil),
                 ignitionFile: ignitionFile ?? defaults.ignitionFile,
-                sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []))
+                sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []), networks: networks ?? defaults.networks)
         }
+    }
+
+    /// A network of the file's `networks:` mapping.
+    public struct Network: Codable, Sendable, Equatable {
+        public var subnet: String?
+        public var nat: Bool?
     }
 
     struct Document: Codable {
         var defaults: Entry?
         var instances: [Entry]
+        var networks: [String: Network]?
     }
 
     /// The file's absolute path: instances launched from it remember it, so `--prune` knows its own.
     public let url: URL
     /// The instances, each a complete spec.
     public let specs: [InstanceSpec]
+    /// The networks the file declares, by name, with their subnets checked.
+    public let networks: [(name: String, subnet: IPv4Subnet?, nat: Bool)]
 
     /// Reads and validates the whole file before anything is launched; errors name the file, and the
     /// instance and key at fault.
@@ -101,6 +116,17 @@ public struct FleetFile: Sendable {
         } catch {
             throw NimbusError(.invalidArgument, "\(url.path) is not a fleet file", cause: error)
         }
+        var networks: [(name: String, subnet: IPv4Subnet?, nat: Bool)] = []
+        for (name, network) in (document.networks ?? [:]).sorted(by: { $0.key < $1.key }) {
+            let label = "\(url.lastPathComponent): networks.\(name)"
+            try Self.within(label) { () throws(NimbusError) in try NetworkSpec.checkName(name) }
+            let subnet = try Self.within(label) { () throws(NimbusError) -> IPv4Subnet? in
+                guard let text = network.subnet else { return nil }
+                return try IPv4Subnet(parsing: text, what: "subnet")
+            }
+            networks.append((name, subnet, network.nat ?? false))
+        }
+        self.networks = networks
         let base = url.deletingLastPathComponent()
         var specs: [InstanceSpec] = []
         var seen: Set<String> = []
@@ -130,6 +156,9 @@ public struct FleetFile: Sendable {
         if let memory = entry.memory { spec.memory = try ByteSize(parsing: memory, what: "memory") }
         if let disk = entry.disk { spec.disk = try ByteSize(parsing: disk, what: "disk") }
         spec.hostname = entry.hostname
+        spec.networks = try (entry.networks ?? []).map { (text: String) throws(NimbusError) in
+            try NetworkAttachment(parsing: text, what: "networks")
+        }
         spec.locale = entry.locale
         spec.timezone = entry.timezone
         spec.forwards = try (entry.forwards ?? []).map { (f: String) throws(NimbusError) in

@@ -52,6 +52,7 @@ extension InstanceManager {
             }
         }
         findings += await checkStore(fix: fix)
+        findings += await networks.doctor(fix: fix)
         return findings
     }
 

@@ -7,6 +7,9 @@ public struct ApplyReport: Sendable {
     public var unchanged: [InstanceName] = []
     public var pruned: [InstanceName] = []
     public var failures: [(InstanceName, NimbusError)] = []
+    public var networksCreated: [String] = []
+    public var networksPruned: [String] = []
+    public var networkFailures: [(String, NimbusError)] = []
 }
 
 extension InstanceManager {
@@ -14,7 +17,27 @@ extension InstanceManager {
     /// `prune`, purges the instances launched from this file that it no longer lists.
     public func apply(_ fleet: FleetFile, prune: Bool, timeout: Duration) async -> ApplyReport {
         var report = ApplyReport()
-        let missing = fleet.specs.filter { !store.exists($0.name) }
+        // The file's networks first: an instance on one that cannot be made fails, the others go on.
+        var failedNetworks: [String: NimbusError] = [:]
+        for network in fleet.networks where !networks.store.exists(network.name) {
+            do {
+                try await networks.create(
+                    name: network.name, subnet: network.subnet, nat: network.nat, fleet: fleet.url.path)
+                report.networksCreated.append(network.name)
+            } catch {
+                failedNetworks[network.name] = Self.wrap(error)
+            }
+        }
+        for spec in fleet.specs where !store.exists(spec.name) {
+            if let failed = spec.networks.first(where: { failedNetworks[$0.network] != nil }) {
+                let cause = failedNetworks[failed.network]!
+                report.failures.append(
+                    (spec.name, NimbusError(cause.code, "network \(failed.network) could not be made: \(cause.message)")))
+            }
+        }
+        let missing = fleet.specs.filter { spec in
+            !store.exists(spec.name) && !report.failures.contains { $0.0 == spec.name }
+        }
         report.unchanged = fleet.specs.filter { store.exists($0.name) }.map(\.name)
         // Pull each distinct image once before the parallel launches, so they share one download.
         for image in Set(missing.map(\.image)) {
@@ -49,6 +72,20 @@ extension InstanceManager {
                     report.pruned.append(name)
                 } catch {
                     report.failures.append((name, Self.wrap(error)))
+                }
+            }
+        }
+        if prune {
+            // Networks this file made that no instance uses any more (pruned ones gave their addresses back).
+            for name in networks.store.names() {
+                guard let spec = try? networks.store.load(name), spec.fleet == fleet.url.path,
+                    networks.store.hosts(spec).isEmpty
+                else { continue }
+                do {
+                    try await networks.delete(name)
+                    report.networksPruned.append(name)
+                } catch {
+                    report.networkFailures.append((name, Self.wrap(error)))
                 }
             }
         }

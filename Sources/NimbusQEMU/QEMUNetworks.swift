@@ -47,6 +47,11 @@ public struct QEMUNetworks: MachineNetworks {
             return
                 "\(Self.bridgeHelper) is not setuid root, so only root can plug machines into a bridge: as root, `dpkg-statoverride --update --add root root 4755 \(Self.bridgeHelper)`"
         }
+        // The helper keeps only CAP_NET_ADMIN and becomes the user, who must be able to open the tun device
+        // (udev makes it 0666 on a standard host; some containers leave it 0600).
+        guard access("/dev/net/tun", R_OK | W_OK) == 0 else {
+            return "/dev/net/tun is not open to this user (udev makes it 0666): as root, `chmod 0666 /dev/net/tun`"
+        }
         return nil
     }
 

@@ -39,8 +39,9 @@ public struct NetworkManager: Sendable {
     /// 192.168.254.0, then of 10.100.0.0 to 10.199.0.0, that overlaps no address or route of the host and
     /// no other network. On any failure nothing is left: no folder, bridge or process.
     @discardableResult
-    public func create(name: String, subnet: IPv4Subnet?, nat: Bool, driver: String = "qemu") async throws
-        -> NetworkInfo
+    public func create(
+        name: String, subnet: IPv4Subnet?, nat: Bool, driver: String = "qemu", fleet: String? = nil
+    ) async throws -> NetworkInfo
     {
         try NetworkSpec.checkName(name)
         let networks = try networks(for: driver)
@@ -75,7 +76,8 @@ public struct NetworkManager: Sendable {
                 }
                 chosen = free
             }
-            let spec = NetworkSpec(name: name, subnet: chosen, nat: nat, driver: driver)
+            var spec = NetworkSpec(name: name, subnet: chosen, nat: nat, driver: driver)
+            spec.fleet = fleet
             if let clash = others.first(where: { $0.bridge == spec.bridge }) {
                 throw NimbusError(
                     .alreadyExists, "network \(clash.name) has the bridge \(spec.bridge) already: choose another name")
@@ -133,6 +135,41 @@ public struct NetworkManager: Sendable {
             try await networks.tearDown(store.definition(spec))
             try store.remove(name)
         }
+    }
+
+    /// Each network's health; with `fix`, brings back what is missing (a dead dnsmasq, a bridge gone with a
+    /// reboot), which needs root.
+    func doctor(fix: Bool) async -> [DoctorFinding] {
+        var findings: [DoctorFinding] = []
+        for name in store.names() {
+            let subject = "network \(name)"
+            guard let spec = try? store.load(name), let networks = try? networks(for: spec.driver) else {
+                findings.append(
+                    DoctorFinding(
+                        subject: subject, detail: "\(store.specFile(name).path) cannot be read", ok: false))
+                continue
+            }
+            let definition = store.definition(spec)
+            let problems = await networks.health(definition).problems(for: definition)
+            guard !problems.isEmpty else {
+                findings.append(DoctorFinding(subject: subject, detail: "\(spec.subnet) on \(spec.bridge): active", ok: true))
+                continue
+            }
+            var finding = DoctorFinding(subject: subject, detail: problems.joined(separator: ", "), ok: false)
+            if fix {
+                do {
+                    try await networks.bringUp(definition)
+                    finding.fixed = true
+                    finding.detail += "; brought back"
+                } catch {
+                    finding.detail += "; not fixed: \(error.message)"
+                }
+            } else {
+                finding.detail += ": `nimbus doctor --fix` or `nimbus network start \(name)` (as root)"
+            }
+            findings.append(finding)
+        }
+        return findings
     }
 
     // MARK: For instances

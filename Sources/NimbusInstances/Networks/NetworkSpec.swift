@@ -17,6 +17,8 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
     /// The driver whose machines join the network.
     public var driver: String = "qemu"
     public var createdAt: Date = Date()
+    /// The fleet file (`nimbus apply`) that made the network, whose `--prune` may delete it.
+    public var fleet: String?
 
     public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: String = "qemu") {
         self.name = name

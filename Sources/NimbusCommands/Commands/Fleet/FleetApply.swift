@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import NimbusCore
 import NimbusInstances
 
 /// `nimbus apply -f fleet.yaml [--prune]`.
@@ -25,11 +26,16 @@ struct FleetApply: AsyncParsableCommand {
         let context = try CommandContext(global: global)
         let fleet = try FleetFile(url: URL(fileURLWithPath: file), config: context.config)
         let report = await context.manager.apply(fleet, prune: prune, timeout: .seconds(timeout))
+        for name in report.networksCreated { Console.result("created network \(name)\n") }
         for name in report.launched { Console.result("launched \(name)\n") }
         for name in report.unchanged { Console.result("unchanged \(name)\n") }
         for name in report.pruned { Console.result("pruned \(name)\n") }
+        for name in report.networksPruned { Console.result("pruned network \(name)\n") }
         try await AggregateError.forEach(report.failures.map(\.0)) { name in
             if let error = report.failures.first(where: { $0.0 == name })?.1 { throw error }
+        }
+        if let (name, error) = report.networkFailures.first {
+            throw NimbusError(error.code, "network \(name) could not be pruned: \(error.message)")
         }
     }
 }
