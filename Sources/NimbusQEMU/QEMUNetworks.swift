@@ -202,7 +202,7 @@ public struct QEMUNetworks: MachineNetworks {
             let reason = output.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
             let hint =
                 reason.contains("Address already in use")
-                ? ": another DNS or DHCP server is bound to \(network.subnet.gateway) on \(network.bridge); stop it, then `nimbus network start \(network.name)`"
+                ? ": another DNS server holds port 53 on \(network.subnet.gateway) (one bound to all addresses, or to this one): stop it, or make it listen on its own interfaces only (dnsmasq: bind-interfaces), then try again"
                 : ""
             throw NimbusError(
                 .processFailed, "dnsmasq for network \(network.name) did not start: \(reason)\(hint)")

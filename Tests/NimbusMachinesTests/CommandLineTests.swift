@@ -129,6 +129,26 @@ struct CommandLineTests {
             ])
     }
 
+    @Test("each network NIC is a bridge netdev through qemu-bridge-helper after the user-mode NIC, with its MAC")
+    func networkAttachments() throws {
+        var config = MachineConfig(name: "web")
+        config.network.attachments = [
+            .init(network: "n1", bridge: "nmb-n1", macAddress: "52:54:00:00:00:11"),
+            .init(network: "n2", bridge: "nmb-n2", macAddress: "52:54:00:00:00:12"),
+        ]
+        let arguments = try QEMUCommandLine.machine(config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222)
+            .arguments
+        func values(of option: String) -> [String] {
+            arguments.indices.filter { arguments[$0] == option }.map { arguments[$0 + 1] }
+        }
+        #expect(
+            values(of: "-netdev") == [
+                "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22", "bridge,id=net1,br=nmb-n1", "bridge,id=net2,br=nmb-n2",
+            ])
+        #expect(values(of: "-device").contains("virtio-net-pci,netdev=net1,mac=52:54:00:00:00:11,romfile="))
+        #expect(values(of: "-device").contains("virtio-net-pci,netdev=net2,mac=52:54:00:00:00:12,romfile="))
+    }
+
     @Test("virtio-scsi disks share one controller; 9p shares, a bridge, VNC on a socket and extra arguments")
     func scsiSharesBridgeVNC() throws {
         var config = MachineConfig(name: "db")
