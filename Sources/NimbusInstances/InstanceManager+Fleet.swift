@@ -32,7 +32,10 @@ extension InstanceManager {
             if let failed = spec.networks.first(where: { failedNetworks[$0.network] != nil }) {
                 let cause = failedNetworks[failed.network]!
                 report.failures.append(
-                    (spec.name, NimbusError(cause.code, "network \(failed.network) could not be made: \(cause.message)")))
+                    (
+                        spec.name,
+                        NimbusError(cause.code, "network \(failed.network) could not be made: \(cause.message)")
+                    ))
             }
         }
         let missing = fleet.specs.filter { spec in

@@ -1,13 +1,12 @@
 import Foundation
 import NimbusCore
+import NimbusDrivers
 import NimbusMachines
 import NimbusSeed
 import NimbusTestSupport
 import Testing
 
 @testable import NimbusInstances
-import NimbusDrivers
-
 @testable import NimbusQEMU
 
 /// Networks without a bridge: names, `--network` values, address reservations in a store folder, the guest's
@@ -55,7 +54,8 @@ struct NetworkUnitTests {
     func reservations() throws {
         try withNetwork { store, spec in
             let a = try store.reserve(
-                spec, instance: InstanceName("a"), macAddress: "52:54:00:00:00:0a", address: nil, isStale: { _ in false })
+                spec, instance: InstanceName("a"), macAddress: "52:54:00:00:00:0a", address: nil,
+                isStale: { _ in false })
             #expect(a.description == "192.168.77.2")
             let pinned = try store.reserve(
                 spec, instance: InstanceName("b"), macAddress: "52:54:00:00:00:0b",
@@ -115,7 +115,8 @@ struct NetworkUnitTests {
                 spec, instance: InstanceName("a"), macAddress: "52:54:00:00:00:0a",
                 address: IPv4Address("192.168.77.3"), isStale: { _ in false })
             let again = try store.reserve(
-                spec, instance: InstanceName("a"), macAddress: "52:54:00:00:00:0a", address: nil, isStale: { _ in true })
+                spec, instance: InstanceName("a"), macAddress: "52:54:00:00:00:0a", address: nil, isStale: { _ in true }
+            )
             #expect(again.description == "192.168.77.2")
             #expect(store.hosts(spec).count == 1)
         }

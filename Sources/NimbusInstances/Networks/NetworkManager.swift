@@ -41,8 +41,7 @@ public struct NetworkManager: Sendable {
     @discardableResult
     public func create(
         name: String, subnet: IPv4Subnet?, nat: Bool, driver: String = "qemu", fleet: String? = nil
-    ) async throws -> NetworkInfo
-    {
+    ) async throws -> NetworkInfo {
         try NetworkSpec.checkName(name)
         let networks = try networks(for: driver)
         if let subnet { try Self.checkShape(subnet) }
@@ -119,6 +118,10 @@ public struct NetworkManager: Sendable {
     /// Deletes a network no instance uses: its bridge, dnsmasq, NAT rules and folder.
     public func delete(_ name: String) async throws {
         try NetworkSpec.checkName(name)
+        let networks = try networks(for: try store.load(name).driver)
+        if let problem = networks.createProblem() {
+            throw NimbusError(.unsupported, "cannot delete network \(name): \(problem)")
+        }
         try await store.withLock { () async throws -> Void in
             let spec = try store.load(name)
             let hosts = store.hosts(spec)
@@ -127,10 +130,6 @@ public struct NetworkManager: Sendable {
                     .invalidState,
                     "network \(name) is in use by \(hosts.map { "\($0.instance) (\($0.address))" }.joined(separator: ", ")): delete those instances first"
                 )
-            }
-            let networks = try networks(for: spec.driver)
-            if let problem = networks.createProblem() {
-                throw NimbusError(.unsupported, "cannot delete network \(name): \(problem)")
             }
             try await networks.tearDown(store.definition(spec))
             try store.remove(name)
@@ -152,7 +151,8 @@ public struct NetworkManager: Sendable {
             let definition = store.definition(spec)
             let problems = await networks.health(definition).problems(for: definition)
             guard !problems.isEmpty else {
-                findings.append(DoctorFinding(subject: subject, detail: "\(spec.subnet) on \(spec.bridge): active", ok: true))
+                findings.append(
+                    DoctorFinding(subject: subject, detail: "\(spec.subnet) on \(spec.bridge): active", ok: true))
                 continue
             }
             var finding = DoctorFinding(subject: subject, detail: problems.joined(separator: ", "), ok: false)
