@@ -6,10 +6,13 @@ import NimbusSeed
 /// An instance's NICs on host networks: what its guest is told, what its machine gets.
 extension InstanceManager {
     /// Adds a NIC per network to the guest's configuration: matched by MAC, the fixed address, no default
-    /// route (the user-mode NIC keeps it), the network's DNS server and domain. Guests whose resolv.conf is
-    /// a plain file (Debian's ifupdown without resolvconf, where network-config's DNS is not applied) get
-    /// it written at each boot, and dhclient is kept from rewriting it.
-    func addNetworks(_ attachments: [NetworkAttachment], to config: inout InstanceConfig) throws(NimbusError) {
+    /// route (the user-mode NIC keeps it), the network's DNS server and domain. cloud-init guests whose
+    /// resolv.conf is a plain file (Debian's ifupdown without resolvconf, where network-config's DNS is not
+    /// applied) get it written at each boot, and dhclient is kept from rewriting it; Ignition guests
+    /// (`cloudInit` false) resolve through their network stack's per-link DNS.
+    func addNetworks(_ attachments: [NetworkAttachment], to config: inout InstanceConfig, cloudInit: Bool = true)
+        throws(NimbusError)
+    {
         guard !attachments.isEmpty else { return }
         var servers: [String] = []
         var domains: [String] = []
@@ -24,6 +27,7 @@ extension InstanceManager {
             servers.append(spec.subnet.gateway.description)
             domains.append(domain)
         }
+        guard cloudInit else { return }
         config.bootcmd.append(
             .arguments(["sh", "-c", Self.resolverScript, "nimbus-resolver", domains.joined(separator: " ")] + servers))
     }

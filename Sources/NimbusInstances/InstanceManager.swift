@@ -147,7 +147,7 @@ public struct InstanceManager: Sendable {
         state.sshUser = image.distribution == .fedoraCoreOS ? "core" : Self.defaultUser
         var personality = personality(
             spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
-        try addNetworks(spec.networks, to: &personality)
+        try addNetworks(spec.networks, to: &personality, cloudInit: image.distribution != .fedoraCoreOS)
         do {
             if image.distribution == .fedoraCoreOS {
                 let ignition = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)

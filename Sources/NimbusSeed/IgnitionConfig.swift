@@ -111,7 +111,9 @@ public struct IgnitionConfig: Sendable {
         try reject("phone_home", config.phoneHome != nil)
         try reject("power_state", config.powerState != nil)
         try reject("ssh_pwauth", config.sshPasswordAuthentication)
-        try reject("network (static addresses)", config.network.interfaces.contains { !$0.addresses.isEmpty })
+        try reject(
+            "network (static addresses without a MAC)",
+            config.network.interfaces.contains { !$0.addresses.isEmpty && $0.macAddress == nil })
         for file in config.writeFiles {
             if let encoding = file.encoding, !["text", "b64", "base64"].contains(encoding.lowercased()) {
                 throw .unsupportedByIgnition(option: "write_files encoding \(encoding) (\(file.path))")
@@ -165,6 +167,43 @@ public struct IgnitionConfig: Sendable {
         var name: String
         var enabled: Bool
         var contents: String
+    }
+
+    /// NICs with static addresses (Nimbus networks), matched by MAC, as both stacks CoreOS images use read
+    /// them: a NetworkManager keyfile (Fedora CoreOS) and a systemd-networkd unit, sorted before any DHCP
+    /// catch-all. Each stack ignores the other's file. No default route unless a gateway is given.
+    static func networkFiles(_ network: InstanceConfig.Network) -> [File] {
+        var files: [File] = []
+        for interface in network.interfaces where !interface.addresses.isEmpty {
+            guard let mac = interface.macAddress?.lowercased() else { continue }
+            let id = "nimbus-" + mac.replacingOccurrences(of: ":", with: "")
+            var keyfile =
+                "[connection]\nid=\(id)\ntype=ethernet\nautoconnect=true\n\n[ethernet]\nmac-address=\(mac)\n\n"
+            keyfile += "[ipv4]\nmethod=manual\n"
+            for (index, address) in interface.addresses.enumerated() { keyfile += "address\(index + 1)=\(address)\n" }
+            keyfile += interface.gateway4.map { "gateway=\($0)\n" } ?? "never-default=true\n"
+            if !interface.nameservers.isEmpty { keyfile += "dns=\(interface.nameservers.joined(separator: ";"));\n" }
+            if !interface.searchDomains.isEmpty {
+                keyfile += "dns-search=\(interface.searchDomains.joined(separator: ";"));\n"
+            }
+            keyfile += "\n[ipv6]\nmethod=disabled\n"
+            var unit = "[Match]\nMACAddress=\(mac)\n\n[Link]\nRequiredForOnline=no\n\n[Network]\n"
+            for address in interface.addresses { unit += "Address=\(address)\n" }
+            if let gateway = interface.gateway4 { unit += "Gateway=\(gateway)\n" }
+            for server in interface.nameservers { unit += "DNS=\(server)\n" }
+            if !interface.searchDomains.isEmpty {
+                unit += "Domains=\(interface.searchDomains.joined(separator: " "))\n"
+            }
+            files.append(
+                File(
+                    path: "/etc/NetworkManager/system-connections/\(id).nmconnection", mode: 0o600, overwrite: true,
+                    contents: Contents(source: dataURL(keyfile))))
+            files.append(
+                File(
+                    path: "/etc/systemd/network/10-\(id).network", mode: 0o644, overwrite: true,
+                    contents: Contents(source: dataURL(unit))))
+        }
+        return files
     }
 
     static func dataURL(_ text: String) -> String { "data:;base64," + Data(text.utf8).base64EncodedString() }
@@ -243,6 +282,7 @@ public struct IgnitionConfig: Sendable {
                     append: file.append ? [Contents(source: source)] : nil,
                     user: owner.first.map(Owner.init), group: owner.count > 1 ? Owner(name: owner[1]) : nil))
         }
+        files += networkFiles(config.network)
         if let timezone = config.timezone {
             links.append(Link(path: "/etc/localtime", target: "../usr/share/zoneinfo/\(timezone)"))
         }

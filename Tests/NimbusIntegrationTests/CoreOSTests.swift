@@ -84,14 +84,25 @@ struct CoreOSTests {
 
     func scenario(driver: String) async throws {
         let name = try InstanceName("coreos-" + driver + "-" + UUID().uuidString.prefix(4).lowercased())
+        // With QEMU, on a network: Ignition writes its NIC's configuration (networkd here, NetworkManager on
+        // Fedora CoreOS), and the network's dnsmasq answers for the instance's name.
+        let network = driver == "qemu" ? "c" + UUID().uuidString.prefix(4).lowercased() : nil
         defer {
             let (manager, home) = (manager, home)
             Task {
                 try? await manager.delete(name, purge: true)
+                if let network { try? await manager.networks.delete(network) }
                 home.remove()
             }
         }
-        let info = try await manager.launch(try spec(name.rawValue, driver: driver), wait: true, timeout: .seconds(900))
+        var spec = try spec(name.rawValue, driver: driver)
+        if let network {
+            let subnet = try IPv4Subnet(
+                parsing: "10.\(UInt8.random(in: 200...250)).\(UInt8.random(in: 0...250)).0/24", what: "subnet")
+            try await manager.networks.create(name: network, subnet: subnet, nat: false)
+            spec.networks = [NetworkAttachment(network: network, address: IPv4Address(subnet.network.value + 9))]
+        }
+        let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
         #expect(info.state == .running)
         #expect(info.cloudInit == "done")
 
@@ -106,6 +117,11 @@ struct CoreOSTests {
         #expect(try await guest(name, "sudo -n stat -c '%a' /etc/from-user.conf") == "600")
         // runcmd as a oneshot unit, enabled by Ignition: it ran once.
         #expect(try await guest(name, "cat /var/tmp/runcmd-count") == "ran")
+        if let network {
+            let address = try #require(info.networks.first?.address, "launch gave no address on \(network)")
+            #expect(try await guest(name, "ip -4 -o addr show").contains(" \(address)/24 "))
+            #expect(try await guest(name, "getent hosts \(name).\(network).internal").hasPrefix(address))
+        }
         // A file Ignition wrote, changed by hand, keeps the change over a restart: Ignition runs once.
         _ = try await guest(name, "echo changed | sudo -n tee /etc/nimbus-test.conf >/dev/null")
         try await manager.stop(name, force: false, timeout: .seconds(120))
