@@ -149,6 +149,18 @@ struct NetworkTests {
         #expect(!FileManager.default.fileExists(atPath: home.paths.networks.appending(path: held).path))
         #expect(Self.dnsmasqProcesses(under: home.paths.networks.appending(path: held)).isEmpty)
 
+        // --nat: masquerading in an nftables table of the network's own, which delete removes whole.
+        let natted = "v\(suffix)"
+        result = try await nimbus(["network", "create", natted, "--nat"])
+        #expect(result.status == 0, "\(result.standardError)")
+        let table = try await ProgramRunner.output("nft", ["list", "table", "ip", "nimbus-\(natted)"])
+        #expect(table.status == 0 && table.standardOutput.contains("masquerade"), "\(table.standardError)")
+        #expect(
+            try await nimbus(["network", "info", natted, "--format", "json"]).standardOutput.contains("\"nat\" : true"))
+        result = try await nimbus(["network", "delete", natted])
+        #expect(result.status == 0, "\(result.standardError)")
+        #expect(try await ProgramRunner.output("nft", ["list", "table", "ip", "nimbus-\(natted)"]).status != 0)
+
         // Delete takes everything away.
         result = try await nimbus(["network", "delete", good])
         #expect(result.status == 0, "\(result.standardError)")
