@@ -122,7 +122,7 @@ extension InstanceManager {
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
             error: status.state == .crashed
                 ? "the guest panicked (QEMU: \(status.detail ?? "guest-panicked"))" : state.lastError,
-            firmware: spec.firmware,
+            firmware: spec.firmware.rawValue,
             cpuModel: spec.cpuModel ?? state.accelerator.flatMap(Accelerator.init(rawValue:))?.defaultCPUModel,
             networks: spec.networks.compactMap { attachment in
                 guard let address = attachment.address, let mac = attachment.macAddress else { return nil }

@@ -34,15 +34,12 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var forwards: [MachineConfig.PortForward] = []
     /// The scratch disk that comes back empty at every start.
     public var ephemeral: EphemeralDisk?
-    /// `auto`, `kvm` or `tcg`.
-    public var accelerator: String = "auto"
-    /// `uefi`, `bios`, or `auto`, which launch replaces with one of the two (see
-    /// `InstanceManager.resolveFirmware`), so every start boots the same way.
-    public var firmware: String = "auto"
+    public var accelerator: AcceleratorChoice = .auto
+    /// `auto` is replaced at launch with `uefi` or `bios` (see `InstanceManager.resolveFirmware`), so every
+    /// start boots the same way.
+    public var firmware: FirmwareChoice = .auto
     /// QEMU's `-cpu` value (`--cpu-model`); nil for the accelerator's default.
     public var cpuModel: String?
-    /// The values of `firmware`.
-    public static let firmwares = ["auto", "uefi", "bios"]
     /// `qemu` or `libvirt`.
     public var driver: String = "qemu"
     /// A kernel booted by QEMU itself instead of the disk's bootloader (`--kernel`, `--initrd`, `--cmdline`).
@@ -140,9 +137,9 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         mountType = try c.decodeIfPresent(MountType.self, forKey: .mountType) ?? .ninep
         forwards = try c.decodeIfPresent([MachineConfig.PortForward].self, forKey: .forwards) ?? []
         ephemeral = try c.decodeIfPresent(EphemeralDisk.self, forKey: .ephemeral)
-        accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? "auto"
+        accelerator = try c.decodeIfPresent(AcceleratorChoice.self, forKey: .accelerator) ?? .auto
         // Instances launched before `auto` existed were UEFI.
-        firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? "uefi"
+        firmware = try c.decodeIfPresent(FirmwareChoice.self, forKey: .firmware) ?? .uefi
         cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel)
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
         connect = try c.decodeIfPresent(String.self, forKey: .connect)
@@ -153,6 +150,18 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         ignition = try c.decodeIfPresent(String.self, forKey: .ignition)
         networks = try c.decodeIfPresent([NetworkAttachment].self, forKey: .networks) ?? []
     }
+}
+
+/// The firmware an instance boots with (`--firmware`, config.yaml's `firmware`).
+public enum FirmwareChoice: String, Codable, Sendable, Equatable, CaseIterable {
+    /// BIOS where the machine runs under TCG and the image can boot without UEFI, else UEFI; made concrete
+    /// at launch.
+    case auto
+    case uefi
+    case bios
+
+    /// The values, for messages: `auto, uefi, bios`.
+    public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
 }
 
 /// How an instance's NoCloud seed reaches the guest.

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusMachines
 import Yams
 
 /// The installation's defaults, from `config.yaml` (NimbusPaths.configFile). Every key is optional; a
@@ -22,8 +23,8 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
     public var memory: ByteSize = .gibibytes(2)
     public var disk: ByteSize = .gibibytes(10)
     public var driver: String = "qemu"
-    public var accelerator: String = "auto"
-    public var firmware: String = "auto"
+    public var accelerator: AcceleratorChoice = .auto
+    public var firmware: FirmwareChoice = .auto
     /// QEMU's `-cpu` for new instances; nil for the accelerator's default.
     public var cpuModel: String?
     /// Seconds `stop` waits for the guest to power off before it forces it.
@@ -45,10 +46,23 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
         memory = try c.decodeIfPresent(ByteSize.self, forKey: .memory) ?? d.memory
         disk = try c.decodeIfPresent(ByteSize.self, forKey: .disk) ?? d.disk
         driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? d.driver
-        accelerator = try c.decodeIfPresent(String.self, forKey: .accelerator) ?? d.accelerator
-        firmware = try c.decodeIfPresent(String.self, forKey: .firmware) ?? d.firmware
+        accelerator = try Self.decodeChoice(c, .accelerator) ?? d.accelerator
+        firmware = try Self.decodeChoice(c, .firmware) ?? d.firmware
         stopTimeout = try c.decodeIfPresent(Int.self, forKey: .stopTimeout) ?? d.stopTimeout
         cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel)
+    }
+
+    /// A key whose value must be one of an enum's, with an error that lists them.
+    static func decodeChoice<Choice: RawRepresentable & CaseIterable>(
+        _ container: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys
+    ) throws -> Choice? where Choice.RawValue == String {
+        guard let text = try container.decodeIfPresent(String.self, forKey: key) else { return nil }
+        guard let choice = Choice(rawValue: text) else {
+            let names = Choice.allCases.map(\.rawValue).joined(separator: ", ")
+            throw DecodingError.dataCorruptedError(
+                forKey: key, in: container, debugDescription: "\"\(text)\" is not one of \(names)")
+        }
+        return choice
     }
 
     /// Reads the configuration; a missing file gives the defaults, a broken one an error naming the file and

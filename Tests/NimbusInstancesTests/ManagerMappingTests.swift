@@ -72,7 +72,7 @@ struct ManagerMappingTests {
         #expect(machine.kernel == nil)
 
         var direct = try spec(in: dir)
-        direct.firmware = "bios"
+        direct.firmware = .bios
         direct.kernel = .init(kernel: "/k/vmlinuz", initrd: "/k/initrd.img", commandLine: "root=LABEL=nimbus-root")
         let booted = manager.machineConfig(direct, state: InstanceState(), in: folder)
         #expect(booted.kernel == direct.kernel)

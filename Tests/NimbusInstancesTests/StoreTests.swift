@@ -147,6 +147,37 @@ struct InstanceStoreTests {
         try "name: old\nimage: debian:12\n".write(to: folder.spec, atomically: true, encoding: .utf8)
         let spec = try store.loadSpec(InstanceName("old"))
         #expect(spec.cpus == 2 && spec.memory == .gibibytes(2) && spec.driver == "qemu")
+        // Before `auto` firmware, every instance was UEFI; before networks, it had none.
+        #expect(spec.firmware == .uefi && spec.accelerator == .auto && spec.networks.isEmpty)
+    }
+
+    @Test("an instance.yaml as session 7's Nimbus wrote it (accelerator and firmware as text) still loads")
+    func specFromBeforeTypedFields() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let store = InstanceStore(paths: dir.paths)
+        let folder = store.directory(try InstanceName("web"))
+        try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
+        try """
+        accelerator: tcg
+        cpuModel: max
+        cpus: 2
+        disk: 10G
+        driver: qemu
+        firmware: bios
+        forwards: []
+        image: file:///tmp/debian-12-genericcloud-amd64.qcow2
+        memory: 1G
+        mountType: virtiofs
+        mounts: []
+        name: web
+        seedTransport: iso
+        sshAuthorizedKeys: []
+        userDataEncoding: text
+        version: 1
+        """.write(to: folder.spec, atomically: true, encoding: .utf8)
+        let spec = try store.loadSpec(InstanceName("web"))
+        #expect(spec.accelerator == .tcg && spec.firmware == .bios && spec.cpuModel == "max")
     }
 }
 
@@ -169,6 +200,8 @@ struct ConfigTests {
         arguments: [
             ("memory: lots\n", "memory \"lots\" is not a size"), ("cpus: [1]\n", "cpus"),
             ("cpus: 2\n  bad: [\n", "config.yaml"),
+            ("firmware: efi\n", "firmware: \"efi\" is not one of auto, uefi, bios"),
+            ("accelerator: hvf\n", "accelerator: \"hvf\" is not one of auto, kvm, tcg"),
         ])
     func bad(text: String, expected: String) throws {
         let dir = try TemporaryDirectory()
@@ -225,13 +258,13 @@ struct FleetFileTests {
         config.cpuModel = "max"
         config.disk = .gibibytes(20)
         config.driver = "libvirt"
-        config.firmware = "uefi"
-        config.accelerator = "tcg"
+        config.firmware = .uefi
+        config.accelerator = .tcg
         let configured = try FleetFile(url: url, config: config)
         #expect(
             configured.specs.allSatisfy {
-                $0.cpuModel == "max" && $0.disk == .gibibytes(20) && $0.driver == "libvirt" && $0.firmware == "uefi"
-                    && $0.accelerator == "tcg" && $0.image == "debian:12"
+                $0.cpuModel == "max" && $0.disk == .gibibytes(20) && $0.driver == "libvirt" && $0.firmware == .uefi
+                    && $0.accelerator == .tcg && $0.image == "debian:12"
             })
         #expect(configured.specs[1].cpus == 4 && configured.specs[0].cpus == config.cpus)
     }

@@ -87,14 +87,22 @@ struct CoreOSTests {
         // With QEMU, on a network: Ignition writes its NIC's configuration (networkd here, NetworkManager on
         // Fedora CoreOS), and the network's dnsmasq answers for the instance's name.
         let network = driver == "qemu" ? "c" + UUID().uuidString.prefix(4).lowercased() : nil
-        defer {
-            let (manager, home) = (manager, home)
-            Task {
-                try? await manager.delete(name, purge: true)
-                if let network { try? await manager.networks.delete(network) }
-                home.remove()
-            }
+        // Awaited, not left to a Task: a test that ends the run would leave its guest and network (host-wide).
+        func cleanUp() async {
+            try? await manager.delete(name, purge: true)
+            if let network { try? await manager.networks.delete(network) }
+            home.remove()
         }
+        do {
+            try await scenarioSteps(name: name, network: network, driver: driver)
+        } catch {
+            await cleanUp()
+            throw error
+        }
+        await cleanUp()
+    }
+
+    func scenarioSteps(name: InstanceName, network: String?, driver: String) async throws {
         var spec = try spec(name.rawValue, driver: driver)
         if let network {
             let subnet = try IPv4Subnet(

@@ -105,7 +105,7 @@ struct InstanceLifecycleTests {
         config.driver = driver
         // db (from the fleet file) boots by UEFI; web's firmware is `auto`, which under TCG picks BIOS for this
         // image (it has both, as published cloud images do).
-        config.firmware = "uefi"
+        config.firmware = .uefi
         let share = home.url.appending(path: "share")
         try FileManager.default.createDirectory(at: share, withIntermediateDirectories: true)
         try "shared from the host\n".write(to: share.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
@@ -202,8 +202,8 @@ struct InstanceLifecycleTests {
         // The firmware each was given, kept in its spec for every later start, and the guest's view of it;
         // the default TCG CPU model offers x86-64-v2, as glibc's loader sees it.
         let accelerator = try await QEMUDriver(hostFactsCache: nil).accelerator(for: .auto).accelerator
-        #expect(try manager.store.loadSpec(web.name).firmware == (accelerator == .tcg ? "bios" : "uefi"))
-        #expect(try manager.store.loadSpec(db.name).firmware == "uefi")
+        #expect(try manager.store.loadSpec(web.name).firmware == (accelerator == .tcg ? .bios : .uefi))
+        #expect(try manager.store.loadSpec(db.name).firmware == .uefi)
         let firmware = "test -d /sys/firmware/efi && echo uefi || echo bios"
         #expect(try await guest(web.name, firmware) == (accelerator == .tcg ? "bios" : "uefi"))
         #expect(try await guest(db.name, firmware) == "uefi")

@@ -45,7 +45,7 @@ struct LibvirtTests {
         var spec = InstanceSpec(name: name, image: "file://" + (Prerequisites.guestImage?.path ?? "/missing"))
         spec.memory = .mebibytes(1024)
         spec.driver = "libvirt"
-        spec.accelerator = "tcg"
+        spec.accelerator = .tcg
         let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
         #expect(info.state == .running)
         #expect(info.driver == "libvirt")

@@ -152,11 +152,11 @@ struct InstanceLaunch: AsyncParsableCommand {
         }
         try validating {
             if let name { _ = try InstanceName(name) }
-            if let accel, !["auto", "kvm", "tcg"].contains(accel) {
+            if let accel, AcceleratorChoice(rawValue: accel) == nil {
                 throw ValidationError("--accel \(accel) is not one of auto, kvm, tcg")
             }
-            if let firmware, !InstanceSpec.firmwares.contains(firmware) {
-                throw ValidationError("--firmware \(firmware) is not one of auto, uefi, bios")
+            if let firmware, FirmwareChoice(rawValue: firmware) == nil {
+                throw ValidationError("--firmware \(firmware) is not one of \(FirmwareChoice.names)")
             }
             if let driver {
                 guard DriverChoice.names.contains(driver) else {
@@ -185,8 +185,8 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.hostname = hostname
         spec.locale = locale
         spec.timezone = timezone
-        if let accel { spec.accelerator = accel }
-        if let firmware { spec.firmware = firmware }
+        if let accel = accel.flatMap(AcceleratorChoice.init(rawValue:)) { spec.accelerator = accel }
+        if let firmware = firmware.flatMap(FirmwareChoice.init(rawValue:)) { spec.firmware = firmware }
         if let cpuModel { spec.cpuModel = cpuModel }
         if let driver { spec.driver = driver }
         spec.connect = connect
