@@ -12,7 +12,13 @@ extension MachineConfig {
     /// the name, so a restarted guest keeps its DHCP lease.
     public var macAddress: String {
         if let mac = network.macAddress { return mac }
-        let hash = fnv1a32(name)
+        return Self.derivedMAC(name)
+    }
+
+    /// A MAC address stable for `text`: QEMU's locally administered 52:54:00 prefix and three bytes of
+    /// `text`'s FNV-1a hash.
+    public static func derivedMAC(_ text: String) -> String {
+        let hash = fnv1a32(text)
         let bytes = [(hash >> 16) & 0xff, (hash >> 8) & 0xff, hash & 0xff]
         return "52:54:00:" + bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
     }

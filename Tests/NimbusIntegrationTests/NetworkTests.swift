@@ -194,9 +194,7 @@ struct NetworkGuestTests {
         image = Prerequisites.guestImage ?? URL(fileURLWithPath: "/missing-guest-image")
     }
 
-    func guest(_ name: String, _ command: String, sourceLocation: SourceLocation = #_sourceLocation) async throws
-        -> ProgramOutput
-    {
+    func guest(_ name: String, _ command: String) async throws -> ProgramOutput {
         try await manager.sshAccess(try InstanceName(name)).run(["sh", "-c", command])
     }
 
@@ -333,6 +331,12 @@ struct NetworkGuestTests {
         #expect(
             result.standardOutput.contains("network \(n1)") && result.standardOutput.contains("dnsmasq is not running"),
             "\(result.standardOutput)")
+        // doctor --fix brings it back; killed again, the next start does.
+        result = try await nimbus(["doctor", "--fix"])
+        #expect(result.standardOutput.contains("brought back"), "\(result.standardOutput)")
+        #expect(try await manager.networks.info(n1).state == "active")
+        for pid in NetworkTests.dnsmasqProcesses(under: networkFolder) { kill(pid, SIGKILL) }
+        #expect(try await manager.networks.info(n1).state == "degraded")
         try await manager.start(try InstanceName("db"), wait: true, timeout: .seconds(900))
         #expect(try await manager.networks.info(n1).state == "active")
         result = try await guest("db", "ip -4 -o addr show")

@@ -87,8 +87,6 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
     /// A locally administered MAC, stable for an instance on a network (QEMU's 52:54:00 prefix with the
     /// last three bytes from a hash of both names).
     static func macAddress(instance: InstanceName, network: String) -> String {
-        let hash = fnv1a32("\(instance.rawValue)@\(network)")
-        let bytes = [(hash >> 16) & 0xff, (hash >> 8) & 0xff, hash & 0xff]
-        return "52:54:00:" + bytes.map { String(format: "%02x", $0) }.joined(separator: ":")
+        MachineConfig.derivedMAC("\(instance.rawValue)@\(network)")
     }
 }
