@@ -67,10 +67,7 @@ public struct QEMUNetworks: MachineNetworks {
     }
 
     public func tearDown(_ network: NetworkDefinition) async throws(NimbusError) {
-        if let pid = PIDFile(Self.pidFile(network).path).livePID, isDNSMasq(pid, of: network) {
-            kill(pid, SIGTERM)
-            for _ in 0..<50 where PIDFile.isAlive(pid) { try? await Task.sleep(for: .milliseconds(20)) }
-        }
+        await endDNSMasq(network)
         unlink(Self.pidFile(network).path)
         if network.nat {
             _ = try? await ProgramRunner.output("nft", ["delete", "table", "ip", Self.natTable(network)])
@@ -192,7 +189,31 @@ public struct QEMUNetworks: MachineNetworks {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// Every live process started with this network's config: the daemon, and any child it forked to answer
+    /// a query over TCP, which outlives a killed daemon holding its listening sockets (port 53 in use).
+    func dnsmasqProcesses(_ network: NetworkDefinition) -> [Int32] {
+        let marker = "--conf-file=\(Self.configFile(network).path)"
+        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), PIDFile.isAlive(pid),
+                let command = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
+            else { return nil }
+            let arguments = command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return arguments.contains(marker) ? pid : nil
+        }
+    }
+
+    /// Ends the network's dnsmasq processes: SIGTERM, then SIGKILL for any left after a second.
+    func endDNSMasq(_ network: NetworkDefinition) async {
+        let pids = dnsmasqProcesses(network)
+        for pid in pids { kill(pid, SIGTERM) }
+        for _ in 0..<50 where pids.contains(where: PIDFile.isAlive) { try? await Task.sleep(for: .milliseconds(20)) }
+        for pid in pids where PIDFile.isAlive(pid) { kill(pid, SIGKILL) }
+        for _ in 0..<50 where pids.contains(where: PIDFile.isAlive) { try? await Task.sleep(for: .milliseconds(20)) }
+    }
+
     func startDNSMasq(_ network: NetworkDefinition) async throws(NimbusError) {
+        // What a killed daemon left (its TCP children) would keep the new one from binding.
+        await endDNSMasq(network)
         try AtomicFile.write(Data(Self.dnsmasqConfig(network).utf8), to: Self.configFile(network))
         unlink(Self.pidFile(network).path)
         // dnsmasq reports its start-up errors (an address in use) through its exit status, then detaches.

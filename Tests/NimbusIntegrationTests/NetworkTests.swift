@@ -187,7 +187,7 @@ struct NetworkGuestTests {
     let image: URL
 
     init() async throws {
-        guestSlots = [try await GuestSlot(), try await GuestSlot()]
+        guestSlots = try await GuestSlot.all()
         home = try TemporaryDirectory("nimbus-net-e2e")
         chmod(home.url.path, 0o755)
         manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }

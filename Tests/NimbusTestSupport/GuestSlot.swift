@@ -11,10 +11,23 @@ public final class GuestSlot: Sendable {
 
     let descriptor: Int32
 
+    static func path(_ index: Int) -> String { "/tmp/nimbus-tests-guest-slot-\(index).lock" }
+
     /// Waits for a free slot (a flock on one of `count` files in /tmp), for at most an hour.
     public init() async throws {
-        descriptor = try await TestLock.acquire(
-            anyOf: (0..<Self.count).map { "/tmp/nimbus-tests-guest-slot-\($0).lock" }, LOCK_EX)
+        descriptor = try await TestLock.acquire(anyOf: (0..<Self.count).map(Self.path), LOCK_EX)
+    }
+
+    private init(index: Int) async throws {
+        descriptor = try await TestLock.acquire(anyOf: [Self.path(index)], LOCK_EX)
+    }
+
+    /// Every slot, for a test that boots two guests itself or needs the host to itself. Taken in index
+    /// order, so two tests asking for all never each hold one and wait for the other.
+    public static func all() async throws -> [GuestSlot] {
+        var slots: [GuestSlot] = []
+        for index in 0..<count { slots.append(try await GuestSlot(index: index)) }
+        return slots
     }
 
     deinit { close(descriptor) }
