@@ -50,6 +50,12 @@ public struct IPv4Subnet: Hashable, Sendable, Codable, CustomStringConvertible {
         self.prefixLength = prefixLength
     }
 
+    /// The subnet of `prefixLength` bits that holds `address` (an interface's address and its prefix).
+    public init(containing address: IPv4Address, prefixLength: Int) {
+        let mask: UInt32 = prefixLength == 0 ? 0 : UInt32.max << (32 - UInt32(prefixLength))
+        self.init(network: IPv4Address(address.value & mask), prefixLength: prefixLength)
+    }
+
     /// Parses `A.B.C.D/N`. Host bits must be zero, as in `ip route`; `what` names the input in errors.
     public init(parsing text: String, what: String) throws(NimbusError) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)

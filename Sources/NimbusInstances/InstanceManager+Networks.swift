@@ -19,7 +19,7 @@ extension InstanceManager {
         for attachment in attachments {
             let spec = try networks.store.load(attachment.network)
             guard let address = attachment.address, let mac = attachment.macAddress else { continue }
-            let domain = "\(spec.name).internal"
+            let domain = networks.store.definition(spec).domain
             config.network.interfaces.append(
                 InstanceConfig.Network.Interface(
                     macAddress: mac, dhcp4: false, addresses: ["\(address)/\(spec.subnet.prefixLength)"],

@@ -112,10 +112,9 @@ public struct QEMUNetworks: MachineNetworks {
         {
             for address in links.flatMap({ $0["addr_info"] as? [[String: Any]] ?? [] }) {
                 guard let local = (address["local"] as? String).flatMap({ IPv4Address($0) }),
-                    let prefix = address["prefixlen"] as? Int, prefix > 0
+                    let prefix = address["prefixlen"] as? Int, (1...32).contains(prefix)
                 else { continue }
-                let mask = UInt32.max << (32 - UInt32(prefix))
-                subnets.append(IPv4Subnet(network: IPv4Address(local.value & mask), prefixLength: prefix))
+                subnets.append(IPv4Subnet(containing: local, prefixLength: prefix))
             }
         }
         if let output = try? await ProgramRunner.output("ip", ["-j", "-4", "route", "show", "table", "all"]),
@@ -139,10 +138,11 @@ public struct QEMUNetworks: MachineNetworks {
 
     /// Only a dnsmasq started with this network's config counts: a pid reused by another program does not.
     func isDNSMasq(_ pid: Int32, of network: NetworkDefinition) -> Bool {
-        guard let command = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
-        let arguments = command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-        return arguments.contains("--conf-file=\(Self.configFile(network).path)")
+        QEMUProcess(pid: pid).commandLine.contains(Self.dnsmasqMarker(network))
     }
+
+    /// The argument that names a dnsmasq as this network's.
+    static func dnsmasqMarker(_ network: NetworkDefinition) -> String { "--conf-file=\(configFile(network).path)" }
 
     func makeBridge(_ network: NetworkDefinition) async throws(NimbusError) {
         if !FileManager.default.fileExists(atPath: "/sys/class/net/\(network.bridge)") {
@@ -191,24 +191,23 @@ public struct QEMUNetworks: MachineNetworks {
 
     /// Every live process started with this network's config: the daemon, and any child it forked to answer
     /// a query over TCP, which outlives a killed daemon holding its listening sockets (port 53 in use).
-    func dnsmasqProcesses(_ network: NetworkDefinition) -> [Int32] {
-        let marker = "--conf-file=\(Self.configFile(network).path)"
-        return ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
-            guard let pid = Int32(entry), PIDFile.isAlive(pid),
-                let command = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline")
-            else { return nil }
-            let arguments = command.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            return arguments.contains(marker) ? pid : nil
+    func dnsmasqProcesses(_ network: NetworkDefinition) -> [QEMUProcess] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { entry in
+            guard let pid = Int32(entry), isDNSMasq(pid, of: network) else { return nil }
+            let process = QEMUProcess(pid: pid)
+            return process.isAlive ? process : nil
         }
     }
 
     /// Ends the network's dnsmasq processes: SIGTERM, then SIGKILL for any left after a second.
     func endDNSMasq(_ network: NetworkDefinition) async {
-        let pids = dnsmasqProcesses(network)
-        for pid in pids { kill(pid, SIGTERM) }
-        for _ in 0..<50 where pids.contains(where: PIDFile.isAlive) { try? await Task.sleep(for: .milliseconds(20)) }
-        for pid in pids where PIDFile.isAlive(pid) { kill(pid, SIGKILL) }
-        for _ in 0..<50 where pids.contains(where: PIDFile.isAlive) { try? await Task.sleep(for: .milliseconds(20)) }
+        for process in dnsmasqProcesses(network) {
+            process.signal(SIGTERM)
+            if await !process.waitForExit(timeout: .seconds(1)) {
+                process.signal(SIGKILL)
+                _ = await process.waitForExit(timeout: .seconds(1))
+            }
+        }
     }
 
     func startDNSMasq(_ network: NetworkDefinition) async throws(NimbusError) {

@@ -7,7 +7,8 @@ import NimbusMachines
 #endif
 
 /// The live QEMU of a machine folder, found through its pidfile and checked against /proc, never trusted
-/// from the file alone: a stale pidfile or a pid reused by another program reads as "not running".
+/// from the file alone: a stale pidfile or a pid reused by another program reads as "not running". Its
+/// /proc reading, signals and waiting serve the driver's other daemons too (a network's dnsmasq).
 struct QEMUProcess: Sendable, Hashable {
     let pid: Int32
 

@@ -105,8 +105,9 @@ public struct NetworkManager: Sendable {
 
     public func info(_ name: String) async throws -> NetworkInfo {
         let spec = try store.load(name)
-        let health = try await networks(for: spec.driver).health(store.definition(spec))
-        return NetworkInfo(spec: spec, health: health, hosts: store.hosts(spec))
+        let definition = store.definition(spec)
+        let health = try await networks(for: spec.driver).health(definition)
+        return NetworkInfo(spec: spec, definition: definition, health: health, hosts: store.hosts(spec))
     }
 
     /// Brings the network's missing parts back (after a reboot, a killed dnsmasq).
@@ -191,12 +192,7 @@ public struct NetworkManager: Sendable {
                     "network \(spec.name) is for the \(spec.driver) driver and this instance uses \(driver): use --driver \(spec.driver)"
                 )
             }
-            if let address = attachment.address, !spec.subnet.guestAddresses.contains(address.value) {
-                throw NimbusError(
-                    .invalidArgument,
-                    "--network \(spec.name):\(address): the address is not one a guest can have in \(spec.subnet) (\(IPv4Address(spec.subnet.guestAddresses.lowerBound)) to \(IPv4Address(spec.subnet.guestAddresses.upperBound)))"
-                )
-            }
+            if let address = attachment.address { try spec.checkGuestAddress(address) }
         }
     }
 
@@ -321,9 +317,7 @@ public struct NetworkInfo: Codable, Sendable {
         public var mac: String?
     }
 
-    init(spec: NetworkSpec, health: NetworkHealth, hosts: [NetworkStore.Host]) {
-        let definition = NetworkDefinition(
-            name: spec.name, bridge: spec.bridge, subnet: spec.subnet, nat: spec.nat, folder: URL(fileURLWithPath: "/"))
+    init(spec: NetworkSpec, definition: NetworkDefinition, health: NetworkHealth, hosts: [NetworkStore.Host]) {
         name = spec.name
         subnet = spec.subnet.description
         gateway = spec.subnet.gateway.description

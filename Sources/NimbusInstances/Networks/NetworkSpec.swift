@@ -47,6 +47,16 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
         }
     }
 
+    /// Refuses an address no guest can have on this network (outside the subnet, its network, broadcast or
+    /// gateway address), naming the range.
+    func checkGuestAddress(_ address: IPv4Address) throws(NimbusError) {
+        guard !subnet.guestAddresses.contains(address.value) else { return }
+        throw NimbusError(
+            .invalidArgument,
+            "--network \(name):\(address): the address is not one a guest can have in \(subnet) (\(IPv4Address(subnet.guestAddresses.lowerBound)) to \(IPv4Address(subnet.guestAddresses.upperBound)); \(subnet.gateway) is the host's)"
+        )
+    }
+
     /// The network as its driver makes it, in `folder`.
     func definition(in folder: URL) -> NetworkDefinition {
         NetworkDefinition(name: name, bridge: bridge, subnet: subnet, nat: nat, folder: folder)

@@ -130,12 +130,7 @@ public struct NetworkStore: Sendable {
             release(spec, address: host.address)
         }
         if let wanted {
-            guard spec.subnet.contains(wanted), spec.subnet.guestAddresses.contains(wanted.value) else {
-                throw NimbusError(
-                    .invalidArgument,
-                    "--network \(spec.name):\(wanted): the address is not one a guest can have in \(spec.subnet) (\(IPv4Address(spec.subnet.guestAddresses.lowerBound)) to \(IPv4Address(spec.subnet.guestAddresses.upperBound)); \(spec.subnet.gateway) is the host's)"
-                )
-            }
+            try spec.checkGuestAddress(wanted)
             guard try claim(wanted, instance: instance, macAddress: macAddress, in: definition) else {
                 let holder = hosts(spec).first { $0.address == wanted }?.instance ?? "another instance"
                 throw NimbusError(
