@@ -26,6 +26,9 @@ import Yams
 ///     image: fedora-coreos:stable
 ///     ignition-file: edge.ign           # your own Ignition config (CoreOS), as `launch --ignition`
 ///     networks: [back, "front:192.168.50.10"]   # as `launch --network`
+///   - name: far
+///     driver: libvirt                   # as `launch --driver/--connect` (default from config.yaml)
+///     connect: qemu+ssh://admin@host2/system
 /// networks:            # optional: made by `apply` when missing (needs root)
 ///   back: {}                            # a free /24, no NAT
 ///   front: {subnet: 192.168.50.0/24, nat: true}
@@ -50,9 +53,12 @@ public struct FleetFile: Sendable {
         public var ignitionFile: String?
         public var sshKeys: [String]?
         public var networks: [String]?
+        public var driver: String?
+        public var connect: String?
 
         enum CodingKeys: String, CodingKey {
-            case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral
+            case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral, driver,
+                connect
             case mountType = "mount-type"
             case cloudInit = "cloud-init"
             case cloudInitFile = "cloud-init-file"
@@ -72,7 +78,8 @@ public struct FleetFile: Sendable {
                 cloudInit: cloudInit ?? (cloudInitFile == nil ? defaults.cloudInit : nil),
                 cloudInitFile: cloudInitFile ?? (cloudInit == nil ? defaults.cloudInitFile : nil),
                 ignitionFile: ignitionFile ?? defaults.ignitionFile,
-                sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []), networks: networks ?? defaults.networks)
+                sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []), networks: networks ?? defaults.networks,
+                driver: driver ?? defaults.driver, connect: connect ?? (driver == nil ? defaults.connect : nil))
         }
     }
 
@@ -155,6 +162,14 @@ public struct FleetFile: Sendable {
         if let cpus = entry.cpus { spec.cpus = cpus }
         if let memory = entry.memory { spec.memory = try ByteSize(parsing: memory, what: "memory") }
         if let disk = entry.disk { spec.disk = try ByteSize(parsing: disk, what: "disk") }
+        // Another driver than config.yaml's does not take its daemon and pool.
+        if let driver = entry.driver, driver != spec.driver {
+            spec.driver = driver
+            spec.connect = nil
+            spec.pool = nil
+        }
+        if let connect = entry.connect { spec.connect = connect }
+        _ = try spec.driverChoice
         spec.hostname = entry.hostname
         spec.networks = try (entry.networks ?? []).map { (text: String) throws(NimbusError) in
             try NetworkAttachment(parsing: text, what: "networks")

@@ -20,9 +20,12 @@ extension InstanceManager {
         // The file's networks first: an instance on one that cannot be made fails, the others go on.
         var failedNetworks: [String: NimbusError] = [:]
         for network in fleet.networks where !networks.store.exists(network.name) {
+            // Made by the driver (and on the daemon) of the first instance on it.
+            let user = fleet.specs.first { $0.networks.contains { $0.network == network.name } }
             do {
                 try await networks.create(
-                    name: network.name, subnet: network.subnet, nat: network.nat, fleet: fleet.url.path)
+                    name: network.name, subnet: network.subnet, nat: network.nat,
+                    driver: try user?.driverChoice ?? .qemu, fleet: fleet.url.path)
                 report.networksCreated.append(network.name)
             } catch {
                 failedNetworks[network.name] = Self.wrap(error)

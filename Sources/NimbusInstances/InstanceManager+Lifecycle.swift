@@ -74,7 +74,7 @@ extension InstanceManager {
                 try await driver.storage?.deleteStorage(dir.machine)
                 let attachments = (try? store.loadSpec(name))?.networks ?? []
                 try store.remove(name, lock: lock)
-                networks.release(attachments, of: name)
+                await networks.release(attachments, of: name)
                 if let place = driver.definitions?.place { forgetPlaceIfUnused(place) }
                 progress("\(name): purged")
             } else {

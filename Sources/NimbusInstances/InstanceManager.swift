@@ -48,8 +48,8 @@ public struct InstanceManager: Sendable {
     public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
         try checkSpec(spec)
+        try networks.check(spec.networks, driver: spec.driverChoice)
         try hypervisor.check(spec)
-        try networks.check(spec.networks, driver: spec.driver)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
             do {
@@ -92,7 +92,7 @@ public struct InstanceManager: Sendable {
         }
         let userKey = try await installationKey()
         // Addresses are taken before the lock, so a launch that then fails gives them back below.
-        spec.networks = try networks.reserve(spec.networks, for: spec.name, exists: store.exists)
+        spec.networks = try await networks.reserve(spec.networks, for: spec.name, exists: store.exists)
         let reservedNetworks = spec.networks
 
         // With the seed over HTTP, startMachine returns the server this boot fetches it from.
@@ -122,7 +122,7 @@ public struct InstanceManager: Sendable {
                 }
             }
         } catch {
-            networks.release(reservedNetworks, of: spec.name)
+            await networks.release(reservedNetworks, of: spec.name)
             throw error
         }
         // Outside the lock, like readiness; even without `wait`, as no one else would serve the seed.

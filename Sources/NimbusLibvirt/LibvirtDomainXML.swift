@@ -26,6 +26,16 @@ public enum LibvirtDomainXML {
 
         /// The calling process's user.
         public static var current: Owner { Owner(uid: getuid(), gid: getgid()) }
+
+        /// The group QEMU runs with. libvirt keeps each domain's private files (its master key, monitor
+        /// socket) under /var/lib/libvirt/qemu, which Debian makes 0750 libvirt-qemu:libvirt-qemu: a QEMU
+        /// of any other user and group cannot reach them and exits at start ("Unable to read
+        /// .../master-key.aes: Permission denied"). So a user's QEMU runs with the libvirt-qemu group (the
+        /// user's own files stay the user's: QEMU opens them by its uid); root's keeps root's group.
+        var processGroup: UInt32 {
+            guard uid != 0, let group = getgrnam("libvirt-qemu") else { return gid }
+            return group.pointee.gr_gid
+        }
     }
 
     /// What the metadata element records about the instance behind a domain: enough to find its folder,
@@ -210,7 +220,7 @@ public enum LibvirtDomainXML {
             x.line("</devices>")
             if let owner {
                 x.line("<seclabel type='static' model='dac' relabel='no'>")
-                x.indent { x.element("label", "+\(owner.uid):+\(owner.gid)") }
+                x.indent { x.element("label", "+\(owner.uid):+\(owner.processGroup)") }
                 x.line("</seclabel>")
             }
             let arguments = qemuArguments(
@@ -329,6 +339,19 @@ public enum LibvirtDomainXML {
                 x.line("<mac address='\(config.macAddress)'/>")
                 x.line("<target dev='\(escape(name))' managed='no'/>")
                 x.line("<model type='virtio'/>")
+            }
+            x.line("</interface>")
+        }
+
+        // Each network NIC is on the libvirt network of that Nimbus network, which plugs its tap in.
+        for attachment in config.network.attachments {
+            x.line("<interface type='network'>")
+            x.indent {
+                x.line("<mac address='\(escape(attachment.macAddress))'/>")
+                x.line("<source network='\(escape(LibvirtNetworks.libvirtName(attachment.network)))'/>")
+                x.line("<model type='virtio'/>")
+                // No option ROM, as on the QEMU driver's NICs: Nimbus never boots from the network.
+                x.line("<rom enabled='no'/>")
             }
             x.line("</interface>")
         }

@@ -12,8 +12,7 @@ extension LibvirtDriver: MachineStorage {
     public var hostLabel: String { Self.hostLabel(uri) }
     public var storage: (any MachineStorage)? { self }
     public var definitions: (any MachineDefinitions)? { LibvirtDefinitions(uri: uri) }
-    /// Not yet: libvirt networks (virNetworkDefineXML) are the next step of issue 16.
-    public var networks: (any MachineNetworks)? { nil }
+    public var networks: (any MachineNetworks)? { LibvirtNetworks(uri: uri) }
 
     public func checkReachable() throws(NimbusError) { try checkConnection() }
 

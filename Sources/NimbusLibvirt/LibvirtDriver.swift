@@ -134,6 +134,9 @@ public struct LibvirtDriver: Hypervisor {
             )
         }
         SerialLog.rotate(directory, limit: config.console.logLimit)
+        // virtlogd (root) appends to the log in place, but a file it creates is root's alone (0600), which
+        // a user's nimbus could not read: made here first, it stays the user's.
+        if local { _ = FileManager.default.createFile(atPath: directory.serialLog.path, contents: nil) }
         try Self.writeRecord(Record(uri: uri, domain: domainName), in: directory)
 
         // The system daemon runs QEMU as libvirt-qemu by default; locally, run it as the calling user.

@@ -25,6 +25,8 @@ public struct QEMUNetworks: MachineNetworks {
         self.bridgeACL = bridgeACL
     }
 
+    public var place: String { "this host" }
+
     public func createProblem() -> String? {
         guard geteuid() == 0 else {
             return "making a network needs root (a bridge, its dnsmasq, and NAT rules): run it with sudo"
@@ -99,35 +101,13 @@ public struct QEMUNetworks: MachineNetworks {
         return NetworkHealth(bridgeUp: bridgeUp, dnsPID: pid, natActive: natActive)
     }
 
-    @discardableResult
-    public func reload(_ network: NetworkDefinition) -> Bool {
-        guard let pid = PIDFile(Self.pidFile(network).path).livePID, isDNSMasq(pid, of: network) else { return false }
-        return kill(pid, SIGHUP) == 0
+    /// dnsmasq reads new hosts from the folders by itself (inotify) but forgets removed ones only on SIGHUP.
+    public func hostsChanged(_ network: NetworkDefinition) async {
+        guard let pid = PIDFile(Self.pidFile(network).path).livePID, isDNSMasq(pid, of: network) else { return }
+        kill(pid, SIGHUP)
     }
 
-    public func hostSubnets() async -> [IPv4Subnet] {
-        var subnets: [IPv4Subnet] = []
-        if let output = try? await ProgramRunner.output("ip", ["-j", "-4", "addr"]),
-            let links = try? JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [[String: Any]]
-        {
-            for address in links.flatMap({ $0["addr_info"] as? [[String: Any]] ?? [] }) {
-                guard let local = (address["local"] as? String).flatMap({ IPv4Address($0) }),
-                    let prefix = address["prefixlen"] as? Int, (1...32).contains(prefix)
-                else { continue }
-                subnets.append(IPv4Subnet(containing: local, prefixLength: prefix))
-            }
-        }
-        if let output = try? await ProgramRunner.output("ip", ["-j", "-4", "route", "show", "table", "all"]),
-            let routes = try? JSONSerialization.jsonObject(with: Data(output.standardOutput.utf8)) as? [[String: Any]]
-        {
-            for route in routes {
-                guard let destination = route["dst"] as? String, destination != "default" else { continue }
-                let text = destination.contains("/") ? destination : destination + "/32"
-                if let subnet = try? IPv4Subnet(parsing: text, what: "route") { subnets.append(subnet) }
-            }
-        }
-        return subnets
-    }
+    public func hostSubnets() async -> [IPv4Subnet] { await HostAddresses.subnets() }
 
     // MARK: - The parts
 

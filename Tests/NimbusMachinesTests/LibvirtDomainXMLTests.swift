@@ -13,6 +13,9 @@ struct LibvirtDomainXMLTests {
     static let directory = MachineDirectory(
         URL(fileURLWithPath: "/home/alice/.local/share/nimbus/instances/web/machine"))
 
+    /// The group a user's QEMU runs with: libvirt-qemu where it exists (`Owner.processGroup`).
+    static let qemuGroup = getgrnam("libvirt-qemu").map { $0.pointee.gr_gid } ?? 1000
+
     /// The config `nimbus launch` builds for a cloud image with a NoCloud seed.
     static var cloudImage: MachineConfig {
         var config = MachineConfig(name: "web")
@@ -91,7 +94,7 @@ struct LibvirtDomainXMLTests {
             <memballoon model='none'/>
           </devices>
           <seclabel type='static' model='dac' relabel='no'>
-            <label>+1000:+1000</label>
+            <label>+1000:+\(qemuGroup)</label>
           </seclabel>
           <qemu:commandline>
             <qemu:arg value='-netdev'/>
@@ -203,6 +206,28 @@ struct LibvirtDomainXMLTests {
         // The seed CD-ROM is on virtio-scsi, with its controller.
         #expect(xml.contains("<target dev='sda' bus='scsi'/>"))
         #expect(xml.contains("<controller type='scsi' model='virtio-scsi'/>"))
+        let complaint = try await Self.validate(xml)
+        #expect(complaint == nil, "\(complaint ?? "")")
+    }
+
+    @Test("a NIC on a Nimbus network is an interface on its libvirt network, with its MAC and no option ROM")
+    func networkAttachment() async throws {
+        var config = Self.cloudImage
+        config.network.attachments = [
+            MachineConfig.Network.Attachment(network: "back", bridge: "nmb-back", macAddress: "52:54:00:12:34:56")
+        ]
+        let xml = try LibvirtDomainXML.render(
+            config, in: Self.directory, accelerator: .tcg, sshHostPort: 2222, owner: nil)
+        #expect(
+            xml.contains(
+                """
+                    <interface type='network'>
+                      <mac address='52:54:00:12:34:56'/>
+                      <source network='nimbus-back'/>
+                      <model type='virtio'/>
+                      <rom enabled='no'/>
+                    </interface>
+                """), "\(xml)")
         let complaint = try await Self.validate(xml)
         #expect(complaint == nil, "\(complaint ?? "")")
     }

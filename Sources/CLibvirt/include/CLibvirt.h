@@ -93,7 +93,19 @@
     X(virStoragePoolGetXMLDesc) \
     X(virStorageVolCreateXMLFrom) \
     X(virStorageVolGetXMLDesc) \
-    X(virStreamSendHole)
+    X(virStreamSendHole) \
+    X(virConnectListAllNetworks) \
+    X(virNetworkLookupByName) \
+    X(virNetworkDefineXML) \
+    X(virNetworkCreate) \
+    X(virNetworkDestroy) \
+    X(virNetworkUndefine) \
+    X(virNetworkIsActive) \
+    X(virNetworkSetAutostart) \
+    X(virNetworkUpdate) \
+    X(virNetworkGetXMLDesc) \
+    X(virNetworkGetName) \
+    X(virNetworkFree)
 
 /// The libvirt functions Nimbus calls, resolved from libvirt.so.0.
 typedef struct NimbusLibvirt {

@@ -21,16 +21,17 @@ public struct NetworkManager: Sendable {
         self.progress = progress
     }
 
-    /// The driver side of a network made for `driver`.
-    func networks(for driver: String) throws(NimbusError) -> any MachineNetworks {
-        let choice = try DriverChoice(name: driver, connect: nil, pool: nil)
+    /// The driver side of networks made by `choice`.
+    func networks(for choice: DriverChoice) throws(NimbusError) -> any MachineNetworks {
         guard let networks = drivers.driver(for: choice, progress: progress).networks else {
-            throw NimbusError(
-                .unsupported,
-                "the \(driver) driver cannot make networks yet: use --driver qemu (libvirt networks are not implemented)"
-            )
+            throw NimbusError(.unsupported, "the \(choice.name) driver cannot make networks: use --driver qemu")
         }
         return networks
+    }
+
+    /// The driver side of network `spec`.
+    func networks(for spec: NetworkSpec) throws(NimbusError) -> any MachineNetworks {
+        try networks(for: spec.driverChoice)
     }
 
     // MARK: Commands
@@ -40,7 +41,7 @@ public struct NetworkManager: Sendable {
     /// no other network. On any failure nothing is left: no folder, bridge or process.
     @discardableResult
     public func create(
-        name: String, subnet: IPv4Subnet?, nat: Bool, driver: String = "qemu", fleet: String? = nil
+        name: String, subnet: IPv4Subnet?, nat: Bool, driver: DriverChoice = .qemu, fleet: String? = nil
     ) async throws -> NetworkInfo {
         try NetworkSpec.checkName(name)
         let networks = try networks(for: driver)
@@ -75,7 +76,7 @@ public struct NetworkManager: Sendable {
                 }
                 chosen = free
             }
-            var spec = NetworkSpec(name: name, subnet: chosen, nat: nat, driver: driver)
+            var spec = NetworkSpec(name: name, subnet: chosen, nat: nat, driver: driver.name, connect: driver.connect)
             spec.fleet = fleet
             if let clash = others.first(where: { $0.bridge == spec.bridge }) {
                 throw NimbusError(
@@ -106,20 +107,20 @@ public struct NetworkManager: Sendable {
     public func info(_ name: String) async throws -> NetworkInfo {
         let spec = try store.load(name)
         let definition = store.definition(spec)
-        let health = try await networks(for: spec.driver).health(definition)
+        let health = try await networks(for: spec).health(definition)
         return NetworkInfo(spec: spec, definition: definition, health: health, hosts: store.hosts(spec))
     }
 
     /// Brings the network's missing parts back (after a reboot, a killed dnsmasq).
     public func start(_ name: String) async throws {
         let spec = try store.load(name)
-        try await networks(for: spec.driver).bringUp(store.definition(spec))
+        try await networks(for: spec).bringUp(store.definition(spec))
     }
 
     /// Deletes a network no instance uses: its bridge, dnsmasq, NAT rules and folder.
     public func delete(_ name: String) async throws {
         try NetworkSpec.checkName(name)
-        let networks = try networks(for: try store.load(name).driver)
+        let networks = try networks(for: try store.load(name))
         if let problem = networks.createProblem() {
             throw NimbusError(.unsupported, "cannot delete network \(name): \(problem)")
         }
@@ -143,7 +144,7 @@ public struct NetworkManager: Sendable {
         var findings: [DoctorFinding] = []
         for name in store.names() {
             let subject = "network \(name)"
-            guard let spec = try? store.load(name), let networks = try? networks(for: spec.driver) else {
+            guard let spec = try? store.load(name), let networks = try? networks(for: spec) else {
                 findings.append(
                     DoctorFinding(
                         subject: subject, detail: "\(store.specFile(name).path) cannot be read", ok: false))
@@ -176,8 +177,8 @@ public struct NetworkManager: Sendable {
     // MARK: For instances
 
     /// Checks `--network` values before anything is made: each network exists, is for the instance's
-    /// driver, and a pinned address fits its subnet.
-    func check(_ attachments: [NetworkAttachment], driver: String) throws(NimbusError) {
+    /// driver and on its host (a libvirt network lives on one daemon), and a pinned address fits its subnet.
+    func check(_ attachments: [NetworkAttachment], driver: DriverChoice) throws(NimbusError) {
         var seen: Set<String> = []
         for attachment in attachments {
             guard seen.insert(attachment.network).inserted else {
@@ -186,10 +187,18 @@ public struct NetworkManager: Sendable {
                     "--network \(attachment.network) is given twice: an instance has one NIC per network")
             }
             let spec = try store.load(attachment.network)
-            guard spec.driver == driver else {
+            guard spec.driver == driver.name else {
                 throw NimbusError(
                     .invalidArgument,
-                    "network \(spec.name) is for the \(spec.driver) driver and this instance uses \(driver): use --driver \(spec.driver)"
+                    "network \(spec.name) is for the \(spec.driver) driver and this instance uses \(driver.name): use --driver \(spec.driver)"
+                )
+            }
+            let place = try networks(for: spec).place
+            let instancePlace = try networks(for: driver).place
+            guard place == instancePlace else {
+                throw NimbusError(
+                    .invalidArgument,
+                    "network \(spec.name) lives on \(place) and this instance would run on \(instancePlace): instances on different hosts cannot share a network yet; use --connect \(place), or a network made there"
                 )
             }
             if let address = attachment.address { try spec.checkGuestAddress(address) }
@@ -200,7 +209,7 @@ public struct NetworkManager: Sendable {
     /// name that this user made for an instance `exists` denies is a leftover, and replaced.
     func reserve(
         _ attachments: [NetworkAttachment], for instance: InstanceName, exists: (InstanceName) -> Bool
-    ) throws(NimbusError) -> [NetworkAttachment] {
+    ) async throws(NimbusError) -> [NetworkAttachment] {
         var reserved: [NetworkAttachment] = []
         do {
             for attachment in attachments {
@@ -212,20 +221,20 @@ public struct NetworkManager: Sendable {
                 reserved.append(NetworkAttachment(network: spec.name, address: address, macAddress: mac))
             }
         } catch {
-            release(reserved, of: instance)
+            await release(reserved, of: instance)
             throw error
         }
         return reserved
     }
 
     /// Gives the instance's addresses back and tells each network's DNS server.
-    func release(_ attachments: [NetworkAttachment], of instance: InstanceName) {
+    func release(_ attachments: [NetworkAttachment], of instance: InstanceName) async {
         for attachment in attachments {
             guard let spec = try? store.load(attachment.network), let address = attachment.address else { continue }
             guard store.hosts(spec).contains(where: { $0.address == address && $0.instance == instance.rawValue })
             else { continue }
             store.release(spec, address: address)
-            (try? networks(for: spec.driver))?.reload(store.definition(spec))
+            await (try? networks(for: spec))?.hostsChanged(store.definition(spec))
         }
     }
 
@@ -237,7 +246,7 @@ public struct NetworkManager: Sendable {
         var prepared: [PreparedAttachment] = []
         for attachment in attachments {
             let spec = try store.load(attachment.network)
-            let networks = try networks(for: spec.driver)
+            let networks = try networks(for: spec)
             let definition = store.definition(spec)
             let health = await networks.health(definition)
             if !health.isHealthy(for: definition) {

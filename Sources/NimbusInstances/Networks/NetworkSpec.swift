@@ -16,16 +16,25 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
     public var bridge: String
     /// The driver whose machines join the network.
     public var driver: String = "qemu"
+    /// The libvirt daemon the network lives on (`--connect`), with the libvirt driver; nil is the driver's
+    /// default, `qemu:///system`.
+    public var connect: String?
     public var createdAt: Date = Date()
     /// The fleet file (`nimbus apply`) that made the network, whose `--prune` may delete it.
     public var fleet: String?
 
-    public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: String = "qemu") {
+    public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: String = "qemu", connect: String? = nil) {
         self.name = name
         self.subnet = subnet
         self.nat = nat
         self.driver = driver
+        self.connect = connect
         self.bridge = Self.bridgeName(for: name)
+    }
+
+    /// The driver (and daemon) the network is made by, checked.
+    public var driverChoice: DriverChoice {
+        get throws(NimbusError) { try DriverChoice(name: driver, connect: connect, pool: nil) }
     }
 
     /// `nmb-NAME`, or, for a name too long for Linux's 15-byte interface names, `nmb-` and a hash of it.
@@ -57,9 +66,9 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
         )
     }
 
-    /// The network as its driver makes it, in `folder`.
-    func definition(in folder: URL) -> NetworkDefinition {
-        NetworkDefinition(name: name, bridge: bridge, subnet: subnet, nat: nat, folder: folder)
+    /// The network as its driver makes it, in `folder`, with `hosts` on it.
+    func definition(in folder: URL, hosts: [NetworkDefinition.Host]) -> NetworkDefinition {
+        NetworkDefinition(name: name, bridge: bridge, subnet: subnet, nat: nat, folder: folder, hosts: hosts)
     }
 }
 

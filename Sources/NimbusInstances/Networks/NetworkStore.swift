@@ -56,7 +56,17 @@ public struct NetworkStore: Sendable {
         }
     }
 
-    func definition(_ spec: NetworkSpec) -> NetworkDefinition { spec.definition(in: folder(spec.name)) }
+    /// The network's folders, without reading its hosts.
+    private func layout(_ spec: NetworkSpec) -> NetworkDefinition { spec.definition(in: folder(spec.name), hosts: []) }
+
+    /// The network as its driver makes it, with the instances on it now.
+    func definition(_ spec: NetworkSpec) -> NetworkDefinition {
+        spec.definition(
+            in: folder(spec.name),
+            hosts: hosts(spec).compactMap { host in
+                host.macAddress.map { .init(name: host.instance, address: host.address, macAddress: $0) }
+            })
+    }
 
     /// Runs `body` holding the lock of all networks (creating and deleting: subnets and names are checked
     /// across networks).
@@ -97,7 +107,7 @@ public struct NetworkStore: Sendable {
 
     /// The network's reservations, by address.
     public func hosts(_ spec: NetworkSpec) -> [Host] {
-        let definition = definition(spec)
+        let definition = layout(spec)
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: definition.hostsFolder.path)) ?? []
         return entries.compactMap { entry -> Host? in
             guard !entry.hasPrefix("."), let address = IPv4Address(entry) else { return nil }
@@ -119,7 +129,7 @@ public struct NetworkStore: Sendable {
         _ spec: NetworkSpec, instance: InstanceName, macAddress: String, address wanted: IPv4Address?,
         isStale: (Host) -> Bool
     ) throws(NimbusError) -> IPv4Address {
-        let definition = definition(spec)
+        let definition = layout(spec)
         for host in hosts(spec) where host.instance == instance.rawValue {
             guard isStale(host) else {
                 throw NimbusError(
@@ -176,7 +186,7 @@ public struct NetworkStore: Sendable {
 
     /// Gives an address back.
     func release(_ spec: NetworkSpec, address: IPv4Address) {
-        let definition = definition(spec)
+        let definition = layout(spec)
         unlink(definition.dhcpFolder.appending(path: address.description).path)
         unlink(definition.hostsFolder.appending(path: address.description).path)
     }

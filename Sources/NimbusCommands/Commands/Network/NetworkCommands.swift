@@ -1,6 +1,7 @@
 import ArgumentParser
 import NimbusCore
 import NimbusInstances
+import NimbusMachines
 
 /// `nimbus network create|list|info|start|delete`.
 struct NetworkCommand: AsyncParsableCommand {
@@ -11,7 +12,8 @@ struct NetworkCommand: AsyncParsableCommand {
             A network is a bridge on this host with a dnsmasq serving its instances' names and fixed \
             addresses; instances join with `nimbus launch --network NAME[:ADDRESS]`. Making, starting and \
             deleting a network needs root; launching onto one does not, once root has made \
-            /usr/lib/qemu/qemu-bridge-helper setuid.
+            /usr/lib/qemu/qemu-bridge-helper setuid. With --driver libvirt the network is a libvirt network \
+            (nimbus-NAME) on the daemon of --connect, and its instances run there.
             """,
         subcommands: [
             NetworkCreate.self, NetworkList.self, NetworkInfoCommand.self, NetworkStart.self, NetworkDelete.self,
@@ -37,15 +39,20 @@ struct NetworkCreate: AsyncParsableCommand {
     var subnet: String?
     @Flag(help: "Masquerade the network's traffic to the outside (nftables).")
     var nat = false
-    @Option(help: "Machine driver whose instances join it: qemu (libvirt networks are not implemented yet).")
+    @Option(help: "Machine driver whose instances join it: qemu or libvirt (a libvirt network).")
     var driver: String = "qemu"
+    @Option(help: "libvirt URI of the daemon the network lives on, with --driver libvirt (default qemu:///system).")
+    var connect: String?
 
     func validate() throws {
         try validating {
             if let subnet { _ = try IPv4Subnet(parsing: subnet, what: "--subnet") }
-            guard driver == "qemu" || driver == "libvirt" else {
-                throw NimbusError(.invalidArgument, "--driver \(driver) is not one of qemu, libvirt")
+            guard DriverChoice.names.contains(driver) else {
+                throw NimbusError(
+                    .invalidArgument,
+                    "--driver \(driver) is not one of \(DriverChoice.names.joined(separator: ", "))")
             }
+            _ = try DriverChoice(name: driver, connect: connect, pool: nil)
         }
     }
 
@@ -53,7 +60,7 @@ struct NetworkCreate: AsyncParsableCommand {
         let context = try CommandContext(global: global)
         let info = try await context.manager.networks.create(
             name: network.name, subnet: try subnet.map { try IPv4Subnet(parsing: $0, what: "--subnet") }, nat: nat,
-            driver: driver)
+            driver: try DriverChoice(name: driver, connect: connect, pool: nil))
         Console.result("\(info.name) \(info.subnet) (bridge \(info.bridge), names under \(info.domain))\n")
     }
 }
