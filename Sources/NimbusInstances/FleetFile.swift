@@ -26,6 +26,7 @@ import Yams
 ///     image: fedora-coreos:stable
 ///     ignition-file: edge.ign           # your own Ignition config (CoreOS), as `launch --ignition`
 ///     networks: [back, "front:192.168.50.10"]   # as `launch --network`
+///     default-route: front              # as `launch --default-route` (a network with nat)
 ///   - name: far
 ///     driver: libvirt                   # as `launch --driver/--connect` (default from config.yaml)
 ///     connect: qemu+ssh://admin@host2/system
@@ -55,6 +56,7 @@ public struct FleetFile: Sendable {
         public var networks: [String]?
         public var driver: String?
         public var connect: String?
+        public var defaultRoute: String?
 
         enum CodingKeys: String, CodingKey {
             case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral, driver,
@@ -65,6 +67,7 @@ public struct FleetFile: Sendable {
             case ignitionFile = "ignition-file"
             case sshKeys = "ssh-keys"
             case networks
+            case defaultRoute = "default-route"
         }
 
         /// `self` with the keys it lacks taken from `defaults`.
@@ -79,7 +82,8 @@ public struct FleetFile: Sendable {
                 cloudInitFile: cloudInitFile ?? (cloudInit == nil ? defaults.cloudInitFile : nil),
                 ignitionFile: ignitionFile ?? defaults.ignitionFile,
                 sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []), networks: networks ?? defaults.networks,
-                driver: driver ?? defaults.driver, connect: connect ?? (driver == nil ? defaults.connect : nil))
+                driver: driver ?? defaults.driver, connect: connect ?? (driver == nil ? defaults.connect : nil),
+                defaultRoute: defaultRoute ?? (networks == nil ? defaults.defaultRoute : nil))
         }
     }
 
@@ -173,6 +177,9 @@ public struct FleetFile: Sendable {
         spec.hostname = entry.hostname
         spec.networks = try (entry.networks ?? []).map { (text: String) throws(NimbusError) in
             try NetworkAttachment(parsing: text, what: "networks")
+        }
+        if let network = entry.defaultRoute {
+            try NetworkAttachment.route(&spec.networks, via: network, option: "default-route")
         }
         spec.locale = entry.locale
         spec.timezone = entry.timezone

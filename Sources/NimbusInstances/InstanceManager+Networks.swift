@@ -6,7 +6,7 @@ import NimbusSeed
 /// An instance's NICs on host networks: what its guest is told, what its machine gets.
 extension InstanceManager {
     /// Adds a NIC per network to the guest's configuration: matched by MAC, the fixed address, no default
-    /// route (the user-mode NIC keeps it), the network's DNS server and domain. cloud-init guests whose
+    /// route (the user-mode NIC keeps it) unless it was asked for, the network's DNS server and domain. cloud-init guests whose
     /// resolv.conf is a plain file (Debian's ifupdown without resolvconf, where network-config's DNS is not
     /// applied) get it written at each boot, and dhclient is kept from rewriting it; Ignition guests
     /// (`cloudInit` false) resolve through their network stack's per-link DNS.
@@ -23,7 +23,15 @@ extension InstanceManager {
             config.network.interfaces.append(
                 InstanceConfig.Network.Interface(
                     macAddress: mac, dhcp4: false, addresses: ["\(address)/\(spec.subnet.prefixLength)"],
+                    gateway4: attachment.defaultRoute ? spec.subnet.gateway.description : nil,
                     nameservers: [spec.subnet.gateway.description], searchDomains: [domain]))
+            // The default route through the network: the user-mode NIC (first) is given QEMU's fixed address
+            // without a gateway, as a DHCP lease's route would win over the network's on every image family.
+            if attachment.defaultRoute, !config.network.interfaces.isEmpty {
+                config.network.interfaces[0].dhcp4 = false
+                config.network.interfaces[0].addresses = ["10.0.2.15/24"]
+                config.network.interfaces[0].nameservers = ["10.0.2.3"]
+            }
             servers.append(spec.subnet.gateway.description)
             domains.append(domain)
         }

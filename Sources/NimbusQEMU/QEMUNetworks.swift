@@ -195,14 +195,25 @@ public struct QEMUNetworks: MachineNetworks {
         await endDNSMasq(network)
         try AtomicFile.write(Data(Self.dnsmasqConfig(network).utf8), to: Self.configFile(network))
         unlink(Self.pidFile(network).path)
-        // dnsmasq reports its start-up errors (an address in use) through its exit status, then detaches.
-        let output = try await ProgramRunner.output(
-            "dnsmasq", ["--conf-file=\(Self.configFile(network).path)"])
-        guard output.status == 0 else {
+        // dnsmasq reports its start-up errors (an address in use) through its exit status, then detaches. A
+        // daemon killed a moment ago may hold its sockets a little longer (a process stuck in the kernel
+        // under heavy I/O is not gone yet when SIGKILL returns): an address in use is tried again for a few
+        // seconds before it is taken for another server's.
+        var attempt = 0
+        while true {
+            let output = try await ProgramRunner.output("dnsmasq", ["--conf-file=\(Self.configFile(network).path)"])
+            if output.status == 0 { break }
             let reason = output.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
+            let inUse = reason.contains("Address already in use")
+            attempt += 1
+            if inUse, attempt < 5 {
+                await endDNSMasq(network)
+                try? await Task.sleep(for: .seconds(1))
+                continue
+            }
             let hint =
-                reason.contains("Address already in use")
-                ? ": another DNS server holds port 53 on \(network.subnet.gateway) (one bound to all addresses, or to this one): stop it, or make it listen on its own interfaces only (dnsmasq: bind-interfaces), then try again"
+                inUse
+                ? ": another DNS server holds port 53 on \(network.subnet.gateway) (one bound to all addresses, or to this one\(await Self.port53Holders())): stop it, or make it listen on its own interfaces only (dnsmasq: bind-interfaces), then try again"
                 : ""
             throw NimbusError(
                 .processFailed, "dnsmasq for network \(network.name) did not start: \(reason)\(hint)")
@@ -214,6 +225,15 @@ public struct QEMUNetworks: MachineNetworks {
         throw NimbusError(
             .processFailed,
             "dnsmasq for network \(network.name) started but wrote no pidfile; see \(Self.logFile(network).path)")
+    }
+
+    /// The processes listening on port 53, as `ss` names them (", held by ..."), or nothing.
+    static func port53Holders() async -> String {
+        guard let output = try? await ProgramRunner.output("ss", ["-H", "-lntup", "sport = :53"]), output.status == 0
+        else { return "" }
+        let holders = Set(
+            output.standardOutput.matches(of: #/users:\(\("([^"]+)",pid=(\d+)/#).map { "\($0.1) \($0.2)" })
+        return holders.isEmpty ? "" : "; port 53 is held by " + holders.sorted().joined(separator: ", ")
     }
 
     /// Masquerades the subnet's traffic to the outside, lets it through the forward hook, and keeps other

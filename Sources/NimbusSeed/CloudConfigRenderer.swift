@@ -148,10 +148,6 @@ enum CloudConfigRenderer {
         for (index, interface) in network.interfaces.enumerated() {
             let id = index == 0 ? "primary" : "extra\(index - 1)"
             let isStatic = !interface.addresses.isEmpty
-            var routes: Node?
-            if let gateway = interface.gateway4 {
-                routes = YAML.sequence([YAML.mapping([("to", YAML.string("default")), ("via", YAML.string(gateway))])])
-            }
             var dns: Node?
             if !interface.nameservers.isEmpty || !interface.searchDomains.isEmpty {
                 dns = YAML.mapping([
@@ -177,7 +173,10 @@ enum CloudConfigRenderer {
                         ),
                         ("optional", index > 0 ? YAML.bool(true) : nil),
                         ("addresses", isStatic ? YAML.strings(interface.addresses) : nil),
-                        ("routes", routes),
+                        // gateway4, not `routes`: cloud-init 22.4 (Debian 12) fails on `to: default`, and its
+                        // ifupdown renderer turns a route into `route add` (net-tools, absent from cloud
+                        // images) where gateway4 becomes ifupdown's own `gateway` line.
+                        ("gateway4", interface.gateway4.map(YAML.string)),
                         ("nameservers", dns),
                     ])
                 ))

@@ -5,6 +5,7 @@ import NimbusMachines
 import NimbusSeed
 import NimbusTestSupport
 import Testing
+import Yams
 
 @testable import NimbusInstances
 @testable import NimbusQEMU
@@ -162,6 +163,34 @@ struct NetworkUnitTests {
         #expect(userData.contains("nimbus-resolver"), "\(userData)")
     }
 
+    @Test("--default-route: the network's gateway on its NIC, the user-mode NIC static with no gateway")
+    func defaultRoute() throws {
+        let home = try TemporaryDirectory("nimbus-net-route")
+        defer { home.remove() }
+        let manager = InstanceManager(paths: home.paths, config: NimbusConfig())
+        try manager.networks.store.create(
+            NetworkSpec(name: "out", subnet: try IPv4Subnet(parsing: "192.168.120.0/24", what: ""), nat: true))
+        var config = InstanceConfig()
+        config.network.interfaces = [.init(macAddress: "52:54:00:00:00:01", dhcp4: true)]
+        try manager.addNetworks(
+            [
+                NetworkAttachment(
+                    network: "out", address: IPv4Address("192.168.120.9"), macAddress: "52:54:00:aa:bb:cc",
+                    defaultRoute: true)
+            ], to: &config)
+        #expect(config.network.interfaces[0].dhcp4 == false)
+        #expect(config.network.interfaces[0].addresses == ["10.0.2.15/24"])
+        #expect(config.network.interfaces[0].gateway4 == nil)
+        #expect(config.network.interfaces[1].gateway4 == "192.168.120.1")
+        let text = String(decoding: try NoCloudSeed(config: config, name: "web").networkConfig, as: UTF8.self)
+        #expect(text.contains("gateway4: \"192.168.120.1\""), "\(text)")
+        // The flag survives instance.yaml, and files without it load.
+        let attachment = NetworkAttachment(network: "out", address: IPv4Address("192.168.120.9"), defaultRoute: true)
+        let yaml = try YAMLEncoder().encode(attachment)
+        #expect(try YAMLDecoder().decode(NetworkAttachment.self, from: yaml).defaultRoute)
+        #expect(try YAMLDecoder().decode(NetworkAttachment.self, from: "network: out\n").defaultRoute == false)
+    }
+
     @Test("a fleet file's networks are read and checked; instances name them as launch --network does")
     func fleet() throws {
         let home = try TemporaryDirectory("nimbus-net-fleet")
@@ -175,8 +204,10 @@ struct NetworkUnitTests {
           - name: web
             image: debian:12
             networks: [back, "front:192.168.50.10"]
+            default-route: front
         """.write(to: file, atomically: true, encoding: .utf8)
         let fleet = try FleetFile(url: file, config: NimbusConfig())
+        #expect(fleet.specs[0].networks.map(\.defaultRoute) == [false, true])
         #expect(fleet.networks.map(\.name) == ["back", "front"])
         #expect(fleet.networks[1].subnet?.description == "192.168.50.0/24" && fleet.networks[1].nat)
         #expect(fleet.specs[0].networks.map(\.network) == ["back", "front"])

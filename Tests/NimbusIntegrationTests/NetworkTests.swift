@@ -103,6 +103,14 @@ struct NetworkTests {
             "\(result.standardError)")
         result = try await nimbus(["launch", "--no-wait", "--network", good, "--network", good, image])
         #expect(result.status == 64 && result.standardError.contains("is given twice"), "\(result.standardError)")
+        // --default-route: only through a network the instance is on, and one with NAT.
+        result = try await nimbus(["launch", "--no-wait", "--default-route", good, image])
+        #expect(
+            result.status == 64 && result.standardError.contains("the instance is not on that network"),
+            "\(result.standardError)")
+        result = try await nimbus(["launch", "--no-wait", "--network", good, "--default-route", good, image])
+        #expect(
+            result.status == 64 && result.standardError.contains("the network has no NAT"), "\(result.standardError)")
         #expect(((try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? []).isEmpty)
 
         // Without root: refused, saying so.
@@ -285,8 +293,9 @@ struct NetworkGuestTests {
         #expect(result.status == 5 && result.standardError.contains("in use by"), "\(result.standardError)")
         #expect(result.standardError.contains("web") && result.standardError.contains("db"))
 
-        // n2 with `other`, and an unprivileged user's `u` on n1, booting together.
-        result = try await nimbus(["network", "create", n2])
+        // n2 (with NAT) with `other`, routed out through it, and an unprivileged user's `u` on n1, booting
+        // together.
+        result = try await nimbus(["network", "create", n2, "--nat"])
         #expect(result.status == 0, "\(result.standardError)")
         chmod("/usr/lib/qemu/qemu-bridge-helper", 0o4755)
         chmod("/dev/net/tun", 0o666)
@@ -295,8 +304,8 @@ struct NetworkGuestTests {
         try FileManager.default.copyItem(at: image, to: userImage)
         chmod(userImage.path, 0o644)
         async let other = nimbus([
-            "launch", "file://\(image.path)", "--name", "other", "--memory", "768M", "--network", n2, "--timeout",
-            "900",
+            "launch", "file://\(image.path)", "--name", "other", "--memory", "768M", "--network", n2,
+            "--default-route", n2, "--timeout", "900",
         ])
         async let user = Self.asNobody(
             [
@@ -311,7 +320,14 @@ struct NetworkGuestTests {
             ["exec", "u", "--", "sh", "-c", "ping -c1 -W5 web && getent hosts db"], userHome.url, home.paths.networks)
         #expect(userExec.status == 0 && userExec.standardOutput.contains("\(pinned)"), "\(userExec.standardError)")
 
-        // n2 is apart: `other` resolves neither, and its n2 NIC reaches neither.
+        // `other`'s one default route is n2's gateway; SSH (this exec) still comes in through the user-mode NIC.
+        let n2Gateway = try await manager.networks.info(n2).gateway
+        result = try await guest("other", "ip -4 route show default")
+        #expect(
+            result.standardOutput.hasPrefix("default via \(n2Gateway) ")
+                && !result.standardOutput.contains("10.0.2.2"), "\(result.standardOutput)")
+
+        // n2 is apart: `other` resolves neither, and its n2 NIC reaches neither (NAT forwards to no bridge).
         result = try await guest("other", "getent hosts web || getent hosts db.\(n1).internal")
         #expect(result.status != 0, "\(result.standardOutput)")
         result = try await guest(

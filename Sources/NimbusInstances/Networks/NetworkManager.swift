@@ -202,6 +202,15 @@ public struct NetworkManager: Sendable {
                 )
             }
             if let address = attachment.address { try spec.checkGuestAddress(address) }
+            if attachment.defaultRoute, !spec.nat {
+                throw NimbusError(
+                    .invalidArgument,
+                    "--default-route \(spec.name): the network has no NAT, so nothing would leave it: route through a network made with --nat, or leave --default-route out"
+                )
+            }
+        }
+        if attachments.filter(\.defaultRoute).count > 1 {
+            throw NimbusError(.invalidArgument, "--default-route is given twice: an instance has one default route")
         }
     }
 
@@ -218,7 +227,9 @@ public struct NetworkManager: Sendable {
                 let address = try store.reserve(
                     spec, instance: instance, macAddress: mac, address: attachment.address,
                     isStale: { $0.owner == geteuid() && !exists(instance) })
-                reserved.append(NetworkAttachment(network: spec.name, address: address, macAddress: mac))
+                reserved.append(
+                    NetworkAttachment(
+                        network: spec.name, address: address, macAddress: mac, defaultRoute: attachment.defaultRoute))
             }
         } catch {
             await release(reserved, of: instance)

@@ -80,11 +80,46 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
     public var address: IPv4Address?
     /// Derived from the instance's and the network's names at launch.
     public var macAddress: String?
+    /// The guest's default route goes through this network (`--default-route`), which must have NAT; the
+    /// user-mode NIC then keeps only its own subnet (SSH and forwards).
+    public var defaultRoute: Bool = false
 
-    public init(network: String, address: IPv4Address? = nil, macAddress: String? = nil) {
+    public init(network: String, address: IPv4Address? = nil, macAddress: String? = nil, defaultRoute: Bool = false) {
         self.network = network
         self.address = address
         self.macAddress = macAddress
+        self.defaultRoute = defaultRoute
+    }
+
+    enum CodingKeys: String, CodingKey { case network, address, macAddress, defaultRoute }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        network = try c.decode(String.self, forKey: .network)
+        address = try c.decodeIfPresent(IPv4Address.self, forKey: .address)
+        macAddress = try c.decodeIfPresent(String.self, forKey: .macAddress)
+        defaultRoute = try c.decodeIfPresent(Bool.self, forKey: .defaultRoute) ?? false
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(network, forKey: .network)
+        try c.encodeIfPresent(address, forKey: .address)
+        try c.encodeIfPresent(macAddress, forKey: .macAddress)
+        if defaultRoute { try c.encode(true, forKey: .defaultRoute) }
+    }
+
+    /// Marks the attachment to `network` as the default route (`--default-route`, fleet `default-route`);
+    /// `option` names the option for errors.
+    public static func route(_ attachments: inout [NetworkAttachment], via network: String, option: String)
+        throws(NimbusError)
+    {
+        guard let index = attachments.firstIndex(where: { $0.network == network }) else {
+            throw NimbusError(
+                .invalidArgument,
+                "\(option) \(network): the instance is not on that network; add --network \(network) (made with --nat)")
+        }
+        attachments[index].defaultRoute = true
     }
 
     /// Parses `NAME` or `NAME:ADDRESS`; `what` names the option for errors.

@@ -76,6 +76,14 @@ struct InstanceLaunch: AsyncParsableCommand {
         ))
     var network: [String] = []
 
+    @Option(
+        help: ArgumentHelp(
+            "Route the guest's traffic out through this --network (one made with --nat).",
+            discussion:
+                "Without it the guest goes out through QEMU's user-mode NIC, which then keeps only SSH and --forward.",
+            valueName: "network"))
+    var defaultRoute: String?
+
     @Option(help: "A scratch disk made empty at every start: SIZE[:MOUNTPOINT] (default /mnt).")
     var ephemeral: String?
 
@@ -167,7 +175,10 @@ struct InstanceLaunch: AsyncParsableCommand {
             }
             guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
             for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
-            for text in network { _ = try NetworkAttachment(parsing: text) }
+            var attachments = try network.map { try NetworkAttachment(parsing: $0) }
+            if let defaultRoute {
+                try NetworkAttachment.route(&attachments, via: defaultRoute, option: "--default-route")
+            }
             if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
         }
     }
@@ -193,6 +204,9 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.pool = pool
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.networks = try network.map { try NetworkAttachment(parsing: $0) }
+        if let defaultRoute {
+            try NetworkAttachment.route(&spec.networks, via: defaultRoute, option: "--default-route")
+        }
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.mountType = mountType
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }
