@@ -39,22 +39,18 @@ public struct LibvirtNetworks: MachineNetworks {
     public func bringUp(_ network: NetworkDefinition) async throws(NimbusError) {
         let connection = try LibvirtConnection(uri: uri)
         let name = Self.libvirtName(network.name)
-        guard let existing = try connection.network(named: name) else {
-            let defined = try connection.defineNetwork(Self.xml(network))
-            try defined.call("mark autostart", "virNetworkSetAutostart") { libvirt.virNetworkSetAutostart($0, 1) }
-            try defined.call("start", "virNetworkCreate") { libvirt.virNetworkCreate($0) }
-            return
-        }
-        guard existing.isActive else {
+        if let existing = try connection.network(named: name) {
+            if existing.isActive {
+                if dnsmasqRunning(network) == false { try restartDNSMasq(network, on: existing) }
+                try sync(network, on: existing)
+                return
+            }
             // A stopped network (a host reboot without autostart) is defined again from what Nimbus knows.
             try existing.call("undefine", "virNetworkUndefine") { libvirt.virNetworkUndefine($0) }
-            let defined = try connection.defineNetwork(Self.xml(network))
-            try defined.call("mark autostart", "virNetworkSetAutostart") { libvirt.virNetworkSetAutostart($0, 1) }
-            try defined.call("start", "virNetworkCreate") { libvirt.virNetworkCreate($0) }
-            return
         }
-        if dnsmasqRunning(network) == false { try restartDNSMasq(network, on: existing) }
-        try sync(network, on: existing)
+        let defined = try connection.defineNetwork(Self.xml(network))
+        try defined.call("mark autostart", "virNetworkSetAutostart") { libvirt.virNetworkSetAutostart($0, 1) }
+        try defined.call("start", "virNetworkCreate") { libvirt.virNetworkCreate($0) }
     }
 
     public func tearDown(_ network: NetworkDefinition) async throws(NimbusError) {
@@ -146,17 +142,19 @@ public struct LibvirtNetworks: MachineNetworks {
 
     // MARK: - dnsmasq
 
+    /// Whether the daemon is this host's system libvirtd, whose files under /run this process can read.
+    var isLocalSystem: Bool { LibvirtDriver.isLocal(uri) && (uri.hasSuffix("/system") || uri.contains("/system?")) }
+
     /// The network's dnsmasq pid from libvirt's pidfile, for a local system daemon; nil otherwise.
     func localDNSMasqPID(_ network: NetworkDefinition) -> Int32? {
-        guard LibvirtDriver.isLocal(uri), uri.hasSuffix("/system") || uri.contains("/system?") else { return nil }
+        guard isLocalSystem else { return nil }
         return PIDFile("/run/libvirt/network/\(Self.libvirtName(network.name)).pid").livePID
     }
 
     /// Whether the network's dnsmasq runs, where this process can see it (a local system daemon's); nil
     /// when it cannot tell.
     func dnsmasqRunning(_ network: NetworkDefinition) -> Bool? {
-        guard LibvirtDriver.isLocal(uri), uri.hasSuffix("/system") || uri.contains("/system?") else { return nil }
-        return localDNSMasqPID(network) != nil
+        isLocalSystem ? localDNSMasqPID(network) != nil : nil
     }
 
     /// Has libvirt restart the network's dnsmasq, which it does whenever a DNS TXT record is added or
