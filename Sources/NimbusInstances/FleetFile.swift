@@ -167,13 +167,11 @@ public struct FleetFile: Sendable {
         if let memory = entry.memory { spec.memory = try ByteSize(parsing: memory, what: "memory") }
         if let disk = entry.disk { spec.disk = try ByteSize(parsing: disk, what: "disk") }
         // Another driver than config.yaml's does not take its daemon and pool.
-        if let driver = entry.driver, driver != spec.driver {
-            spec.driver = driver
-            spec.connect = nil
-            spec.pool = nil
+        if let driver = entry.driver, driver != spec.driver.name {
+            spec.driver = try DriverChoice(name: driver, connect: entry.connect, pool: nil)
+        } else if let connect = entry.connect {
+            spec.driver = try DriverChoice(kind: spec.driver.kind, connect: connect, pool: spec.driver.pool)
         }
-        if let connect = entry.connect { spec.connect = connect }
-        _ = try spec.driverChoice
         spec.hostname = entry.hostname
         spec.networks = try (entry.networks ?? []).map { (text: String) throws(NimbusError) in
             try NetworkAttachment(parsing: text, what: "networks")

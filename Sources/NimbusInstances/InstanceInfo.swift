@@ -117,7 +117,7 @@ extension InstanceManager {
             memory: spec.memory, diskUsed: used,
             diskSize: spec.disk, accelerator: state.accelerator, acceleratorReason: state.acceleratorReason,
             uptime: running ? state.lastStartedAt.map { Int(Date().timeIntervalSince($0)) } : nil,
-            cloudInit: state.cloudInitStatus, driver: spec.driver,
+            cloudInit: state.cloudInitStatus, driver: spec.driver.name,
             host: driver.hostLabel,
             forwards: spec.forwards.map { "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)" },
             error: status.state == .crashed

@@ -165,7 +165,7 @@ extension InstanceManager {
             ipv4: [], ssh: nil, cpus: spec?.cpus ?? 0, memory: spec?.memory ?? ByteSize(bytes: 0), diskUsed: nil,
             diskSize: spec?.disk ?? ByteSize(bytes: 0), accelerator: state?.accelerator,
             acceleratorReason: state?.acceleratorReason, uptime: nil, cloudInit: nil,
-            driver: spec?.driver ?? "?", host: machine.hostLabel,
+            driver: spec?.driver.name ?? "?", host: machine.hostLabel,
             forwards: (spec?.forwards ?? []).map {
                 "127.0.0.1:\($0.hostPort)->\($0.guestPort)/\($0.transport.rawValue)"
             },
@@ -247,7 +247,7 @@ extension InstanceManager {
             else { continue }
             throw NimbusError(
                 .alreadyExists,
-                "an instance named \"\(name)\" exists already (driver \(spec.driver)), and \(machine.label) is another instance of that name whose folder was lost: `nimbus delete --purge \(name)` first to recover the domain's, or leave the domain alone"
+                "an instance named \"\(name)\" exists already (driver \(spec.driver.name)), and \(machine.label) is another instance of that name whose folder was lost: `nimbus delete --purge \(name)` first to recover the domain's, or leave the domain alone"
             )
         }
     }

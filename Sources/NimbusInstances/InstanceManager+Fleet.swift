@@ -25,7 +25,7 @@ extension InstanceManager {
             do {
                 try await networks.create(
                     name: network.name, subnet: network.subnet, nat: network.nat,
-                    driver: try user?.driverChoice ?? .qemu, fleet: fleet.url.path)
+                    driver: user?.driver ?? .qemu, fleet: fleet.url.path)
                 report.networksCreated.append(network.name)
             } catch {
                 failedNetworks[network.name] = Self.wrap(error)

@@ -48,7 +48,7 @@ public struct InstanceManager: Sendable {
     public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
         try checkSpec(spec)
-        try networks.check(spec.networks, driver: spec.driverChoice)
+        try networks.check(spec.networks, driver: spec.driver)
         try hypervisor.check(spec)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
@@ -514,10 +514,10 @@ struct InstanceDrivers: Sendable {
     let drivers: any MachineDrivers
     var progress: @Sendable (String) -> Void = { _ in }
 
-    /// Checks the spec's driver before anything is written: the choice itself, and that the driver can
-    /// start machines (libvirt: its daemon answers).
+    /// Checks the spec's driver before anything is written: that it can start machines (libvirt: its daemon
+    /// answers).
     func check(_ spec: InstanceSpec) throws(NimbusError) {
-        try drivers.driver(for: spec.driverChoice, progress: progress).checkReachable()
+        try drivers.driver(for: spec.driver, progress: progress).checkReachable()
     }
 
     /// The driver of the machine in `directory`, from the instance.yaml beside it.
@@ -530,8 +530,8 @@ struct InstanceDrivers: Sendable {
     }
 
     /// The driver of an instance whose spec is already read (`list` reads hundreds: parse each once); the
-    /// local QEMU driver without a spec, or with one whose driver is not valid (launch refuses those).
+    /// local QEMU driver without a spec.
     func driver(for spec: InstanceSpec?) -> any Hypervisor {
-        drivers.driver(for: (try? spec?.driverChoice) ?? .qemu, progress: progress)
+        drivers.driver(for: spec?.driver ?? .qemu, progress: progress)
     }
 }

@@ -40,14 +40,11 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var firmware: FirmwareChoice = .auto
     /// QEMU's `-cpu` value (`--cpu-model`); nil for the accelerator's default.
     public var cpuModel: String?
-    /// `qemu` or `libvirt`.
-    public var driver: String = "qemu"
+    /// The driver, with its daemon (`--connect`, nil for the driver's default) and pool (`--pool`, nil for
+    /// the driver's own), stored as the three keys `driver`, `connect` and `pool`.
+    public var driver: DriverChoice = .qemu
     /// A kernel booted by QEMU itself instead of the disk's bootloader (`--kernel`, `--initrd`, `--cmdline`).
     public var kernel: MachineConfig.DirectKernelBoot?
-    /// The libvirt URI (`--connect`), with the libvirt driver; nil is `qemu:///system`.
-    public var connect: String?
-    /// The libvirt storage pool for the instance's disks (`--pool`); nil is `nimbus`.
-    public var pool: String?
     /// The absolute path of the fleet file (`nimbus apply -f`) this instance was launched from, if any.
     public var fleet: String?
     /// How the NoCloud seed reaches the guest: a CD-ROM, or HTTP from Nimbus (`--seed-over-http`).
@@ -57,11 +54,6 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var ignition: String?
     /// NICs on host networks (`--network`), with the address and MAC each got at launch.
     public var networks: [NetworkAttachment] = []
-
-    /// `driver`, `connect` and `pool` as one checked value; an error names a field that does not fit.
-    public var driverChoice: DriverChoice {
-        get throws(NimbusError) { try DriverChoice(name: driver, connect: connect, pool: pool) }
-    }
 
     public init(name: InstanceName, image: String) {
         self.name = name
@@ -79,7 +71,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         accelerator = config.accelerator
         firmware = config.firmware
         cpuModel = config.cpuModel
-        driver = config.driver
+        driver = config.driver == .qemu ? .qemu : .libvirt(connect: nil, pool: nil)
     }
 
     /// The hostname the guest gets.
@@ -141,14 +133,46 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         // Instances launched before `auto` existed were UEFI.
         firmware = try c.decodeIfPresent(FirmwareChoice.self, forKey: .firmware) ?? .uefi
         cpuModel = try c.decodeIfPresent(String.self, forKey: .cpuModel)
-        driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu"
-        connect = try c.decodeIfPresent(String.self, forKey: .connect)
-        pool = try c.decodeIfPresent(String.self, forKey: .pool)
+        driver = try DriverChoice(
+            name: c.decodeIfPresent(String.self, forKey: .driver) ?? "qemu",
+            connect: c.decodeIfPresent(String.self, forKey: .connect),
+            pool: c.decodeIfPresent(String.self, forKey: .pool))
         kernel = try c.decodeIfPresent(MachineConfig.DirectKernelBoot.self, forKey: .kernel)
         fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
         seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso
         ignition = try c.decodeIfPresent(String.self, forKey: .ignition)
         networks = try c.decodeIfPresent([NetworkAttachment].self, forKey: .networks) ?? []
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(version, forKey: .version)
+        try c.encode(name, forKey: .name)
+        try c.encode(image, forKey: .image)
+        try c.encode(cpus, forKey: .cpus)
+        try c.encode(memory, forKey: .memory)
+        try c.encode(disk, forKey: .disk)
+        try c.encodeIfPresent(hostname, forKey: .hostname)
+        try c.encodeIfPresent(locale, forKey: .locale)
+        try c.encodeIfPresent(timezone, forKey: .timezone)
+        try c.encode(sshAuthorizedKeys, forKey: .sshAuthorizedKeys)
+        try c.encodeIfPresent(userData, forKey: .userData)
+        try c.encode(userDataEncoding, forKey: .userDataEncoding)
+        try c.encode(mounts, forKey: .mounts)
+        try c.encode(mountType, forKey: .mountType)
+        try c.encode(forwards, forKey: .forwards)
+        try c.encodeIfPresent(ephemeral, forKey: .ephemeral)
+        try c.encode(accelerator, forKey: .accelerator)
+        try c.encode(firmware, forKey: .firmware)
+        try c.encodeIfPresent(cpuModel, forKey: .cpuModel)
+        try c.encode(driver.name, forKey: .driver)
+        try c.encodeIfPresent(kernel, forKey: .kernel)
+        try c.encodeIfPresent(driver.connect, forKey: .connect)
+        try c.encodeIfPresent(driver.pool, forKey: .pool)
+        try c.encodeIfPresent(fleet, forKey: .fleet)
+        try c.encode(seedTransport, forKey: .seedTransport)
+        try c.encodeIfPresent(ignition, forKey: .ignition)
+        try c.encode(networks, forKey: .networks)
     }
 }
 

@@ -22,7 +22,7 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
     public var cpus: Int = 2
     public var memory: ByteSize = .gibibytes(2)
     public var disk: ByteSize = .gibibytes(10)
-    public var driver: String = "qemu"
+    public var driver: DriverKind = .qemu
     public var accelerator: AcceleratorChoice = .auto
     public var firmware: FirmwareChoice = .auto
     /// QEMU's `-cpu` for new instances; nil for the accelerator's default.
@@ -45,7 +45,7 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
         cpus = try c.decodeIfPresent(Int.self, forKey: .cpus) ?? d.cpus
         memory = try c.decodeIfPresent(ByteSize.self, forKey: .memory) ?? d.memory
         disk = try c.decodeIfPresent(ByteSize.self, forKey: .disk) ?? d.disk
-        driver = try c.decodeIfPresent(String.self, forKey: .driver) ?? d.driver
+        driver = try Self.decodeChoice(c, .driver) ?? d.driver
         accelerator = try Self.decodeChoice(c, .accelerator) ?? d.accelerator
         firmware = try Self.decodeChoice(c, .firmware) ?? d.firmware
         stopTimeout = try c.decodeIfPresent(Int.self, forKey: .stopTimeout) ?? d.stopTimeout

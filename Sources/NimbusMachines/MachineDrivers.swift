@@ -1,6 +1,14 @@
 import Foundation
 import NimbusCore
 
+/// The kinds of driver, as `--driver`, config.yaml and instance.yaml spell them.
+public enum DriverKind: String, Codable, Sendable, Hashable, CaseIterable {
+    /// QEMU, run by Nimbus itself on this host.
+    case qemu
+    /// A libvirt daemon, on this host or another.
+    case libvirt
+}
+
 /// Which driver runs a machine, and where: instance.yaml's `driver`, `connect` and `pool`, checked.
 ///
 /// The instance layer keeps and passes this value; only the driver factory (`MachineDrivers`) turns it
@@ -13,32 +21,41 @@ public enum DriverChoice: Sendable, Hashable, CustomStringConvertible {
     case libvirt(connect: String?, pool: String?)
 
     /// The drivers' names, as `--driver` and instance.yaml spell them.
-    public static let names = ["qemu", "libvirt"]
+    public static let names = DriverKind.allCases.map(\.rawValue)
 
-    /// The choice instance.yaml's three fields make, or an error naming the field and the fix.
-    public init(name: String, connect: String?, pool: String?) throws(NimbusError) {
-        switch name {
-        case "qemu":
+    /// The choice of `kind` at `connect` with `pool`, or an error naming the option that does not fit it.
+    public init(kind: DriverKind, connect: String? = nil, pool: String? = nil) throws(NimbusError) {
+        switch kind {
+        case .qemu:
             if connect != nil { throw NimbusError(.invalidArgument, "--connect needs --driver libvirt") }
             if pool != nil { throw NimbusError(.invalidArgument, "--pool needs --driver libvirt") }
             self = .qemu
-        case "libvirt":
+        case .libvirt:
             self = .libvirt(connect: connect, pool: pool)
-        default:
+        }
+    }
+
+    /// The choice instance.yaml's three fields make, or an error naming the field and the fix.
+    public init(name: String, connect: String?, pool: String?) throws(NimbusError) {
+        guard let kind = DriverKind(rawValue: name) else {
             throw NimbusError(
                 .invalidArgument,
                 "driver \"\(name)\" is not one of \(Self.names.joined(separator: ", ")): use --driver qemu or --driver libvirt"
             )
         }
+        try self.init(kind: kind, connect: connect, pool: pool)
+    }
+
+    /// The kind of driver, without its daemon and pool.
+    public var kind: DriverKind {
+        switch self {
+        case .qemu: .qemu
+        case .libvirt: .libvirt
+        }
     }
 
     /// `qemu`, `libvirt`.
-    public var name: String {
-        switch self {
-        case .qemu: "qemu"
-        case .libvirt: "libvirt"
-        }
-    }
+    public var name: String { kind.rawValue }
 
     /// The daemon's URI as given, for a driver that connects to one.
     public var connect: String? {

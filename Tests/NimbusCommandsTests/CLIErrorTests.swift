@@ -34,10 +34,18 @@ struct CLIErrorTests {
             arguments: ["launch", "--forward", "80", "x"], status: 64, message: "port forward \"80\" is not HOST:GUEST"),
         Case(
             arguments: ["launch", "--accel", "hvf", "x"], status: 64,
-            message: "--accel hvf is not one of auto, kvm, tcg"),
+            message: "The value 'hvf' is invalid for '--accel <accel>'. Please provide one of 'auto', 'kvm' or 'tcg'"),
         Case(
             arguments: ["launch", "--firmware", "efi", "x"], status: 64,
-            message: "--firmware efi is not one of auto, uefi, bios"),
+            message:
+                "The value 'efi' is invalid for '--firmware <firmware>'. Please provide one of 'auto', 'uefi' or 'bios'"
+        ),
+        Case(
+            arguments: ["launch", "--driver", "xen", "x"], status: 64,
+            message: "The value 'xen' is invalid for '--driver <driver>'. Please provide one of 'qemu' and 'libvirt'"),
+        Case(
+            arguments: ["network", "create", "--driver", "xen", "n1"], status: 64,
+            message: "The value 'xen' is invalid for '--driver <driver>'"),
         Case(
             arguments: ["launch", "--cpu-model", "max -snapshot", "x"], status: 64,
             message: "CPU model \"max -snapshot\" is not a model name with optional features"),

@@ -146,7 +146,7 @@ struct InstanceStoreTests {
         try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
         try "name: old\nimage: debian:12\n".write(to: folder.spec, atomically: true, encoding: .utf8)
         let spec = try store.loadSpec(InstanceName("old"))
-        #expect(spec.cpus == 2 && spec.memory == .gibibytes(2) && spec.driver == "qemu")
+        #expect(spec.cpus == 2 && spec.memory == .gibibytes(2) && spec.driver == .qemu)
         // Before `auto` firmware, every instance was UEFI; before networks, it had none.
         #expect(spec.firmware == .uefi && spec.accelerator == .auto && spec.networks.isEmpty)
     }
@@ -202,6 +202,7 @@ struct ConfigTests {
             ("cpus: 2\n  bad: [\n", "config.yaml"),
             ("firmware: efi\n", "firmware: \"efi\" is not one of auto, uefi, bios"),
             ("accelerator: hvf\n", "accelerator: \"hvf\" is not one of auto, kvm, tcg"),
+            ("driver: xen\n", "driver: \"xen\" is not one of qemu, libvirt"),
         ])
     func bad(text: String, expected: String) throws {
         let dir = try TemporaryDirectory()
@@ -257,13 +258,13 @@ struct FleetFileTests {
         var config = NimbusConfig()
         config.cpuModel = "max"
         config.disk = .gibibytes(20)
-        config.driver = "libvirt"
+        config.driver = .libvirt
         config.firmware = .uefi
         config.accelerator = .tcg
         let configured = try FleetFile(url: url, config: config)
         #expect(
             configured.specs.allSatisfy {
-                $0.cpuModel == "max" && $0.disk == .gibibytes(20) && $0.driver == "libvirt" && $0.firmware == .uefi
+                $0.cpuModel == "max" && $0.disk == .gibibytes(20) && $0.driver.name == "libvirt" && $0.firmware == .uefi
                     && $0.accelerator == .tcg && $0.image == "debian:12"
             })
         #expect(configured.specs[1].cpus == 4 && configured.specs[0].cpus == config.cpus)

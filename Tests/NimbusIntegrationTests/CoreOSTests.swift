@@ -2,6 +2,7 @@ import Foundation
 import NimbusCore
 import NimbusDrivers
 import NimbusInstances
+import NimbusMachines
 import NimbusTestSupport
 import Testing
 
@@ -59,7 +60,7 @@ struct CoreOSTests {
 
     func spec(_ name: String, driver: String) throws -> InstanceSpec {
         var spec = InstanceSpec(name: try InstanceName(name), image: "fedora-coreos:stable")
-        spec.driver = driver
+        spec.driver = try DriverChoice(name: driver, connect: nil, pool: nil)
         spec.memory = .mebibytes(1024)
         spec.setUserData(Array(Self.cloudConfig.utf8))
         spec.ignition = Self.userIgnition

@@ -102,7 +102,7 @@ struct InstanceLifecycleTests {
         // domains apart from another run's or another test's `web`.
         let suffix = driver == "qemu" ? "" : "-" + UUID().uuidString.prefix(4).lowercased()
         var config = NimbusConfig()
-        config.driver = driver
+        config.driver = try #require(DriverKind(rawValue: driver))
         // db (from the fleet file) boots by UEFI; web's firmware is `auto`, which under TCG picks BIOS for this
         // image (it has both, as published cloud images do).
         config.firmware = .uefi
@@ -112,7 +112,7 @@ struct InstanceLifecycleTests {
         let userKey = SSHKeyPair(comment: "alice@test")
 
         var web = InstanceSpec(name: try InstanceName("web" + suffix), image: image)
-        web.driver = driver
+        web.driver = try DriverChoice(name: driver, connect: nil, pool: nil)
         web.memory = .mebibytes(1024)
         web.hostname = "web"
         web.locale = "en_GB.UTF-8"

@@ -110,7 +110,7 @@ struct LibvirtRecoverTests {
 
         // A new instance took the name meanwhile: recover refuses, naming both.
         var other = InstanceSpec(name: name, image: image)
-        other.driver = "qemu"
+        other.driver = .qemu
         let store = InstanceStore(paths: home.paths)
         try await store.withLock(name) { _ in _ = try await store.create(other) { _ in InstanceState() } }
         let blocked = try await NimbusBinary.run(["recover", name.rawValue], home: home.url)
@@ -126,7 +126,7 @@ struct LibvirtRecoverTests {
         #expect(recover.standardOutput == "\(name)\n")
         #expect(recover.standardError.contains("went with the folder"), "\(recover.standardError)")
         let spec = try store.loadSpec(name)
-        #expect(spec.driver == "libvirt" && spec.memory == .mebibytes(512))
+        #expect(spec.driver.name == "libvirt" && spec.memory == .mebibytes(512))
         #expect(try String(contentsOf: store.directory(name).knownHosts, encoding: .utf8).contains("ssh-ed25519"))
         let recovered = try await Self.listJSON(home)
         #expect(recovered.first?["state"] as? String == "stopped", "\(recovered)")

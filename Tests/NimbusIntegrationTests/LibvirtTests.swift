@@ -44,7 +44,7 @@ struct LibvirtTests {
 
         var spec = InstanceSpec(name: name, image: "file://" + (Prerequisites.guestImage?.path ?? "/missing"))
         spec.memory = .mebibytes(1024)
-        spec.driver = "libvirt"
+        spec.driver = .libvirt(connect: nil, pool: nil)
         spec.accelerator = .tcg
         let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
         #expect(info.state == .running)
@@ -152,7 +152,9 @@ struct LibvirtLaunchFlagTests {
     func unknownDriver() async throws {
         let (result, instances) = try await launch(["--driver", "xen"])
         #expect(result.status == 64)
-        #expect(result.standardError.contains("--driver xen is not one of qemu, libvirt"), "\(result.standardError)")
+        #expect(
+            result.standardError.contains("The value 'xen' is invalid for '--driver <driver>'"),
+            "\(result.standardError)")
         #expect(instances.isEmpty)
     }
 

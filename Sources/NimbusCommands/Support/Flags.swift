@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import NimbusInstances
+import NimbusMachines
 
 /// Option groups shared by many commands, attached with `@OptionGroup`.
 public enum Flags {
@@ -40,3 +41,6 @@ public enum OutputFormat: String, ExpressibleByArgument, CaseIterable, Sendable 
 }
 
 extension MountType: ExpressibleByArgument {}
+extension AcceleratorChoice: ExpressibleByArgument {}
+extension FirmwareChoice: ExpressibleByArgument {}
+extension DriverKind: ExpressibleByArgument {}

@@ -31,7 +31,7 @@ public struct NetworkManager: Sendable {
 
     /// The driver side of network `spec`.
     func networks(for spec: NetworkSpec) throws(NimbusError) -> any MachineNetworks {
-        try networks(for: spec.driverChoice)
+        try networks(for: spec.driver)
     }
 
     // MARK: Commands
@@ -76,7 +76,8 @@ public struct NetworkManager: Sendable {
                 }
                 chosen = free
             }
-            var spec = NetworkSpec(name: name, subnet: chosen, nat: nat, driver: driver.name, connect: driver.connect)
+            var spec = NetworkSpec(
+                name: name, subnet: chosen, nat: nat, driver: try .init(kind: driver.kind, connect: driver.connect))
             spec.fleet = fleet
             if let clash = others.first(where: { $0.bridge == spec.bridge }) {
                 throw NimbusError(
@@ -187,10 +188,10 @@ public struct NetworkManager: Sendable {
                     "--network \(attachment.network) is given twice: an instance has one NIC per network")
             }
             let spec = try store.load(attachment.network)
-            guard spec.driver == driver.name else {
+            guard spec.driver.kind == driver.kind else {
                 throw NimbusError(
                     .invalidArgument,
-                    "network \(spec.name) is for the \(spec.driver) driver and this instance uses \(driver.name): use --driver \(spec.driver)"
+                    "network \(spec.name) is for the \(spec.driver.name) driver and this instance uses \(driver.name): use --driver \(spec.driver.name)"
                 )
             }
             let place = try networks(for: spec).place
@@ -344,7 +345,7 @@ public struct NetworkInfo: Codable, Sendable {
         bridge = spec.bridge
         domain = definition.domain
         nat = spec.nat
-        driver = spec.driver
+        driver = spec.driver.name
         problems = health.problems(for: definition)
         state = problems.isEmpty ? "active" : "degraded"
         instances = hosts.map { Host(name: $0.instance, address: $0.address.description, mac: $0.macAddress) }

@@ -14,27 +14,48 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
     public var nat: Bool = false
     /// The host bridge.
     public var bridge: String
-    /// The driver whose machines join the network.
-    public var driver: String = "qemu"
-    /// The libvirt daemon the network lives on (`--connect`), with the libvirt driver; nil is the driver's
-    /// default, `qemu:///system`.
-    public var connect: String?
+    /// The driver whose machines join the network, with the daemon it lives on (`--connect`; nil is the
+    /// driver's default), stored as the keys `driver` and `connect`.
+    public var driver: DriverChoice = .qemu
     public var createdAt: Date = Date()
     /// The fleet file (`nimbus apply`) that made the network, whose `--prune` may delete it.
     public var fleet: String?
 
-    public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: String = "qemu", connect: String? = nil) {
+    public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: DriverChoice = .qemu) {
         self.name = name
         self.subnet = subnet
         self.nat = nat
         self.driver = driver
-        self.connect = connect
         self.bridge = Self.bridgeName(for: name)
     }
 
-    /// The driver (and daemon) the network is made by, checked.
-    public var driverChoice: DriverChoice {
-        get throws(NimbusError) { try DriverChoice(name: driver, connect: connect, pool: nil) }
+    enum CodingKeys: String, CodingKey { case version, name, subnet, nat, bridge, driver, connect, createdAt, fleet }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        version = try c.decode(Int.self, forKey: .version)
+        name = try c.decode(String.self, forKey: .name)
+        subnet = try c.decode(IPv4Subnet.self, forKey: .subnet)
+        nat = try c.decode(Bool.self, forKey: .nat)
+        bridge = try c.decode(String.self, forKey: .bridge)
+        driver = try DriverChoice(
+            name: c.decode(String.self, forKey: .driver), connect: c.decodeIfPresent(String.self, forKey: .connect),
+            pool: nil)
+        createdAt = try c.decode(Date.self, forKey: .createdAt)
+        fleet = try c.decodeIfPresent(String.self, forKey: .fleet)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(version, forKey: .version)
+        try c.encode(name, forKey: .name)
+        try c.encode(subnet, forKey: .subnet)
+        try c.encode(nat, forKey: .nat)
+        try c.encode(bridge, forKey: .bridge)
+        try c.encode(driver.name, forKey: .driver)
+        try c.encodeIfPresent(driver.connect, forKey: .connect)
+        try c.encode(createdAt, forKey: .createdAt)
+        try c.encodeIfPresent(fleet, forKey: .fleet)
     }
 
     /// `nmb-NAME`, or, for a name too long for Linux's 15-byte interface names, `nmb-` and a hash of it.

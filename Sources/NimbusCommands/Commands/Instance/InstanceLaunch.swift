@@ -88,7 +88,7 @@ struct InstanceLaunch: AsyncParsableCommand {
     var ephemeral: String?
 
     @Option(help: "Accelerator: auto, kvm or tcg.")
-    var accel: String?
+    var accel: AcceleratorChoice?
 
     @Option(
         help: ArgumentHelp(
@@ -98,7 +98,7 @@ struct InstanceLaunch: AsyncParsableCommand {
                 Ubuntu's, Debian's and Fedora CoreOS's images do: OVMF spends ~6 s emulated before the bootloader \
                 runs, SeaBIOS under 1 s. UEFI otherwise. Decided once, at launch.
                 """))
-    var firmware: String?
+    var firmware: FirmwareChoice?
 
     @Option(
         help: ArgumentHelp(
@@ -110,7 +110,7 @@ struct InstanceLaunch: AsyncParsableCommand {
     var cpuModel: String?
 
     @Option(help: "Machine driver: qemu or libvirt (default from config.yaml, else qemu).")
-    var driver: String?
+    var driver: DriverKind?
 
     @Option(help: "The libvirt URI, with --driver libvirt (default qemu:///system).")
     var connect: String?
@@ -160,19 +160,7 @@ struct InstanceLaunch: AsyncParsableCommand {
         }
         try validating {
             if let name { _ = try InstanceName(name) }
-            if let accel, AcceleratorChoice(rawValue: accel) == nil {
-                throw ValidationError("--accel \(accel) is not one of auto, kvm, tcg")
-            }
-            if let firmware, FirmwareChoice(rawValue: firmware) == nil {
-                throw ValidationError("--firmware \(firmware) is not one of \(FirmwareChoice.names)")
-            }
-            if let driver {
-                guard DriverChoice.names.contains(driver) else {
-                    throw ValidationError(
-                        "--driver \(driver) is not one of \(DriverChoice.names.joined(separator: ", "))")
-                }
-                _ = try DriverChoice(name: driver, connect: connect, pool: pool)
-            }
+            if let driver { _ = try DriverChoice(kind: driver, connect: connect, pool: pool) }
             guard timeout > 0 else { throw ValidationError("--timeout must be a positive number of seconds") }
             for text in forward { _ = try MachineConfig.PortForward(parsing: text) }
             var attachments = try network.map { try NetworkAttachment(parsing: $0) }
@@ -196,12 +184,10 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.hostname = hostname
         spec.locale = locale
         spec.timezone = timezone
-        if let accel = accel.flatMap(AcceleratorChoice.init(rawValue:)) { spec.accelerator = accel }
-        if let firmware = firmware.flatMap(FirmwareChoice.init(rawValue:)) { spec.firmware = firmware }
+        if let accel { spec.accelerator = accel }
+        if let firmware { spec.firmware = firmware }
         if let cpuModel { spec.cpuModel = cpuModel }
-        if let driver { spec.driver = driver }
-        spec.connect = connect
-        spec.pool = pool
+        spec.driver = try DriverChoice(kind: driver ?? spec.driver.kind, connect: connect, pool: pool)
         spec.forwards = try forward.map { try MachineConfig.PortForward(parsing: $0) }
         spec.networks = try network.map { try NetworkAttachment(parsing: $0) }
         if let defaultRoute {
