@@ -72,7 +72,7 @@ extension InstanceManager {
             for await info in group { infos.append(info) }
             // Domains of this store on its libvirt daemons whose folder is missing (only asked when the store
             // has used libvirt, so a QEMU-only store never waits on a daemon).
-            infos += lostInstances()
+            infos += await lostInstances()
             return infos.sorted { $0.name < $1.name }
         }
     }

@@ -33,7 +33,8 @@ extension InstanceManager {
     func sshAccess(_ name: InstanceName, state: InstanceState, port: UInt16) -> SSHAccess {
         SSHAccess(
             identity: paths.keys.appending(path: "id_ed25519"), knownHosts: store.directory(name).knownHosts,
-            hostAlias: hostAlias(name), user: state.sshUser, host: state.sshHost ?? "127.0.0.1", port: port,
+            hostAlias: InstanceBuilder.hostAlias(name), user: state.sshUser, host: state.sshHost ?? "127.0.0.1",
+            port: port,
             controlDirectory: SSHAccess.controlDirectory(paths: paths))
     }
 

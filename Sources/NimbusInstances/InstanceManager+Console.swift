@@ -7,6 +7,16 @@ import NimbusMachines
 #endif
 
 extension InstanceManager {
+    /// What `name`'s guest has written to its serial console from byte `offset` of the log on, wherever the
+    /// driver keeps the log (a remote libvirt host keeps its own), and the offset to read from next.
+    public func serialLog(_ name: InstanceName, from offset: UInt64) async throws(NimbusError) -> SerialLog.Chunk {
+        let machine = try store.requireExisting(name).machine
+        guard let chunk = try await hypervisor.driver(machine).serialLog(of: machine, from: offset) else {
+            throw NimbusError(.notFound, "\(name) has no serial log yet: it has not been started")
+        }
+        return chunk
+    }
+
     /// The detach key: Ctrl-], as telnet and virsh console use.
     static let detachByte: UInt8 = 0x1d
 

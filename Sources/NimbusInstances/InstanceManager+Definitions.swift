@@ -43,12 +43,12 @@ extension InstanceManager {
     /// Refreshes what the definition keeps of an instance once its state changed (after a start, after
     /// readiness). Best effort: the folder stays the truth, and a failure here only makes a later recover
     /// less exact.
-    func refreshAnnotations(_ name: InstanceName) {
+    func refreshAnnotations(_ name: InstanceName) async {
         guard let spec = try? store.loadSpec(name), let definitions = hypervisor.driver(for: spec).definitions,
             let state = try? store.loadState(name)
         else { return }
         let dir = store.directory(name)
-        try? definitions.annotate(dir.machine, annotations(spec, state: state, in: dir))
+        try? await definitions.annotate(dir.machine, annotations(spec, state: state, in: dir))
     }
 
     // MARK: Places the store knows
@@ -81,14 +81,14 @@ extension InstanceManager {
 
     /// Drops `place` once neither an instance of the store nor a definition of one uses it, so
     /// `delete --purge` of the last instance leaves no trace of it.
-    func forgetPlaceIfUnused(_ place: String) {
+    func forgetPlaceIfUnused(_ place: String) async {
         guard var places = try? JSONDecoder().decode([String].self, from: Data(contentsOf: placesFile)),
             places.contains(place)
         else { return }
         let used = store.names().contains { name in
             (try? store.loadSpec(name)).flatMap { hypervisor.driver(for: $0).definitions?.place } == place
         }
-        guard !used, let machines = try? hypervisor.drivers.definitions(at: place)?.definedMachines(),
+        guard !used, let machines = try? await hypervisor.drivers.definitions(at: place)?.definedMachines(),
             !machines.contains(where: { isThisStore($0.folder) })
         else { return }
         places.removeAll { $0 == place }
@@ -127,10 +127,10 @@ extension InstanceManager {
     }
 
     /// Nimbus machines defined at `places` that belong to this store and whose instance folder is missing.
-    func lostMachines(at places: [String]) throws(NimbusError) -> [DefinedMachine] {
+    func lostMachines(at places: [String]) async throws(NimbusError) -> [DefinedMachine] {
         var lost: [DefinedMachine] = []
         for place in places {
-            for machine in try definitions(at: place).definedMachines() where isThisStore(machine.folder) {
+            for machine in try await definitions(at: place).definedMachines() where isThisStore(machine.folder) {
                 guard let name = try? InstanceName(machine.name), !store.exists(name) else { continue }
                 lost.append(machine)
             }
@@ -139,11 +139,11 @@ extension InstanceManager {
     }
 
     /// `list`'s rows for the machines defined at the places the store knows whose folder is missing.
-    func lostInstances() -> [InstanceInfo] {
+    func lostInstances() async -> [InstanceInfo] {
         var infos: [InstanceInfo] = []
         for place in knownPlaces(includingSpecs: false) {
             do throws(NimbusError) {
-                infos += try lostMachines(at: [place]).map(lostInfo)
+                infos += try await lostMachines(at: [place]).map(lostInfo)
             } catch {
                 progress("warning: could not look for Nimbus machines on \(place): \(error.message)")
             }
@@ -185,7 +185,7 @@ extension InstanceManager {
                 .notFound,
                 "nothing to recover: this store knows no libvirt daemon; name one with `nimbus recover --connect URI`")
         }
-        let lost = try lostMachines(at: places)
+        let lost = try await lostMachines(at: places)
         guard !lost.isEmpty else {
             throw NimbusError(
                 .notFound,
@@ -202,12 +202,12 @@ extension InstanceManager {
     public func recover(_ name: InstanceName, connect: String?) async throws {
         let places = connect.map { [$0] } ?? knownPlaces()
         if store.exists(name) {
-            try checkNoOtherDefinition(claims: name, at: places)
+            try await checkNoOtherDefinition(claims: name, at: places)
             try await recover(name)
             return
         }
         for place in places {
-            switch try definitions(at: place).definition(of: name.rawValue) {
+            switch try await definitions(at: place).definition(of: name.rawValue) {
             case .none:
                 continue
             case .foreign(let label):
@@ -236,13 +236,13 @@ extension InstanceManager {
 
     /// An instance of the store whose folder the definition of another instance claims (the store was
     /// lost, and the name reused by a new instance): refused, naming both.
-    func checkNoOtherDefinition(claims name: InstanceName, at places: [String]) throws(NimbusError) {
+    func checkNoOtherDefinition(claims name: InstanceName, at places: [String]) async throws(NimbusError) {
         // An instance whose spec cannot be read is the old recover's to repair.
         guard let spec = try? store.loadSpec(name) else { return }
         let own = hypervisor.driver(for: spec).definitions?.place
         for place in places where place != own {
             // A place that does not answer cannot claim the folder; it must not block recovering the instance.
-            guard case .nimbus(let machine)? = try? definitions(at: place).definition(of: name.rawValue),
+            guard case .nimbus(let machine)? = try? await definitions(at: place).definition(of: name.rawValue),
                 machine.folder == store.directory(name).machine.url.path
             else { continue }
             throw NimbusError(
@@ -297,7 +297,7 @@ extension InstanceManager {
             _ = try await store.create(spec) { staging in
                 try AtomicFile.write(
                     Data((machine.annotations[Annotation.knownHosts] ?? "").utf8), to: staging.knownHosts)
-                try definitions.adopt(machine, in: staging.machine)
+                try await definitions.adopt(machine, in: staging.machine)
                 return recoveredState
             }
         }

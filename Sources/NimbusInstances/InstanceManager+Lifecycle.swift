@@ -75,7 +75,7 @@ extension InstanceManager {
                 let attachments = (try? store.loadSpec(name))?.networks ?? []
                 try store.remove(name, lock: lock)
                 await networks.release(attachments, of: name)
-                if let place = driver.definitions?.place { forgetPlaceIfUnused(place) }
+                if let place = driver.definitions?.place { await forgetPlaceIfUnused(place) }
                 progress("\(name): purged")
             } else {
                 if await driver.status(of: dir.machine).state != .stopped {

@@ -11,30 +11,10 @@ import NimbusSeed
 /// its datasource at every boot, so every `nimbus start` serves the seed again; a reboot from inside the
 /// guest finds no server (cloud-init then keeps its cached instance data).
 extension InstanceManager {
-    /// The folder holding the NoCloud files of an instance whose seed travels over HTTP.
-    static func seedFolder(_ dir: InstanceDirectory) -> URL {
-        dir.url.appending(path: "seed", directoryHint: .isDirectory)
-    }
-
-    /// Writes the seed's four files into the instance's `seed/` folder, readable by the owner only (user-data
-    /// may carry secrets), each one atomically.
-    func writeSeedFolder(_ seed: NoCloudSeed, in dir: InstanceDirectory) throws(NimbusError) {
-        let folder = Self.seedFolder(dir)
-        do {
-            try FileManager.default.createDirectory(
-                at: folder, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
-        } catch {
-            throw NimbusError(.io, "cannot create the seed folder \(folder.path): \(error.localizedDescription)")
-        }
-        for file in seed.files {
-            try AtomicFile.write(Data(file.contents), to: folder.appending(path: file.name), permissions: 0o600)
-        }
-    }
-
     /// Starts serving `name`'s seed folder when its spec asks for the seed over HTTP; nil otherwise.
     func startSeedServer(_ name: InstanceName, spec: InstanceSpec) async throws(NimbusError) -> SeedServer? {
         guard spec.seedTransport == .http else { return nil }
-        let folder = Self.seedFolder(store.directory(name))
+        let folder = InstanceBuilder.seedFolder(store.directory(name))
         do {
             return try await SeedServer.start(folder: folder)
         } catch .cannotListen(let reason) {

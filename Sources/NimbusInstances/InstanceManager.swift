@@ -37,6 +37,14 @@ public struct InstanceManager: Sendable {
         self.progress = progress
     }
 
+    /// The user Nimbus creates in every cloud-init guest, with passwordless sudo and the SSH keys.
+    public static let defaultUser = "nimbus"
+
+    /// Fills new instance folders.
+    var builder: InstanceBuilder { InstanceBuilder(networks: networks.store, progress: progress) }
+    /// Checks specs and plans their machines.
+    var planner: MachinePlanner { MachinePlanner(drivers: hypervisor, progress: progress) }
+
     // MARK: Launch
 
     /// Creates `spec`'s instance and starts it; with `wait`, returns when cloud-init has finished.
@@ -47,9 +55,9 @@ public struct InstanceManager: Sendable {
     @discardableResult
     public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
-        try checkSpec(spec)
+        try await planner.check(spec)
         try networks.check(spec.networks, driver: spec.driver)
-        try hypervisor.check(spec)
+        try await hypervisor.check(spec)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
             do {
@@ -82,8 +90,8 @@ public struct InstanceManager: Sendable {
             )
         }
         var spec = spec
-        spec.firmware = try await resolveFirmware(spec, image: image)
-        spec.mountType = resolveMountType(spec)
+        spec.firmware = try await planner.resolveFirmware(spec, image: image)
+        spec.mountType = planner.resolveMountType(spec)
         guard spec.disk.bytes >= image.virtualSize else {
             throw NimbusError(
                 .invalidArgument,
@@ -104,7 +112,7 @@ public struct InstanceManager: Sendable {
                 // Known before the definition exists, so a launch killed after making it still finds it in `list`.
                 if let definitionPlace { try rememberPlace(definitionPlace) }
                 _ = try await store.create(spec) { staging in
-                    try await build(
+                    try await builder.build(
                         spec, image: image, userKey: userKey, userData: userData, userIgnition: userIgnition,
                         in: staging)
                 }
@@ -117,7 +125,7 @@ public struct InstanceManager: Sendable {
                     try? await driver.forget(store.directory(spec.name).machine)
                     try? await driver.storage?.deleteStorage(store.directory(spec.name).machine)
                     try? store.remove(spec.name, lock: lock)
-                    if let definitionPlace { forgetPlaceIfUnused(definitionPlace) }
+                    if let definitionPlace { await forgetPlaceIfUnused(definitionPlace) }
                     throw error
                 }
             }
@@ -129,165 +137,6 @@ public struct InstanceManager: Sendable {
         if let seedServer { try await serveSeed(seedServer, to: spec.name, clock: clock, timeout: timeout) }
         if wait { try await waitUntilReady(spec.name, clock: clock, timeout: timeout) }
         return try await info(spec.name)
-    }
-
-    /// Fills a new instance's folder: the overlay, the seed or Ignition config, known_hosts, the state.
-    func build(
-        _ spec: InstanceSpec, image: CachedImage, userKey: SSHKeyPair, userData: UserData?,
-        userIgnition: UserIgnition? = nil, in dir: InstanceDirectory
-    ) async throws -> InstanceState {
-        try await DiskImage.createOverlay(at: dir.disk, backedBy: image.url, size: spec.disk.bytes)
-
-        let hostKey = SSHKeyPair(comment: "\(spec.name) host key")
-        try AtomicFile.write(Data("\(hostAlias(spec.name)) \(hostKey.publicKeyLine)\n".utf8), to: dir.knownHosts)
-
-        var state = InstanceState()
-        state.imageDigest = image.sha256
-        state.imageDescription = describe(image)
-        state.sshUser = image.distribution == .fedoraCoreOS ? "core" : Self.defaultUser
-        var personality = personality(
-            spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
-        try addNetworks(spec.networks, to: &personality, cloudInit: image.distribution != .fedoraCoreOS)
-        do {
-            if image.distribution == .fedoraCoreOS {
-                let ignition = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)
-                progress("\(spec.name): Ignition spec \(ignition.specVersion): \(ignition.versionReason)")
-                try AtomicFile.write(Data(ignition.json.utf8), to: dir.ignition, permissions: 0o600)
-            } else {
-                let seed = try NoCloudSeed(config: personality, name: spec.name.rawValue, userData: userData)
-                if spec.seedTransport == .http {
-                    try writeSeedFolder(seed, in: dir)  // served by SeedServer at each start; no seed.iso
-                } else {
-                    try seed.writeISO(to: dir.seed, timestamp: Date())
-                }
-                state.seedInstanceID = seed.instanceID
-            }
-        } catch let error as SeedError {
-            throw error.nimbusError
-        }
-        // The ephemeral disk is not made here: startMachine makes it anew before every start, the first too.
-        return state
-    }
-
-    /// The user Nimbus creates in every cloud-init guest, with passwordless sudo and the SSH keys.
-    public static let defaultUser = "nimbus"
-
-    /// The instance's personality: hostname, locale, timezone, the default user with its keys, the pinned
-    /// host key, and the mounts (shared folders and the ephemeral disk).
-    func personality(_ spec: InstanceSpec, userKeys: [String], hostKey: SSHKeyPair, user: String) -> InstanceConfig {
-        var config = InstanceConfig()
-        config.hostname = spec.effectiveHostname
-        config.locale = spec.locale
-        config.timezone = spec.timezone
-        config.defaultUser = InstanceConfig.User(name: user, sshAuthorizedKeys: userKeys)
-        config.hostKeys = InstanceConfig.HostKeys(ed25519: hostKey)
-        // Matched by the MAC QEMU gives the NIC: renderers such as Debian's ifupdown (ENI) cannot match a
-        // name glob, and the MAC is known before boot.
-        config.network.interfaces = [
-            InstanceConfig.Network.Interface(
-                macAddress: MachineConfig(name: spec.name.rawValue).macAddress, dhcp4: true)
-        ]
-        // `nofail` keeps a boot going when a folder cannot be mounted; readiness then checks every mount and
-        // fails the launch naming the one that is missing (`checkMounts`).
-        for (index, mount) in spec.mounts.enumerated() {
-            let options =
-                spec.mountType == .ninep ? "trans=virtio,version=9p2000.L,msize=262144,nofail" : "defaults,nofail"
-            config.mounts.append([
-                Self.shareTag(index), mount.guestPath, spec.mountType.guestFileSystem, options, "0", "0",
-            ])
-        }
-        if let ephemeral = spec.ephemeral {
-            config.mounts.append([
-                "LABEL=\(Ephemeral.label)", ephemeral.mountPoint, "ext4",
-                "defaults,nofail,x-systemd.device-timeout=10s",
-                "0", "2",
-            ])
-        }
-        return config
-    }
-
-    static func shareTag(_ index: Int) -> String { "nimbus\(index)" }
-
-    /// The name the instance's host key is filed under in its known_hosts.
-    func hostAlias(_ name: InstanceName) -> String { "nimbus-\(name)" }
-
-    func describe(_ image: CachedImage) -> String {
-        [image.distribution.map { "\($0)" }, image.release, image.version.map { "(\($0))" }].compactMap { $0 }
-            .joined(separator: " ").nonEmpty ?? image.reference
-    }
-
-    /// What launch checks of a spec before reading the image: memory must fit in the host, CPUs must exist,
-    /// the firmware must be one Nimbus knows and the CPU model a `-cpu` value.
-    func checkSpec(_ spec: InstanceSpec) throws(NimbusError) {
-        if let total = Self.hostMemory(), spec.memory.bytes > total {
-            throw NimbusError(
-                .invalidArgument,
-                "--memory \(spec.memory) is more than this host's \(ByteSize(bytes: total).humanReadable): ask for less"
-            )
-        }
-        guard spec.memory >= .mebibytes(128) else {
-            throw NimbusError(
-                .invalidArgument, "--memory \(spec.memory) is too small to boot a cloud image: ask for at least 128M")
-        }
-        guard (1...255).contains(spec.cpus) else {
-            throw NimbusError(.invalidArgument, "--cpus \(spec.cpus) is out of range: use 1 to 255")
-        }
-        if let cpuModel = spec.cpuModel { try MachineConfig.checkCPUModel(cpuModel) }
-        if spec.mountType == .virtiofs, !spec.mounts.isEmpty,
-            let reason = hypervisor.driver(for: spec).shareProblem(.virtiofs)
-        {
-            throw NimbusError(
-                .unsupported, "--mount-type virtiofs cannot serve here: \(reason); or use --mount-type 9p")
-        }
-    }
-
-    /// `auto` firmware made concrete, once, at launch, so every start of the instance boots the same way.
-    ///
-    /// BIOS when the machine runs under TCG and can boot without UEFI (the image has BIOS boot code, or a
-    /// kernel is given directly): under TCG, OVMF alone runs ~6 s before the bootloader and the guest then
-    /// does more work at boot (EFI variables, pstore), SeaBIOS takes well under a second (bench/RESULTS.md,
-    /// "CPU model and firmware under TCG"). UEFI otherwise: under KVM both are quick and UEFI is what images expect first.
-    func resolveFirmware(_ spec: InstanceSpec, image: CachedImage) async throws -> FirmwareChoice {
-        guard spec.firmware == .auto else { return spec.firmware }
-        let accelerator = try await hypervisor.driver(for: spec).accelerator(for: spec.accelerator).accelerator
-        guard accelerator == .tcg else { return .uefi }
-        if spec.kernel != nil { return .bios }
-        guard try await DiskImage.bootsByBIOS(image.url) else { return .uefi }
-        progress(
-            "\(spec.name): firmware bios: the image boots by BIOS, which starts ~5 s sooner than UEFI under TCG (--firmware uefi for UEFI)"
-        )
-        return .bios
-    }
-
-    /// `auto` mounts made concrete, once, at launch (the guest's fstab names the type): virtiofs, unless the
-    /// instance's driver says it cannot serve it here (the QEMU driver without a virtiofsd), then 9p with a
-    /// warning.
-    func resolveMountType(_ spec: InstanceSpec) -> MountType {
-        guard !spec.mounts.isEmpty else { return spec.mountType == .auto ? .virtiofs : spec.mountType }
-        var type = spec.mountType
-        if type == .auto {
-            if let reason = hypervisor.driver(for: spec).shareProblem(.virtiofs) {
-                progress("\(spec.name): warning: mounting over 9p, as virtiofs cannot serve here: \(reason)")
-                type = .ninep
-            } else {
-                type = .virtiofs
-            }
-        }
-        if type == .ninep {
-            progress(
-                "\(spec.name): warning: many cloud kernels cannot mount 9p (Debian's cloud kernel has none); launch fails if the guest cannot"
-            )
-        }
-        return type
-    }
-
-    /// MemTotal from /proc/meminfo.
-    static func hostMemory() -> UInt64? {
-        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
-            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
-            let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
-        else { return nil }
-        return kib * 1024
     }
 
     // MARK: Images and keys
@@ -337,7 +186,7 @@ public struct InstanceManager: Sendable {
         }
         let attachments = try await machineAttachments(spec)
         let seedServer = try await startSeedServer(name, spec: spec)
-        var machine = machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
+        var machine = planner.machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)
         machine.network.attachments = attachments
         let driver = hypervisor.driver(for: spec)
         if driver.definitions != nil { machine.annotations = annotations(spec, state: state, in: dir) }
@@ -352,7 +201,7 @@ public struct InstanceManager: Sendable {
             state.lastError = nil
             state.cloudInitStatus = nil
             try store.saveState(state, in: dir)
-            refreshAnnotations(name)
+            await refreshAnnotations(name)
             progress(
                 "\(name): \(BootPhase.qemuStarted.rawValue) with \(running.accelerator.accelerator.rawValue) (\(elapsed(since: clock)))"
             )
@@ -363,40 +212,6 @@ public struct InstanceManager: Sendable {
             throw error
         }
         return seedServer
-    }
-
-    /// The machine an instance runs as; `seedURL` is where a seed served over HTTP is (no seed disk then).
-    func machineConfig(_ spec: InstanceSpec, state: InstanceState, in dir: InstanceDirectory, seedURL: String? = nil)
-        -> MachineConfig
-    {
-        var machine = MachineConfig(name: spec.name.rawValue)
-        machine.cpus = spec.cpus
-        machine.memory = spec.memory
-        machine.disks = [MachineConfig.Disk(path: dir.disk.path)]
-        if spec.ephemeral != nil {
-            machine.disks.append(MachineConfig.Disk(path: dir.ephemeralDisk.path, format: .raw))
-        }
-        if FileManager.default.fileExists(atPath: dir.ignition.path) {
-            machine.seed = .ignition(config: dir.ignition.path)
-        } else if let seedURL {
-            machine.seed = .noCloudNet(url: seedURL)
-        } else {
-            machine.seed = .noCloud(iso: dir.seed.path)
-        }
-        machine.firmware = spec.firmware == .bios ? .bios : .uefi()
-        machine.cpuModel = spec.cpuModel
-        machine.kernel = spec.kernel
-        machine.network.forwards = spec.forwards
-        // Keep the port of the last start when it is still free, so ssh-config blocks stay valid.
-        // On a remote host only that host can tell; the driver tries another port when it is taken.
-        machine.network.sshHostPort = state.sshPort.flatMap { state.sshHost != nil || Loopback.isFree($0) ? $0 : nil }
-        machine.shares = spec.mounts.enumerated().map { index, mount in
-            MachineConfig.Share(
-                hostPath: mount.hostPath, tag: Self.shareTag(index),
-                transport: spec.mountType == .ninep ? .ninep : .virtiofs)
-        }
-        machine.accelerator = spec.accelerator
-        return machine
     }
 
     /// Starts a stopped instance; with `wait`, returns when it is ready.
@@ -440,7 +255,7 @@ public struct InstanceManager: Sendable {
         let result = try await readiness.wait(timeout: timeout) { await driver.isRunning(machineDir) }
         try await store.withLock(name) { _ in
             try store.updateState(name) { $0.cloudInitStatus = result.status }
-            refreshAnnotations(name)
+            await refreshAnnotations(name)
         }
         if result.status == "error" {
             let modules =
@@ -516,8 +331,8 @@ struct InstanceDrivers: Sendable {
 
     /// Checks the spec's driver before anything is written: that it can start machines (libvirt: its daemon
     /// answers).
-    func check(_ spec: InstanceSpec) throws(NimbusError) {
-        try drivers.driver(for: spec.driver, progress: progress).checkReachable()
+    func check(_ spec: InstanceSpec) async throws(NimbusError) {
+        try await drivers.driver(for: spec.driver, progress: progress).checkReachable()
     }
 
     /// The driver of the machine in `directory`, from the instance.yaml beside it.

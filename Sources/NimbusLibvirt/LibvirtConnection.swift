@@ -2,6 +2,7 @@ import CLibvirt
 import Foundation
 import NimbusCore
 import NimbusMachines
+import Synchronization
 
 /// One open connection to a libvirt daemon (`virConnectPtr`), closed when released.
 ///
@@ -34,10 +35,16 @@ final class LibvirtConnection: @unchecked Sendable {
         return .success(())
     }()
 
+    /// Connections opened outside the libvirt executors, by URI: on the cooperative pool, where a blocking
+    /// call stalls other tasks. The driver's entry points never open one there (`LibvirtExecutor`); tests
+    /// check that they do not.
+    static let openedOffExecutor = Mutex<[String: Int]>([:])
+
     /// Opens `uri`; every way that fails becomes a NimbusError that says what to do.
     init(uri: String) throws(NimbusError) {
         try Self.initialized.get()
         try Self.checkSyntax(uri)
+        if LibvirtExecutor.current == nil { Self.openedOffExecutor.withLock { $0[uri, default: 0] += 1 } }
         guard let pointer = libvirt.virConnectOpen(uri) else {
             throw Self.connectError(LibvirtError.last("virConnectOpen"), uri: uri)
         }

@@ -14,7 +14,28 @@ extension LibvirtDriver: MachineStorage {
     public var definitions: (any MachineDefinitions)? { LibvirtDefinitions(uri: uri) }
     public var networks: (any MachineNetworks)? { LibvirtNetworks(uri: uri) }
 
-    public func checkReachable() throws(NimbusError) { try checkConnection() }
+    public func checkReachable() async throws(NimbusError) {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in try checkConnection() }
+    }
+
+    /// The daemon's host's memory, asked of libvirt, so a remote host is judged by its own.
+    public func hostMemory() async throws(NimbusError) -> ByteSize? {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            try LibvirtRemote.memory(connection: LibvirtConnection(uri: uri))
+        }
+    }
+
+    /// The log in the folder on a local daemon (virtlogd appends to the file Nimbus made); on a remote one,
+    /// the daemon's own file on that host, over SSH.
+    public func serialLog(of directory: MachineDirectory, from offset: UInt64) async throws(NimbusError)
+        -> SerialLog.Chunk?
+    {
+        guard let record = Self.record(directory), !Self.isLocal(record.uri) else {
+            return try SerialLog.read(directory.serialLog, from: offset)
+        }
+        return try await LibvirtRemote.readFile(
+            LibvirtRemote.serialLogPath(domain: record.domain), from: offset, uri: record.uri)
+    }
 
     /// The domain's state is the only liveness libvirt offers (one call to the daemon).
     public func isRunning(_ directory: MachineDirectory) async -> Bool {
@@ -25,7 +46,7 @@ extension LibvirtDriver: MachineStorage {
     public func shareProblem(_ transport: MachineConfig.Share.Transport) -> String? { nil }
 
     public func openConsole(_ directory: MachineDirectory) async throws(NimbusError) -> any MachineConsole {
-        try openConsole(directory, force: true)
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in try openConsole(directory, force: true) }
     }
 
     /// On a local daemon: whether libvirt's QEMU user can open /dev/kvm (see `kvmAccess`).
@@ -81,24 +102,33 @@ public struct LibvirtDefinitions: MachineDefinitions {
 
     public var place: String { uri }
 
-    public func definedMachines() throws(NimbusError) -> [DefinedMachine] {
-        try LibvirtDriver.nimbusDomains(uri: uri).map(Self.machine)
+    public func definedMachines() async throws(NimbusError) -> [DefinedMachine] {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            try LibvirtDriver.nimbusDomains(uri: uri).map(Self.machine)
+        }
     }
 
-    public func definition(of machine: String) throws(NimbusError) -> DefinitionLookup {
-        switch try LibvirtDriver.domain(forInstance: machine, uri: uri) {
+    public func definition(of machine: String) async throws(NimbusError) -> DefinitionLookup {
+        let lookup = try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            try LibvirtDriver.domain(forInstance: machine, uri: uri)
+        }
+        return switch lookup {
         case .none: .none
         case .foreign(let domain): .foreign("libvirt domain \(domain) on \(uri)")
         case .nimbus(let summary): .nimbus(Self.machine(summary))
         }
     }
 
-    public func adopt(_ machine: DefinedMachine, in directory: MachineDirectory) throws(NimbusError) {
-        try LibvirtDriver.adopt(machine, in: directory)
+    public func adopt(_ machine: DefinedMachine, in directory: MachineDirectory) async throws(NimbusError) {
+        try await LibvirtExecutor.run(machine.place) { () throws(NimbusError) in
+            try LibvirtDriver.adopt(machine, in: directory)
+        }
     }
 
-    public func annotate(_ directory: MachineDirectory, _ annotations: [String: String]) throws(NimbusError) {
-        try LibvirtDriver(uri: uri, hostFactsCache: nil).annotate(directory, annotations)
+    public func annotate(_ directory: MachineDirectory, _ annotations: [String: String]) async throws(NimbusError) {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            try LibvirtDriver(uri: uri, hostFactsCache: nil).annotate(directory, annotations)
+        }
     }
 
     static func machine(_ summary: LibvirtDomainSummary) -> DefinedMachine {

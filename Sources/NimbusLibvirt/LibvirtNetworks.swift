@@ -24,12 +24,14 @@ public struct LibvirtNetworks: MachineNetworks {
     /// The libvirt network of Nimbus network `name`.
     public static func libvirtName(_ name: String) -> String { "nimbus-\(name)" }
 
-    public func createProblem() -> String? {
-        do {
-            _ = try LibvirtConnection(uri: uri)
-            return nil
-        } catch {
-            return error.message
+    public func createProblem() async -> String? {
+        await LibvirtExecutor.answer(uri) { () -> String? in
+            do throws(NimbusError) {
+                _ = try LibvirtConnection(uri: uri)
+                return nil
+            } catch {
+                return error.message
+            }
         }
     }
 
@@ -37,63 +39,73 @@ public struct LibvirtNetworks: MachineNetworks {
     public func attachProblem() -> String? { nil }
 
     public func bringUp(_ network: NetworkDefinition) async throws(NimbusError) {
-        let connection = try LibvirtConnection(uri: uri)
-        let name = Self.libvirtName(network.name)
-        if let existing = try connection.network(named: name) {
-            if existing.isActive {
-                if dnsmasqRunning(network) == false { try restartDNSMasq(network, on: existing) }
-                try sync(network, on: existing)
-                return
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            let connection = try LibvirtConnection(uri: uri)
+            let name = Self.libvirtName(network.name)
+            if let existing = try connection.network(named: name) {
+                if existing.isActive {
+                    if dnsmasqRunning(network) == false { try restartDNSMasq(network, on: existing) }
+                    try sync(network, on: existing)
+                    return
+                }
+                // A stopped network (a host reboot without autostart) is defined again from what Nimbus knows.
+                try existing.call("undefine", "virNetworkUndefine") { libvirt.virNetworkUndefine($0) }
             }
-            // A stopped network (a host reboot without autostart) is defined again from what Nimbus knows.
-            try existing.call("undefine", "virNetworkUndefine") { libvirt.virNetworkUndefine($0) }
+            let defined = try connection.defineNetwork(Self.xml(network))
+            try defined.call("mark autostart", "virNetworkSetAutostart") { libvirt.virNetworkSetAutostart($0, 1) }
+            try defined.call("start", "virNetworkCreate") { libvirt.virNetworkCreate($0) }
         }
-        let defined = try connection.defineNetwork(Self.xml(network))
-        try defined.call("mark autostart", "virNetworkSetAutostart") { libvirt.virNetworkSetAutostart($0, 1) }
-        try defined.call("start", "virNetworkCreate") { libvirt.virNetworkCreate($0) }
     }
 
     public func tearDown(_ network: NetworkDefinition) async throws(NimbusError) {
-        let connection = try LibvirtConnection(uri: uri)
-        guard let existing = try connection.network(named: Self.libvirtName(network.name)) else { return }
-        if existing.isActive {
-            try existing.call("stop", "virNetworkDestroy") { libvirt.virNetworkDestroy($0) }
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            let connection = try LibvirtConnection(uri: uri)
+            guard let existing = try connection.network(named: Self.libvirtName(network.name)) else { return }
+            if existing.isActive {
+                try existing.call("stop", "virNetworkDestroy") { libvirt.virNetworkDestroy($0) }
+            }
+            try existing.call("undefine", "virNetworkUndefine") { libvirt.virNetworkUndefine($0) }
         }
-        try existing.call("undefine", "virNetworkUndefine") { libvirt.virNetworkUndefine($0) }
     }
 
     public func health(_ network: NetworkDefinition) async -> NetworkHealth {
-        guard let connection = try? LibvirtConnection(uri: uri),
-            let existing = try? connection.network(named: Self.libvirtName(network.name)), existing.isActive,
-            let xml = existing.xml()
-        else {
-            return NetworkHealth(bridgeUp: false, dnsPID: nil, natActive: false)
+        return await LibvirtExecutor.answer(uri) { () -> NetworkHealth in
+            guard let connection = try? LibvirtConnection(uri: uri),
+                let existing = try? connection.network(named: Self.libvirtName(network.name)), existing.isActive,
+                let xml = existing.xml()
+            else {
+                return NetworkHealth(bridgeUp: false, dnsPID: nil, natActive: false)
+            }
+            let known = Self.hosts(inXML: xml)
+            let unknown = network.hosts.filter { !known.contains($0) }.map(\.name)
+            let pid = localDNSMasqPID(network)
+            return NetworkHealth(
+                bridgeUp: true, dnsPID: pid, natActive: network.nat, unknownHosts: unknown,
+                dnsRunning: dnsmasqRunning(network) ?? true)
         }
-        let known = Self.hosts(inXML: xml)
-        let unknown = network.hosts.filter { !known.contains($0) }.map(\.name)
-        let pid = localDNSMasqPID(network)
-        return NetworkHealth(
-            bridgeUp: true, dnsPID: pid, natActive: network.nat, unknownHosts: unknown,
-            dnsRunning: dnsmasqRunning(network) ?? true)
     }
 
     public func hostsChanged(_ network: NetworkDefinition) async {
-        guard let connection = try? LibvirtConnection(uri: uri),
-            let existing = try? connection.network(named: Self.libvirtName(network.name))
-        else { return }
-        _ = try? sync(network, on: existing)
+        await LibvirtExecutor.answer(uri) {
+            guard let connection = try? LibvirtConnection(uri: uri),
+                let existing = try? connection.network(named: Self.libvirtName(network.name))
+            else { return }
+            _ = try? sync(network, on: existing)
+        }
     }
 
     /// This host's addresses and routes when the daemon is local, and every libvirt network's subnet on the
     /// daemon's host (active or not), which a new network must not overlap either.
     public func hostSubnets() async -> [IPv4Subnet] {
-        var subnets = LibvirtDriver.isLocal(uri) ? await HostAddresses.subnets() : []
-        if let connection = try? LibvirtConnection(uri: uri) {
-            for network in (try? connection.allNetworks()) ?? [] {
-                subnets += Self.subnets(inXML: network.xml() ?? "")
+        return await LibvirtExecutor.answer(uri) { () -> [IPv4Subnet] in
+            var subnets = LibvirtDriver.isLocal(uri) ? await HostAddresses.subnets() : []
+            if let connection = try? LibvirtConnection(uri: uri) {
+                for network in (try? connection.allNetworks()) ?? [] {
+                    subnets += Self.subnets(inXML: network.xml() ?? "")
+                }
             }
+            return subnets
         }
-        return subnets
     }
 
     // MARK: - Hosts

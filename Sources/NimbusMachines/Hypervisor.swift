@@ -16,10 +16,18 @@ public protocol Hypervisor: Sendable {
 
     /// Checks, before anything is written, that machines can be started here: for libvirt, that the
     /// daemon answers. An error says how to fix it.
-    func checkReachable() throws(NimbusError)
+    func checkReachable() async throws(NimbusError)
     /// The accelerator a machine started with `choice` would run on, and why: this host's for QEMU, the
     /// daemon host's for libvirt.
     func accelerator(for choice: AcceleratorChoice) async throws(NimbusError) -> AcceleratorDecision
+    /// The memory of the host the machines run on (this host for QEMU, the daemon's host for libvirt), for
+    /// refusing a machine that cannot fit; nil when the host does not say.
+    func hostMemory() async throws(NimbusError) -> ByteSize?
+    /// What the machine in `directory` has written to its serial console, from byte `offset` of its log on:
+    /// the log in the folder, or on a remote host the one its daemon keeps there. Empty when nothing more
+    /// was written; from the start when the log was rotated below `offset`.
+    /// nil when the machine has no log yet (never started); else the bytes and the offset to read from next.
+    func serialLog(of directory: MachineDirectory, from offset: UInt64) async throws(NimbusError) -> SerialLog.Chunk?
     /// Why shares of `transport` cannot work with this driver here, or nil when they can.
     func shareProblem(_ transport: MachineConfig.Share.Transport) -> String?
     /// Starts `config` in `directory` and returns once the machine runs and its control channel answers.

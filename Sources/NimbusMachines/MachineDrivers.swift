@@ -152,13 +152,13 @@ public protocol MachineDefinitions: Sendable {
     /// The place the definitions live (a daemon's URI), as `Hypervisor.place` names it.
     var place: String { get }
     /// Every Nimbus machine defined at the place.
-    func definedMachines() throws(NimbusError) -> [DefinedMachine]
+    func definedMachines() async throws(NimbusError) -> [DefinedMachine]
     /// What is defined at the place under the name a machine called `machine` would have.
-    func definition(of machine: String) throws(NimbusError) -> DefinitionLookup
+    func definition(of machine: String) async throws(NimbusError) -> DefinitionLookup
     /// Makes `directory` the folder of `machine` (which names it): the driver finds it there again.
-    func adopt(_ machine: DefinedMachine, in directory: MachineDirectory) throws(NimbusError)
+    func adopt(_ machine: DefinedMachine, in directory: MachineDirectory) async throws(NimbusError)
     /// Replaces the owner's annotations kept with the definition of the machine in `directory`.
-    func annotate(_ directory: MachineDirectory, _ annotations: [String: String]) throws(NimbusError)
+    func annotate(_ directory: MachineDirectory, _ annotations: [String: String]) async throws(NimbusError)
 }
 
 /// What `MachineDefinitions.definition(of:)` found.

@@ -97,7 +97,7 @@ public protocol MachineNetworks: Sendable {
     /// or the libvirt daemon's URI. A machine joins only networks of its own place.
     var place: String { get }
     /// Why this host cannot make networks (not root, a program missing), or nil.
-    func createProblem() -> String?
+    func createProblem() async -> String?
     /// Why this user cannot start machines on networks root made, or nil.
     func attachProblem() -> String?
     /// Makes the bridge, its address, the DNS/DHCP server and the NAT rules, whichever are missing.

@@ -30,4 +30,34 @@ public enum SerialLog {
             return
         }
     }
+
+    /// Bytes of a log read from an offset, and where the next read starts.
+    public struct Chunk: Sendable, Equatable {
+        public var data: Data
+        public var next: UInt64
+
+        public init(data: Data, next: UInt64) {
+            self.data = data
+            self.next = next
+        }
+    }
+
+    /// What `file` holds from `offset` on; from its start when it is shorter than `offset` (rotated since the
+    /// last read); nil when it does not exist.
+    public static func read(_ file: URL, from offset: UInt64) throws(NimbusError) -> Chunk? {
+        guard let handle = try? FileHandle(forReadingFrom: file) else {
+            guard FileManager.default.fileExists(atPath: file.path) else { return nil }
+            throw NimbusError(.io, "cannot read \(file.path): check its permissions")
+        }
+        defer { try? handle.close() }
+        do {
+            let size = try handle.seekToEnd()
+            let start = size < offset ? 0 : offset
+            try handle.seek(toOffset: start)
+            let data = try handle.readToEnd() ?? Data()
+            return Chunk(data: data, next: start + UInt64(data.count))
+        } catch {
+            throw NimbusError(.io, "cannot read \(file.path): \(error.localizedDescription)", cause: error)
+        }
+    }
 }

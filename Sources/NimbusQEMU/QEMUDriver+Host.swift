@@ -11,6 +11,21 @@ import Synchronization
 /// file of a QEMU machine is in its folder: no storage or definitions elsewhere.
 extension QEMUDriver {
     public var hostLabel: String { "local" }
+
+    /// MemTotal from /proc/meminfo.
+    public func hostMemory() async throws(NimbusError) -> ByteSize? {
+        guard let text = try? String(contentsOfFile: "/proc/meminfo", encoding: .utf8),
+            let line = text.split(separator: "\n").first(where: { $0.hasPrefix("MemTotal:") }),
+            let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
+        else { return nil }
+        return ByteSize(bytes: kib * 1024)
+    }
+
+    public func serialLog(of directory: MachineDirectory, from offset: UInt64) async throws(NimbusError)
+        -> SerialLog.Chunk?
+    {
+        try SerialLog.read(directory.serialLog, from: offset)
+    }
     public var storage: (any MachineStorage)? { nil }
     public var definitions: (any MachineDefinitions)? { nil }
     public var networks: (any MachineNetworks)? { QEMUNetworks() }

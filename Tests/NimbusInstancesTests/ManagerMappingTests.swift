@@ -29,7 +29,7 @@ struct ManagerMappingTests {
         defer { dir.remove() }
         let manager = InstanceManager(paths: dir.paths, config: NimbusConfig())
         let hostKey = SSHKeyPair(comment: "host")
-        let config = manager.personality(
+        let config = manager.builder.personality(
             try spec(in: dir), userKeys: ["ssh-ed25519 AAAA me"], hostKey: hostKey, user: "nimbus")
         #expect(config.hostname == "web")
         #expect(config.locale == "en_GB.UTF-8" && config.timezone == "Europe/Paris")
@@ -42,11 +42,13 @@ struct ManagerMappingTests {
         // 9p when asked for, with the options its transport needs.
         var ninep = try spec(in: dir)
         ninep.mountType = .ninep
-        let shared = manager.personality(ninep, userKeys: [], hostKey: hostKey, user: "nimbus")
+        let shared = manager.builder.personality(ninep, userKeys: [], hostKey: hostKey, user: "nimbus")
         #expect(shared.mounts.contains { $0.first == "nimbus0" && $0[2] == "9p" && $0[3].hasPrefix("trans=virtio") })
         #expect(
-            manager.machineConfig(ninep, state: InstanceState(), in: manager.store.directory(try InstanceName("web")))
-                .shares.map(\.transport) == [.ninep])
+            manager.planner.machineConfig(
+                ninep, state: InstanceState(), in: manager.store.directory(try InstanceName("web"))
+            )
+            .shares.map(\.transport) == [.ninep])
     }
 
     @Test("the machine gets the overlay, the scratch disk, the seed, the forwards and the shares")
@@ -60,7 +62,7 @@ struct ManagerMappingTests {
         defer { close(held) }
         var state = InstanceState()
         state.sshPort = port
-        let machine = manager.machineConfig(try spec(in: dir), state: state, in: folder)
+        let machine = manager.planner.machineConfig(try spec(in: dir), state: state, in: folder)
         #expect(machine.cpus == 3 && machine.memory == .mebibytes(1536))
         #expect(machine.disks.map(\.path) == [folder.disk.path, folder.ephemeralDisk.path])
         #expect(machine.disks.last?.format == .raw)
@@ -74,7 +76,7 @@ struct ManagerMappingTests {
         var direct = try spec(in: dir)
         direct.firmware = .bios
         direct.kernel = .init(kernel: "/k/vmlinuz", initrd: "/k/initrd.img", commandLine: "root=LABEL=nimbus-root")
-        let booted = manager.machineConfig(direct, state: InstanceState(), in: folder)
+        let booted = manager.planner.machineConfig(direct, state: InstanceState(), in: folder)
         #expect(booted.kernel == direct.kernel)
         #expect(booted.firmware == .bios)
     }

@@ -150,7 +150,7 @@ struct NetworkUnitTests {
         try manager.networks.store.create(
             NetworkSpec(name: "n1", subnet: try IPv4Subnet(parsing: "192.168.100.0/24", what: ""), nat: false))
         var config = InstanceConfig()
-        try manager.addNetworks(
+        try manager.builder.addNetworks(
             [NetworkAttachment(network: "n1", address: IPv4Address("192.168.100.9"), macAddress: "52:54:00:aa:bb:cc")],
             to: &config)
         let seed = try NoCloudSeed(config: config, name: "web")
@@ -172,7 +172,7 @@ struct NetworkUnitTests {
             NetworkSpec(name: "out", subnet: try IPv4Subnet(parsing: "192.168.120.0/24", what: ""), nat: true))
         var config = InstanceConfig()
         config.network.interfaces = [.init(macAddress: "52:54:00:00:00:01", dhcp4: true)]
-        try manager.addNetworks(
+        try manager.builder.addNetworks(
             [
                 NetworkAttachment(
                     network: "out", address: IPv4Address("192.168.120.9"), macAddress: "52:54:00:aa:bb:cc",

@@ -37,8 +37,8 @@ struct SeedTransportTests {
         var config = InstanceConfig()
         config.hostname = "web"
         let seed = try NoCloudSeed(config: config, name: "web", userData: nil)
-        try manager.writeSeedFolder(seed, in: folder)
-        let seedFolder = InstanceManager.seedFolder(folder)
+        try manager.builder.writeSeedFolder(seed, in: folder)
+        let seedFolder = InstanceBuilder.seedFolder(folder)
         for file in seed.files {
             let url = seedFolder.appending(path: file.name)
             #expect(FileManager.default.contents(atPath: url.path).map(Array.init) == file.contents, "\(file.name)")
@@ -62,7 +62,8 @@ struct SeedTransportTests {
         var spec = InstanceSpec(name: try InstanceName("web"), image: "debian:12")
         spec.seedTransport = .http
         let folder = manager.store.directory(spec.name)
-        let machine = manager.machineConfig(spec, state: InstanceState(), in: folder, seedURL: "http://10.0.2.2:4242/")
+        let machine = manager.planner.machineConfig(
+            spec, state: InstanceState(), in: folder, seedURL: "http://10.0.2.2:4242/")
         #expect(machine.seed == .noCloudNet(url: "http://10.0.2.2:4242/"))
         let arguments = try QEMUCommandLine.machine(machine, in: folder.machine, accelerator: .tcg, sshHostPort: 2200)
             .render()
@@ -91,7 +92,7 @@ struct SeedTransportTests {
         let name = try InstanceName("web")
         var config = InstanceConfig()
         config.hostname = "web"
-        try manager.writeSeedFolder(
+        try manager.builder.writeSeedFolder(
             try NoCloudSeed(config: config, name: "web", userData: nil), in: manager.store.directory(name))
         var spec = InstanceSpec(name: name, image: "debian:12")
         spec.seedTransport = .http

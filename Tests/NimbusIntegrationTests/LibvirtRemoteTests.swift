@@ -68,6 +68,11 @@ struct LibvirtRemoteTests {
                 #expect(hostname.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == name)
                 let info = try await NimbusBinary.run(["info", name, "--format", "json"], home: home.url)
                 #expect(info.standardOutput.contains("@\(host.address):"), "\(info.standardOutput)")
+                // The serial log is the remote daemon's, on that host: qemu+tcp gives no way to its files.
+                let tcpLogs = try await NimbusBinary.run(["logs", name], home: home.url)
+                #expect(tcpLogs.status == NimbusError.Code.unsupported.exitStatus, "\(tcpLogs.standardError)")
+                #expect(tcpLogs.standardError.contains("not a qemu+ssh URI"), "\(tcpLogs.standardError)")
+                #expect(tcpLogs.standardError.contains(LibvirtRemote.serialLogPath(domain: domain)))
 
                 let stop = try await NimbusBinary.run(["stop", name, "--timeout", "180"], home: home.url)
                 #expect(stop.status == 0, "\(stop.standardError)")
@@ -98,6 +103,17 @@ struct LibvirtRemoteTests {
                 #expect(list.status == 0 && list.standardOutput.contains(second), "\(list.standardOutput)")
                 let hostname2 = try await NimbusBinary.run(["exec", second, "--", "hostname"], home: home.url)
                 #expect(hostname2.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == second)
+                // Over qemu+ssh, `logs` reads the log the remote daemon keeps on its host (in the namespace's own
+                // /var/log/libvirt, which this host's files do not show): the guest's boot and login prompt.
+                let logs = try await NimbusBinary.run(["logs", second], home: home.url)
+                #expect(logs.status == 0, "\(logs.standardError)")
+                #expect(logs.standardOutput.contains("Linux version"), "\(logs.standardOutput.suffix(2000))")
+                #expect(logs.standardOutput.contains("\(second) login:"), "\(logs.standardOutput.suffix(2000))")
+                // Memory is judged by the remote host's own (libvirt's node info), named in the error.
+                let big = try await NimbusBinary.run(
+                    Self.launchArguments("big", uri: host.sshURI, extra: ["--memory", "100000G"]), home: home.url)
+                #expect(big.status == 64, "\(big.standardError)")
+                #expect(big.standardError.contains("is more than \(host.address)'s"), "\(big.standardError)")
                 #expect(try await host.volumes(in: "nimbus").filter { $0.hasPrefix("nimbus-base-") } == base)
                 let delete2 = try await NimbusBinary.run(["delete", "--purge", second], home: home.url)
                 #expect(delete2.status == 0, "\(delete2.standardError)")

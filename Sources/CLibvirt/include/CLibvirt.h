@@ -90,6 +90,7 @@
     X(virDomainDefineXMLFlags) \
     X(virDomainGetUUIDString) \
     X(virConnectGetCapabilities) \
+    X(virNodeGetInfo) \
     X(virStoragePoolGetXMLDesc) \
     X(virStorageVolCreateXMLFrom) \
     X(virStorageVolGetXMLDesc) \

@@ -46,7 +46,7 @@ public struct NetworkManager: Sendable {
         try NetworkSpec.checkName(name)
         let networks = try networks(for: driver)
         if let subnet { try Self.checkShape(subnet) }
-        if let problem = networks.createProblem() {
+        if let problem = await networks.createProblem() {
             throw NimbusError(.unsupported, "cannot create network \(name): \(problem)")
         }
         let spec = try await store.withLock { () async throws -> NetworkSpec in
@@ -122,7 +122,7 @@ public struct NetworkManager: Sendable {
     public func delete(_ name: String) async throws {
         try NetworkSpec.checkName(name)
         let networks = try networks(for: try store.load(name))
-        if let problem = networks.createProblem() {
+        if let problem = await networks.createProblem() {
             throw NimbusError(.unsupported, "cannot delete network \(name): \(problem)")
         }
         try await store.withLock { () async throws -> Void in
@@ -263,7 +263,7 @@ public struct NetworkManager: Sendable {
             let health = await networks.health(definition)
             if !health.isHealthy(for: definition) {
                 let problems = health.problems(for: definition).joined(separator: ", ")
-                guard networks.createProblem() == nil else {
+                guard await networks.createProblem() == nil else {
                     throw NimbusError(
                         .invalidState,
                         "network \(spec.name) is not running (\(problems)): as root, `nimbus network start \(spec.name)`, then start \(instance) again"

@@ -16,14 +16,12 @@ struct AccessLogs: AsyncParsableCommand {
 
     func run() async throws {
         let context = try CommandContext(global: global)
-        let log = try InstanceStore(paths: context.paths).requireExisting(try instance.instanceName).serialLog
-        guard let handle = try? FileHandle(forReadingFrom: log) else {
-            throw NimbusError(.notFound, "\(instance.name) has no serial log yet: it has not been started")
-        }
-        defer { try? handle.close() }
+        let name = try instance.instanceName
+        var offset: UInt64 = 0
         while true {
-            let data = handle.readDataToEndOfFile()
-            if !data.isEmpty { FileHandle.standardOutput.write(data) }
+            let chunk = try await context.manager.serialLog(name, from: offset)
+            if !chunk.data.isEmpty { FileHandle.standardOutput.write(chunk.data) }
+            offset = chunk.next
             guard follow else { return }
             try await Task.sleep(for: .milliseconds(250))
         }

@@ -1,0 +1,161 @@
+import Foundation
+import NimbusCore
+
+/// What the guest's serial console has shown so far, read from the log incrementally: each poll reads only
+/// what was appended since the last. Used by one wait at a time.
+final class SerialWatch {
+    let url: URL
+    private var offset: UInt64 = 0
+    private var partialLine = ""
+    /// The last 64 KiB of the log.
+    private(set) var tail = ""
+    /// The kernel's banner (`Linux version`) has been printed.
+    private(set) var sawKernel = false
+    /// cloud-init's banner (`Cloud-init v. 22.4.2 running 'init-local'`) has been printed.
+    private(set) var sawCloudInit = false
+    /// When a getty's login prompt (`localhost login: `) was first seen.
+    private(set) var loginPromptAt: ContinuousClock.Instant?
+    /// The block devices the kernel reported (`vda (virtio disk)`, `sr0 (CD-ROM)`), in order, once each.
+    private(set) var blockDevices: [String] = []
+    /// systemd reached `ignition-complete.target` in the initramfs: every Ignition stage succeeded.
+    private(set) var ignitionFinished = false
+    /// Whether `ignitionFinished` has been reported (by `Readiness.checkIgnition`).
+    var ignitionReported = false
+    /// The Ignition stage whose unit failed (`fetch-offline`, `files`), and when the failure showed.
+    private var failedStage: String?
+    private var failedStageAt: ContinuousClock.Instant?
+    private var collectingErrors = false
+    /// dracut's emergency shell showed after a failed stage.
+    private var sawEmergency = false
+    /// Ignition's own error lines (`ignition[412]: ... error ...`, `CRITICAL`), in order.
+    private(set) var ignitionErrors: [String] = []
+
+    init(_ url: URL) { self.url = url }
+
+    /// Reads what the log gained since the last poll.
+    func poll() {
+        guard let handle = try? FileHandle(forReadingFrom: url) else { return }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        if size < offset {  // rotated or cut: start over
+            offset = 0
+            partialLine = ""
+        }
+        guard size > offset, (try? handle.seek(toOffset: offset)) != nil,
+            let data = try? handle.read(upToCount: Int(size - offset))
+        else { return }
+        offset += UInt64(data.count)
+        let text = String(decoding: data, as: UTF8.self)
+        tail = String((tail + text).suffix(65_536))
+        // Split on Characters that are newlines: a console's "\r\n" is one Character, never equal to "\n".
+        var lines = (partialLine + text).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+        partialLine = String(lines.removeLast())
+        for line in lines { scan(line) }
+        // A login prompt waits for input: it ends no line.
+        if loginPromptAt == nil, Self.isLoginPrompt(partialLine) { loginPromptAt = .now }
+    }
+
+    private func scan(_ line: Substring) {
+        if !sawKernel, line.contains("Linux version") { sawKernel = true }
+        if !sawCloudInit, line.contains("Cloud-init v.") { sawCloudInit = true }
+        if loginPromptAt == nil, Self.isLoginPrompt(line) { loginPromptAt = .now }
+        if let device = Self.blockDevice(in: line), !blockDevices.contains(device) { blockDevices.append(device) }
+        scanIgnition(line)
+    }
+
+    /// Ignition's progress as systemd and Ignition print it on the console, colours removed: `Reached target
+    /// ignition-co…te.target - Ignition Complete.` (systemd shortens unit names to fit, so the descriptions
+    /// are what is matched), `Failed to start ignition-files.service - Ignition (files).`, Ignition's error
+    /// lines (its own `ignition[PID]: ... error` lines, or those the image's emergency hook lists under
+    /// "Ignition's errors"), and dracut's emergency shell, which a failed stage ends in.
+    private func scanIgnition(_ raw: Substring) {
+        if collectingErrors {
+            let text = Self.withoutColours(raw).trimmingCharacters(
+                in: .whitespacesAndNewlines.union(.controlCharacters))
+            if text.hasPrefix("------") {
+                collectingErrors = false
+            } else {
+                recordIgnitionError(text)
+            }
+            return
+        }
+        guard raw.contains("gnition") || raw.contains("mergency") else { return }
+        let line = Self.withoutColours(raw)
+        // The image's emergency hook lists Ignition's journal lines under this header, up to a "------" rule.
+        if line.contains("Ignition's errors") {
+            collectingErrors = true
+            return
+        }
+        if line.contains("Reached target"), line.contains("Ignition Complete") { ignitionFinished = true }
+        if failedStage == nil, line.contains("Failed to start"), let open = line.range(of: "Ignition (") {
+            failedStage = String(line[open.upperBound...].prefix { $0 != ")" })
+            failedStageAt = .now
+        }
+        if line.contains("ignition["), line.contains("error") || line.contains("CRITICAL") {
+            recordIgnitionError(line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters)))
+        }
+        if failedStage != nil, line.contains("mergency") { sawEmergency = true }
+    }
+
+    /// Keeps one of Ignition's error lines, once.
+    private func recordIgnitionError(_ text: String) {
+        if !text.isEmpty, !ignitionErrors.contains(text) { ignitionErrors.append(text) }
+    }
+
+    /// The failed stage once the emergency shell and Ignition's errors have shown, or 10 s after the failure
+    /// whatever showed (a dracut that words it otherwise): nothing boots after a failed stage either way.
+    func ignitionFailure() -> String? {
+        guard let failedStage, let failedStageAt else { return nil }
+        // The emergency shell's hook prints the failed units' logs, Ignition's errors among them, just after.
+        if sawEmergency, !ignitionErrors.isEmpty { return failedStage }
+        return ContinuousClock.now - failedStageAt > .seconds(10) ? failedStage : nil
+    }
+
+    /// `line` without terminal escape sequences (`ESC [ ... letter`), which systemd colours its status with.
+    static func withoutColours(_ line: some StringProtocol) -> String {
+        var result = ""
+        var escape = false
+        var iterator = line.unicodeScalars.makeIterator()
+        while let scalar = iterator.next() {
+            if escape {
+                if scalar.properties.isAlphabetic { escape = false }
+                continue
+            }
+            if scalar == "\u{1b}" {
+                escape = true
+                _ = iterator.next()  // the "["
+                continue
+            }
+            result.unicodeScalars.append(scalar)
+        }
+        return result
+    }
+
+    /// A getty's prompt, `localhost login: `, at the start of a line (the console may append kernel or
+    /// cloud-init output to it), with the terminal's carriage returns ignored.
+    static func isLoginPrompt(_ line: some StringProtocol) -> Bool {
+        let text = line.trimmingCharacters(in: .whitespacesAndNewlines.union(.controlCharacters))
+        guard let prompt = text.range(of: " login:") else { return false }
+        let host = text[..<prompt.lowerBound]
+        let after = text[prompt.upperBound...].drop { $0 == " " }
+        return !host.isEmpty && !host.contains(" ") && !host.contains("[") && (after.isEmpty || after.first == "[")
+    }
+
+    /// The disk named in a kernel line such as `virtio_blk virtio2: [vda] 8388608 512-byte logical blocks`
+    /// or `sr 0:0:0:0: [sr0] scsi3-mmc drive`, with its kind.
+    static func blockDevice(in line: some StringProtocol) -> String? {
+        guard let open = line.firstIndex(of: "["), let close = line[open...].firstIndex(of: "]") else {
+            return nil
+        }
+        // The timestamp `[    1.234]` comes first: look at the next bracket too.
+        let name = line[line.index(after: open)..<close]
+        if name.first?.isNumber == true || name.first == " " {
+            return blockDevice(in: line[line.index(after: close)...])
+        }
+        let kinds: [(prefix: String, kind: String)] = [("vd", "virtio disk"), ("sd", "SCSI disk"), ("sr", "CD-ROM")]
+        guard let match = kinds.first(where: { name.hasPrefix($0.prefix) }), name.count <= 6,
+            name.allSatisfy({ $0.isLetter || $0.isNumber })
+        else { return nil }
+        return "\(name) (\(match.kind))"
+    }
+}
