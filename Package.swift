@@ -76,6 +76,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
         .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        // `swift package generate-documentation --target NimbusInstances` (the DocC catalog; scripts/test builds it).
+        .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
     targets: [
         // Stand-alone formats and protocols: they import nothing else of the package.
@@ -169,6 +171,11 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: swiftSettings
+        ),
+        // The library's face: a client of the public API alone, built (and run against the test guest) in CI.
+        .executableTarget(
+            name: "LaunchAndRun", dependencies: ["NimbusInstances", "NimbusDrivers", "NimbusCore"],
+            path: "Examples/LaunchAndRun", swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "nimbus", dependencies: ["NimbusCommands"],

@@ -37,25 +37,51 @@ import Yams
 public struct FleetFile: Sendable {
     /// One instance's entry; every key but `name` is optional.
     public struct Entry: Codable, Sendable, Equatable {
+        /// The instance's name; required in each `instances:` entry, ignored under `defaults:`.
         public var name: String?
+        /// The image reference (`debian:12`); config.yaml's `image` when nil.
         public var image: String?
+        /// The number of virtual CPUs; config.yaml's `cpus` when nil.
         public var cpus: Int?
+        /// The guest's memory, a size like `512M` or `2G` (binary units); config.yaml's `memory` when nil.
         public var memory: String?
+        /// The disk's virtual size, like `10G`; config.yaml's `disk` when nil.
         public var disk: String?
+        /// The guest's hostname; the instance name when nil. Never taken from `defaults:`.
         public var hostname: String?
+        /// The guest's system locale (`en_US.UTF-8`); the image's own when nil.
         public var locale: String?
+        /// The guest's time zone from the tz database (`Europe/Paris`); the image's own when nil.
         public var timezone: String?
+        /// Host ports forwarded to the guest, as `launch --forward` takes them (`8080:80`, `5353:53/udp`);
+        /// never taken from `defaults:`.
         public var forwards: [String]?
+        /// Host folders shared into the guest, as `HOST:GUEST`; a relative HOST is relative to the fleet file.
         public var mounts: [String]?
+        /// How `mounts` reach the guest (`mount-type`): `virtiofs`, `9p` or `auto`; `auto` when nil.
         public var mountType: String?
+        /// A scratch disk emptied at every start, `SIZE[:MOUNTPOINT]` as `launch --ephemeral`; mounted at
+        /// `/mnt` when no mount point is given.
         public var ephemeral: String?
+        /// Inline cloud-init user-data (`cloud-init`); wins over `cloud-init-file`.
         public var cloudInit: String?
+        /// A file of cloud-init user-data (`cloud-init-file`), relative to the fleet file.
         public var cloudInitFile: String?
+        /// An Ignition config for CoreOS images (`ignition-file`), relative to the fleet file, as
+        /// `launch --ignition`.
         public var ignitionFile: String?
+        /// OpenSSH public key files (`ssh-keys`) authorised for the default user, relative to the fleet
+        /// file; those under `defaults:` are added to each entry's.
         public var sshKeys: [String]?
+        /// Host networks to join, each `NAME` or `NAME:ADDRESS`, as `launch --network`.
         public var networks: [String]?
+        /// `qemu` or `libvirt`, as `launch --driver`; config.yaml's `driver` when nil.
         public var driver: String?
+        /// The libvirt daemon's URI (`qemu+ssh://admin@host2/system`), as `launch --connect`; the
+        /// driver's default when nil.
         public var connect: String?
+        /// The network (one with NAT) the guest's default route goes through (`default-route`), as
+        /// `launch --default-route`.
         public var defaultRoute: String?
 
         enum CodingKeys: String, CodingKey {
@@ -89,7 +115,9 @@ public struct FleetFile: Sendable {
 
     /// A network of the file's `networks:` mapping.
     public struct Network: Codable, Sendable, Equatable {
+        /// The network's IPv4 subnet (`192.168.50.0/24`); a free private /24 when nil.
         public var subnet: String?
+        /// Whether traffic to the outside is masqueraded (`--nat`); false when nil.
         public var nat: Bool?
     }
 

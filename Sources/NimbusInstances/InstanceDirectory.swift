@@ -7,6 +7,7 @@ public struct InstanceDirectory: Sendable, Hashable {
     /// The folder itself: `instances/<name>`.
     public let url: URL
 
+    /// The instance folder at `url`, which need not exist yet.
     public init(url: URL) { self.url = url }
 
     private func file(_ name: String) -> URL { url.appending(path: name, directoryHint: .notDirectory) }

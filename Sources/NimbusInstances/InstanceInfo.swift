@@ -12,7 +12,9 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
         case missing
     }
 
+    /// The instance's name.
     public var name: String
+    /// The live process's state; `deleted` after `delete`, `error` after a failed launch or start.
     public var state: State
     /// The image reference launched from.
     public var image: String
@@ -23,7 +25,9 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var ipv4: [String]
     /// `user@127.0.0.1:port`, while running.
     public var ssh: String?
+    /// The number of virtual CPUs (0 when the instance's files cannot be read).
     public var cpus: Int
+    /// The guest's memory.
     public var memory: ByteSize
     /// Bytes the overlay takes on the host.
     public var diskUsed: ByteSize?
@@ -31,6 +35,7 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var diskSize: ByteSize
     /// `kvm` or `tcg`, with why.
     public var accelerator: String?
+    /// Why `accelerator` was chosen at the last start; nil until the instance has started.
     public var acceleratorReason: String?
     /// Seconds since the last start, while running.
     public var uptime: Int?
@@ -53,8 +58,11 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
 
     /// An instance's place on a network.
     public struct NetworkAddress: Codable, Sendable, Equatable {
+        /// The network's name.
         public var name: String
+        /// The instance's IPv4 address on the network.
         public var address: String
+        /// The MAC address of the instance's NIC on the network.
         public var mac: String
     }
 }

@@ -9,6 +9,7 @@ public struct DoctorFinding: Sendable, Equatable {
     public var subject: String
     /// What was found, or what was done.
     public var detail: String
+    /// True when nothing is wrong; a false one fails `doctor` unless it is `fixed` or a `warning`.
     public var ok: Bool
     /// True when `--fix` repaired it.
     public var fixed: Bool = false

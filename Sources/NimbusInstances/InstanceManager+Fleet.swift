@@ -3,12 +3,20 @@ import NimbusCore
 
 /// What `apply` did.
 public struct ApplyReport: Sendable {
+    /// The instances launched and ready, sorted by name.
     public var launched: [InstanceName] = []
+    /// The file's instances that existed already, left alone.
     public var unchanged: [InstanceName] = []
+    /// The instances launched from this file that it no longer lists, purged by `prune`.
     public var pruned: [InstanceName] = []
+    /// The instances that could not be launched (or pruned), each with its error.
     public var failures: [(InstanceName, NimbusError)] = []
+    /// The file's networks that were missing and were made.
     public var networksCreated: [String] = []
+    /// The networks this file made that no instance uses any more, deleted by `prune`.
     public var networksPruned: [String] = []
+    /// The networks `prune` could not delete, each with its error. A network that could not be made
+    /// is in `failures`, under each instance on it.
     public var networkFailures: [(String, NimbusError)] = []
 }
 

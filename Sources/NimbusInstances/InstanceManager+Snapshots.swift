@@ -3,10 +3,11 @@ import NimbusCore
 
 /// One internal snapshot of an instance's disk.
 public struct SnapshotInfo: Codable, Sendable, Equatable {
+    /// The snapshot's name (`snapshot-20240102-150405`, in UTC, when none was given).
     public var name: String
-    /// When it was taken, as qemu-img prints it.
+    /// When it was taken, in ISO 8601 and UTC (`2024-01-02T15:04:05Z`).
     public var created: String
-    /// The size of saved VM state (0 for disk-only snapshots).
+    /// The size of the saved VM state, for people (`0 B` for disk-only snapshots).
     public var vmStateSize: String
 }
 

@@ -12,8 +12,11 @@ import Yams
 /// Every change of an instance happens under its lock (`InstanceStore.withLock`); waiting for a guest to
 /// become ready happens outside it, so `nimbus list` or `stop` never wait behind a booting guest.
 public struct InstanceManager: Sendable {
+    /// Where the instances, the image cache, the keys and the configuration live.
     public let paths: NimbusPaths
+    /// The installation's defaults, from config.yaml.
     public let config: NimbusConfig
+    /// The instance folders on disk, and their locks.
     public let store: InstanceStore
     let hypervisor: InstanceDrivers
     /// The host networks instances join.

@@ -3,6 +3,7 @@ import NimbusCore
 /// An instance's name: one RFC 1123 hostname label, so it can be the guest's hostname, a folder name and a
 /// libvirt domain name without escaping.
 public struct InstanceName: Hashable, Sendable, Comparable, Codable, CustomStringConvertible {
+    /// The name as text: 1 to 63 of a-z, 0-9 and '-', '-' neither first nor last.
     public let rawValue: String
 
     /// Validates `text`; the error says what is allowed.
@@ -29,6 +30,7 @@ public struct InstanceName: Hashable, Sendable, Comparable, Codable, CustomStrin
 
     public var description: String { rawValue }
 
+    /// Orders names by their text, as `list` shows them.
     public static func < (lhs: InstanceName, rhs: InstanceName) -> Bool { lhs.rawValue < rhs.rawValue }
 
     public init(from decoder: any Decoder) throws {

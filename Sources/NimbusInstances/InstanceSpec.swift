@@ -8,15 +8,21 @@ import NimbusMachines
 public struct InstanceSpec: Codable, Sendable, Equatable {
     /// The format of this file.
     public var version: Int = 1
+    /// The instance's name: its folder's, and the guest's hostname unless `hostname` is set.
     public var name: InstanceName
     /// The image reference as the user wrote it (`ubuntu:24.04`, `file:///…`).
     public var image: String
+    /// The number of virtual CPUs.
     public var cpus: Int = 2
+    /// The guest's memory.
     public var memory: ByteSize = .gibibytes(2)
+    /// The disk's virtual size; launch refuses one smaller than the image's.
     public var disk: ByteSize = .gibibytes(10)
     /// The guest's hostname; the instance name when nil.
     public var hostname: String?
+    /// The guest's system locale (`en_US.UTF-8`); the image's own when nil.
     public var locale: String?
+    /// The guest's time zone from the tz database (`Europe/Paris`); the image's own when nil.
     public var timezone: String?
     /// Public keys (OpenSSH lines) authorised for the default user, beside the installation's own key.
     public var sshAuthorizedKeys: [String] = []
@@ -34,6 +40,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var forwards: [MachineConfig.PortForward] = []
     /// The scratch disk that comes back empty at every start.
     public var ephemeral: EphemeralDisk?
+    /// The accelerator asked for (`--accel`): `kvm`, `tcg`, or `auto` for KVM where it can run the
+    /// guest, else TCG.
     public var accelerator: AcceleratorChoice = .auto
     /// `auto` is replaced at launch with `uefi` or `bios` (see `InstanceManager.resolveFirmware`), so every
     /// start boots the same way.
@@ -55,6 +63,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     /// NICs on host networks (`--network`), with the address and MAC each got at launch.
     public var networks: [NetworkAttachment] = []
 
+    /// A spec with the built-in defaults (2 CPUs, 2 GiB of memory, a 10 GiB disk); the other
+    /// initializer takes config.yaml's.
     public init(name: InstanceName, image: String) {
         self.name = name
         self.image = image
@@ -212,7 +222,9 @@ public enum MountType: String, Codable, Sendable, Equatable, CaseIterable {
 
 /// `--mount HOST:GUEST`: a host folder shared into the guest.
 public struct Mount: Codable, Sendable, Equatable {
+    /// The host folder's absolute path.
     public var hostPath: String
+    /// The absolute path the folder is mounted at in the guest.
     public var guestPath: String
 
     /// Parses `HOST:GUEST`; the host folder must exist, both paths are made absolute.
@@ -239,9 +251,13 @@ public struct Mount: Codable, Sendable, Equatable {
 
 /// `--ephemeral SIZE[:MOUNTPOINT]`: a scratch disk made empty before every start.
 public struct EphemeralDisk: Codable, Sendable, Equatable {
+    /// The scratch disk's size.
     public var size: ByteSize
+    /// Where the guest mounts it; `/mnt` unless given.
     public var mountPoint: String
 
+    /// Parses `SIZE[:MOUNTPOINT]` (`4G:/scratch`); throws when SIZE is not a size or the mount point
+    /// is not absolute.
     public init(parsing text: String) throws(NimbusError) {
         let parts = text.split(separator: ":", maxSplits: 1).map(String.init)
         size = try ByteSize(parsing: parts.first ?? "", what: "--ephemeral")

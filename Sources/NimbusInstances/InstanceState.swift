@@ -19,10 +19,13 @@ public struct InstanceState: Codable, Sendable, Equatable {
     public var sshHost: String?
     /// The user Nimbus logs in as.
     public var sshUser: String = "nimbus"
-    /// The accelerator chosen at the last start, and why.
+    /// The accelerator chosen at the last start, `kvm` or `tcg`.
     public var accelerator: String?
+    /// Why that accelerator was chosen.
     public var acceleratorReason: String?
+    /// When the instance was launched (when this state was first made).
     public var createdAt: Date = Date()
+    /// When the machine last started; nil before the first start. `info` counts uptime from it.
     public var lastStartedAt: Date?
     /// The cloud-init instance-id of the seed.
     public var seedInstanceID: String?
@@ -35,6 +38,7 @@ public struct InstanceState: Codable, Sendable, Equatable {
     /// True after `delete` without `--purge`: kept until `purge`, back with `recover`.
     public var deleted: Bool = false
 
+    /// A state with nothing recorded yet, created now.
     public init() {}
 
     public init(from decoder: any Decoder) throws {

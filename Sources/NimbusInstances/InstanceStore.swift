@@ -12,8 +12,10 @@ import Yams
 /// A struct, not an actor: all its state is on disk, guarded by `flock` across processes, which an actor's
 /// in-process isolation could not add to.
 public struct InstanceStore: Sendable {
+    /// Where the instance folders (`paths.instances`) and their locks live.
     public let paths: NimbusPaths
 
+    /// A store of the instances under `paths.instances`.
     public init(paths: NimbusPaths) {
         self.paths = paths
     }
@@ -58,6 +60,8 @@ public struct InstanceStore: Sendable {
 
     // MARK: Files
 
+    /// Reads the instance's instance.yaml; fails with `.notFound` when the instance does not exist, with
+    /// `.io` when the file is damaged.
     public func loadSpec(_ name: InstanceName) throws(NimbusError) -> InstanceSpec {
         let url = try requireExisting(name).spec
         do {
@@ -68,6 +72,8 @@ public struct InstanceStore: Sendable {
         }
     }
 
+    /// Reads the instance's state.json; fails with `.notFound` when the instance does not exist, with
+    /// `.io` when the file is damaged.
     public func loadState(_ name: InstanceName) throws(NimbusError) -> InstanceState {
         let url = try requireExisting(name).state
         do {

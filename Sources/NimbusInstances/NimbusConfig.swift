@@ -18,18 +18,26 @@ import Yams
 /// mirrors: { ubuntu: https://…, debian: https://…, fedora-coreos: https://… }
 /// ```
 public struct NimbusConfig: Codable, Sendable, Equatable {
+    /// The image new instances are launched from; `ubuntu:lts` unless set.
     public var image: String = "ubuntu:lts"
+    /// Virtual CPUs of a new instance; 2 unless set.
     public var cpus: Int = 2
+    /// Memory of a new instance; 2 GiB unless set.
     public var memory: ByteSize = .gibibytes(2)
+    /// The disk size of a new instance; 10 GiB unless set.
     public var disk: ByteSize = .gibibytes(10)
+    /// The driver new instances run on, `qemu` or `libvirt`; `qemu` unless set.
     public var driver: DriverKind = .qemu
+    /// The accelerator new instances ask for, `auto`, `kvm` or `tcg`; `auto` unless set.
     public var accelerator: AcceleratorChoice = .auto
+    /// The firmware new instances boot, `auto`, `uefi` or `bios`; `auto` unless set.
     public var firmware: FirmwareChoice = .auto
     /// QEMU's `-cpu` for new instances; nil for the accelerator's default.
     public var cpuModel: String?
     /// Seconds `stop` waits for the guest to power off before it forces it.
     public var stopTimeout: Int = 60
 
+    /// The built-in defaults, as with no config.yaml.
     public init() {}
 
     enum CodingKeys: String, CodingKey {

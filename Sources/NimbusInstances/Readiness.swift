@@ -21,8 +21,11 @@ public struct CloudInitResult: Sendable, Equatable, Decodable {
     public let status: String
     /// cloud-init's own messages for each module that failed.
     public let errors: [String]
+    /// cloud-init's explanation of the status (its `detail` key), such as why it is disabled; nil when
+    /// it gave none.
     public let detail: String?
 
+    /// A result of `status`, with no failed modules and no detail unless given.
     public init(status: String, errors: [String] = [], detail: String? = nil) {
         self.status = status
         self.errors = errors
@@ -46,10 +49,14 @@ public enum CloudInitSeed: Sendable {
 /// `cloudInitGrace`, naming the likely cause, instead of at the timeout: a seed the guest cannot see means
 /// ds-identify finds no datasource and disables cloud-init, and with it the user, keys and SSH host keys.
 public struct Readiness: Sendable {
+    /// The guest's serial console log, watched for the kernel, the login prompt, and cloud-init's or
+    /// Ignition's messages.
     public let serialLog: URL
+    /// How to reach the guest: its port is probed for sshd's banner, then one login asks cloud-init.
     public let ssh: SSHAccess
     /// Called as each phase is reached, with the time since `start`.
     public let report: @Sendable (BootPhase, Duration) -> Void
+    /// When the launch or start began: the deadline and each phase's time count from it.
     public let start: ContinuousClock.Instant
     /// Where the guest's cloud-init seed is; nil when the guest has no cloud-init to wait for: it is then
     /// configured by Ignition (CoreOS), whose result the console and /etc/.ignition-result.json show.
@@ -60,6 +67,8 @@ public struct Readiness: Sendable {
     /// systemd-user-sessions), so any wait here is a margin only.
     public var cloudInitGrace: Duration = .seconds(20)
 
+    /// A wait for the guest behind `ssh`; `start` is now and `cloudInit` nil (an Ignition guest)
+    /// unless given.
     public init(
         serialLog: URL, ssh: SSHAccess, start: ContinuousClock.Instant = .now, cloudInit: CloudInitSeed? = nil,
         report: @escaping @Sendable (BootPhase, Duration) -> Void

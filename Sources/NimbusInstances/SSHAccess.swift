@@ -15,13 +15,17 @@ public struct SSHAccess: Sendable {
     public let knownHosts: URL
     /// The name the host keys are filed under in known_hosts (independent of the port).
     public let hostAlias: String
+    /// The guest user to log in as (the instance's `sshUser`, `nimbus` by default).
     public let user: String
     /// Where the forwarded port is: 127.0.0.1, or the remote libvirt host the guest runs on.
     public let host: String
+    /// The port on `host` forwarded to the guest's SSH.
     public let port: UInt16
     /// Where the shared connection's socket lives.
     public let controlDirectory: URL
 
+    /// Access to `user` on the guest through `host`:`port`; `host` is 127.0.0.1 unless the guest runs on
+    /// a remote libvirt host.
     public init(
         identity: URL, knownHosts: URL, hostAlias: String, user: String, host: String = "127.0.0.1", port: UInt16,
         controlDirectory: URL

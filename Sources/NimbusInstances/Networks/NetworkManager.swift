@@ -9,10 +9,13 @@ import NimbusMachines
 /// What users do with networks (`nimbus network ...`), and what instances on them need: an address that
 /// stays, a running network at every start, their address back at delete.
 public struct NetworkManager: Sendable {
+    /// The networks on disk, with their reservations.
     public let store: NetworkStore
     let drivers: any MachineDrivers
     let progress: @Sendable (String) -> Void
 
+    /// A manager of the networks under `paths.networks`, made and run through `drivers`; `progress` gets
+    /// messages for people, one line each.
     public init(
         paths: NimbusPaths, drivers: any MachineDrivers, progress: @escaping @Sendable (String) -> Void = { _ in }
     ) {
@@ -105,6 +108,7 @@ public struct NetworkManager: Sendable {
         return infos
     }
 
+    /// One network with its health and instances; fails with `.notFound` when it does not exist.
     public func info(_ name: String) async throws -> NetworkInfo {
         let spec = try store.load(name)
         let definition = store.definition(spec)
@@ -319,22 +323,35 @@ struct PreparedAttachment: Sendable {
 
 /// A network as `nimbus network list/info` show it; its JSON keys are stable.
 public struct NetworkInfo: Codable, Sendable {
+    /// The network's name.
     public var name: String
+    /// Its IPv4 subnet, like `192.168.100.0/24`.
     public var subnet: String
+    /// The host's address on it (the bridge's): the subnet's first, `.1` in a /24.
     public var gateway: String
+    /// The host bridge (`nmb-NAME`, or `nmb-` and a hash of a long name).
     public var bridge: String
+    /// The DNS domain its instances resolve each other under, `NAME.internal`.
     public var domain: String
+    /// True when traffic to the outside is masqueraded.
     public var nat: Bool
+    /// `qemu` or `libvirt`.
     public var driver: String
     /// `active`, or `degraded` with `problems`.
     public var state: String
+    /// What is missing (a bridge down, a dead dnsmasq, NAT rules gone), for people; empty when
+    /// active.
     public var problems: [String]
+    /// The instances with an address on it, by address.
     public var instances: [Host]
 
     /// An instance on the network.
     public struct Host: Codable, Sendable {
+        /// The instance's name.
         public var name: String
+        /// Its IPv4 address on the network.
         public var address: String
+        /// Its NIC's MAC address; nil when the network has no DHCP entry for it.
         public var mac: String?
     }
 

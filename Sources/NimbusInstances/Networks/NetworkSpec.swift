@@ -8,6 +8,8 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
     public var version: Int = 1
     /// A DNS label: instances resolve each other under `<name>.internal`.
     public var name: String
+    /// The network's IPv4 subnet: its first address is the host's (the gateway), the rest are
+    /// the guests'.
     public var subnet: IPv4Subnet
     /// Traffic to the outside is masqueraded (`--nat`); otherwise the network reaches only its instances
     /// and the host.
@@ -17,10 +19,13 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
     /// The driver whose machines join the network, with the daemon it lives on (`--connect`; nil is the
     /// driver's default), stored as the keys `driver` and `connect`.
     public var driver: DriverChoice = .qemu
+    /// When the network was made.
     public var createdAt: Date = Date()
     /// The fleet file (`nimbus apply`) that made the network, whose `--prune` may delete it.
     public var fleet: String?
 
+    /// A new network's spec, its bridge named after `name` (`nmb-NAME`, or `nmb-` and a hash of a
+    /// long name).
     public init(name: String, subnet: IPv4Subnet, nat: Bool, driver: DriverChoice = .qemu) {
         self.name = name
         self.subnet = subnet
@@ -96,6 +101,7 @@ public struct NetworkSpec: Codable, Sendable, Equatable {
 /// `--network NAME[:ADDRESS]`: an instance's NIC on a network, stored in its instance.yaml with the address
 /// and MAC it got at launch, which it keeps for life.
 public struct NetworkAttachment: Codable, Sendable, Equatable {
+    /// The network's name.
     public var network: String
     /// Nil until launch picks one (or the user's, checked).
     public var address: IPv4Address?
@@ -105,6 +111,7 @@ public struct NetworkAttachment: Codable, Sendable, Equatable {
     /// user-mode NIC then keeps only its own subnet (SSH and forwards).
     public var defaultRoute: Bool = false
 
+    /// An attachment to `network`; launch fills in a nil `address` and `macAddress`.
     public init(network: String, address: IPv4Address? = nil, macAddress: String? = nil, defaultRoute: Bool = false) {
         self.network = network
         self.address = address

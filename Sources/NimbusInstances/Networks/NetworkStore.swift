@@ -15,17 +15,23 @@ import Yams
 /// when the file exists, so two launches (of any users: the folders are sticky and world-writable, like
 /// /tmp) never get one address; dnsmasq reads both folders as files come.
 public struct NetworkStore: Sendable {
+    /// The folder of all networks (`NimbusPaths.networks`).
     public let root: URL
 
+    /// The networks under `paths.networks`.
     public init(paths: NimbusPaths) {
         root = paths.networks
     }
 
     /// A reservation: which instance has which address and MAC on a network, and the user who made it.
     public struct Host: Sendable, Equatable {
+        /// The reserved address.
         public var address: IPv4Address
+        /// The name of the instance holding it.
         public var instance: String
+        /// The instance's MAC on the network; nil when its DHCP entry is missing or unreadable.
         public var macAddress: String?
+        /// The user who made the reservation: the owner of its hosts file.
         public var owner: uid_t
     }
 
@@ -33,6 +39,7 @@ public struct NetworkStore: Sendable {
     func specFile(_ name: String) -> URL { folder(name).appending(path: "network.yaml") }
     var lockFile: URL { root.appending(path: ".lock") }
 
+    /// True when a network of that name exists (its `network.yaml` is there).
     public func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: specFile(name).path) }
 
     /// Every network's name, sorted; folders being made (hidden) are not networks yet.
@@ -41,6 +48,8 @@ public struct NetworkStore: Sendable {
             .filter { !$0.hasPrefix(".") && exists($0) }.sorted()
     }
 
+    /// Reads the network's `network.yaml`; fails with `.notFound` when the network does not exist,
+    /// with `.io` when the file is damaged.
     public func load(_ name: String) throws(NimbusError) -> NetworkSpec {
         guard exists(name) else {
             throw NimbusError(
