@@ -127,18 +127,16 @@ public struct Readiness: Sendable {
             }
             try checkCloudInitStarted(console)
             try checkIgnition(console)
-            // Both failures below end the guest's output, so the log's tail holds them.
-            let tail = console.tail
             // A guest whose C library refuses the CPU never comes: glibc 2.33+ stops every program built for
             // a higher x86-64 level (init first, so the kernel panics next). Say which level and the fix.
-            if let level = Self.missingISALevel(in: tail) {
+            if let level = console.missingISALevel {
                 throw NimbusError(
                     .unsupported,
                     "the guest's programs need \(level), which the instance's CPU model does not offer: launch it with --cpu-model max (or set cpuModel: max in its instance.yaml and `nimbus start` it)\(serialTail())"
                 )
             }
             // A guest whose kernel panicked never comes; say so now rather than at the timeout.
-            if tail.contains("Kernel panic - not syncing") {
+            if console.sawKernelPanic {
                 throw NimbusError(
                     .processFailed,
                     "the guest's kernel panicked while waiting for \(phase.rawValue) (on a TCG host too loaded to run its vCPUs, a timer check can fail this way: `nimbus start` again once the host is quieter)\(serialTail(lines: 40))"
@@ -271,7 +269,7 @@ public struct Readiness: Sendable {
     }
 
     /// The x86-64 level (`x86-64-v3`) glibc's "CPU does not support x86-64-vN" names in `log`, if it does.
-    static func missingISALevel(in log: String) -> String? {
+    static func missingISALevel(in log: some StringProtocol) -> String? {
         guard let line = log.range(of: "CPU does not support x86-64-v") else { return nil }
         let level = log[line.upperBound...].prefix { $0.isNumber }
         return level.isEmpty ? nil : "x86-64-v\(level)"

@@ -7,8 +7,13 @@ final class SerialWatch {
     let url: URL
     private var offset: UInt64 = 0
     private var partialLine = ""
-    /// The last 64 KiB of the log.
+    /// The end of the log: at least its last 64 KiB (cut back to that when it doubles, so a poll costs what it
+    /// read, not the tail's size).
     private(set) var tail = ""
+    /// The x86-64 level the guest's C library asked for and the CPU lacked (`x86-64-v2`), once printed.
+    private(set) var missingISALevel: String?
+    /// The guest's kernel panicked.
+    private(set) var sawKernelPanic = false
     /// The kernel's banner (`Linux version`) has been printed.
     private(set) var sawKernel = false
     /// cloud-init's banner (`Cloud-init v. 22.4.2 running 'init-local'`) has been printed.
@@ -46,7 +51,8 @@ final class SerialWatch {
         else { return }
         offset += UInt64(data.count)
         let text = String(decoding: data, as: UTF8.self)
-        tail = String((tail + text).suffix(65_536))
+        tail += text
+        if tail.utf8.count > 2 * 65_536 { tail = String(decoding: tail.utf8.suffix(65_536), as: UTF8.self) }
         // Split on Characters that are newlines: a console's "\r\n" is one Character, never equal to "\n".
         var lines = (partialLine + text).split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
         partialLine = String(lines.removeLast())
@@ -59,6 +65,8 @@ final class SerialWatch {
         if !sawKernel, line.contains("Linux version") { sawKernel = true }
         if !sawCloudInit, line.contains("Cloud-init v.") { sawCloudInit = true }
         if loginPromptAt == nil, Self.isLoginPrompt(line) { loginPromptAt = .now }
+        if missingISALevel == nil { missingISALevel = Readiness.missingISALevel(in: line) }
+        if !sawKernelPanic, line.contains("Kernel panic - not syncing") { sawKernelPanic = true }
         if let device = Self.blockDevice(in: line), !blockDevices.contains(device) { blockDevices.append(device) }
         scanIgnition(line)
     }

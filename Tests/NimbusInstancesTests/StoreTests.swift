@@ -3,6 +3,7 @@ import NimbusCore
 import NimbusMachines
 import NimbusTestSupport
 import Testing
+import Yams
 
 @testable import NimbusInstances
 
@@ -178,6 +179,68 @@ struct InstanceStoreTests {
         """.write(to: folder.spec, atomically: true, encoding: .utf8)
         let spec = try store.loadSpec(InstanceName("web"))
         #expect(spec.accelerator == .tcg && spec.firmware == .bios && spec.cpuModel == "max")
+    }
+
+    @Test(
+        "an instance.yaml and a network.yaml as session 9's Nimbus wrote them (driver, connect, pool as text) load into the typed driver and are written back with the same keys"
+    )
+    func driverFromBeforeTypedDriver() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let store = InstanceStore(paths: dir.paths)
+        let folder = store.directory(try InstanceName("db"))
+        try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
+        try """
+        version: 1
+        name: db
+        image: debian:12
+        cpus: 2
+        memory: 1G
+        disk: 10G
+        sshAuthorizedKeys: []
+        userDataEncoding: text
+        mounts: []
+        mountType: virtiofs
+        forwards: []
+        accelerator: auto
+        firmware: bios
+        driver: libvirt
+        connect: qemu+ssh://root@rack1/system
+        pool: fast
+        seedTransport: iso
+        networks: []
+        """.write(to: folder.spec, atomically: true, encoding: .utf8)
+        let spec = try store.loadSpec(InstanceName("db"))
+        #expect(spec.driver == .libvirt(connect: "qemu+ssh://root@rack1/system", pool: "fast"))
+        let written = try YAMLEncoder().encode(spec)
+        for line in ["driver: libvirt", "connect: qemu+ssh://root@rack1/system", "pool: fast"] {
+            #expect(written.contains("\n\(line)\n"), "\(written)")
+        }
+        #expect(try YAMLDecoder().decode(InstanceSpec.self, from: written) == spec)
+
+        // A QEMU instance writes neither connect nor pool, as before.
+        var qemu = spec
+        qemu.driver = .qemu
+        let qemuText = try YAMLEncoder().encode(qemu)
+        #expect(qemuText.contains("\ndriver: qemu\n") && !qemuText.contains("connect:") && !qemuText.contains("pool:"))
+
+        // A network of the libvirt driver on another daemon.
+        let network = """
+            version: 1
+            name: n1
+            subnet: 192.168.100.0/24
+            nat: true
+            bridge: nmb-n1
+            driver: libvirt
+            connect: qemu+ssh://root@rack1/system
+            createdAt: 2026-12-03T12:00:00Z
+            """
+        let networkSpec = try YAMLDecoder().decode(NetworkSpec.self, from: network)
+        #expect(networkSpec.driver == .libvirt(connect: "qemu+ssh://root@rack1/system", pool: nil))
+        #expect(try YAMLDecoder().decode(NetworkSpec.self, from: YAMLEncoder().encode(networkSpec)) == networkSpec)
+        // A network.yaml naming a driver Nimbus does not have is refused, naming it.
+        let xen = network.replacingOccurrences(of: "driver: libvirt", with: "driver: xen")
+        #expect(throws: (any Error).self) { try YAMLDecoder().decode(NetworkSpec.self, from: xen) }
     }
 }
 
