@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "NimbusImages",
             dependencies: [
-                "NimbusCore",
+                "NimbusCore", "NimbusDisks",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -143,7 +143,7 @@ let package = Package(
         .target(
             name: "NimbusLibvirt",
             dependencies: [
-                "NimbusCore", "NimbusMachines", "CLibvirt",
+                "NimbusCore", "NimbusDisks", "NimbusMachines", "CLibvirt",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             exclude: ["README.md"],

@@ -35,8 +35,8 @@ public struct NimbusCommand: AsyncParsableCommand {
                     AccessLogs.self,
                 ]),
             CommandGroup(
-                name: "Snapshots, networks and fleets",
-                subcommands: [SnapshotCommand.self, NetworkCommand.self, FleetApply.self]),
+                name: "Snapshots, volumes, networks and fleets",
+                subcommands: [SnapshotCommand.self, VolumeCommand.self, NetworkCommand.self, FleetApply.self]),
             CommandGroup(name: "Images and seeds", subcommands: [Image.self, SeedCommand.self]),
             CommandGroup(name: "Host", subcommands: [HostDoctor.self]),
         ]

@@ -57,6 +57,8 @@ public struct NimbusPaths: Sendable, Equatable {
 
     /// One folder per instance.
     public var instances: URL { data.appending(path: "instances", directoryHint: .isDirectory) }
+    /// One folder per data volume (`nimbus volume`).
+    public var volumes: URL { data.appending(path: "volumes", directoryHint: .isDirectory) }
     /// The installation's SSH key pair.
     public var keys: URL { data.appending(path: "keys", directoryHint: .isDirectory) }
     /// Content-addressed base images: `<sha256>.img` and `<sha256>.json`.

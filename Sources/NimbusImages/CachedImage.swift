@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusDisks
 
 /// An image in the cache: `<sha256>.img` verified on the way in, described by `<sha256>.json`.
 ///

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import NimbusCore
+import NimbusDisks
 import Synchronization
 
 extension ImageStore {

@@ -1,6 +1,7 @@
 import Crypto
 import Foundation
 import NimbusCore
+import NimbusDisks
 import Synchronization
 
 #if canImport(Glibc)
@@ -43,6 +44,10 @@ public actor ImageStore {
         }
         /// Download and import progress.
         public var progress: @Sendable (TransferProgress) -> Void = { _ in }
+        /// The disk files that cached images may back, each with its owner for people (`instance web
+        /// (disk.qcow2)`): given by the layer that keeps them (the instance layer's `InstanceStore.disks`), so
+        /// this store knows no folder but its own. `remove` and `prune` keep what they back.
+        public var disks: @Sendable () -> [(owner: String, file: URL)] = { [] }
 
         /// The CLI's defaults.
         public init() {}
@@ -324,32 +329,24 @@ public actor ImageStore {
         return report
     }
 
-    /// Which cached images back which instance disks: every `*.qcow2` in each instance folder, its
-    /// backing chain followed through the headers (DiskImage) to a `<sha256>.img` in the cache.
+    /// Which cached images back which of `Options.disks`: each disk's backing chain followed through the
+    /// headers (DiskImage) to a `<sha256>.img` in the cache; sha256 → owners.
     public func usage() throws(NimbusError) -> [String: [String]] {
         var users: [String: [String]] = [:]
-        let instances = paths.instances
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: instances.path)) ?? []
         let cachePath = imagesFolder.standardizedFileURL.resolvingSymlinksInPath().path
-        for name in names.sorted() {
-            let folder = instances.appending(path: name, directoryHint: .isDirectory)
-            let files = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
-            for file in files.sorted() where file.hasSuffix(".qcow2") {
-                var disk = folder.appending(path: file)
-                for _ in 0..<16 {
-                    guard let info = try? DiskImage.inspect(disk), let backing = info.backingPath(relativeTo: disk)
-                    else {
-                        break
-                    }
-                    let resolved = backing.resolvingSymlinksInPath()
-                    if resolved.deletingLastPathComponent().path == cachePath, resolved.pathExtension == "img" {
-                        let sha = resolved.deletingPathExtension().lastPathComponent
-                        let label = "instance \(name) (\(file))"
-                        if users[sha]?.contains(label) != true { users[sha, default: []].append(label) }
-                        break
-                    }
-                    disk = resolved
+        for (owner, file) in options.disks() {
+            var disk = file
+            for _ in 0..<16 {
+                guard let info = try? DiskImage.inspect(disk), let backing = info.backingPath(relativeTo: disk) else {
+                    break
                 }
+                let resolved = backing.resolvingSymlinksInPath()
+                if resolved.deletingLastPathComponent().path == cachePath, resolved.pathExtension == "img" {
+                    let sha = resolved.deletingPathExtension().lastPathComponent
+                    if users[sha]?.contains(owner) != true { users[sha, default: []].append(owner) }
+                    break
+                }
+                disk = resolved
             }
         }
         return users

@@ -55,6 +55,8 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var cpuModel: String?
     /// The instance's NICs on host networks (`--network`), running or not.
     public var networks: [NetworkAddress] = []
+    /// The data volumes mounted in the guest (`--volume`), as `NAME:PATH`.
+    public var volumes: [String] = []
 
     /// An instance's place on a network.
     public struct NetworkAddress: Codable, Sendable, Equatable {
@@ -135,7 +137,7 @@ extension InstanceManager {
             networks: spec.networks.compactMap { attachment in
                 guard let address = attachment.address, let mac = attachment.macAddress else { return nil }
                 return InstanceInfo.NetworkAddress(name: attachment.network, address: address.description, mac: mac)
-            })
+            }, volumes: spec.volumes.map { "\($0.volume):\($0.mountPoint)" })
     }
 
     /// An instance whose files cannot be read: shown as `error` so `recover` or `delete` can deal with it.

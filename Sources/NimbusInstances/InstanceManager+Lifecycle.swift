@@ -67,16 +67,31 @@ extension InstanceManager {
                 await sshAccess(name, state: state, port: port).closeSharedConnection()
             }
             let driver = hypervisor.driver(dir.machine)
+            let spec = try? store.loadSpec(name)
             if purge {
+                // Data volumes outlive the instance, so what the guest wrote to them must reach them: it is shut
+                // down first (its filesystems flushed), not killed.
+                if !(spec?.volumes ?? []).isEmpty, await driver.status(of: dir.machine).state != .stopped {
+                    let report = progress
+                    _ = try await driver.stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
+                        report("\(name): \($0)")
+                    }
+                }
                 // Ends the machine and, for libvirt, undefines its domain (with its NVRAM) and deletes its
                 // volumes from the pool before the folder goes; a daemon that does not answer keeps all three.
                 try await driver.forget(dir.machine)
                 try await driver.storage?.deleteStorage(dir.machine)
-                let attachments = (try? store.loadSpec(name))?.networks ?? []
+                let attachments = spec?.networks ?? []
                 try store.remove(name, lock: lock)
                 await networks.release(attachments, of: name)
                 if let place = driver.definitions?.place { await forgetPlaceIfUnused(place) }
                 progress("\(name): purged")
+                // Volumes outlive the instance: given back, never deleted.
+                for volume in await volumes.detach(from: name) {
+                    progress(
+                        "\(name): volume \(volume) remains, with its data (`nimbus launch --volume \(volume):PATH` mounts it again, `nimbus volume delete \(volume)` removes it)"
+                    )
+                }
             } else {
                 if await driver.status(of: dir.machine).state != .stopped {
                     let report = progress

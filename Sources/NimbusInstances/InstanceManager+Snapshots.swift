@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusDisks
 
 /// One internal snapshot of an instance's disk.
 public struct SnapshotInfo: Codable, Sendable, Equatable {
@@ -21,7 +22,7 @@ extension InstanceManager {
                 throw NimbusError(
                     .alreadyExists, "\(name) has a snapshot named \"\(label)\" already: choose another name")
             }
-            try await ProgramRunner.run("qemu-img", ["snapshot", "-c", label, disk.path])
+            try await DiskImage.createSnapshot(label, of: disk)
             return label
         }
     }
@@ -37,7 +38,7 @@ extension InstanceManager {
     public func restoreSnapshot(_ name: InstanceName, named snapshot: String) async throws {
         try await withStoppedDisk(name, doing: "restore a snapshot of") { disk in
             try await requireSnapshot(snapshot, of: name, disk: disk)
-            try await ProgramRunner.run("qemu-img", ["snapshot", "-a", snapshot, disk.path])
+            try await DiskImage.applySnapshot(snapshot, to: disk)
         }
     }
 
@@ -45,7 +46,7 @@ extension InstanceManager {
     public func deleteSnapshot(_ name: InstanceName, named snapshot: String) async throws {
         try await withStoppedDisk(name, doing: "delete a snapshot of") { disk in
             try await requireSnapshot(snapshot, of: name, disk: disk)
-            try await ProgramRunner.run("qemu-img", ["snapshot", "-d", snapshot, disk.path])
+            try await DiskImage.deleteSnapshot(snapshot, of: disk)
         }
     }
 
@@ -75,36 +76,12 @@ extension InstanceManager {
         }
     }
 
-    /// The snapshots from `qemu-img info --output=json` (its stable, machine-readable form).
+    /// The snapshots of `disk`, for people.
     func listSnapshots(_ disk: URL, shared: Bool = false) async throws -> [SnapshotInfo] {
-        struct Info: Decodable {
-            struct Snapshot: Decodable {
-                let name: String
-                let dateSec: Int
-                let vmStateSize: UInt64
-
-                enum CodingKeys: String, CodingKey {
-                    case name
-                    case dateSec = "date-sec"
-                    case vmStateSize = "vm-state-size"
-                }
-            }
-            let snapshots: [Snapshot]?
-        }
-        // -U: read the header without the write lock a running QEMU holds.
-        let output = try await ProgramRunner.run(
-            "qemu-img", ["info", "--output=json"] + (shared ? ["-U"] : []) + [disk.path])
-        let info: Info
-        do {
-            info = try JSONDecoder().decode(Info.self, from: Data(output.utf8))
-        } catch {
-            throw NimbusError(
-                .internalError, "qemu-img info printed JSON Nimbus cannot read for \(disk.path)", cause: error)
-        }
         let formatter = ISO8601DateFormatter()
-        return (info.snapshots ?? []).map {
+        return try await DiskImage.snapshots(of: disk, shared: shared).map {
             SnapshotInfo(
-                name: $0.name, created: formatter.string(from: Date(timeIntervalSince1970: TimeInterval($0.dateSec))),
+                name: $0.name, created: formatter.string(from: $0.date),
                 vmStateSize: ByteSize(bytes: $0.vmStateSize).humanReadable)
         }
     }

@@ -21,6 +21,8 @@ public struct InstanceManager: Sendable {
     let hypervisor: InstanceDrivers
     /// The host networks instances join.
     public let networks: NetworkManager
+    /// The data volumes instances mount.
+    public let volumes: VolumeManager
     /// Messages for people (phases, notices), one line each; the CLI writes them to stderr.
     let progress: @Sendable (String) -> Void
     /// Image download and import progress; the CLI draws it.
@@ -37,6 +39,7 @@ public struct InstanceManager: Sendable {
         self.store = InstanceStore(paths: paths)
         self.hypervisor = InstanceDrivers(drivers: drivers, progress: progress)
         self.networks = NetworkManager(paths: paths, drivers: drivers, progress: progress)
+        self.volumes = VolumeManager(paths: paths, instances: store, drivers: hypervisor)
         self.progress = progress
     }
 
@@ -44,9 +47,11 @@ public struct InstanceManager: Sendable {
     public static let defaultUser = "nimbus"
 
     /// Fills new instance folders.
-    var builder: InstanceBuilder { InstanceBuilder(networks: networks.store, progress: progress) }
+    var builder: InstanceBuilder {
+        InstanceBuilder(networks: networks.store, volumes: volumes.store, progress: progress)
+    }
     /// Checks specs and plans their machines.
-    var planner: MachinePlanner { MachinePlanner(drivers: hypervisor, progress: progress) }
+    var planner: MachinePlanner { MachinePlanner(drivers: hypervisor, volumes: volumes.store, progress: progress) }
 
     // MARK: Launch
 
@@ -55,12 +60,27 @@ public struct InstanceManager: Sendable {
     /// Everything the user gave is checked before anything is written. The instance is built in a hidden
     /// folder and renamed into place before QEMU starts, so a launch killed at any point leaves nothing, or
     /// a whole instance that `list` shows and `delete` removes, never a QEMU without its folder.
+    /// `volumeSizes` makes the named volumes of `spec.volumes` that do not exist, at those sizes
+    /// (`--volume NAME:PATH:SIZE`); a launch that fails removes them again.
     @discardableResult
-    public func launch(_ spec: InstanceSpec, wait: Bool, timeout: Duration) async throws -> InstanceInfo {
+    public func launch(
+        _ spec: InstanceSpec, volumeSizes: [String: ByteSize] = [:], wait: Bool, timeout: Duration
+    ) async throws -> InstanceInfo {
         let clock = ContinuousClock.now
-        try await planner.check(spec)
+        try planner.check(spec)
         try networks.check(spec.networks, driver: spec.driver)
+        if !spec.volumes.isEmpty {
+            guard spec.driver == .qemu else {
+                throw NimbusError(
+                    .unsupported,
+                    "--volume works with the QEMU driver only for now: launch with --driver qemu, or without --volume")
+            }
+            try volumes.check(
+                spec.volumes, sizes: volumeSizes, for: spec.name,
+                taken: spec.mounts.map(\.guestPath) + (spec.ephemeral.map { [$0.mountPoint] } ?? []))
+        }
         try await hypervisor.check(spec)
+        try await planner.checkHost(spec)
         var userData: UserData?
         if let bytes = spec.userDataBytes {
             do {
@@ -92,6 +112,12 @@ public struct InstanceManager: Sendable {
                 "--ignition needs a CoreOS image (like fedora-coreos:stable): \(spec.image) boots cloud-init, so give its personality with --cloud-init"
             )
         }
+        if !spec.volumes.isEmpty, image.distribution == .fedoraCoreOS {
+            throw NimbusError(
+                .unsupported,
+                "--volume is not supported for Ignition (CoreOS) images yet: launch without it, or from a cloud-init image"
+            )
+        }
         var spec = spec
         spec.firmware = try await planner.resolveFirmware(spec, image: image)
         spec.mountType = planner.resolveMountType(spec)
@@ -102,9 +128,16 @@ public struct InstanceManager: Sendable {
                     + "ask for at least \(ByteSize(bytes: image.virtualSize).humanReadable)")
         }
         let userKey = try await installationKey()
-        // Addresses are taken before the lock, so a launch that then fails gives them back below.
+        // Addresses and volumes are taken before the lock, so a launch that then fails gives them back below.
         spec.networks = try await networks.reserve(spec.networks, for: spec.name, exists: store.exists)
         let reservedNetworks = spec.networks
+        let madeVolumes: [String]
+        do {
+            madeVolumes = try await volumes.attach(spec.volumes, sizes: volumeSizes, to: spec.name)
+        } catch {
+            await networks.release(reservedNetworks, of: spec.name)
+            throw error
+        }
 
         // With the seed over HTTP, startMachine returns the server this boot fetches it from.
         let driver = hypervisor.driver(for: spec)
@@ -134,6 +167,7 @@ public struct InstanceManager: Sendable {
             }
         } catch {
             await networks.release(reservedNetworks, of: spec.name)
+            if !spec.volumes.isEmpty { await volumes.release(madeVolumes, of: spec.name) }
             throw error
         }
         // Outside the lock, like readiness; even without `wait`, as no one else would serve the seed.
@@ -150,6 +184,8 @@ public struct InstanceManager: Sendable {
         let report = progress
         options.warn = { report($0) }
         options.progress = imageProgress
+        let instances = store
+        options.disks = { instances.disks() }
         let images = try ImageStore(paths: paths, options: options)
         return try await images.pull(try await images.reference(reference), as: reference)
     }
@@ -187,6 +223,8 @@ public struct InstanceManager: Sendable {
         if let ephemeral = spec.ephemeral {
             try await Ephemeral.format(dir.ephemeralDisk, size: ephemeral.size)
         }
+        // A volume deleted by hand while the instance was stopped: say which, rather than QEMU's open error.
+        _ = try volumes.specs(spec.volumes)
         let attachments = try await machineAttachments(spec)
         let seedServer = try await startSeedServer(name, spec: spec)
         var machine = planner.machineConfig(spec, state: state, in: dir, seedURL: seedServer?.guestURL)

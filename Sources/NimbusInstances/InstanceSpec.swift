@@ -62,6 +62,8 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
     public var ignition: String?
     /// NICs on host networks (`--network`), with the address and MAC each got at launch.
     public var networks: [NetworkAttachment] = []
+    /// Data volumes mounted in the guest (`--volume`), which outlive the instance's root disk.
+    public var volumes: [VolumeAttachment] = []
 
     /// A spec with the built-in defaults (2 CPUs, 2 GiB of memory, a 10 GiB disk); the other
     /// initializer takes config.yaml's.
@@ -116,7 +118,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         case version, name, image, cpus, memory, disk, hostname, locale, timezone, userData, userDataEncoding, mounts,
             forwards,
             ephemeral, accelerator, firmware, cpuModel, driver, connect, pool, fleet, seedTransport, kernel, mountType,
-            ignition, networks
+            ignition, networks, volumes
         case sshAuthorizedKeys = "sshAuthorizedKeys"
     }
 
@@ -152,6 +154,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         seedTransport = try c.decodeIfPresent(SeedTransport.self, forKey: .seedTransport) ?? .iso
         ignition = try c.decodeIfPresent(String.self, forKey: .ignition)
         networks = try c.decodeIfPresent([NetworkAttachment].self, forKey: .networks) ?? []
+        volumes = try c.decodeIfPresent([VolumeAttachment].self, forKey: .volumes) ?? []
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -183,6 +186,7 @@ public struct InstanceSpec: Codable, Sendable, Equatable {
         try c.encode(seedTransport, forKey: .seedTransport)
         try c.encodeIfPresent(ignition, forKey: .ignition)
         try c.encode(networks, forKey: .networks)
+        if !volumes.isEmpty { try c.encode(volumes, forKey: .volumes) }
     }
 }
 

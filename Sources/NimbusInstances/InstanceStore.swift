@@ -38,6 +38,18 @@ public struct InstanceStore: Sendable {
         return entries.filter { !$0.hasPrefix(".") }.compactMap { try? InstanceName($0) }.sorted()
     }
 
+    /// Every qcow2 disk in the instance folders, with its owner for people (`instance web (disk.qcow2)`): what
+    /// cached images may back (`ImageStore.Options.disks`). Read from the folders at each call.
+    public func disks() -> [(owner: String, file: URL)] {
+        names().flatMap { name -> [(owner: String, file: URL)] in
+            let folder = directory(name).url
+            let files = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+            return files.sorted().filter { $0.hasSuffix(".qcow2") }.map {
+                (owner: "instance \(name) (\($0))", file: folder.appending(path: $0))
+            }
+        }
+    }
+
     /// Fails with `.notFound`, naming the instance and how to see the others, when it does not exist.
     public func requireExisting(_ name: InstanceName) throws(NimbusError) -> InstanceDirectory {
         let dir = directory(name)

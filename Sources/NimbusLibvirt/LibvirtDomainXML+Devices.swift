@@ -28,6 +28,7 @@ extension LibvirtDomainXML {
                     scsiCount += 1
                 }
                 if disk.readOnly { x.line("<readonly/>") }
+                if let serial = disk.serial { x.line("<serial>\(escape(serial))</serial>") }
                 if index == 0 && config.kernel == nil { x.line("<boot order='1'/>") }
             }
             x.line("</disk>")

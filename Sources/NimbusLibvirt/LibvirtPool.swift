@@ -2,6 +2,7 @@ import CLibvirt
 import Crypto
 import Foundation
 import NimbusCore
+import NimbusDisks
 import NimbusMachines
 
 /// A storage pool handle (`virStoragePoolPtr`), freed when released.

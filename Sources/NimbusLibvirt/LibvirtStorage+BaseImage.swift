@@ -2,6 +2,7 @@ import CLibvirt
 import Crypto
 import Foundation
 import NimbusCore
+import NimbusDisks
 import NimbusMachines
 
 extension LibvirtStorage {

@@ -2,6 +2,7 @@ import CLibvirt
 import Crypto
 import Foundation
 import NimbusCore
+import NimbusDisks
 import NimbusMachines
 
 /// A machine's disks in a libvirt storage pool, on whichever host the daemon runs: the same code path for

@@ -87,14 +87,18 @@ extension MachineConfig {
         public var interface: DiskInterface = .virtioBlk
         /// Attach read-only.
         public var readOnly: Bool = false
+        /// The serial the guest sees (virtio-blk keeps 20 bytes: `/dev/disk/by-id/virtio-SERIAL`); nil for none.
+        public var serial: String?
 
         public init(
-            path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false
+            path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false,
+            serial: String? = nil
         ) {
             self.path = path
             self.format = format
             self.interface = interface
             self.readOnly = readOnly
+            self.serial = serial
         }
 
         public init(from decoder: any Decoder) throws {
@@ -103,6 +107,7 @@ extension MachineConfig {
             format = try container.decodeIfPresent(DiskFormat.self, forKey: .format) ?? .qcow2
             interface = try container.decodeIfPresent(DiskInterface.self, forKey: .interface) ?? .virtioBlk
             readOnly = try container.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
+            serial = try container.decodeIfPresent(String.self, forKey: .serial)
         }
     }
 

@@ -100,11 +100,10 @@ extension QEMUCommandLine {
             let boot = index == 0 && config.kernel == nil ? "0" : nil
             switch disk.interface {
             case .virtioBlk:
-                if let boot {
-                    add("-device", "virtio-blk-\(bus)", ["drive": id, "id": "\(id)-dev", "bootindex": boot])
-                } else {
-                    add("-device", "virtio-blk-\(bus)", ["drive": id, "id": "\(id)-dev"])
-                }
+                var device = [(key: "drive", value: id), (key: "id", value: "\(id)-dev")]
+                if let boot { device.append((key: "bootindex", value: boot)) }
+                if let serial = disk.serial { device.append((key: "serial", value: serial)) }
+                options.append(Option("-device", "virtio-blk-\(bus)", device))
             case .virtioSCSI:
                 needSCSIController()
                 if let boot {

@@ -19,6 +19,11 @@ public struct QEMUCommandLine: Sendable, Hashable {
 
         /// An option whose value is a `driver,key=value,...` list; values are comma-escaped.
         public init(_ name: String, _ head: String?, _ properties: KeyValuePairs<String, String>) {
+            self.init(name, head, properties.map { (key: $0.key, value: $0.value) })
+        }
+
+        /// The same, from properties built up in code.
+        public init(_ name: String, _ head: String?, _ properties: [(key: String, value: String)]) {
             var parts = head.map { [$0] } ?? []
             parts += properties.map { "\($0.key)=\(QEMUCommandLine.escape($0.value))" }
             self.init(name, parts.joined(separator: ","))

@@ -74,6 +74,26 @@ struct CLIErrorTests {
         Case(arguments: ["exec", "web"], status: 64, message: "give the command after --"),
         Case(arguments: ["stop"], status: 64, message: "name at least one instance, or pass --all"),
         Case(arguments: ["copy", "a", "b"], status: 64, message: "name exactly one instance"),
+        Case(
+            arguments: ["launch", "--volume", "data", "x"], status: 64, message: "is not NAME:PATH or NAME:PATH:SIZE"),
+        Case(arguments: ["launch", "--volume", "data:srv", "x"], status: 64, message: "must be an absolute path"),
+        Case(arguments: ["launch", "--volume", "data:/srv:1k", "x"], status: 64, message: "too small for a volume"),
+        Case(
+            arguments: ["launch", "--volume", "nope:/srv", "x"], status: 3,
+            message: "volume \"nope\" does not exist: `nimbus volume create nope --size 10G`"),
+        Case(
+            arguments: ["launch", "--volume", "a:/srv:1G", "--volume", "b:/srv:1G", "x"], status: 64,
+            message: "something else is mounted there already"),
+        Case(
+            arguments: ["volume", "create", "Data", "--size", "1G"], status: 64,
+            message: "volume name \"Data\" is not valid"),
+        Case(arguments: ["volume", "create", "data", "--size", "1k"], status: 64, message: "too small for a volume"),
+        Case(arguments: ["volume", "create", "data", "--size", "lots"], status: 64, message: "is not a size"),
+        Case(arguments: ["volume", "info", "nope"], status: 3, message: "volume \"nope\" does not exist"),
+        Case(
+            arguments: ["volume", "resize", "nope", "--size", "2G"], status: 3,
+            message: "volume \"nope\" does not exist"),
+        Case(arguments: ["volume", "delete", "nope"], status: 3, message: "volume \"nope\" does not exist"),
     ]
 
     @Test("bad input is refused with the problem and the fix named", arguments: cases)
@@ -86,6 +106,8 @@ struct CLIErrorTests {
             let instances = home.paths.instances
             let left = (try? FileManager.default.contentsOfDirectory(atPath: instances.path)) ?? []
             #expect(left.isEmpty)
+            let volumes = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.volumes.path)) ?? []
+            #expect(volumes.filter { !$0.hasPrefix(".") }.isEmpty, "\(volumes)")
         }
     }
 

@@ -1,4 +1,9 @@
 import ArgumentParser
+import Foundation
+import NimbusCore
+import NimbusDisks
+import NimbusInstances
+import NimbusTestSupport
 import Testing
 
 @testable import NimbusCommands
@@ -47,5 +52,37 @@ struct ImageCommandTests {
             display.update(.init(what: "x", bytes: UInt64(step), total: 100, resumedFrom: 0, finished: step == 100))
         }
         #expect(display.state.withLock { $0.lastDecile } == 10)
+    }
+}
+
+/// `nimbus image rm` and `info` through the binary: the instance layer tells the image store which disks its
+/// images back (`InstanceStore.disks`), so an image an instance's overlay is backed by is kept and named.
+@Suite("Images in use", .requires(.programs("qemu-img")))
+struct ImageInUseTests {
+    @Test("rm refuses an image an instance's disk is backed by, naming the instance; info says who uses it")
+    func inUse() async throws {
+        try await TemporaryDirectory.with { home in
+            let file = home.url.appending(path: "base.qcow2")
+            try await DiskImage.createEmpty(at: file, size: 64 << 20)
+            let imported = try await NimbusBinary.run(["image", "import", "--name", "base", file.path], home: home.url)
+            #expect(imported.status == 0, "\(imported.standardError)")
+            let store = InstanceStore(paths: home.paths)
+            let cached = try #require(
+                try FileManager.default.contentsOfDirectory(atPath: home.paths.images.path).first {
+                    $0.hasSuffix(".img")
+                })
+            _ = try await store.create(InstanceSpec(name: try InstanceName("web"), image: "base")) { dir in
+                try await DiskImage.createOverlay(at: dir.disk, backedBy: home.paths.images.appending(path: cached))
+                return InstanceState()
+            }
+            #expect(store.disks().map(\.owner) == ["instance web (disk.qcow2)"])
+            let refused = try await NimbusBinary.run(["image", "rm", "base"], home: home.url)
+            #expect(refused.status == NimbusError.Code.invalidState.exitStatus, "\(refused.standardError)")
+            #expect(refused.standardError.contains("backs instance web (disk.qcow2)"), "\(refused.standardError)")
+            let info = try await NimbusBinary.run(["image", "info", "base"], home: home.url)
+            #expect(info.standardOutput.contains("instance web (disk.qcow2)"), "\(info.standardOutput)")
+            try FileManager.default.removeItem(at: store.directory(try InstanceName("web")).url)
+            #expect(try await NimbusBinary.run(["image", "rm", "base"], home: home.url).status == 0)
+        }
     }
 }

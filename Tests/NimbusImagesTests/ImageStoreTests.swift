@@ -69,7 +69,9 @@ struct ImageStoreTests {
     @Test("prune keeps images an instance overlay is backed by, says why, and removes the rest")
     func prune() async throws {
         try await TemporaryDirectory.with { dir in
-            let store = try Fixtures.store(dir, server: nil)
+            // The disks the instance layer would give (InstanceStore.disks): one overlay, while its folder exists.
+            let overlay = dir.paths.instances.appending(path: "web/disk.qcow2")
+            let store = try Fixtures.store(dir, server: nil) { [(owner: "instance web (disk.qcow2)", file: overlay)] }
             let a = dir.url.appending(path: "a.img")
             let b = dir.url.appending(path: "b.img")
             try await Fixtures.qcow2(in: dir.url, name: "a", megabytes: 1).write(to: a)

@@ -11,6 +11,8 @@ import NimbusSeed
 struct InstanceBuilder: Sendable {
     /// The networks an instance joins, for their subnets and domains.
     let networks: NetworkStore
+    /// The volumes an instance mounts, for their serials and labels.
+    let volumes: VolumeStore
     /// Messages for people, one line each.
     let progress: @Sendable (String) -> Void
 
@@ -31,6 +33,7 @@ struct InstanceBuilder: Sendable {
         var personality = personality(
             spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
         try addNetworks(spec.networks, to: &personality, cloudInit: image.distribution != .fedoraCoreOS)
+        try addVolumes(spec.volumes, to: &personality)
         do {
             if image.distribution == .fedoraCoreOS {
                 let ignition = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)
@@ -174,4 +177,41 @@ struct InstanceBuilder: Sendable {
             try AtomicFile.write(Data(file.contents), to: folder.appending(path: file.name), permissions: 0o600)
         }
     }
+
+    /// Mounts each volume (cloud-config `mounts`, by its label, `nofail` so a missing disk does not stop the
+    /// boot), and at every boot a script that gives a blank volume its ext4 filesystem, mounts it, and grows
+    /// the filesystem of one that was resized (`volumeScript`).
+    func addVolumes(_ attachments: [VolumeAttachment], to config: inout InstanceConfig) throws(NimbusError) {
+        for attachment in attachments {
+            let volume = try volumes.load(attachment.volume)
+            config.bootcmd.append(
+                .arguments([
+                    "sh", "-c", Self.volumeScript, "nimbus-volume", volume.guestDevice, volume.label,
+                    attachment.mountPoint,
+                ]))
+            config.mounts.append([
+                "LABEL=\(volume.label)", attachment.mountPoint, "ext4", "defaults,nofail,x-systemd.device-timeout=10s",
+                "0", "2",
+            ])
+        }
+    }
+
+    /// Arguments: the volume's device, its label, its mount point. Waits up to 10 s for udev's by-id link;
+    /// makes an ext4 filesystem only on a disk with no signature at all (`blkid -p`, a low-level probe, finds
+    /// none), so data is never overwritten; mounts it unless it is mounted already (on later boots systemd
+    /// mounts it from the fstab line cloud-init wrote, possibly before this runs); and grows the mounted
+    /// filesystem to the disk (after `nimbus volume resize`; ext4 grows online, without a check, and a
+    /// filesystem as large as its disk is left alone).
+    static let volumeScript = """
+        dev=$1 label=$2 dir=$3 i=0
+        while [ ! -e "$dev" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        [ -e "$dev" ] || { echo "nimbus: volume $label: no disk $dev" >&2; exit 0; }
+        if ! blkid -p "$dev" >/dev/null 2>&1; then
+          mkfs.ext4 -q -L "$label" -E lazy_itable_init=1,lazy_journal_init=1 "$dev"
+        fi
+        mkdir -p "$dir"
+        mountpoint -q "$dir" || mount "$dev" "$dir" || true
+        if mountpoint -q "$dir"; then resize2fs "$dev" >/dev/null 2>&1 || true; fi
+        exit 0
+        """
 }

@@ -10,19 +10,14 @@ import NimbusMachines
 struct MachinePlanner: Sendable {
     /// The instance's driver, asked for its host's facts.
     let drivers: InstanceDrivers
+    /// Where the volumes' disks are.
+    let volumes: VolumeStore
     /// Messages for people, one line each.
     let progress: @Sendable (String) -> Void
 
-    /// What launch checks of a spec before reading the image: memory must fit in the host the machine runs
-    /// on (the driver's, so a remote host is judged by its own), CPUs must exist, the CPU model must be a
-    /// `-cpu` value, and the driver must be able to serve the mounts.
-    func check(_ spec: InstanceSpec) async throws(NimbusError) {
-        let driver = drivers.driver(for: spec)
-        if let total = try await driver.hostMemory(), spec.memory > total {
-            let host = driver.hostLabel == "local" ? "this host's" : "\(driver.hostLabel)'s"
-            throw NimbusError(
-                .invalidArgument, "--memory \(spec.memory) is more than \(host) \(total.humanReadable): ask for less")
-        }
+    /// What launch checks of a spec on its own, before asking the driver anything: enough memory to boot,
+    /// CPUs that can exist, a CPU model that is a `-cpu` value.
+    func check(_ spec: InstanceSpec) throws(NimbusError) {
         guard spec.memory >= .mebibytes(128) else {
             throw NimbusError(
                 .invalidArgument, "--memory \(spec.memory) is too small to boot a cloud image: ask for at least 128M")
@@ -31,6 +26,18 @@ struct MachinePlanner: Sendable {
             throw NimbusError(.invalidArgument, "--cpus \(spec.cpus) is out of range: use 1 to 255")
         }
         if let cpuModel = spec.cpuModel { try MachineConfig.checkCPUModel(cpuModel) }
+    }
+
+    /// What launch checks of a spec against the host its machine runs on, once the driver is known to answer:
+    /// the memory fits that host's (the driver's, so a remote host is judged by its own), and the driver can
+    /// serve the mounts.
+    func checkHost(_ spec: InstanceSpec) async throws(NimbusError) {
+        let driver = drivers.driver(for: spec)
+        if let total = try await driver.hostMemory(), spec.memory > total {
+            let host = driver.hostLabel == "local" ? "this host's" : "\(driver.hostLabel)'s"
+            throw NimbusError(
+                .invalidArgument, "--memory \(spec.memory) is more than \(host) \(total.humanReadable): ask for less")
+        }
         if spec.mountType == .virtiofs, !spec.mounts.isEmpty,
             let reason = driver.shareProblem(.virtiofs)
         {
@@ -108,6 +115,10 @@ struct MachinePlanner: Sendable {
             MachineConfig.Share(
                 hostPath: mount.hostPath, tag: InstanceBuilder.shareTag(index),
                 transport: spec.mountType == .ninep ? .ninep : .virtiofs)
+        }
+        // Volumes after the root and scratch disks; the guest finds each by its serial, not its order.
+        machine.disks += spec.volumes.map {
+            MachineConfig.Disk(path: volumes.disk($0.volume).path, serial: VolumeSpec.serial(of: $0.volume))
         }
         machine.accelerator = spec.accelerator
         return machine

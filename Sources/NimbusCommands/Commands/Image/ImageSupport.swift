@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NimbusCore
 import NimbusImages
+import NimbusInstances
 import Synchronization
 
 #if canImport(Glibc)
@@ -36,7 +37,10 @@ enum ImageCommandSupport {
         let display = ProgressDisplay(enabled: !global.quiet, terminal: isatty(STDERR_FILENO) == 1)
         options.progress = { display.update($0) }
         if global.quiet { options.warn = { _ in } }
-        return try ImageStore(options: options)
+        let paths = NimbusPaths.resolve()
+        let instances = InstanceStore(paths: paths)
+        options.disks = { instances.disks() }
+        return try ImageStore(paths: paths, options: options)
     }
 
     static let listColumns = ["reference", "release", "version", "arch", "format", "size", "virtual size", "sha256"]

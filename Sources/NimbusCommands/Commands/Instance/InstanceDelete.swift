@@ -9,7 +9,7 @@ struct InstanceDelete: AsyncParsableCommand {
     @OptionGroup var global: Flags.Global
     @OptionGroup var selection: Flags.Selection
 
-    @Flag(help: "Remove the instances and their disks for good.")
+    @Flag(help: "Remove the instances and their disks for good (their data volumes are kept, and given back).")
     var purge = false
 
     func run() async throws {

@@ -84,6 +84,14 @@ struct InstanceLaunch: AsyncParsableCommand {
             valueName: "network"))
     var defaultRoute: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Mount a data volume: NAME:PATH, or NAME:PATH:SIZE to make it when missing (repeatable).",
+            discussion:
+                "A volume outlives the instance (`delete --purge` gives it back) and serves one instance at a time; `nimbus volume` manages them."
+        ))
+    var volume: [String] = []
+
     @Option(help: "A scratch disk made empty at every start: SIZE[:MOUNTPOINT] (default /mnt).")
     var ephemeral: String?
 
@@ -168,6 +176,7 @@ struct InstanceLaunch: AsyncParsableCommand {
                 try NetworkAttachment.route(&attachments, via: defaultRoute, option: "--default-route")
             }
             if let ephemeral { _ = try EphemeralDisk(parsing: ephemeral) }
+            for text in volume { _ = try VolumeAttachment.parse(text) }
         }
     }
 
@@ -196,6 +205,12 @@ struct InstanceLaunch: AsyncParsableCommand {
         spec.mounts = try mount.map { try Mount(parsing: $0) }
         spec.mountType = mountType
         spec.ephemeral = try ephemeral.map { try EphemeralDisk(parsing: $0) }
+        var volumeSizes: [String: ByteSize] = [:]
+        for text in volume {
+            let (attachment, size) = try VolumeAttachment.parse(text)
+            spec.volumes.append(attachment)
+            volumeSizes[attachment.volume] = size
+        }
         spec.kernel = kernel.map {
             .init(kernel: Self.absolute($0), initrd: initrd.map(Self.absolute), commandLine: cmdline)
         }
@@ -206,7 +221,8 @@ struct InstanceLaunch: AsyncParsableCommand {
         if let ignition { spec.ignition = try readIgnition(ignition) }
         if seedOverHttp { spec.seedTransport = .http }
 
-        let info = try await context.manager.launch(spec, wait: !noWait, timeout: .seconds(timeout))
+        let info = try await context.manager.launch(
+            spec, volumeSizes: volumeSizes, wait: !noWait, timeout: .seconds(timeout))
         if format == .json {
             Console.result(try OutputRenderer.render(info, columns: [], rows: [], format: .json))
         } else {

@@ -42,6 +42,7 @@ enum InstanceTable {
                     : info.networks.map { "\($0.name) \($0.address) (\($0.mac))" }
                         .joined(separator: ", ")
             ),
+            ("Volumes", info.volumes.isEmpty ? "-" : info.volumes.joined(separator: ", ")),
             ("Driver", info.driver), ("Host", info.host ?? "local"),
             ("Firmware", info.firmware ?? "-"), ("CPU model", info.cpuModel ?? "-"),
         ]

@@ -1,4 +1,5 @@
 import Foundation
+import NimbusCore
 
 #if canImport(Glibc)
     import Glibc
