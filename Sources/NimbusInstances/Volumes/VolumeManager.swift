@@ -121,7 +121,9 @@ public struct VolumeManager: Sendable {
     func attach(_ attachments: [VolumeAttachment], sizes: [String: ByteSize], to instance: InstanceName) async throws
         -> [String]
     {
-        try await store.withLock { () async throws -> [String] in
+        // An instance without volumes leaves no trace in the volumes folder.
+        guard !attachments.isEmpty else { return [] }
+        return try await store.withLock { () async throws -> [String] in
             var taken: [VolumeSpec] = []
             var made: [String] = []
             do throws(NimbusError) {
@@ -157,16 +159,18 @@ public struct VolumeManager: Sendable {
     /// Gives back the volumes `instance` holds; returns their names.
     @discardableResult
     func detach(from instance: InstanceName) async -> [String] {
-        (try? await store.withLock { () async throws -> [String] in
-            var names: [String] = []
-            for name in store.names() {
-                guard var spec = try? store.load(name), spec.attachedTo == instance.rawValue else { continue }
-                spec.attachedTo = nil
-                try store.save(spec)
-                names.append(name)
-            }
-            return names
-        }) ?? []
+        guard !store.names().isEmpty else { return [] }
+        return
+            (try? await store.withLock { () async throws -> [String] in
+                var names: [String] = []
+                for name in store.names() {
+                    guard var spec = try? store.load(name), spec.attachedTo == instance.rawValue else { continue }
+                    spec.attachedTo = nil
+                    try store.save(spec)
+                    names.append(name)
+                }
+                return names
+            }) ?? []
     }
 
     /// The volumes of `attachments`, as stored; `.notFound` naming one that is gone.
