@@ -85,6 +85,9 @@ struct CLIErrorTests {
             arguments: ["launch", "--volume", "a:/srv:1G", "--volume", "b:/srv:1G", "x"], status: 64,
             message: "something else is mounted there already"),
         Case(
+            arguments: ["launch", "--driver", "libvirt", "--volume", "data:/srv:1G", "x"], status: 10,
+            message: "--volume works with the QEMU driver only for now"),
+        Case(
             arguments: ["volume", "create", "Data", "--size", "1G"], status: 64,
             message: "volume name \"Data\" is not valid"),
         Case(arguments: ["volume", "create", "data", "--size", "1k"], status: 64, message: "too small for a volume"),

@@ -158,6 +158,16 @@ struct CoreOSTests {
              "storage": {"files": [{"path": "/etc/owned", "user": {"name": "nobody-here"},
                                     "contents": {"source": "data:,x"}}]}}
             """#
+        // Volumes are not offered for Ignition images yet: refused once the image is known, before anything is made.
+        var withVolume = spec
+        withVolume.volumes = [VolumeAttachment(volume: "data", mountPoint: "/srv")]
+        let refused = await #expect(throws: NimbusError.self) {
+            try await manager.launch(
+                withVolume, volumeSizes: ["data": .mebibytes(64)], wait: true, timeout: .seconds(60))
+        }
+        #expect(refused?.code == .unsupported && refused?.message.contains("Ignition (CoreOS)") == true)
+        #expect(manager.volumes.list().isEmpty && !manager.store.exists(name))
+
         let started = ContinuousClock.now
         do {
             try await manager.launch(spec, wait: true, timeout: .seconds(900))
