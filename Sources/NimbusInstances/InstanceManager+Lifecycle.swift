@@ -71,12 +71,7 @@ extension InstanceManager {
             if purge {
                 // Data volumes outlive the instance, so what the guest wrote to them must reach them: it is shut
                 // down first (its filesystems flushed), not killed.
-                if !(spec?.volumes ?? []).isEmpty, await driver.status(of: dir.machine).state != .stopped {
-                    let report = progress
-                    _ = try await driver.stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
-                        report("\(name): \($0)")
-                    }
-                }
+                if !(spec?.volumes ?? []).isEmpty { try await stopIfRunning(name, dir.machine, driver: driver) }
                 // Ends the machine and, for libvirt, undefines its domain (with its NVRAM) and deletes its
                 // volumes from the pool before the folder goes; a daemon that does not answer keeps all three.
                 try await driver.forget(dir.machine)
@@ -93,18 +88,23 @@ extension InstanceManager {
                     )
                 }
             } else {
-                if await driver.status(of: dir.machine).state != .stopped {
-                    let report = progress
-                    _ = try await driver.stop(dir.machine, timeout: .seconds(config.stopTimeout)) {
-                        report("\(name): \($0)")
-                    }
-                }
+                try await stopIfRunning(name, dir.machine, driver: driver)
                 // A libvirt domain stays defined (shut off) until purge, so recover brings the instance back whole.
                 try store.updateState(name) { $0.deleted = true }
                 progress(
                     "\(name): deleted (`nimbus recover \(name)` brings it back, `nimbus purge` removes it for good)")
             }
         }
+    }
+
+    /// Stops `name`'s machine politely (the guest shuts down, flushing its filesystems) if it runs, reporting
+    /// each step of the ladder.
+    private func stopIfRunning(_ name: InstanceName, _ machine: MachineDirectory, driver: any Hypervisor)
+        async throws(NimbusError)
+    {
+        guard await driver.status(of: machine).state != .stopped else { return }
+        let report = progress
+        _ = try await driver.stop(machine, timeout: .seconds(config.stopTimeout)) { report("\(name): \($0)") }
     }
 
     /// Brings back a deleted instance, or repairs one in the error state: a QEMU left without its state is

@@ -43,6 +43,13 @@ public enum OutputRenderer {
         }.joined(separator: "\n") + "\n"
     }
 
+    /// One `Label value` line per field, the values aligned after the longest label (an `info` command's table).
+    public static func fields(_ fields: [(String, String)]) -> String {
+        let width = (fields.map(\.0.count).max() ?? 0) + 1
+        return fields.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + " " + $0.1 }
+            .joined(separator: "\n") + "\n"
+    }
+
     /// RFC 4180 quoting.
     static func csvField(_ field: String) -> String {
         guard field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return field }

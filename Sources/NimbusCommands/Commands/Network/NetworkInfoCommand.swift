@@ -24,9 +24,6 @@ struct NetworkInfoCommand: AsyncParsableCommand {
             ("State", info.problems.isEmpty ? info.state : "\(info.state): \(info.problems.joined(separator: ", "))"),
         ]
         lines += info.instances.map { ("Instance", "\($0.name) \($0.address) \($0.mac ?? "")") }
-        let width = (lines.map(\.0.count).max() ?? 0) + 1
-        Console.result(
-            lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + " " + $0.1 }
-                .joined(separator: "\n") + "\n")
+        Console.result(OutputRenderer.fields(lines))
     }
 }

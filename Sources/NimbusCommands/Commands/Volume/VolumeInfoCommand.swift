@@ -20,9 +20,6 @@ struct VolumeInfoCommand: AsyncParsableCommand {
             ("Name", info.name), ("Size", info.size), ("Used", info.used ?? "-"),
             ("Attached to", info.attachedTo ?? "-"), ("Disk", info.path),
         ]
-        let width = (lines.map(\.0.count).max() ?? 0) + 1
-        Console.result(
-            lines.map { $0.0.padding(toLength: width, withPad: " ", startingAt: 0) + " " + $0.1 }
-                .joined(separator: "\n") + "\n")
+        Console.result(OutputRenderer.fields(lines))
     }
 }
