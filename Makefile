@@ -16,7 +16,8 @@ BASH_COMPLETION_DIR ?= $(DATADIR)/bash-completion/completions
 # Debian's zsh reads packaged completions from vendor-completions and local ones from site-functions.
 ZSH_COMPLETION_DIR ?= $(if $(filter /usr,$(PREFIX)),$(DATADIR)/zsh/vendor-completions,$(DATADIR)/zsh/site-functions)
 FISH_COMPLETION_DIR ?= $(DATADIR)/fish/vendor_completions.d
-DIST = .build/dist
+# scripts/build's output: .build/dist, or NIMBUS_BUILD_PATH/dist.
+DIST = $(or $(NIMBUS_BUILD_PATH),.build)/dist
 
 build:
 	swift build
@@ -49,7 +50,7 @@ test:
 
 # Checks formatting against .swift-format; fails on any finding.
 lint:
-	swift-format lint --strict --configuration .swift-format --recursive Sources Tests
+	swift-format lint --strict --configuration .swift-format --recursive Sources Tests Fuzz/Sources Fuzz/Package.swift
 
 format:
-	swift-format format --in-place --configuration .swift-format --recursive Sources Tests
+	swift-format format --in-place --configuration .swift-format --recursive Sources Tests Fuzz/Sources Fuzz/Package.swift

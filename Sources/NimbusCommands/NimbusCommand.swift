@@ -26,7 +26,8 @@ public struct NimbusCommand: AsyncParsableCommand {
                 subcommands: [
                     InstanceLaunch.self, InstanceList.self, InstanceInfoCommand.self, InstanceStart.self,
                     InstanceStop.self, InstanceRestart.self, InstanceSuspend.self, InstanceResume.self,
-                    InstanceDelete.self, InstanceRecover.self, InstancePurge.self,
+                    InstanceDelete.self, InstanceRecover.self, InstancePurge.self, InstanceUpgrade.self,
+                    InstanceRollback.self,
                 ]),
             CommandGroup(
                 name: "Access",

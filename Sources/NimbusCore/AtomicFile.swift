@@ -15,7 +15,10 @@ public enum AtomicFile {
         let temporary = folder.appending(
             path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp")
         let fd = open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, permissions)
-        guard fd >= 0 else { throw posixFailure("create", temporary) }
+        guard fd >= 0 else {
+            if DiskSpace.isFull(errno) { throw DiskSpace.full(url, action: "write", needed: UInt64(data.count)) }
+            throw posixFailure("create", temporary)
+        }
         var written = 0
         let ok: Bool = data.withUnsafeBytes { buffer in
             while written < buffer.count {
@@ -32,6 +35,7 @@ public enum AtomicFile {
         close(fd)
         guard ok else {
             unlink(temporary.path)
+            if DiskSpace.isFull(saved) { throw DiskSpace.full(url, action: "write", needed: UInt64(data.count)) }
             errno = saved
             throw posixFailure("write", url)
         }

@@ -28,8 +28,24 @@ extension DiskImage {
             "create", "-q", "-f", "qcow2", "-b", absoluteBase, "-F", baseInfo.format.rawValue, overlay.path,
         ]
         if let size { arguments.append(String(size)) }
-        try await ProgramRunner.run(qemuImg, arguments)
+        try await runQemuImg(qemuImg, arguments, writing: overlay, action: "create the overlay")
         return try inspect(overlay)
+    }
+
+    /// Runs qemu-img, which writes `file`: a full filesystem is told as such (`DiskSpace.full`), not as
+    /// qemu-img's errno text.
+    static func runQemuImg(_ qemuImg: String, _ arguments: [String], writing file: URL, action: String)
+        async throws(NimbusError)
+    {
+        do {
+            try await ProgramRunner.run(qemuImg, arguments)
+        } catch {
+            let text = error.message + (error.cause.map { " \($0)" } ?? "")
+            if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+                throw DiskSpace.full(file, action: action)
+            }
+            throw error
+        }
     }
 
     /// Grows `image` to `size` bytes. Shrinking is refused with the current size named.

@@ -62,6 +62,10 @@ extension DiskImage {
 
     private static func snapshot(_ action: String, _ name: String, _ disk: URL) async throws(NimbusError) {
         let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
-        try await ProgramRunner.run(qemuImg, ["snapshot", action, name, disk.path])
+        let verb = [
+            "-c": "take snapshot \(name) of", "-a": "apply snapshot \(name) to", "-d": "delete snapshot \(name) of",
+        ]
+        try await runQemuImg(
+            qemuImg, ["snapshot", action, name, disk.path], writing: disk, action: verb[action] ?? action)
     }
 }

@@ -155,7 +155,8 @@ public enum DiskImage {
         }
         var backingFile: String?
         if backingOffset != 0, backingSize > 0 {
-            guard backingSize <= 1023, backingOffset + UInt64(backingSize) <= fileSize else {
+            // Compared without adding: an offset near 2^64 would overflow.
+            guard backingSize <= 1023, backingOffset <= fileSize, UInt64(backingSize) <= fileSize - backingOffset else {
                 throw .malformedHeader(path: path, reason: "backing file name outside the file")
             }
             let bytes: [UInt8]? =

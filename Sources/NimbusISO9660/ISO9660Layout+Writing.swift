@@ -263,7 +263,9 @@ struct ISO9660Date {
     let longForm: [UInt8]
 
     init(_ date: Date) {
-        let seconds = Int64(date.timeIntervalSince1970.rounded(.down))
+        // Clamped to years 1-9999 (what the long form holds) first: a Date far beyond them, or NaN, has no Int64.
+        let interval = date.timeIntervalSince1970.rounded(.down)
+        let seconds = interval.isNaN ? 0 : Int64(min(max(interval, -62_135_596_800), 253_402_300_799))
         let days = seconds >= 0 ? seconds / 86_400 : (seconds - 86_399) / 86_400
         let secondOfDay = seconds - days * 86_400
         let (year, month, day) = Self.civil(fromDays: days)

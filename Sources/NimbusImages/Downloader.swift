@@ -106,9 +106,10 @@ struct PartialFile: ~Copyable {
         let code = errno
         let reason = String(cString: strerror(code))
         if code == ENOSPC || code == EFBIG || code == EDQUOT {
+            let free = DiskSpace.available(at: url).map { ByteSize(bytes: $0).humanReadable } ?? "an unknown amount"
             return NimbusError(
                 .io,
-                "the disk holding the image cache is full (\(reason)) while writing \(url.path): free space there, or "
+                "the disk holding the image cache is full (\(reason), \(free) free) while writing \(url.path): free space there, or "
                     + "point NIMBUS_HOME or XDG_CACHE_HOME at a larger disk; the partial file was removed")
         }
         return NimbusError(.io, "could not write \(url.path): \(reason)")
@@ -137,6 +138,9 @@ struct Downloader: Sendable {
             try file.truncate()
             digest = StreamingDigest(sha512: sha512)
             offset = 0
+        }
+        if let expected, expected > offset {
+            try DiskSpace.require(expected - offset, at: partial, for: what)
         }
         var total = expected
         var attempt = 1
@@ -193,6 +197,11 @@ struct Downloader: Sendable {
                     throw HTTPFailure.connection(url, "the server refused the byte range; starting over")
                 default:
                     throw HTTPFailure.status(status, url)
+                }
+                // Room checked before the body: the catalog's size was checked before the request, a plain URL's
+                // size is known only now.
+                if expected == nil, let total, total > offset {
+                    try DiskSpace.require(total - offset, at: partial, for: what)
                 }
                 if let expected, let total, total != expected {
                     throw NimbusError(
@@ -283,6 +292,7 @@ struct Downloader: Sendable {
             throw NimbusError(.invalidArgument, "\(source.path) is not a regular file: name a disk image file")
         }
         let total = UInt64(status.st_size)
+        try DiskSpace.require(total, at: partial, for: "\(what) (\(source.lastPathComponent))")
         #if canImport(Glibc)
             _ = posix_fadvise(input, 0, 0, Int32(POSIX_FADV_SEQUENTIAL))
         #endif

@@ -34,6 +34,9 @@ public actor ImageStore {
         public var refresh = false
         /// Metadata younger than this is used without asking the mirror.
         public var metadataMaxAge: TimeInterval = 3600
+        /// Ask no mirror anything: catalog metadata comes from the copies cached on disk, of any age, and a
+        /// catalog with none cached resolves nothing (`nimbus list` shows image updates this way).
+        public var offline = false
         /// The keyring for Ubuntu's signed metadata.
         public var keyring: Keyring = .automatic
         /// Retries of metadata fetches and downloads.
@@ -126,7 +129,7 @@ public actor ImageStore {
     var metadataCache: MetadataCache {
         MetadataCache(
             folder: paths.metadata, maxAge: options.metadataMaxAge, refresh: options.refresh, policy: options.retry,
-            warn: options.warn)
+            warn: options.warn, offline: options.offline)
     }
 
     func ubuntuKeyring() -> URL? {

@@ -7,7 +7,7 @@ import NimbusCore
 /// A copy younger than `maxAge` is used as is; an older one is revalidated with a conditional GET
 /// (`If-None-Match` / `If-Modified-Since`, 304 keeps it); `refresh` always revalidates. When the
 /// mirror cannot be reached (or answers 5xx), a cached copy is used with a warning; without one the
-/// failure is reported.
+/// failure is reported. `offline` asks nothing of the network: a cached copy of any age, else `notFound`.
 struct MetadataCache: Sendable {
     struct Validators: Codable {
         var url: String
@@ -21,6 +21,7 @@ struct MetadataCache: Sendable {
     let refresh: Bool
     let policy: RetryPolicy
     let warn: @Sendable (String) -> Void
+    var offline = false
 
     /// The body of `url`, passed through `transform` (signature check) when fetched afresh; what is cached
     /// is the transformed body, so a cache hit needs no second check.
@@ -50,6 +51,12 @@ struct MetadataCache: Sendable {
             return (validators, body)
         }()
         if let (validators, body) = cached, !refresh, Date().timeIntervalSince(validators.fetchedAt) < maxAge {
+            return body
+        }
+        if offline {
+            guard let (_, body) = cached else {
+                throw NimbusError(.notFound, "the \(what) is not cached: `nimbus image refresh` fetches it")
+            }
             return body
         }
         var headers: [(String, String)] = []

@@ -22,6 +22,7 @@ import Yams
 ///       packages: [nginx]
 ///   - name: db
 ///     cloud-init-file: db.yaml          # ... or a file, relative to the fleet file
+///     volumes: ["pgdata:/var/lib/postgresql:20G"]   # NAME:PATH[:SIZE], as --volume
 ///   - name: edge
 ///     image: fedora-coreos:stable
 ///     ignition-file: edge.ign           # your own Ignition config (CoreOS), as `launch --ignition`
@@ -83,6 +84,9 @@ public struct FleetFile: Sendable {
         /// The network (one with NAT) the guest's default route goes through (`default-route`), as
         /// `launch --default-route`.
         public var defaultRoute: String?
+        /// Data volumes, each `NAME:PATH` or `NAME:PATH:SIZE` (made at that size when missing), as
+        /// `launch --volume`; never taken from `defaults:` (a volume serves one instance at a time).
+        public var volumes: [String]?
 
         enum CodingKeys: String, CodingKey {
             case name, image, cpus, memory, disk, hostname, locale, timezone, forwards, mounts, ephemeral, driver,
@@ -92,7 +96,7 @@ public struct FleetFile: Sendable {
             case cloudInitFile = "cloud-init-file"
             case ignitionFile = "ignition-file"
             case sshKeys = "ssh-keys"
-            case networks
+            case networks, volumes
             case defaultRoute = "default-route"
         }
 
@@ -109,7 +113,7 @@ public struct FleetFile: Sendable {
                 ignitionFile: ignitionFile ?? defaults.ignitionFile,
                 sshKeys: (defaults.sshKeys ?? []) + (sshKeys ?? []), networks: networks ?? defaults.networks,
                 driver: driver ?? defaults.driver, connect: connect ?? (driver == nil ? defaults.connect : nil),
-                defaultRoute: defaultRoute ?? (networks == nil ? defaults.defaultRoute : nil))
+                defaultRoute: defaultRoute ?? (networks == nil ? defaults.defaultRoute : nil), volumes: volumes)
         }
     }
 
@@ -133,6 +137,8 @@ public struct FleetFile: Sendable {
     public let specs: [InstanceSpec]
     /// The networks the file declares, by name, with their subnets checked.
     public let networks: [(name: String, subnet: IPv4Subnet?, nat: Bool)]
+    /// For each instance, the sizes its `volumes:` give to volumes to be made when missing.
+    public let volumeSizes: [InstanceName: [String: ByteSize]]
 
     /// Reads and validates the whole file before anything is launched; errors name the file, and the
     /// instance and key at fault.
@@ -168,6 +174,7 @@ public struct FleetFile: Sendable {
         self.networks = networks
         let base = url.deletingLastPathComponent()
         var specs: [InstanceSpec] = []
+        var volumeSizes: [InstanceName: [String: ByteSize]] = [:]
         var seen: Set<String> = []
         for (index, raw) in document.instances.enumerated() {
             let entry = raw.merged(over: document.defaults ?? Entry())
@@ -179,18 +186,28 @@ public struct FleetFile: Sendable {
             guard seen.insert(rawName).inserted else {
                 throw NimbusError(.invalidArgument, "\(label): the name \"\(rawName)\" is used twice")
             }
+            var sizes: [String: ByteSize] = [:]
             specs.append(
                 try Self.within("\(label) (\(rawName))") { () throws(NimbusError) in
-                    try Self.spec(name: name, entry: entry, config: config, base: base, fleet: absolute.path)
+                    try Self.spec(
+                        name: name, entry: entry, config: config, base: base, fleet: absolute.path, sizes: &sizes)
                 })
+            if !sizes.isEmpty { volumeSizes[name] = sizes }
         }
         self.specs = specs
+        self.volumeSizes = volumeSizes
     }
 
-    static func spec(name: InstanceName, entry: Entry, config: NimbusConfig, base: URL, fleet: String)
-        throws(NimbusError) -> InstanceSpec
-    {
+    static func spec(
+        name: InstanceName, entry: Entry, config: NimbusConfig, base: URL, fleet: String,
+        sizes: inout [String: ByteSize]
+    ) throws(NimbusError) -> InstanceSpec {
         var spec = InstanceSpec(name: name, image: entry.image, defaults: config)
+        for text in entry.volumes ?? [] {
+            let (attachment, size) = try VolumeAttachment.parse(text, what: "volumes")
+            spec.volumes.append(attachment)
+            if let size { sizes[attachment.volume] = size }
+        }
         if let cpus = entry.cpus { spec.cpus = cpus }
         if let memory = entry.memory { spec.memory = try ByteSize(parsing: memory, what: "memory") }
         if let disk = entry.disk { spec.disk = try ByteSize(parsing: disk, what: "disk") }

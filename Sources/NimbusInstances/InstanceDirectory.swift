@@ -30,4 +30,9 @@ public struct InstanceDirectory: Sendable, Hashable {
     public var serialLog: URL { machine.serialLog }
     /// The guest's SSH host keys, pinned before its first boot.
     public var knownHosts: URL { file("known_hosts") }
+    /// The private half of the pinned host key (0600), so a new root disk gets the same key (`upgrade`).
+    public var hostKey: URL { file("ssh_host_ed25519_key") }
+    /// What the current root disk was made from (`RootRecord`); absent until the first upgrade, when the
+    /// state's image fields say it.
+    public var rootRecord: URL { file("root.json") }
 }

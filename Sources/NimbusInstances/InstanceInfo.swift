@@ -57,6 +57,12 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
     public var networks: [NetworkAddress] = []
     /// The data volumes mounted in the guest (`--volume`), as `NAME:PATH`.
     public var volumes: [String] = []
+    /// The newest build of the instance's image when it is not the one the instance runs (`20260210-0002`),
+    /// from the catalog metadata cached on disk (no network: `nimbus image refresh` updates it).
+    public var update: String?
+    /// The image of the root kept by the last `upgrade` (`debian 12 (20260110-0001)`), while there is one:
+    /// `nimbus rollback` returns to it.
+    public var rollback: String?
 
     /// An instance's place on a network.
     public struct NetworkAddress: Codable, Sendable, Equatable {
@@ -72,11 +78,14 @@ public struct InstanceInfo: Codable, Sendable, Equatable {
 extension InstanceManager {
     /// Every instance, by name.
     public func list() async -> [InstanceInfo] {
+        let names = store.names()
+        await finishInterruptedSwaps(names)
+        let updates = await imageUpdates(digests: Set(names.compactMap { try? store.loadState($0).imageDigest }))
         // Each instance is read on its own (spec YAML, state JSON, the live process): in parallel, since a
         // store of hundreds spends its time decoding, which both cores can share.
-        await withTaskGroup(of: InstanceInfo.self) { group in
-            for name in store.names() {
-                group.addTask { (try? await info(name)) ?? brokenInfo(name) }
+        return await withTaskGroup(of: InstanceInfo.self) { group in
+            for name in names {
+                group.addTask { (try? await info(name, updates: updates)) ?? brokenInfo(name) }
             }
             var infos: [InstanceInfo] = []
             for await info in group { infos.append(info) }
@@ -87,8 +96,30 @@ extension InstanceManager {
         }
     }
 
+    /// The newest build of each cached image in `digests` that its catalog names, where it is another build:
+    /// from cached metadata only, so `list` makes no network call.
+    func imageUpdates(digests: Set<String>) async -> [String: String] {
+        guard !digests.isEmpty, let images = try? imageStore(offline: true) else { return [:] }
+        var updates: [String: String] = [:]
+        for digest in digests {
+            // CoreOS instances update themselves (and `upgrade` refuses them): no update is shown for them.
+            if let image = await images.entry(digest), image.distribution != .fedoraCoreOS,
+                let update = await images.update(of: image), update.available
+            {
+                updates[digest] = update.newest
+            }
+        }
+        return updates
+    }
+
     /// One instance, its state read from the live process.
     public func info(_ name: InstanceName) async throws -> InstanceInfo {
+        let digest = try store.loadState(name).imageDigest
+        return try await info(name, updates: await imageUpdates(digests: Set([digest].compactMap { $0 })))
+    }
+
+    /// One instance, with the image updates known (`imageUpdates`).
+    func info(_ name: InstanceName, updates: [String: String]) async throws -> InstanceInfo {
         let dir = try store.requireExisting(name)
         let spec = try store.loadSpec(name)
         let state = try store.loadState(name)
@@ -137,7 +168,8 @@ extension InstanceManager {
             networks: spec.networks.compactMap { attachment in
                 guard let address = attachment.address, let mac = attachment.macAddress else { return nil }
                 return InstanceInfo.NetworkAddress(name: attachment.network, address: address.description, mac: mac)
-            }, volumes: spec.volumes.map { "\($0.volume):\($0.mountPoint)" })
+            }, volumes: spec.volumes.map { "\($0.volume):\($0.mountPoint)" },
+            update: state.imageDigest.flatMap { updates[$0] }, rollback: rollbackDescription(dir))
     }
 
     /// An instance whose files cannot be read: shown as `error` so `recover` or `delete` can deal with it.

@@ -151,15 +151,19 @@ extension InstanceManager {
         return infos
     }
 
+    /// The state a machine's definition keeps (as of the instance's last start), if it reads.
+    func keptState(of machine: DefinedMachine) -> InstanceState? {
+        machine.annotations[Annotation.state].flatMap { try? InstanceState.decode(Data($0.utf8)) }
+    }
+
+    /// The spec a machine's definition keeps (without user-data), if it reads.
+    func keptSpec(of machine: DefinedMachine) -> InstanceSpec? {
+        machine.annotations[Annotation.spec].flatMap { try? YAMLDecoder().decode(InstanceSpec.self, from: $0) }
+    }
+
     func lostInfo(_ machine: DefinedMachine) -> InstanceInfo {
-        let spec = machine.annotations[Annotation.spec].flatMap {
-            try? YAMLDecoder().decode(InstanceSpec.self, from: $0)
-        }
-        let state = machine.annotations[Annotation.state].flatMap { text -> InstanceState? in
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
-            return try? decoder.decode(InstanceState.self, from: Data(text.utf8))
-        }
+        let spec = keptSpec(of: machine)
+        let state = keptState(of: machine)
         return InstanceInfo(
             name: machine.name, state: .missing, image: spec?.image ?? "?", imageVersion: state?.imageDescription,
             ipv4: [], ssh: nil, cpus: spec?.cpus ?? 0, memory: spec?.memory ?? ByteSize(bytes: 0), diskUsed: nil,
@@ -276,12 +280,7 @@ extension InstanceManager {
         guard spec.name == name else {
             throw NimbusError(.io, "\(machine.label)'s metadata names instance \(name) but its spec \(spec.name)")
         }
-        var state = InstanceState()
-        if let text = machine.annotations[Annotation.state] {
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
-            state = (try? decoder.decode(InstanceState.self, from: Data(text.utf8))) ?? state
-        }
+        var state = keptState(of: machine) ?? InstanceState()
         state.sshPort = machine.sshPort ?? state.sshPort
         state.lastError = nil
         state.deleted = false

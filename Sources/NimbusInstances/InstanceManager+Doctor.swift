@@ -15,6 +15,15 @@ public struct DoctorFinding: Sendable, Equatable {
     public var fixed: Bool = false
     /// True for a problem that slows or limits something without breaking it: reported, not a failure.
     public var warning: Bool = false
+
+    /// A finding about `subject`.
+    public init(subject: String, detail: String, ok: Bool, fixed: Bool = false, warning: Bool = false) {
+        self.subject = subject
+        self.detail = detail
+        self.ok = ok
+        self.fixed = fixed
+        self.warning = warning
+    }
 }
 
 extension InstanceManager {
@@ -53,6 +62,7 @@ extension InstanceManager {
             }
         }
         findings += await checkStore(fix: fix)
+        findings += await checkImageRecords(fix: fix)
         findings += await networks.doctor(fix: fix)
         return findings
     }
@@ -85,16 +95,35 @@ extension InstanceManager {
         return findings
     }
 
+    /// Image records that do not load; with `fix`, each made again from its image or removed with it
+    /// (`ImageStore.repair`).
+    func checkImageRecords(fix: Bool) async -> [DoctorFinding] {
+        guard let images = try? imageStore(offline: true) else { return [] }
+        var findings: [DoctorFinding] = []
+        for damaged in await images.damagedRecords() {
+            var finding = DoctorFinding(
+                subject: "image \(damaged.sha256.prefix(12))",
+                detail: "its record \(damaged.record.path) is damaged (\(damaged.problem)): the image is not listed",
+                ok: false)
+            if fix {
+                do {
+                    finding.detail += "; " + (try await images.repair(damaged))
+                    finding.fixed = true
+                } catch {
+                    finding.detail += "; " + error.message
+                }
+            }
+            findings.append(finding)
+        }
+        return findings
+    }
+
     func checkInstance(_ name: InstanceName, fix: Bool) async -> [DoctorFinding] {
         let subject = "instance \(name)"
         let dir = store.directory(name)
-        guard (try? store.loadSpec(name)) != nil, (try? store.loadState(name)) != nil else {
-            return [
-                DoctorFinding(
-                    subject: subject, detail: "its files cannot be read: `nimbus delete --purge \(name)`", ok: false)
-            ]
-        }
-        var findings: [DoctorFinding] = []
+        var (findings, readable) = await checkFiles(name, fix: fix)
+        guard readable else { return findings }
+        let repaired = !findings.isEmpty
         if let info = try? DiskImage.inspect(dir.disk), let base = info.backingPath(relativeTo: dir.disk),
             !FileManager.default.fileExists(atPath: base.path)
         {
@@ -123,7 +152,7 @@ extension InstanceManager {
                     subject: subject, detail: "QEMU runs but does not answer on QMP: `nimbus stop --force \(name)`",
                     ok: false))
         }
-        if findings.isEmpty {
+        if findings.isEmpty || repaired && findings.allSatisfy(\.fixed) {
             let helpers = driver.helperPIDs(of: dir.machine)
             let detail =
                 helpers.isEmpty

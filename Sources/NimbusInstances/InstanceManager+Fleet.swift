@@ -7,6 +7,9 @@ public struct ApplyReport: Sendable {
     public var launched: [InstanceName] = []
     /// The file's instances that existed already, left alone.
     public var unchanged: [InstanceName] = []
+    /// The file's instances that existed with another image than the file now names, upgraded to it
+    /// (`upgrade --image`), sorted by name.
+    public var upgraded: [InstanceName] = []
     /// The instances launched from this file that it no longer lists, purged by `prune`.
     public var pruned: [InstanceName] = []
     /// The instances that could not be launched (or pruned), each with its error.
@@ -21,9 +24,13 @@ public struct ApplyReport: Sendable {
 }
 
 extension InstanceManager {
-    /// Launches the fleet's instances that do not exist yet, in parallel; leaves existing ones alone; with
-    /// `prune`, purges the instances launched from this file that it no longer lists.
-    public func apply(_ fleet: FleetFile, prune: Bool, timeout: Duration) async -> ApplyReport {
+    /// Launches the fleet's instances that do not exist yet, in parallel; upgrades, one at a time, existing ones
+    /// whose image the file changed (`confirm` sees each plan first, as for `upgrade`); leaves the others
+    /// alone; with `prune`, purges the instances launched from this file that it no longer lists.
+    public func apply(
+        _ fleet: FleetFile, prune: Bool, timeout: Duration,
+        confirm: @escaping @Sendable (UpgradePlan) async throws -> Void = { _ in }
+    ) async -> ApplyReport {
         var report = ApplyReport()
         // The file's networks first: an instance on one that cannot be made fails, the others go on.
         var failedNetworks: [String: NimbusError] = [:]
@@ -52,7 +59,20 @@ extension InstanceManager {
         let missing = fleet.specs.filter { spec in
             !store.exists(spec.name) && !report.failures.contains { $0.0 == spec.name }
         }
-        report.unchanged = fleet.specs.filter { store.exists($0.name) }.map(\.name)
+        let existing = fleet.specs.filter { store.exists($0.name) }
+        for spec in existing {
+            guard let current = try? store.loadSpec(spec.name), current.image != spec.image else {
+                report.unchanged.append(spec.name)
+                continue
+            }
+            progress("\(spec.name): the fleet file names \(spec.image), the instance runs \(current.image): upgrading")
+            do {
+                try await upgrade(spec.name, to: spec.image, timeout: timeout, confirm: confirm)
+                report.upgraded.append(spec.name)
+            } catch {
+                report.failures.append((spec.name, Self.wrap(error)))
+            }
+        }
         // Pull each distinct image once before the parallel launches, so they share one download.
         for image in Set(missing.map(\.image)) {
             do {
@@ -66,7 +86,8 @@ extension InstanceManager {
             for spec in ready {
                 group.addTask {
                     do {
-                        try await launch(spec, wait: true, timeout: timeout)
+                        try await launch(
+                            spec, volumeSizes: fleet.volumeSizes[spec.name] ?? [:], wait: true, timeout: timeout)
                         return (spec.name, nil)
                     } catch {
                         return (spec.name, Self.wrap(error))

@@ -99,7 +99,7 @@ extension InstanceManager {
 
     /// Stops `name`'s machine politely (the guest shuts down, flushing its filesystems) if it runs, reporting
     /// each step of the ladder.
-    private func stopIfRunning(_ name: InstanceName, _ machine: MachineDirectory, driver: any Hypervisor)
+    func stopIfRunning(_ name: InstanceName, _ machine: MachineDirectory, driver: any Hypervisor)
         async throws(NimbusError)
     {
         guard await driver.status(of: machine).state != .stopped else { return }
@@ -112,7 +112,15 @@ extension InstanceManager {
     public func recover(_ name: InstanceName) async throws {
         try await store.withLock(name) { _ in
             let dir = try store.requireExisting(name)
-            var state = (try? store.loadState(name)) ?? InstanceState()
+            try finishInterruptedSwap(name)
+            var state: InstanceState
+            var rebuilt = false
+            do {
+                state = try store.loadState(name)
+            } catch {
+                state = await rebuiltState(name, from: definedMachine(of: dir))
+                rebuilt = true
+            }
             if state.deleted {
                 state.deleted = false
                 try store.saveState(state, in: dir)
@@ -124,7 +132,9 @@ extension InstanceManager {
             if status.state == .unresponsive || status.state == .crashed {
                 try await driver.kill(dir.machine)
             }
-            guard state.lastError != nil || !state.complete || status.state == .unresponsive || status.state == .crashed
+            guard
+                rebuilt || state.lastError != nil || !state.complete || status.state == .unresponsive
+                    || status.state == .crashed
             else {
                 progress("\(name) needs no recovery")
                 return
@@ -132,7 +142,9 @@ extension InstanceManager {
             state.lastError = nil
             state.complete = true
             try store.saveState(state, in: dir)
-            progress("\(name): recovered; `nimbus start \(name)` starts it")
+            progress(
+                "\(name): recovered\(rebuilt ? " (its damaged state.json made again from its folder)" : ""); `nimbus start \(name)` starts it"
+            )
         }
     }
 

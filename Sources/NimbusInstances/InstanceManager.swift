@@ -70,14 +70,10 @@ public struct InstanceManager: Sendable {
         try planner.check(spec)
         try networks.check(spec.networks, driver: spec.driver)
         if !spec.volumes.isEmpty {
-            guard spec.driver == .qemu else {
-                throw NimbusError(
-                    .unsupported,
-                    "--volume works with the QEMU driver only for now: launch with --driver qemu, or without --volume")
-            }
             try volumes.check(
                 spec.volumes, sizes: volumeSizes, for: spec.name,
-                taken: spec.mounts.map(\.guestPath) + (spec.ephemeral.map { [$0.mountPoint] } ?? []))
+                taken: spec.mounts.map(\.guestPath) + (spec.ephemeral.map { [$0.mountPoint] } ?? []),
+                driver: spec.driver)
         }
         try await hypervisor.check(spec)
         try await planner.checkHost(spec)
@@ -112,12 +108,6 @@ public struct InstanceManager: Sendable {
                 "--ignition needs a CoreOS image (like fedora-coreos:stable): \(spec.image) boots cloud-init, so give its personality with --cloud-init"
             )
         }
-        if !spec.volumes.isEmpty, image.distribution == .fedoraCoreOS {
-            throw NimbusError(
-                .unsupported,
-                "--volume is not supported for Ignition (CoreOS) images yet: launch without it, or from a cloud-init image"
-            )
-        }
         var spec = spec
         spec.firmware = try await planner.resolveFirmware(spec, image: image)
         spec.mountType = planner.resolveMountType(spec)
@@ -131,9 +121,10 @@ public struct InstanceManager: Sendable {
         // Addresses and volumes are taken before the lock, so a launch that then fails gives them back below.
         spec.networks = try await networks.reserve(spec.networks, for: spec.name, exists: store.exists)
         let reservedNetworks = spec.networks
-        let madeVolumes: [String]
+        let madeVolumes: VolumeManager.Attached
         do {
-            madeVolumes = try await volumes.attach(spec.volumes, sizes: volumeSizes, to: spec.name)
+            madeVolumes = try await volumes.attach(
+                spec.volumes, sizes: volumeSizes, to: spec.name, driver: spec.driver)
         } catch {
             await networks.release(reservedNetworks, of: spec.name)
             throw error
@@ -178,16 +169,25 @@ public struct InstanceManager: Sendable {
 
     // MARK: Images and keys
 
-    /// The cached image `reference` names, pulled or imported when missing.
-    func pullImage(_ reference: String) async throws -> CachedImage {
+    /// The cached image `reference` names, pulled or imported when missing; `refresh` asks the catalog afresh
+    /// (`upgrade` wants its newest build, not the one named an hour ago).
+    func pullImage(_ reference: String, refresh: Bool = false) async throws -> CachedImage {
+        let images = try imageStore(refresh: refresh)
+        return try await images.pull(try await images.reference(reference), as: reference)
+    }
+
+    /// The image cache as this manager uses it: progress and warnings to its reporters, the instances' disks
+    /// kept from pruning; `offline` reads catalogs from cached metadata only (no network).
+    func imageStore(refresh: Bool = false, offline: Bool = false) throws(NimbusError) -> ImageStore {
         var options = ImageStore.Options()
         let report = progress
         options.warn = { report($0) }
         options.progress = imageProgress
+        options.refresh = refresh
+        options.offline = offline
         let instances = store
         options.disks = { instances.disks() }
-        let images = try ImageStore(paths: paths, options: options)
-        return try await images.pull(try await images.reference(reference), as: reference)
+        return try ImageStore(paths: paths, options: options)
     }
 
     /// The installation's SSH key pair, made on first use (ed25519, OpenSSH format, 0600 in a 0700 folder).
@@ -259,6 +259,7 @@ public struct InstanceManager: Sendable {
     public func start(_ name: InstanceName, wait: Bool, timeout: Duration) async throws {
         let clock = ContinuousClock.now
         let seedServer = try await store.withLock(name) { _ in
+            try finishInterruptedSwap(name)
             let state = try store.loadState(name)
             try requireUsable(name, state)
             let machine = store.directory(name).machine
@@ -308,6 +309,10 @@ public struct InstanceManager: Sendable {
                 "cloud-init finished with errors in \(name): \(modules). The instance is left running: `nimbus shell \(name)` to look, /var/log/cloud-init.log has the details"
             )
         }
+        // What cloud-init wrote, the SSH host keys above all, is on the guest's disk now rather than up to 30 s
+        // later (ext4 writes file data back lazily): a QEMU killed soon after the launch would otherwise leave
+        // empty key files, and an SSH server that never starts again.
+        if cloudInit != nil { _ = try? await ssh.run(["sync"]) }
         try await checkMounts(spec, ssh: ssh)
     }
 

@@ -41,6 +41,13 @@ public struct InstanceState: Codable, Sendable, Equatable {
     /// A state with nothing recorded yet, created now.
     public init() {}
 
+    /// A state from state.json's JSON (ISO 8601 dates), as `InstanceStore.saveState` writes it.
+    public static func decode(_ data: Data) throws -> InstanceState {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .iso8601
+        return try decoder.decode(InstanceState.self, from: data)
+    }
+
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
         let defaults = InstanceState()

@@ -39,13 +39,17 @@ public struct InstanceStore: Sendable {
     }
 
     /// Every qcow2 disk in the instance folders, with its owner for people (`instance web (disk.qcow2)`): what
-    /// cached images may back (`ImageStore.Options.disks`). Read from the folders at each call.
+    /// cached images may back (`ImageStore.Options.disks`), the roots kept for `rollback` and those an upgrade
+    /// is making included. Read from the folders at each call.
     public func disks() -> [(owner: String, file: URL)] {
         names().flatMap { name -> [(owner: String, file: URL)] in
-            let folder = directory(name).url
-            let files = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
-            return files.sorted().filter { $0.hasSuffix(".qcow2") }.map {
-                (owner: "instance \(name) (\($0))", file: folder.appending(path: $0))
+            let root = directory(name).url
+            return ["", "rollback/", "upgrade.new/", "upgrade.partial/", "rollback.restore/"].flatMap { sub in
+                let folder = sub.isEmpty ? root : root.appending(path: sub, directoryHint: .isDirectory)
+                let files = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+                return files.sorted().filter { $0.hasSuffix(".qcow2") }.map {
+                    (owner: "instance \(name) (\(sub)\($0))", file: folder.appending(path: $0))
+                }
             }
         }
     }
@@ -70,6 +74,17 @@ public struct InstanceStore: Sendable {
         return try await body(lock)
     }
 
+    /// Runs `body` holding the lock of `name` if no other process holds it now; nil, without waiting, if one
+    /// does.
+    public func withLockIfFree<T: Sendable>(
+        _ name: InstanceName, _ body: (FileLock) async throws -> T
+    ) async throws -> T? {
+        try createFolder(locks)
+        guard let lock = try FileLock.attempt(locks.appending(path: "\(name.rawValue).lock")) else { return nil }
+        defer { lock.unlock() }
+        return try await body(lock)
+    }
+
     // MARK: Files
 
     /// Reads the instance's instance.yaml; fails with `.notFound` when the instance does not exist, with
@@ -80,7 +95,9 @@ public struct InstanceStore: Sendable {
             return try YAMLDecoder().decode(InstanceSpec.self, from: String(contentsOf: url, encoding: .utf8))
         } catch {
             throw NimbusError(
-                .io, "\(url.path) is damaged: `nimbus recover \(name)` or `nimbus delete \(name)`", cause: error)
+                .io,
+                "\(url.path) is damaged (\(NimbusConfig.describeDamage(error))): it is the instance's definition, which Nimbus does not guess: mend it by hand (`nimbus doctor` says whether a copy can restore it), or `nimbus delete --purge \(name)`; the other instances are not affected",
+                cause: error)
         }
     }
 
@@ -89,12 +106,12 @@ public struct InstanceStore: Sendable {
     public func loadState(_ name: InstanceName) throws(NimbusError) -> InstanceState {
         let url = try requireExisting(name).state
         do {
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
-            return try decoder.decode(InstanceState.self, from: Data(contentsOf: url))
+            return try InstanceState.decode(Data(contentsOf: url))
         } catch {
             throw NimbusError(
-                .io, "\(url.path) is damaged: `nimbus recover \(name)` or `nimbus delete \(name)`", cause: error)
+                .io,
+                "\(url.path) is damaged (\(NimbusConfig.describeDamage(error))): `nimbus doctor --fix` makes it again from the instance's folder",
+                cause: error)
         }
     }
 
@@ -122,12 +139,16 @@ public struct InstanceStore: Sendable {
         try saveState(state, in: directory(name))
     }
 
-    static func encodeSpec(_ spec: InstanceSpec) throws(NimbusError) -> Data {
+    /// Writes `spec` as instance.yaml at `url`, atomically, readable by its owner only: it holds the user's
+    /// user-data, which often carries passwords and tokens.
+    static func writeSpec(_ spec: InstanceSpec, to url: URL) throws(NimbusError) {
+        let data: Data
         do {
-            return Data(try YAMLEncoder().encode(spec).utf8)
+            data = Data(try YAMLEncoder().encode(spec).utf8)
         } catch {
             throw NimbusError(.internalError, "could not encode the spec of \(spec.name)", cause: error)
         }
+        try AtomicFile.write(data, to: url, permissions: 0o600)
     }
 
     // MARK: Creating and removing
@@ -153,7 +174,7 @@ public struct InstanceStore: Sendable {
                 path: ".creating-\(spec.name)-\(UUID().uuidString.prefix(8))", directoryHint: .isDirectory))
         try createFolder(staging.url)
         do {
-            try AtomicFile.write(try Self.encodeSpec(spec), to: staging.spec)
+            try Self.writeSpec(spec, to: staging.spec)
             var state = try await build(staging)
             state.complete = true
             try saveState(state, in: staging)

@@ -1,6 +1,7 @@
 import Foundation
 import NimbusCore
 import NimbusMachines
+import NimbusSeed
 import Yams
 
 /// The installation's defaults, from `config.yaml` (NimbusPaths.configFile). Every key is optional; a
@@ -81,8 +82,11 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
         if text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty { return NimbusConfig() }
         do {
             return try YAMLDecoder().decode(NimbusConfig.self, from: text)
-        } catch let error as YamlError {
-            throw NimbusError(.invalidArgument, "\(url.path): \(error)", cause: error)
+        } catch  where yamlError(in: error) != nil {
+            throw NimbusError(
+                .invalidArgument,
+                "\(url.path) is not valid YAML (\(describeDamage(error))): mend it, or move it aside to use the defaults",
+                cause: error)
         } catch let error as NimbusError {
             throw NimbusError(.invalidArgument, "\(url.path): \(error.message)", cause: error)
         } catch let error as DecodingError {
@@ -90,6 +94,34 @@ public struct NimbusConfig: Codable, Sendable, Equatable {
         } catch {
             throw NimbusError(.invalidArgument, "\(url.path) could not be read", cause: error)
         }
+    }
+
+    /// Why a file Nimbus wrote (or config.yaml) did not load, in one line: the YAML or JSON error with its
+    /// place, a key's problem, or that the file is empty.
+    public static func describeDamage(_ error: any Error) -> String {
+        let text: String
+        if let error = yamlError(in: error),
+            case .invalidYAML(_, let line, let column, let problem) = SeedError(yaml: error, file: "")
+        {
+            text = "line \(line), column \(column): \(problem)"
+        } else if case DecodingError.dataCorrupted(let context) = error, context.codingPath.isEmpty {
+            let underlying = (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
+            text = underlying ?? context.debugDescription
+        } else if let error = error as? DecodingError {
+            text = describe(error)
+        } else {
+            text = (error as NSError).localizedDescription
+        }
+        let line = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+            .filter { !$0.isEmpty }.joined(separator: " ")
+        return line.isEmpty ? "empty" : line
+    }
+
+    /// The YAML syntax error in `error`: Yams's own, or the one its decoder wraps.
+    static func yamlError(in error: any Error) -> YamlError? {
+        if let error = error as? YamlError { return error }
+        if case DecodingError.dataCorrupted(let context) = error { return context.underlyingError as? YamlError }
+        return nil
     }
 
     /// A decoding error as `key: problem`.

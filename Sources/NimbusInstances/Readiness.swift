@@ -67,6 +67,15 @@ public struct Readiness: Sendable {
     /// systemd-user-sessions), so any wait here is a margin only.
     public var cloudInitGrace: Duration = .seconds(20)
 
+    /// How long after the console said the SSH server failed to start a guest whose SSH still does not
+    /// answer is taken for one whose SSH server will not start: systemd restarts it within a second or two,
+    /// and each restart fails the same way when its host keys are gone.
+    public var sshServerGrace: Duration = .seconds(15)
+
+    /// How long the console may show no kernel before SSH's banner is taken as the sign instead
+    /// (`kernelBooted`); a kernel's banner comes within seconds of QEMU's start, under TCG too.
+    public var consoleGrace: Duration = .seconds(30)
+
     /// A wait for the guest behind `ssh`; `start` is now and `cloudInit` nil (an Ignition guest)
     /// unless given.
     public init(
@@ -90,7 +99,10 @@ public struct Readiness: Sendable {
         let console = SerialWatch(serialLog)
         // A guest on a remote libvirt host writes its serial log there: its first sign here is SSH.
         if ssh.host == "127.0.0.1" {
-            try await until(.kernel, deadline: deadline, isAlive: isAlive, console: console) { console.sawKernel }
+            var probedAt = start
+            try await until(.kernel, deadline: deadline, isAlive: isAlive, console: console) {
+                await kernelBooted(console, probedAt: &probedAt)
+            }
         }
         try await until(.sshReachable, deadline: deadline, isAlive: isAlive, console: console) {
             await sshBannerAnswersOffThePool()
@@ -112,6 +124,18 @@ public struct Readiness: Sendable {
         return output
     }
 
+    /// Whether the guest's kernel runs: its banner on the console, or, once `consoleGrace` has passed without
+    /// it, sshd's banner (asked every 5 s). A console log can stop being written while the guest boots on:
+    /// libvirt writes it through virtlogd, and a virtlogd restarted under a running QEMU leaves QEMU's log
+    /// descriptor dead until that QEMU ends.
+    func kernelBooted(_ console: SerialWatch, probedAt: inout ContinuousClock.Instant) async -> Bool {
+        if console.sawKernel { return true }
+        let now = ContinuousClock.now
+        guard now - start >= consoleGrace, now - probedAt >= .seconds(5) else { return false }
+        probedAt = now
+        return await sshBannerAnswersOffThePool()
+    }
+
     /// Polls `condition` (a local file read or a loopback probe, never an SSH login) every 200 ms.
     func until(
         _ phase: BootPhase, deadline: ContinuousClock.Instant, isAlive: @Sendable () async -> Bool,
@@ -127,6 +151,7 @@ public struct Readiness: Sendable {
             }
             try checkCloudInitStarted(console)
             try checkIgnition(console)
+            if phase == .sshReachable { try checkSSHServer(console) }
             // A guest whose C library refuses the CPU never comes: glibc 2.33+ stops every program built for
             // a higher x86-64 level (init first, so the kernel panics next). Say which level and the fix.
             if let level = console.missingISALevel {
@@ -146,6 +171,22 @@ public struct Readiness: Sendable {
             try? await Task.sleep(for: .milliseconds(200))
         }
         report(phase, .now - start)
+    }
+
+    /// Fails when the console said `sshServerGrace` ago that the guest's SSH server failed to start, and SSH
+    /// still does not answer. The usual cause: the guest was stopped uncleanly (QEMU or the host killed) soon
+    /// after cloud-init wrote its host keys, which ext4 then lost (it writes file data back after up to 30 s),
+    /// and cloud-init does not write them again for the same instance-id.
+    /// A cloud-init guest whose console never showed cloud-init is left to `checkCloudInitStarted`: without
+    /// cloud-init there are no host keys, so sshd's failure follows, and the cause is cloud-init's.
+    func checkSSHServer(_ console: SerialWatch) throws(NimbusError) {
+        guard let failure = console.sshServerFailure, ContinuousClock.now - failure.at >= sshServerGrace,
+            cloudInit == nil || console.sawCloudInit
+        else { return }
+        throw NimbusError(
+            .guestSetup,
+            "the guest's SSH server does not start: its console says \"\(failure.line)\" (\(InstanceManager.format(failure.at - start)) into the boot), and SSH has not answered since. Its host keys were most likely lost to an unclean stop (QEMU or the host killed soon after they were written): `nimbus recover --reseed` with the instance's name writes them again (the same keys: known_hosts stays valid). The instance is left running: `nimbus console` shows its console\(serialTail())"
+        )
     }
 
     /// Fails when the guest showed its login prompt `cloudInitGrace` ago and cloud-init has said nothing.

@@ -14,6 +14,9 @@ final class SerialWatch {
     private(set) var missingISALevel: String?
     /// The guest's kernel panicked.
     private(set) var sawKernelPanic = false
+    /// systemd's line saying the guest's SSH server failed to start (`Failed to start ssh.service - OpenBSD
+    /// Secure Shell server.`), colours removed, and when it first showed.
+    private(set) var sshServerFailure: (line: String, at: ContinuousClock.Instant)?
     /// The kernel's banner (`Linux version`) has been printed.
     private(set) var sawKernel = false
     /// cloud-init's banner (`Cloud-init v. 22.4.2 running 'init-local'`) has been printed.
@@ -67,9 +70,23 @@ final class SerialWatch {
         if loginPromptAt == nil, Self.isLoginPrompt(line) { loginPromptAt = .now }
         if missingISALevel == nil { missingISALevel = Readiness.missingISALevel(in: line) }
         if !sawKernelPanic, line.contains("Kernel panic - not syncing") { sawKernelPanic = true }
+        if sshServerFailure == nil, line.contains("Failed to start") {
+            // systemd shortens the unit's name to fit the console (`ssh.servic…`) and drops the escape byte of
+            // the colour reset after it: the description is matched, and the stray `[0m` goes.
+            let plain = Self.withoutColours(line).replacingOccurrences(of: "…[0m", with: "…")
+            if Self.sshServerNames.contains(where: plain.contains) {
+                sshServerFailure = (plain.trimmingCharacters(in: .whitespaces), .now)
+            }
+        }
         if let device = Self.blockDevice(in: line), !blockDevices.contains(device) { blockDevices.append(device) }
         scanIgnition(line)
     }
+
+    /// How systemd's `Failed to start` line names the SSH server: by its unit's description (Debian's and
+    /// Ubuntu's `ssh.service`, Fedora's `sshd.service`), or by the unit when it is not shortened.
+    static let sshServerNames = [
+        "OpenBSD Secure Shell server", "OpenSSH server daemon", "start ssh.service", "start sshd.service",
+    ]
 
     /// Ignition's progress as systemd and Ignition print it on the console, colours removed: `Reached target
     /// ignition-co…te.target - Ignition Complete.` (systemd shortens unit names to fit, so the descriptions

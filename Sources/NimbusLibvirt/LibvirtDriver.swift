@@ -326,12 +326,50 @@ public struct LibvirtDriver: Hypervisor {
             guard let record = Self.record(directory), let storage = LibvirtStorage.record(directory) else {
                 return nil
             }
-            guard storage.diskCreated else { return 0 }
+            guard storage.created(storage.rootKey) else { return 0 }
             guard let volume = try LibvirtStorage.diskVolume(storage, domain: record.domain) else {
                 throw NimbusError(
                     .notFound, "the disk volume of domain \(record.domain) is gone from pool \(storage.pool)")
             }
             return try volume.allocation()
+        }
+    }
+
+    /// Deletes the overlays of roots given up (`LibvirtStorage.deleteRootDisks`).
+    public func deleteMainDisks(_ directory: MachineDirectory, keeping keys: Set<String?>) async throws(NimbusError) {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            guard let record = Self.record(directory) else { return }
+            try LibvirtStorage.deleteRootDisks(of: directory, domain: record.domain, keeping: keys)
+        }
+    }
+
+    /// Makes the empty qcow2 data volume `name` of `bytes` in this driver's pool (made when missing).
+    public func createDataVolume(_ name: String, size bytes: UInt64) async throws(NimbusError) {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            let local = Self.isLocal(uri)
+            let owner: LibvirtDomainXML.Owner? = local && uri.hasSuffix("/system") ? .current : nil
+            let storage = LibvirtStorage(connection: try LibvirtConnection(uri: uri), pool: pool, owner: owner) { _ in }
+            _ = try storage.ensurePool().createVolume(name, size: bytes, format: .qcow2, mode: 0o600, owner: owner)
+        }
+    }
+
+    /// Grows data volume `name` in this driver's pool; false when the pool has no such volume.
+    public func resizeDataVolume(_ name: String, to bytes: UInt64) async throws(NimbusError) -> Bool {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) -> Bool in
+            let storage = LibvirtStorage(connection: try LibvirtConnection(uri: uri), pool: pool, owner: nil) { _ in }
+            guard let volume = try storage.existingPool()?.volume(named: name) else { return false }
+            try volume.resize(to: bytes)
+            return true
+        }
+    }
+
+    /// Deletes data volume `name` from this driver's pool, when it is there.
+    public func deleteDataVolume(_ name: String) async throws(NimbusError) {
+        try await LibvirtExecutor.run(uri) { () throws(NimbusError) in
+            let storage = LibvirtStorage(connection: try LibvirtConnection(uri: uri), pool: pool, owner: nil) { _ in }
+            let found = try storage.existingPool()
+            found?.refresh()
+            try found?.volume(named: name)?.delete()
         }
     }
 

@@ -37,8 +37,22 @@ public struct LibvirtStorage: Sendable {
         var token: String
         /// Every volume the machine owns (never the base image, which instances share).
         var volumes: [String]
-        /// The overlay exists: from now on a missing overlay is an error, never silently made anew.
+        /// The launch's overlay exists: from now on a missing overlay is an error, never silently made anew.
         var diskCreated: Bool
+        /// The overlays made since for other roots (`MachineConfig.Disk.volumeKey`), by key; the same rule holds.
+        var rootDisks: [String: String]?
+        /// The key of the root the machine last started with; nil for the launch's.
+        var rootKey: String?
+
+        /// The overlay volume of the root with `key` (nil: the launch's).
+        func diskName(domain: String, key: String?) -> String {
+            key.map { "\(domain)-\(token)-disk-\($0).qcow2" } ?? "\(domain)-\(token)-disk.qcow2"
+        }
+
+        /// Whether the overlay of the root with `key` was made.
+        func created(_ key: String?) -> Bool {
+            key.map { rootDisks?[$0] != nil } ?? diskCreated
+        }
     }
 
     static func recordFile(_ directory: MachineDirectory) -> URL {
@@ -119,14 +133,26 @@ public struct LibvirtStorage: Sendable {
         var placed = config
         for (index, disk) in config.disks.enumerated() {
             let local = URL(fileURLWithPath: disk.path)
-            if index == 0, disk.format == .qcow2, let backing = try Self.backing(of: local) {
-                let name = "\(prefix)-disk.qcow2"
+            if let name = disk.dataVolume {
+                // A data volume: made once from the local file (its data, if a QEMU instance wrote any), then
+                // the pool's copy is the volume; not the machine's, so never in its record.
+                if let existing = try pool.volume(named: name) {
+                    placed.disks[index].path = try existing.path()
+                } else {
+                    placed.disks[index].path = try await replaceVolume(name, with: local, format: disk.format, in: pool)
+                }
+            } else if index == 0, disk.format == .qcow2, let backing = try Self.backing(of: local) {
+                let name = record.diskName(domain: LibvirtDomainXML.domainName(for: config.name), key: disk.volumeKey)
                 try own(name)
+                if record.rootKey != disk.volumeKey {
+                    record.rootKey = disk.volumeKey
+                    try Self.save(record, in: directory)
+                }
                 let volume: LibvirtVolume
                 if let existing = try pool.volume(named: name) {
                     volume = existing
                 } else {
-                    guard !record.diskCreated else {
+                    guard !record.created(disk.volumeKey) else {
                         throw NimbusError(
                             .notFound,
                             "the disk of \(config.name) (volume \(name) in pool \(poolName) at \(uri)) is gone: its data cannot be recovered; `nimbus delete --purge \(config.name)` and launch it again"
@@ -135,7 +161,11 @@ public struct LibvirtStorage: Sendable {
                     let base = try await baseVolume(backing.file, format: backing.format, in: pool)
                     volume = try pool.createOverlay(
                         name, size: backing.virtualSize, backing: base.path(), format: backing.format, owner: owner)
-                    record.diskCreated = true
+                    if let key = disk.volumeKey {
+                        record.rootDisks = (record.rootDisks ?? [:]).merging([key: name]) { _, new in new }
+                    } else {
+                        record.diskCreated = true
+                    }
                     try Self.save(record, in: directory)
                 }
                 placed.disks[index].path = try volume.path()
@@ -187,10 +217,32 @@ public struct LibvirtStorage: Sendable {
     /// The overlay volume of the machine `record` describes, in its pool; nil before it was made (or once it
     /// is gone).
     static func diskVolume(_ record: Record, domain: String) throws(NimbusError) -> LibvirtVolume? {
-        guard record.diskCreated else { return nil }
+        guard record.created(record.rootKey) else { return nil }
         let connection = try LibvirtConnection(uri: record.uri)
         let storage = LibvirtStorage(connection: connection, pool: record.pool, owner: nil) { _ in }
-        return try storage.existingPool()?.volume(named: "\(domain)-\(record.token)-disk.qcow2")
+        return try storage.existingPool()?.volume(named: record.diskName(domain: domain, key: record.rootKey))
+    }
+
+    /// Deletes the root overlays of `directory`'s machine whose keys are not in `keys`, and forgets them.
+    static func deleteRootDisks(of directory: MachineDirectory, domain: String, keeping keys: Set<String?>)
+        throws(NimbusError)
+    {
+        guard var record = record(directory) else { return }
+        let unused = ([nil] + (record.rootDisks ?? [:]).keys.map { Optional($0) }).filter { key in
+            !keys.contains(key) && record.created(key)
+        }
+        guard !unused.isEmpty else { return }
+        let connection = try LibvirtConnection(uri: record.uri)
+        let storage = LibvirtStorage(connection: connection, pool: record.pool, owner: nil) { _ in }
+        let pool = try storage.existingPool()
+        pool?.refresh()
+        for key in unused {
+            let name = record.diskName(domain: domain, key: key)
+            try pool?.volume(named: name)?.delete()
+            record.volumes.removeAll { $0 == name }
+            if let key { record.rootDisks?[key] = nil } else { record.diskCreated = false }
+            try save(record, in: directory)
+        }
     }
 
     /// Deletes every volume `directory`'s machine owns, and the record; the pool and base images stay.

@@ -50,6 +50,17 @@ final class LibvirtVolume: @unchecked Sendable {
         return info.allocation
     }
 
+    /// Grows the volume to `bytes` (qemu-img resize on its host for a qcow2).
+    func resize(to bytes: UInt64) throws(NimbusError) {
+        guard libvirt.virStorageVolResize(pointer, bytes, 0) == 0 else {
+            let error = LibvirtError.last("virStorageVolResize")
+            throw NimbusError(
+                .processFailed,
+                "libvirt at \(uri) could not resize volume \(name) in pool \(pool.name): \(error.message)",
+                cause: error)
+        }
+    }
+
     func delete() throws(NimbusError) {
         guard libvirt.virStorageVolDelete(pointer, 0) == 0 else {
             let error = LibvirtError.last("virStorageVolDelete")

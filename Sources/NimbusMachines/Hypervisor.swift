@@ -82,6 +82,16 @@ public protocol MachineStorage: Sendable {
     func diskAllocation(_ directory: MachineDirectory) async throws(NimbusError) -> UInt64?
     /// Deletes the stopped machine's disks, before its folder is removed.
     func deleteStorage(_ directory: MachineDirectory) async throws(NimbusError)
+    /// Deletes the main disks (`MachineConfig.Disk.volumeKey`) the machine had whose keys are not in `keys`:
+    /// the roots an upgrade's rollback or prune gave up.
+    func deleteMainDisks(_ directory: MachineDirectory, keeping keys: Set<String?>) async throws(NimbusError)
+    /// Makes the empty data volume `name` of `bytes` in this driver's storage (`MachineConfig.Disk.dataVolume`).
+    func createDataVolume(_ name: String, size bytes: UInt64) async throws(NimbusError)
+    /// Grows the data volume `name` (`MachineConfig.Disk.dataVolume`) in this driver's storage to `bytes`;
+    /// false when the storage holds no such volume yet (no machine using it has started).
+    func resizeDataVolume(_ name: String, to bytes: UInt64) async throws(NimbusError) -> Bool
+    /// Deletes the data volume `name` from this driver's storage, when it is there.
+    func deleteDataVolume(_ name: String) async throws(NimbusError)
 }
 
 extension Hypervisor {

@@ -89,16 +89,26 @@ extension MachineConfig {
         public var readOnly: Bool = false
         /// The serial the guest sees (virtio-blk keeps 20 bytes: `/dev/disk/by-id/virtio-SERIAL`); nil for none.
         public var serial: String?
+        /// Tells this disk from earlier ones at the same path, for a driver that keeps disks in storage of its
+        /// own (libvirt's pool): another key is another volume there. Nil for the disk an instance was
+        /// launched with; an upgrade's new root disk has a key of its own.
+        public var volumeKey: String?
+        /// A data disk that outlives machines (a `nimbus volume`): a driver with storage of its own (libvirt's
+        /// pool) keeps it there under this name, made once from `path`, then never replaced, and never deleted
+        /// with a machine. Nil for a machine's own disks.
+        public var dataVolume: String?
 
         public init(
             path: String, format: DiskFormat = .qcow2, interface: DiskInterface = .virtioBlk, readOnly: Bool = false,
-            serial: String? = nil
+            serial: String? = nil, volumeKey: String? = nil, dataVolume: String? = nil
         ) {
             self.path = path
             self.format = format
             self.interface = interface
             self.readOnly = readOnly
             self.serial = serial
+            self.volumeKey = volumeKey
+            self.dataVolume = dataVolume
         }
 
         public init(from decoder: any Decoder) throws {
@@ -108,6 +118,8 @@ extension MachineConfig {
             interface = try container.decodeIfPresent(DiskInterface.self, forKey: .interface) ?? .virtioBlk
             readOnly = try container.decodeIfPresent(Bool.self, forKey: .readOnly) ?? false
             serial = try container.decodeIfPresent(String.self, forKey: .serial)
+            volumeKey = try container.decodeIfPresent(String.self, forKey: .volumeKey)
+            dataVolume = try container.decodeIfPresent(String.self, forKey: .dataVolume)
         }
     }
 

@@ -114,10 +114,10 @@ public struct QEMUDriver: Hypervisor {
             _ = try await client.queryStatus()
             await client.close()
         } catch {
-            // Nothing half-running: a machine whose monitor never answers is ended.
+            // Nothing half-running: a machine whose monitor never answers is ended, its pidfile kept until it
+            // has gone (its threads hold the disk's lock until then).
             process.signal(SIGKILL)
-            _ = await process.waitForExit(timeout: .seconds(10))
-            removeRuntimeFiles(directory)
+            if await process.waitForExit(timeout: .seconds(30)) { removeRuntimeFiles(directory) }
             throw NimbusError(
                 .processFailed, "QEMU started machine \(config.name) but its monitor did not answer", cause: error)
         }

@@ -60,13 +60,22 @@ public final class QMPClient: Sendable {
                 try channel.pipeline.syncOperations.addHandler(QMPChannelHandler(state: state))
             }
         }
-        let channel: any Channel
-        do {
-            channel = try await connect(bootstrap).get()
-        } catch {
-            let failure = QMPError.connectionFailed(path: what, reason: String(describing: error))
-            state.greeting.fail(failure)
-            throw failure
+        // QEMU listens on its monitor with a backlog of one: while it serves a client and another waits, a
+        // third connect fails at once with EAGAIN (`nimbus list` in one terminal while `nimbus start` in
+        // another talks to the same QEMU). That is a busy monitor, not a dead one: tried again until `timeout`.
+        let connectDeadline = ContinuousClock.now + timeout
+        var channel: any Channel
+        while true {
+            do {
+                channel = try await connect(bootstrap).get()
+                break
+            } catch let error as IOError where error.errnoCode == EAGAIN && ContinuousClock.now < connectDeadline {
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 10...40)))
+            } catch {
+                let failure = QMPError.connectionFailed(path: what, reason: String(describing: error))
+                state.greeting.fail(failure)
+                throw failure
+            }
         }
         let client: QMPClient
         do {

@@ -4,6 +4,25 @@ import Yams
 /// Turns an `InstanceConfig` into cloud-config mappings: Nimbus's defaults (vendor-data), what the user
 /// asked for (user-data) and the network (network-config v2).
 enum CloudConfigRenderer {
+    /// Run by bootcmd at every boot for each volume, with its device, label and mount point. Waits up to 10 s
+    /// for udev's by-id link; makes an ext4 filesystem only on a disk with no signature at all (`blkid -p`, a
+    /// low-level probe, finds none), so data is never overwritten; mounts it unless it is mounted already (on
+    /// later boots systemd mounts it from the fstab line cloud-init wrote, possibly before this runs); and grows
+    /// the mounted filesystem to the disk (after a resize; ext4 grows online, without a check, and a
+    /// filesystem as large as its disk is left alone).
+    static let volumeScript = """
+        dev=$1 label=$2 dir=$3 i=0
+        while [ ! -e "$dev" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+        [ -e "$dev" ] || { echo "nimbus: volume $label: no disk $dev" >&2; exit 0; }
+        if ! blkid -p "$dev" >/dev/null 2>&1; then
+          mkfs.ext4 -q -L "$label" -E lazy_itable_init=1,lazy_journal_init=1 "$dev"
+        fi
+        mkdir -p "$dir"
+        mountpoint -q "$dir" || mount "$dev" "$dir" || true
+        if mountpoint -q "$dir"; then resize2fs "$dev" >/dev/null 2>&1 || true; fi
+        exit 0
+        """
+
     /// Nimbus's defaults: its own user and key, the host keys, no password logins, the root partition
     /// grown to the disk, /etc/hosts managed (so the fqdn resolves).
     static func vendorPairs(_ config: InstanceConfig) -> [(String, Node?)] {
@@ -38,7 +57,13 @@ enum CloudConfigRenderer {
             pairs.append(("ssh_authorized_keys", YAML.strings(config.sshAuthorizedKeys)))
         }
         if config.sshPasswordAuthentication { pairs.append(("ssh_pwauth", YAML.bool(true))) }
-        if !config.mounts.isEmpty { pairs.append(("mounts", YAML.sequence(config.mounts.map(YAML.strings)))) }
+        // Volumes are mounted by label with `nofail` (a missing disk does not stop the boot), after the mounts.
+        let mounts =
+            config.mounts
+            + config.volumes.map {
+                ["LABEL=\($0.label)", $0.mountPoint, "ext4", "defaults,nofail,x-systemd.device-timeout=10s", "0", "2"]
+            }
+        if !mounts.isEmpty { pairs.append(("mounts", YAML.sequence(mounts.map(YAML.strings)))) }
         // `None` marks a field cloud-init fills itself: YAML null, as its documentation's example means.
         pairs.append(
             (
@@ -64,7 +89,14 @@ enum CloudConfigRenderer {
         pairs.append(("package_update", config.packageUpdate.map(YAML.bool)))
         pairs.append(("package_upgrade", config.packageUpgrade.map(YAML.bool)))
         if !config.packages.isEmpty { pairs.append(("packages", YAML.strings(config.packages))) }
-        if !config.bootcmd.isEmpty { pairs.append(("bootcmd", YAML.sequence(config.bootcmd.map(commandNode)))) }
+        let bootcmd =
+            config.bootcmd
+            + config.volumes.map {
+                InstanceConfig.Command.arguments([
+                    "sh", "-c", volumeScript, "nimbus-volume", $0.device, $0.label, $0.mountPoint,
+                ])
+            }
+        if !bootcmd.isEmpty { pairs.append(("bootcmd", YAML.sequence(bootcmd.map(commandNode)))) }
         if !config.writeFiles.isEmpty {
             pairs.append(("write_files", YAML.sequence(config.writeFiles.map(writeFileNode))))
         }

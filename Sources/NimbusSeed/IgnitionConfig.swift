@@ -123,6 +123,61 @@ public struct IgnitionConfig: Sendable {
 
     // MARK: - Rendering
 
+    /// A volume's mount unit, and a service that grows its filesystem to the disk at each boot (after
+    /// `nimbus volume resize`; ext4 grows online).
+    static func volumeUnits(_ volume: InstanceConfig.DataVolume) -> [Unit] {
+        let mount = unitName(forPath: volume.mountPoint) + ".mount"
+        return [
+            Unit(
+                name: mount, enabled: true,
+                contents: """
+                    [Unit]
+                    Description=Nimbus volume \(volume.label) at \(volume.mountPoint)
+
+                    [Mount]
+                    What=/dev/disk/by-label/\(volume.label)
+                    Where=\(volume.mountPoint)
+                    Type=ext4
+                    Options=defaults,nofail
+
+                    [Install]
+                    WantedBy=local-fs.target
+
+                    """),
+            Unit(
+                name: "nimbus-grow-\(unitName(forPath: volume.mountPoint)).service", enabled: true,
+                contents: """
+                    [Unit]
+                    Description=Grow Nimbus volume \(volume.label) to its disk
+                    Requires=\(mount)
+                    After=\(mount)
+
+                    [Service]
+                    Type=oneshot
+                    ExecStart=/usr/sbin/resize2fs /dev/disk/by-label/\(volume.label)
+
+                    [Install]
+                    WantedBy=multi-user.target
+
+                    """),
+        ]
+    }
+
+    /// The name systemd gives the unit of `path` (`systemd-escape --path`): `/var/lib/pg` is `var-lib-pg`; bytes
+    /// other than ASCII letters, digits, `_` and a `.` that does not lead are written `\xNN`.
+    static func unitName(forPath path: String) -> String {
+        let parts = path.split(separator: "/").map { component in
+            component.utf8.enumerated().map { index, byte -> String in
+                let character = Character(UnicodeScalar(byte))
+                let plain =
+                    character.isASCII && (character.isLetter || character.isNumber || character == "_")
+                    || (character == "." && index > 0)
+                return plain ? String(character) : String(format: "\\x%02x", byte)
+            }.joined()
+        }
+        return parts.isEmpty ? "-" : parts.joined(separator: "-")
+    }
+
     struct Config: Encodable {
         var ignition = Version(version: baseVersion.version)
         var passwd: Passwd
@@ -144,6 +199,15 @@ public struct IgnitionConfig: Sendable {
     struct Storage: Encodable {
         var files: [File]
         var links: [Link]?
+        var filesystems: [Filesystem]?
+    }
+    /// A filesystem Ignition makes in the initramfs at first boot; with `wipeFilesystem` false one that is there
+    /// already with this format and label is kept, data and all.
+    struct Filesystem: Encodable {
+        var device: String
+        var format: String
+        var label: String
+        var wipeFilesystem: Bool
     }
     struct Owner: Encodable { var name: String }
     struct Contents: Encodable { var source: String }
@@ -316,6 +380,7 @@ public struct IgnitionConfig: Sendable {
 
                         """))
         }
+        for volume in config.volumes { units += Self.volumeUnits(volume) }
         var document = Config(
             passwd: Passwd(
                 users: users.map { user in
@@ -324,7 +389,13 @@ public struct IgnitionConfig: Sendable {
                         sshAuthorizedKeys: user.sshAuthorizedKeys.isEmpty ? nil : user.sshAuthorizedKeys,
                         groups: user.groups.isEmpty ? nil : user.groups, shell: user.shell)
                 }),
-            storage: Storage(files: files, links: links.isEmpty ? nil : links),
+            storage: Storage(
+                files: files, links: links.isEmpty ? nil : links,
+                filesystems: config.volumes.isEmpty
+                    ? nil
+                    : config.volumes.map {
+                        Filesystem(device: $0.device, format: "ext4", label: $0.label, wipeFilesystem: false)
+                    }),
             systemd: Systemd(units: units))
         var required = baseVersion
         if let userConfig {

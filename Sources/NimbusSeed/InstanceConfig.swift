@@ -58,6 +58,30 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
     public var powerState: PowerState?
     /// Network interfaces; empty means DHCP on the first NIC.
     public var network: Network = Network()
+    /// Data disks the guest formats (ext4, only when blank) and mounts at every boot: Nimbus volumes.
+    public var volumes: [DataVolume] = []
+
+    /// A data disk found by its stable device path, its filesystem made on first use, mounted by label.
+    public struct DataVolume: Codable, Sendable, Equatable {
+        /// The disk as the guest sees it (`/dev/disk/by-id/virtio-vol-data`).
+        public var device: String
+        /// The ext4 label (at most 16 bytes), which the guest mounts it by.
+        public var label: String
+        /// Where it is mounted (an absolute path).
+        public var mountPoint: String
+
+        /// The volume on `device`, labelled `label`, mounted at `mountPoint`.
+        public init(device: String, label: String, mountPoint: String) {
+            self.device = device
+            self.label = label
+            self.mountPoint = mountPoint
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case device, label
+            case mountPoint = "mount_point"
+        }
+    }
 
     /// An empty configuration: DHCP on the first NIC, nothing else.
     public init() {}
@@ -70,7 +94,8 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case version, hostname, fqdn, domain, locale, timezone, users, mounts, swap, packages, bootcmd, runcmd, network
+        case version, hostname, fqdn, domain, locale, timezone, users, mounts, swap, packages, bootcmd, runcmd, network,
+            volumes
         case sshAuthorizedKeys = "ssh_authorized_keys"
         case defaultUser = "default_user"
         case hostKeys = "host_keys"
@@ -108,6 +133,7 @@ public struct InstanceConfig: Codable, Sendable, Equatable {
         phoneHome = try c.decodeIfPresent(PhoneHome.self, forKey: .phoneHome)
         powerState = try c.decodeIfPresent(PowerState.self, forKey: .powerState)
         network = try c.decodeIfPresent(Network.self, forKey: .network) ?? Network()
+        volumes = try c.decodeIfPresent([DataVolume].self, forKey: .volumes) ?? []
     }
 
     /// A user account (cloud-config `users` entry).

@@ -39,9 +39,14 @@ public struct NoCloudSeed: Sendable {
     ///   - userData: the user's own user-data, if any.
     ///   - metaData, vendorData, networkConfig: files given as they are (cloud-localds's options); they
     ///     replace what Nimbus would render. YAML ones are checked first.
+    ///   - generation: the root disk this seed is for (0 for the first, then one more per upgrade): part of the
+    ///     instance-id, so a new root with the same personality gets a new one and cloud-init runs on it as on
+    ///     a first boot.
+    ///   - salt: anything else that must give the same personality another instance-id (a reseed's time), so
+    ///     cloud-init runs again as on a first boot on the same root.
     public init(
         config: InstanceConfig, name: String? = nil, userData: UserData? = nil, metaData: UserFile? = nil,
-        vendorData: UserFile? = nil, networkConfig: UserFile? = nil
+        vendorData: UserFile? = nil, networkConfig: UserFile? = nil, generation: Int = 0, salt: String? = nil
     ) throws(SeedError) {
         var warnings = userData?.warnings ?? []
         let asked = CloudConfigRenderer.userPairs(config)
@@ -98,6 +103,9 @@ public struct NoCloudSeed: Sendable {
                 digest.update(data: withUnsafeBytes(of: UInt64(part.count).bigEndian) { Array($0) })
                 digest.update(data: part)
             }
+            // Generation 0 hashes nothing more, so the seeds of instances launched before upgrades keep their id.
+            if generation > 0 { digest.update(data: Array("generation \(generation)".utf8)) }
+            if let salt { digest.update(data: Array("salt \(salt)".utf8)) }
             let hex = digest.finalize().prefix(8).map { byte in
                 (byte < 16 ? "0" : "") + String(byte, radix: 16)
             }.joined()
@@ -153,14 +161,15 @@ public struct NoCloudSeed: Sendable {
     /// Writes the ISO to `url` atomically (temporary file in the same folder, renamed into place): on any
     /// error nothing is left. `durable` also fsyncs the file and its folder, so the seed survives a host
     /// crash (what an instance folder needs); `nimbus seed`, like cloud-localds, leaves that to the OS.
-    public func writeISO(to url: URL, timestamp: Date, durable: Bool = true) throws(SeedError) {
+    /// `private` makes it readable by its owner only (an instance's seed: user-data often holds secrets).
+    public func writeISO(to url: URL, timestamp: Date, durable: Bool = true, private: Bool = false) throws(SeedError) {
         let bytes: [UInt8]
         do {
             bytes = try isoImage(timestamp: timestamp).bytes()
         } catch {
             throw .image(error.description)
         }
-        try SeedFiles.write(Data(bytes), to: url, durable: durable)
+        try SeedFiles.write(Data(bytes), to: url, durable: durable, private: `private`)
     }
 }
 

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import Yams
 
 /// What can go wrong while building a seed. Wrapped as the cause of a `NimbusError` by `nimbusError`.
 public enum SeedError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -17,6 +18,19 @@ public enum SeedError: Error, Sendable, Equatable, CustomStringConvertible {
     case image(String)
     /// A file could not be read or written.
     case io(path: String, reason: String)
+
+    /// Yams's syntax error at its place in `file`: the line and column of its mark, its context and problem.
+    public init(yaml error: YamlError, file: String) {
+        switch error {
+        case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+            .composer(let context, let problem, let mark, _):
+            self = .invalidYAML(
+                file: file, line: mark.line, column: mark.column,
+                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
+        default:
+            self = .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
+        }
+    }
 
     public var description: String {
         switch self {
@@ -47,11 +61,12 @@ enum SeedFiles {
         try AtomicFile.write(data, to: url, permissions: permissions)
     }
 
-    /// All-or-nothing; fsync'ed only when `durable`.
-    static func write(_ data: Data, to url: URL, durable: Bool) throws(SeedError) {
+    /// All-or-nothing; fsync'ed only when `durable`. `private` makes the file its owner's alone (0600; else
+    /// 0644 as cloud-localds makes it, less the umask when not durable).
+    static func write(_ data: Data, to url: URL, durable: Bool, private: Bool = false) throws(SeedError) {
         if durable {
             do {
-                try writeAtomically(data, to: url, permissions: 0o644)
+                try writeAtomically(data, to: url, permissions: `private` ? 0o600 : 0o644)
             } catch {
                 throw .io(path: url.path, reason: error.message)
             }
@@ -63,7 +78,7 @@ enum SeedFiles {
             .appending(path: ".\(url.lastPathComponent).\(getpid()).\(UInt32.random(in: 0...UInt32.max)).tmp").path
         let cannotWrite = SeedError.io(
             path: path, reason: "cannot write it (does the folder exist and is it writable?)")
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o666)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, `private` ? 0o600 : 0o666)
         guard fd >= 0 else { throw cannotWrite }
         let complete = data.withUnsafeBytes { buffer -> Bool in
             guard let base = buffer.baseAddress else { return true }

@@ -81,7 +81,7 @@ enum YAML {
     }
 
     private static func seedError(_ error: any Error, file: String) -> SeedError {
-        if let error = error as? YamlError { return locate(error, file: file) }
+        if let error = error as? YamlError { return SeedError(yaml: error, file: file) }
         return .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
     }
 
@@ -137,25 +137,6 @@ enum YAML {
             }
         }
         return typed(node, isKey: false)
-    }
-
-    static func locate(_ error: YamlError, file: String) -> SeedError {
-        switch error {
-        case .scanner(let context, let problem, let mark, _):
-            return .invalidYAML(
-                file: file, line: mark.line, column: mark.column,
-                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
-        case .parser(let context, let problem, let mark, _):
-            return .invalidYAML(
-                file: file, line: mark.line, column: mark.column,
-                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
-        case .composer(let context, let problem, let mark, _):
-            return .invalidYAML(
-                file: file, line: mark.line, column: mark.column,
-                problem: [context?.text, problem].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: " "))
-        default:
-            return .invalidYAML(file: file, line: 1, column: 1, problem: String(describing: error))
-        }
     }
 
     static func kind(_ node: Node) -> String {

@@ -70,6 +70,11 @@ struct CLIErrorTests {
             message: "instance \"nope\" does not exist, this store knows no libvirt daemon"),
         Case(arguments: ["recover", "../x"], status: 64, message: "is not a valid hostname"),
         Case(arguments: ["recover"], status: 3, message: "nothing to recover: this store knows no libvirt daemon"),
+        Case(arguments: ["recover", "--reseed"], status: 64, message: "--reseed needs the names of the instances"),
+        Case(
+            arguments: ["recover", "--reseed", "--connect", "qemu:///system", "web"], status: 64,
+            message: "--reseed works on this store's instances"),
+        Case(arguments: ["recover", "--reseed", "nope"], status: 3, message: "instance \"nope\" does not exist"),
         Case(arguments: ["exec", "nope", "--", "true"], status: 3, message: "instance \"nope\" does not exist"),
         Case(arguments: ["exec", "web"], status: 64, message: "give the command after --"),
         Case(arguments: ["stop"], status: 64, message: "name at least one instance, or pass --all"),
@@ -85,18 +90,27 @@ struct CLIErrorTests {
             arguments: ["launch", "--volume", "a:/srv:1G", "--volume", "b:/srv:1G", "x"], status: 64,
             message: "something else is mounted there already"),
         Case(
-            arguments: ["launch", "--driver", "libvirt", "--volume", "data:/srv:1G", "x"], status: 10,
-            message: "--volume works with the QEMU driver only for now"),
-        Case(
             arguments: ["volume", "create", "Data", "--size", "1G"], status: 64,
             message: "volume name \"Data\" is not valid"),
         Case(arguments: ["volume", "create", "data", "--size", "1k"], status: 64, message: "too small for a volume"),
         Case(arguments: ["volume", "create", "data", "--size", "lots"], status: 64, message: "is not a size"),
         Case(arguments: ["volume", "info", "nope"], status: 3, message: "volume \"nope\" does not exist"),
         Case(
+            arguments: ["volume", "create", "data", "--size", "1G", "--connect", "qemu:///system"], status: 64,
+            message: "--connect needs --driver libvirt"),
+        Case(
             arguments: ["volume", "resize", "nope", "--size", "2G"], status: 3,
             message: "volume \"nope\" does not exist"),
         Case(arguments: ["volume", "delete", "nope"], status: 3, message: "volume \"nope\" does not exist"),
+        Case(arguments: ["upgrade"], status: 64, message: "name at least one instance, or pass --all"),
+        Case(
+            arguments: ["upgrade", "web", "--prune", "--image", "debian:13"], status: 64,
+            message: "--prune takes no --image or --dry-run"),
+        Case(
+            arguments: ["upgrade", "--all", "--image", "debian:13"], status: 64,
+            message: "--image names one release: give instance names"),
+        Case(arguments: ["upgrade", "nope", "--yes"], status: 3, message: "instance \"nope\" does not exist"),
+        Case(arguments: ["rollback", "nope"], status: 3, message: "instance \"nope\" does not exist"),
     ]
 
     @Test("bad input is refused with the problem and the fix named", arguments: cases)
@@ -119,6 +133,92 @@ struct CLIErrorTests {
         let store = InstanceStore(paths: home.paths)
         _ = try await store.create(InstanceSpec(name: try InstanceName(name), image: "debian:12")) { _ in
             InstanceState()
+        }
+    }
+
+    @Test(
+        "upgrade, rollback and recover --reseed refuse what they cannot do, naming why, and leave the instance as it was",
+        arguments: [
+            (["rollback", "web"], "qemu", 3, "web has no rollback point: `nimbus upgrade web` keeps one"),
+            (["upgrade", "web", "--yes"], "coreos", 10, "web is a CoreOS (Ignition) instance, which updates itself"),
+            (["upgrade", "web", "--image", "file:///nonexistent.qcow2", "--yes"], "qemu", 3, "nonexistent.qcow2"),
+            (
+                ["recover", "--reseed", "web"], "coreos", 10,
+                "web is configured by Ignition, which runs on the first boot"
+            ),
+            (["recover", "--reseed", "web"], "qemu", 5, "web was launched before Nimbus kept host keys"),
+        ])
+    func upgradeRefusals(arguments: [String], kind: String, status: Int32, message: String) async throws {
+        try await TemporaryDirectory.with { home in
+            let store = InstanceStore(paths: home.paths)
+            let spec = InstanceSpec(name: try InstanceName("web"), image: "debian:12")
+            _ = try await store.create(spec) { dir in
+                if kind == "coreos" { try Data("{}".utf8).write(to: dir.ignition) }
+                return InstanceState()
+            }
+            let folder = home.paths.instances.appending(path: "web")
+            let before = try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted()
+            let result = try await NimbusBinary.run(arguments, home: home.url)
+            #expect(result.status == status, "\(result.standardError)")
+            #expect(result.standardError.contains(message), "\(result.standardError)")
+            #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == before)
+        }
+    }
+
+    @Test(
+        "a damaged config.yaml: every command names it, its line and the way out; doctor reports it, goes on, and leaves it"
+    )
+    func damagedConfig() async throws {
+        try await TemporaryDirectory.with { home in
+            try await makeStoppedInstance("web", home: home)
+            try FileManager.default.createDirectory(at: home.paths.config, withIntermediateDirectories: true)
+            let damaged = Data("cpus: 2\nmemory: [4G\n".utf8)
+            try damaged.write(to: home.paths.configFile)
+            let list = try await NimbusBinary.run(["list"], home: home.url)
+            #expect(list.status == 64, "\(list.standardError)")
+            #expect(
+                list.standardError.contains("\(home.paths.configFile.path) is not valid YAML (")
+                    && list.standardError.contains("line 3")
+                    && list.standardError.contains("mend it, or move it aside to use the defaults"),
+                "\(list.standardError)")
+            let doctor = try await NimbusBinary.run(["doctor", "--fix"], home: home.url)
+            #expect(doctor.status != 0)
+            #expect(doctor.standardOutput.contains("FAIL config.yaml: "), "\(doctor.standardOutput)")
+            #expect(doctor.standardOutput.contains("not touched: it is yours to mend"))
+            #expect(doctor.standardOutput.contains("ok   instance web: stopped"), "\(doctor.standardOutput)")
+            #expect(try Data(contentsOf: home.paths.configFile) == damaged)
+        }
+    }
+
+    @Test(
+        "a damaged instance.yaml or state.json: commands on it name the file and the way out, list and the other instances go on"
+    )
+    func damagedInstanceFiles() async throws {
+        try await TemporaryDirectory.with { home in
+            try await makeStoppedInstance("web", home: home)
+            try await makeStoppedInstance("db", home: home)
+            let web = home.paths.instances.appending(path: "web")
+            try Data("name: web\nimage: [debian\n".utf8).write(to: web.appending(path: "instance.yaml"))
+            try Data("{\"version\": 1, \"sshPo".utf8).write(to: home.paths.instances.appending(path: "db/state.json"))
+            var result = try await NimbusBinary.run(["start", "web"], home: home.url)
+            #expect(result.status == 11, "\(result.standardError)")
+            #expect(
+                result.standardError.contains("web/instance.yaml is damaged (")
+                    && result.standardError.contains("`nimbus delete --purge web`"), "\(result.standardError)")
+            result = try await NimbusBinary.run(["info", "db"], home: home.url)
+            #expect(result.status == 11, "\(result.standardError)")
+            #expect(
+                result.standardError.contains("db/state.json is damaged (")
+                    && result.standardError.contains("`nimbus doctor --fix` makes it again"), "\(result.standardError)")
+            result = try await NimbusBinary.run(["list"], home: home.url)
+            #expect(result.status == 0, "\(result.standardError)")
+            #expect(result.standardOutput.contains("web") && result.standardOutput.contains("db"))
+            result = try await NimbusBinary.run(["doctor", "--fix"], home: home.url)
+            #expect(
+                result.standardOutput.contains("fixed instance db: state.json is damaged"), "\(result.standardOutput)")
+            #expect(result.standardOutput.contains("FAIL instance web: instance.yaml is damaged"))
+            result = try await NimbusBinary.run(["info", "db"], home: home.url)
+            #expect(result.status == 0, "\(result.standardError)")
         }
     }
 

@@ -85,3 +85,36 @@ struct RemovedLockTests {
         second.unlock()
     }
 }
+
+@Suite("Whether a process lives")
+struct ProcessLivenessTests {
+    @Test(
+        "a process whose first thread has ended but another still runs is alive (a killed QEMU's threads still hold its disk's lock); once all have ended, it is gone",
+        .requires(.programs("python3")))
+    func threadsOutliveTheLeader() async throws {
+        // The main thread leaves with pthread_exit while a second thread sleeps 20 s: /proc/PID/stat says
+        // zombie for the whole process from then on.
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = [
+            "-c",
+            "import ctypes, threading, time; threading.Thread(target=time.sleep, args=(20,)).start(); time.sleep(0.3); ctypes.CDLL(None).pthread_exit(None)",
+        ]
+        try process.run()
+        let pid = process.processIdentifier
+        defer { kill(pid, SIGKILL) }
+        var leaderEnded = false
+        for _ in 0..<1500 where process.isRunning {
+            let stat = (try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8)) ?? ""
+            if stat.contains(") Z") {
+                leaderEnded = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        try #require(leaderEnded, "the main thread did not end")
+        #expect(PIDFile.isAlive(pid))
+        process.waitUntilExit()
+        #expect(!PIDFile.isAlive(pid))
+    }
+}

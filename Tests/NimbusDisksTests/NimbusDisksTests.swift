@@ -123,6 +123,19 @@ struct NimbusDisksTests {
         let truncated = #expect(throws: NimbusError.self) { try DiskImage.inspect(short) }
         #expect(truncated?.cause as? DiskError == .truncatedHeader(path: short.path))
     }
+
+    @Test("a backing-file offset near 2^64 is a malformed header, not an overflow (found by bench/fuzz)")
+    func backingOffsetOverflow() throws {
+        // qcow2 v2: magic, version 2, backing_file_offset 0xFFFFFFFFFFFFFFF8, backing_file_size 16.
+        var header = [UInt8](repeating: 0, count: 72)
+        header.replaceSubrange(0..<4, with: [0x51, 0x46, 0x49, 0xFB])
+        header[7] = 2
+        header.replaceSubrange(8..<16, with: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xF8])
+        header[19] = 16
+        #expect(throws: DiskError.malformedHeader(path: "fuzz", reason: "backing file name outside the file")) {
+            try DiskImage.parse(header, fileSize: 72, path: "fuzz") { _, _ in nil }
+        }
+    }
 }
 
 @Suite("Whether a disk boots by BIOS", .requires(.programs("qemu-img", "sfdisk")))

@@ -58,6 +58,16 @@ struct ISO9660ImageTests {
         #expect(a.count % 2048 == 0)
     }
 
+    @Test(
+        "a timestamp beyond the years the format holds, or not a number, is clamped, not a trap (found by bench/fuzz)",
+        arguments: [1e300, -1e300, Double.nan, Date.distantFuture.timeIntervalSince1970])
+    func extremeTimestamps(seconds: Double) throws {
+        let image = ISO9660Image(
+            timestamp: Date(timeIntervalSince1970: seconds),
+            files: [.init(name: "meta-data", contents: Array("x".utf8))])
+        #expect(try image.bytes().count % 2048 == 0)
+    }
+
     @Test("the image matches the golden bytes in Resources/seed.iso")
     func golden() throws {
         let url = try #require(Bundle.module.url(forResource: "Resources/seed", withExtension: "iso"))

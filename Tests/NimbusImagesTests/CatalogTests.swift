@@ -130,6 +130,93 @@ struct CatalogTests {
         await server.stop()
     }
 
+    /// Debian's build record beside an image in `latest/`, as cloud.debian.org publishes it.
+    static func debianBuildRecord(_ serial: String) -> String {
+        """
+        {"apiVersion": "v1", "kind": "List", "items": [
+          {"apiVersion": "cloud.debian.org/v1alpha1", "kind": "Upload", "metadata": {"labels": {"cloud.debian.org/version": "ignored"}}},
+          {"apiVersion": "cloud.debian.org/v1alpha1", "kind": "Build",
+           "metadata": {"labels": {"cloud.debian.org/version": "\(serial)", "debian.org/release": "bookworm"}}}]}
+        """
+    }
+
+    @Test(
+        "Debian: the serial comes from latest/'s build record; a newer build shows as an update after a refresh, and offline resolving asks the mirror nothing"
+    )
+    func debianSerialsAndUpdates() async throws {
+        let server = try await MirrorServer.start()
+        try await TemporaryDirectory.with { dir in
+            let first = try await Fixtures.qcow2(in: dir.url, megabytes: 1)
+            func publish(_ image: Data, serial: String?) {
+                server.put("debian/bookworm/latest/debian-12-genericcloud-amd64.qcow2", image)
+                server.put(
+                    "debian/bookworm/latest/SHA512SUMS",
+                    "\(Fixtures.sha512(image))  debian-12-genericcloud-amd64.qcow2\n")
+                if let serial {
+                    server.put(
+                        "debian/bookworm/latest/debian-12-genericcloud-amd64.json", Self.debianBuildRecord(serial))
+                } else {
+                    server.remove("debian/bookworm/latest/debian-12-genericcloud-amd64.json")
+                }
+            }
+            // A mirror without build records still resolves, as `latest`.
+            publish(first, serial: nil)
+            #expect(
+                try await Fixtures.store(dir, server: server).resolve(
+                    .catalog(.debian, release: "12", stream: nil), arch: .amd64
+                ).version == "latest")
+
+            publish(first, serial: "20260110-0001")
+            let store = try Fixtures.store(dir, server: server, refresh: true)
+            let cached = try await store.pull(.catalog(.debian, release: "12", stream: nil), arch: .amd64)
+            #expect(cached.version == "20260110-0001")
+            #expect(
+                await store.update(of: cached)
+                    == ImageUpdate(
+                        reference: "debian:12", current: "20260110-0001", newest: "20260110-0001", available: false))
+
+            // A new build upstream: offline, the cached metadata still names the old one, and no request is made.
+            publish(first + Data(repeating: 0, count: 512), serial: "20260210-0002")
+            let offline = try Fixtures.store(dir, server: server, metadataMaxAge: 0, offline: true)
+            let before = server.requests("debian/bookworm/latest/SHA512SUMS").count
+            #expect(await offline.update(of: cached)?.available == false)
+            #expect(server.requests("debian/bookworm/latest/SHA512SUMS").count == before)
+            // `image refresh` fetches it; from then on offline resolving knows the newer build.
+            let refreshed = try await store.refreshUpdates()
+            #expect(
+                refreshed == [
+                    ImageUpdate(
+                        reference: "debian:12", current: "20260110-0001", newest: "20260210-0002", available: true)
+                ])
+            #expect(await offline.update(of: cached)?.newest == "20260210-0002")
+            // An image from a file has no catalog, so no update.
+            #expect(
+                ImageStore.catalogReference(
+                    of: CachedImage(
+                        sha256: "x", path: "/x", format: .qcow2, virtualSize: 1, size: 1,
+                        references: ["file:///x.qcow2"],
+                        name: nil, distribution: nil, release: nil, codename: nil, version: nil, arch: nil,
+                        source: "/x",
+                        sha512: nil, sourceSHA256: nil, pulledAt: Date(), importedFrom: nil)) == nil)
+        }
+        await server.stop()
+    }
+
+    /// A metadata cache that was never filled answers nothing offline.
+    @Test("offline, a catalog with no cached metadata resolves nothing, and no request is made")
+    func offlineWithoutCache() async throws {
+        let server = try await MirrorServer.start()
+        try await TemporaryDirectory.with { dir in
+            let offline = try Fixtures.store(dir, server: server, offline: true)
+            let error = await #expect(throws: NimbusError.self) {
+                try await offline.resolve(.catalog(.debian, release: "12", stream: nil), arch: .amd64)
+            }
+            #expect(error?.code == .notFound)
+            #expect(server.requests("debian/bookworm/latest/SHA512SUMS").isEmpty)
+        }
+        await server.stop()
+    }
+
     @Test("Debian: <codename>/latest/SHA512SUMS names the genericcloud qcow2; the pull checks its sha512")
     func debian() async throws {
         let server = try await MirrorServer.start()

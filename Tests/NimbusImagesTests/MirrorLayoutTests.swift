@@ -269,6 +269,10 @@ struct MirrorLayoutTests {
                 \(Fixtures.sha512(Data("nocloud".utf8)))  debian-12-nocloud-amd64\(suffix).qcow2
 
                 """)
+            // Beside each image, as on Debian's mirrors, its build record naming the serial.
+            server.put(
+                "\(prefix)\(folder)debian-12-genericcloud-amd64\(suffix).json",
+                CatalogTests.debianBuildRecord("20240429-1732"))
         }
     }
 
@@ -288,6 +292,7 @@ struct MirrorLayoutTests {
             let remote = try await Fixtures.store(dir, server: server).resolve(
                 .catalog(.debian, release: "12", stream: nil), arch: .amd64)
             #expect(remote.url == server.url("debian/latest/debian-12-genericcloud-amd64.qcow2"))
+            #expect(remote.version == "20240429-1732")
             #expect(server.requestCount == before)
 
             let trixie = await #expect(throws: NimbusError.self) {

@@ -39,6 +39,93 @@ struct ReadinessTests {
         }
     }
 
+    @Test(
+        "an SSH server that systemd fails to start ends the wait for SSH once it has not answered for the grace, naming recover --reseed"
+    )
+    func sshServerFails() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.url.appending(path: "serial.log")
+        // systemd 252 (Debian 12) on the console when sshd finds its host key files empty, byte for byte as the
+        // test guest printed it: the unit's name shortened, and the escape byte of its colour reset lost.
+        let lines = [
+            "[    0.000000] Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC",
+            "         Starting \u{1b}[0;1;39mssh.service\u{1b}[0m - OpenBSD Secure Shell server...",
+            "[\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mssh.servic…[0m - OpenBSD Secure Shell server.",
+            "See 'systemctl status ssh.service' for details.",
+        ]
+        try (lines.joined(separator: "\r\r\n") + "\r\r\n").write(to: log, atomically: true, encoding: .utf8)
+        let watch = SerialWatch(log)
+        watch.poll()
+        #expect(watch.sshServerFailure?.line == "[FAILED] Failed to start ssh.servic… - OpenBSD Secure Shell server.")
+        try "[FAILED] Failed to start sshd.service - OpenSSH server daemon.\r\n".write(
+            to: log, atomically: true, encoding: .utf8)
+        let fedora = SerialWatch(log)
+        fedora.poll()
+        #expect(fedora.sshServerFailure != nil)
+
+        var waiting = readiness(log, in: dir)
+        waiting.sshServerGrace = .milliseconds(300)
+        // Were the line not recognised, the wait would end at its deadline with a timeout instead.
+        await #expect {
+            try await waiting.until(.sshReachable, deadline: .now + .seconds(300), isAlive: { true }, { false })
+        } throws: { error in
+            let error = error as? NimbusError
+            return error?.code == .guestSetup
+                && error?.message.contains("the guest's SSH server does not start") == true
+                && error?.message.contains("`nimbus recover --reseed`") == true
+        }
+        // Other phases are not SSH's to fail, and a line that is not systemd's about sshd is no failure.
+        await #expect {
+            try await waiting.until(.kernel, deadline: .now + .seconds(1), isAlive: { true }, { false })
+        } throws: { error in
+            (error as? NimbusError)?.code == .timeout
+        }
+        try "Failed to start nginx.service - A high performance web server.\r\n".write(
+            to: log, atomically: true, encoding: .utf8)
+        let other = SerialWatch(log)
+        other.poll()
+        #expect(other.sshServerFailure == nil)
+    }
+
+    @Test(
+        "a console log that stops before the kernel (virtlogd restarted under libvirt's QEMU) does not hide a guest whose SSH answers"
+    )
+    func deadConsoleLog() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.url.appending(path: "serial.log")
+        try "SeaBIOS (version 1.16.2-debian-1.16.2-1)\r\n".write(to: log, atomically: true, encoding: .utf8)
+        // An sshd on a loopback port: it sends its banner to whoever connects, as the forwarded port does.
+        let (listener, port) = try #require(Loopback.bindSocket(port: 0))
+        defer { close(listener) }
+        #expect(listen(listener, 8) == 0)
+        let server = Thread {
+            while true {
+                let client = accept(listener, nil, nil)
+                guard client >= 0 else { return }
+                _ = "SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n".withCString {
+                    send(client, $0, strlen($0), Int32(MSG_NOSIGNAL))
+                }
+                close(client)
+            }
+        }
+        server.start()
+        let ssh = SSHAccess(
+            identity: dir.url.appending(path: "id"), knownHosts: dir.url.appending(path: "known_hosts"),
+            hostAlias: "test", user: "nimbus", port: port, controlDirectory: dir.url)
+        var waiting = Readiness(serialLog: log, ssh: ssh) { _, _ in }
+        waiting.consoleGrace = .milliseconds(500)
+        let console = SerialWatch(log)
+        var probedAt = waiting.start
+        // Were SSH's banner not taken for the kernel, the wait would end at its deadline with a timeout.
+        let alive: @Sendable () async -> Bool = { true }
+        try await waiting.until(.kernel, deadline: .now + .seconds(300), isAlive: alive, console: console) {
+            await waiting.kernelBooted(console, probedAt: &probedAt)
+        }
+        #expect(!console.sawKernel)
+    }
+
     @Test("the level is read from glibc's line only")
     func levelParsing() {
         #expect(Readiness.missingISALevel(in: "Fatal glibc error: CPU does not support x86-64-v2\n") == "x86-64-v2")
@@ -50,8 +137,9 @@ struct ReadinessTests {
 @Suite("Readiness tells a cloud-init that never starts")
 struct CloudInitNeverStartedTests {
     /// What Debian's cloud kernel printed on this host's QEMU, with the console's CRLF line ends: the boot
-    /// disk on virtio-blk and, when the guest could see it, the seed CD-ROM on virtio-scsi.
-    static func console(seedSeen: Bool, cloudInit: Bool) -> String {
+    /// disk on virtio-blk and, when the guest could see it, the seed CD-ROM on virtio-scsi; `sshFailed`, systemd's
+    /// line about sshd, which a Debian guest without cloud-init prints (no host keys were written).
+    static func console(seedSeen: Bool, cloudInit: Bool, sshFailed: Bool = false) -> String {
         var lines = [
             "SeaBIOS (version 1.16.2-debian-1.16.2-1)",
             "[    0.000000] Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC",
@@ -66,6 +154,11 @@ struct CloudInitNeverStartedTests {
                 "[   39.638843] cloud-init[261]: Cloud-init v. 22.4.2 running 'init-local' at Thu, 03 Dec 2026 07:30:05 +0000."
             )
         }
+        if sshFailed {
+            lines.append(
+                "[\u{1b}[0;1;31mFAILED\u{1b}[0m] Failed to start \u{1b}[0;1;39mssh.servic…[0m - OpenBSD Secure Shell server."
+            )
+        }
         lines += ["", "Debian GNU/Linux 12 localhost ttyS0", "", "localhost login: "]
         return lines.joined(separator: "\r\n")
     }
@@ -76,6 +169,9 @@ struct CloudInitNeverStartedTests {
             hostAlias: "test", user: "nimbus", port: 9, controlDirectory: dir.url)
         var readiness = Readiness(serialLog: log, ssh: ssh, cloudInit: seed) { _, _ in }
         readiness.cloudInitGrace = .milliseconds(300)
+        // Shorter than cloudInitGrace: the SSH server's failure, which follows from cloud-init's absence, is
+        // seen first and must not hide its cause.
+        readiness.sshServerGrace = .milliseconds(100)
         return readiness
     }
 
@@ -171,7 +267,7 @@ struct CloudInitNeverStartedTests {
 
     @Test("no CD-ROM seen and no word from cloud-init: the seed was invisible, named with the disks the kernel saw")
     func seedInvisible() async throws {
-        let error = try await wait(Self.console(seedSeen: false, cloudInit: false), seed: .cdrom)
+        let error = try await wait(Self.console(seedSeen: false, cloudInit: false, sshFailed: true), seed: .cdrom)
         #expect(error?.code == .guestSetup)
         #expect(error?.code.exitStatus == 12)
         let message = error?.message ?? ""
@@ -183,7 +279,7 @@ struct CloudInitNeverStartedTests {
 
     @Test("the CD-ROM seen but cloud-init silent: ds-identify or a disabled cloud-init, and where to look")
     func seedSeenCloudInitSilent() async throws {
-        let error = try await wait(Self.console(seedSeen: true, cloudInit: false), seed: .cdrom)
+        let error = try await wait(Self.console(seedSeen: true, cloudInit: false, sshFailed: true), seed: .cdrom)
         #expect(error?.code == .guestSetup)
         #expect(error?.message.contains("the kernel saw the seed CD-ROM") == true, "\(error?.message ?? "")")
         #expect(error?.message.contains("/run/cloud-init/ds-identify.log") == true)

@@ -333,6 +333,30 @@ struct FleetFileTests {
         #expect(configured.specs[1].cpus == 4 && configured.specs[0].cpus == config.cpus)
     }
 
+    @Test("volumes: NAME:PATH[:SIZE] per instance, as launch --volume; a bad one is named with its instance")
+    func fleetVolumes() throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let url = try write(
+            """
+            instances:
+              - name: db
+                volumes: ["pgdata:/var/lib/postgresql:20G", "logs:/var/log/app"]
+              - name: web
+            """, in: dir)
+        let fleet = try FleetFile(url: url, config: NimbusConfig())
+        #expect(
+            fleet.specs[0].volumes == [
+                VolumeAttachment(volume: "pgdata", mountPoint: "/var/lib/postgresql"),
+                VolumeAttachment(volume: "logs", mountPoint: "/var/log/app"),
+            ])
+        #expect(fleet.volumeSizes == [try InstanceName("db"): ["pgdata": .gibibytes(20)]])
+        #expect(fleet.specs[1].volumes.isEmpty)
+        let bad = try write("instances:\n  - name: db\n    volumes: [\"pgdata\"]\n", in: dir)
+        let error = #expect(throws: NimbusError.self) { try FleetFile(url: bad, config: NimbusConfig()) }
+        #expect(error?.message.contains("(db): volumes \"pgdata\" is not NAME:PATH") == true, "\(error?.message ?? "")")
+    }
+
     @Test("ignition-file: the user's Ignition config, read relative to the fleet file and checked; a bad one is named")
     func fleetIgnition() throws {
         let dir = try TemporaryDirectory()

@@ -41,6 +41,38 @@ struct VolumeTests {
     }
 
     @Test(
+        "a libvirt instance fixes a volume's place in its pool; a launch that fails gives it back as it was; other drivers are refused"
+    )
+    func libvirtPlace() async throws {
+        try await TemporaryDirectory.with { dir in
+            let manager = InstanceManager(paths: dir.paths, config: NimbusConfig())
+            let volumes = manager.volumes
+            _ = try await volumes.create(name: "data", size: .mebibytes(64))
+            let web = try InstanceName("web")
+            let attachment = VolumeAttachment(volume: "data", mountPoint: "/srv")
+            let libvirt = DriverChoice.libvirt(connect: nil, pool: nil)
+            let attached = try await volumes.attach([attachment], sizes: [:], to: web, driver: libvirt)
+            let placed = try volumes.store.load("data").libvirt
+            #expect(placed?.volume.hasPrefix("nimbus-vol-data-") == true && placed?.serves(libvirt) == true)
+            // The machine uses the pool volume by that name.
+            var spec = InstanceSpec(name: web, image: "debian:12")
+            spec.volumes = [attachment]
+            let machine = manager.planner.machineConfig(spec, state: InstanceState(), in: manager.store.directory(web))
+            #expect(machine.disks.last?.dataVolume == placed?.volume)
+            // The launch failed: the volume is free and in no pool again, so QEMU instances may use it.
+            await volumes.release(attached, of: web)
+            #expect(try volumes.store.load("data").libvirt == nil && volumes.store.load("data").attachedTo == nil)
+            // Once placed (attached and kept), a QEMU instance is refused, naming where it lives.
+            _ = try await volumes.attach([attachment], sizes: [:], to: web, driver: libvirt)
+            await volumes.detach(from: web)
+            let refused = #expect(throws: NimbusError.self) {
+                try volumes.check([attachment], sizes: [:], for: try InstanceName("db"), taken: [])
+            }
+            #expect(refused?.message.contains("lives in volume nimbus-vol-data-") == true, "\(refused?.message ?? "")")
+        }
+    }
+
+    @Test(
         "create, list, info, resize (grow only) and delete, with real qcow2 disks; a volume serves one instance at a time and outlives it"
     )
     func lifecycle() async throws {
@@ -81,7 +113,7 @@ struct VolumeTests {
                 VolumeAttachment(volume: "logs", mountPoint: "/var/log/app"),
             ]
             let madeForWeb = try await volumes.attach(attachments, sizes: ["logs": .mebibytes(32)], to: web)
-            #expect(madeForWeb == ["logs"])
+            #expect(madeForWeb.made == ["logs"] && madeForWeb.before.map(\.name) == ["data"])
             #expect(try volumes.info("data").attachedTo == "web")
             #expect(try volumes.info("logs").attachedTo == "web")
             let taken = #expect(throws: NimbusError.self) {
@@ -108,13 +140,21 @@ struct VolumeTests {
             #expect(argv.contains { $0.contains("virtio-blk-pci,drive=disk1,id=disk1-dev,serial=vol-data") }, "\(argv)")
             var config = InstanceConfig()
             try manager.builder.addVolumes(attachments, to: &config)
-            #expect(config.mounts.contains { $0.prefix(3) == ["LABEL=nv-data", "/srv", "ext4"] })
             #expect(
-                config.bootcmd.contains(
-                    .arguments([
-                        "sh", "-c", InstanceBuilder.volumeScript, "nimbus-volume", "/dev/disk/by-id/virtio-vol-logs",
-                        "nv-logs", "/var/log/app",
-                    ])))
+                config.volumes == [
+                    InstanceConfig.DataVolume(
+                        device: "/dev/disk/by-id/virtio-vol-data", label: "nv-data", mountPoint: "/srv"),
+                    InstanceConfig.DataVolume(
+                        device: "/dev/disk/by-id/virtio-vol-logs", label: "nv-logs", mountPoint: "/var/log/app"),
+                ])
+            // cloud-init mounts each by label and runs the format-and-grow script at every boot.
+            let seed = try NoCloudSeed(config: config, name: "web")
+            let userData = String(decoding: seed.files.first { $0.name == "user-data" }?.contents ?? [], as: UTF8.self)
+            #expect(userData.contains("- - LABEL=nv-data\n  - /srv\n  - ext4\n"), "\(userData)")
+            #expect(
+                userData.contains(
+                    "  - nimbus-volume\n  - /dev/disk/by-id/virtio-vol-logs\n  - nv-logs\n  - /var/log/app"),
+                "\(userData)")
 
             // Checks before anything is written: a volume twice, a mount point twice or on a share's.
             let twice = #expect(throws: NimbusError.self) {

@@ -19,12 +19,15 @@ struct CoreOSTests {
 
     init() async throws {
         guestSlot = try await GuestSlot()
-        home = try TemporaryDirectory("nimbus-coreos")
+        home = try TemporaryDirectory.guestHome("nimbus-coreos")
         // The mirror through config.yaml, as a user points Nimbus at one.
         let mirror = Prerequisites.coreOSMirror?.absoluteString ?? "file:///missing-coreos-mirror/"
         try FileManager.default.createDirectory(at: home.paths.config, withIntermediateDirectories: true)
-        try "mirrors:\n  fedora-coreos: \(mirror)\n".write(to: home.paths.configFile, atomically: true, encoding: .utf8)
-        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        try (TemporaryDirectory.guestConfig + "mirrors:\n  fedora-coreos: \(mirror)\n").write(
+            to: home.paths.configFile, atomically: true, encoding: .utf8)
+        manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
+            print("    \($0)")
+        }
     }
 
     /// Runs `command` in the instance through `sh -c` and returns its stdout, trimmed; a non-zero exit fails.
@@ -91,6 +94,7 @@ struct CoreOSTests {
         // Awaited, not left to a Task: a test that ends the run would leave its guest and network (host-wide).
         func cleanUp() async {
             try? await manager.delete(name, purge: true)
+            try? await manager.volumes.delete(Self.volume)
             if let network { try? await manager.networks.delete(network) }
             home.remove()
         }
@@ -111,9 +115,16 @@ struct CoreOSTests {
             try await manager.networks.create(name: network, subnet: subnet, nat: false)
             spec.networks = [NetworkAttachment(network: network, address: IPv4Address(subnet.network.value + 9))]
         }
-        let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
+        // A data volume: Ignition makes its filesystem at first boot, a mount unit mounts it at every boot.
+        spec.volumes = [VolumeAttachment(volume: Self.volume, mountPoint: "/var/lib/app-data")]
+        let info = try await manager.launch(
+            spec, volumeSizes: [Self.volume: .mebibytes(256)], wait: true, timeout: .seconds(900))
         #expect(info.state == .running)
         #expect(info.cloudInit == "done")
+        #expect(
+            try await guest(name, "findmnt -n -o FSTYPE,LABEL /var/lib/app-data | tr -s ' '")
+                == "ext4 nv-\(Self.volume)")
+        _ = try await guest(name, "echo kept | sudo -n tee /var/lib/app-data/kept >/dev/null")
 
         // exec reaches `core` with the pinned host key Ignition wrote (StrictHostKeyChecking=yes, no TOFU).
         #expect(try await guest(name, "id -un") == "core")
@@ -138,7 +149,11 @@ struct CoreOSTests {
         #expect(try await guest(name, "sudo -n cat /etc/nimbus-test.conf") == "changed")
         #expect(try await guest(name, "grep -c ignition.firstboot /proc/cmdline || true") == "0")
         #expect(try await guest(name, "cat /var/tmp/runcmd-count") == "ran")
+        #expect(try await guest(name, "cat /var/lib/app-data/kept") == "kept")
     }
+
+    /// The data volume of the scenario.
+    static let volume = "cdata"
 
     @Test("a config Ignition rejects at boot fails the launch at once, naming the stage and quoting Ignition")
     func rejectedAtBoot() async throws {
@@ -158,16 +173,6 @@ struct CoreOSTests {
              "storage": {"files": [{"path": "/etc/owned", "user": {"name": "nobody-here"},
                                     "contents": {"source": "data:,x"}}]}}
             """#
-        // Volumes are not offered for Ignition images yet: refused once the image is known, before anything is made.
-        var withVolume = spec
-        withVolume.volumes = [VolumeAttachment(volume: "data", mountPoint: "/srv")]
-        let refused = await #expect(throws: NimbusError.self) {
-            try await manager.launch(
-                withVolume, volumeSizes: ["data": .mebibytes(64)], wait: true, timeout: .seconds(60))
-        }
-        #expect(refused?.code == .unsupported && refused?.message.contains("Ignition (CoreOS)") == true)
-        #expect(manager.volumes.list().isEmpty && !manager.store.exists(name))
-
         let started = ContinuousClock.now
         do {
             try await manager.launch(spec, wait: true, timeout: .seconds(900))

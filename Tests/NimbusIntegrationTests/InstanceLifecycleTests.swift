@@ -25,8 +25,10 @@ struct InstanceLifecycleTests {
 
     init() async throws {
         guestSlot = try await GuestSlot()
-        home = try TemporaryDirectory("nimbus-e2e")
-        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        home = try TemporaryDirectory.guestHome("nimbus-e2e")
+        manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
+            print("    \($0)")
+        }
         image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")
     }
 
@@ -101,7 +103,7 @@ struct InstanceLifecycleTests {
         // Domain names are per daemon, which every store on the host shares: a suffix keeps this run's
         // domains apart from another run's or another test's `web`.
         let suffix = driver == "qemu" ? "" : "-" + UUID().uuidString.prefix(4).lowercased()
-        var config = NimbusConfig()
+        var config = try NimbusConfig.load(paths: home.paths)
         config.driver = try #require(DriverKind(rawValue: driver))
         // db (from the fleet file) boots by UEFI; web's firmware is `auto`, which under TCG picks BIOS for this
         // image (it has both, as published cloud images do).

@@ -25,9 +25,11 @@ struct LibvirtNetworkTests {
 
     init() async throws {
         guestSlots = try await GuestSlot.all()
-        home = try TemporaryDirectory("nimbus-lvnet-e2e")
+        home = try TemporaryDirectory.guestHome("nimbus-lvnet-e2e")
         chmod(home.url.path, 0o755)
-        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
+            print("    \($0)")
+        }
         image = Prerequisites.guestImage ?? URL(fileURLWithPath: "/missing-guest-image")
     }
 

@@ -49,7 +49,7 @@ struct LibvirtRecoverTests {
     func lostFolder() async throws {
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
-        let home = try TemporaryDirectory("nimbus-recover")
+        let home = try TemporaryDirectory.guestHome("nimbus-recover")
         let name = try Self.uniqueName("rc")
         let domain = LibvirtDomainXML.domainName(for: name.rawValue)
         defer {
@@ -198,8 +198,8 @@ struct LibvirtRecoverTests {
     func otherStore() async throws {
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
-        let first = try TemporaryDirectory("nimbus-recover-a")
-        let second = try TemporaryDirectory("nimbus-recover-b")
+        let first = try TemporaryDirectory.guestHome("nimbus-recover-a")
+        let second = try TemporaryDirectory.guestHome("nimbus-recover-b")
         let name = try Self.uniqueName("os")
         let domain = LibvirtDomainXML.domainName(for: name.rawValue)
         defer {

@@ -24,8 +24,10 @@ struct LibvirtTests {
     func lifecycle() async throws {
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
-        let home = try TemporaryDirectory("nimbus-libvirt-e2e")
-        let manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        let home = try TemporaryDirectory.guestHome("nimbus-libvirt-e2e")
+        let manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
+            print("    \($0)")
+        }
         let name = try InstanceName("lv-\(UUID().uuidString.prefix(6).lowercased())")
         let domain = "nimbus-\(name)"
         defer {
@@ -46,6 +48,9 @@ struct LibvirtTests {
         spec.memory = .mebibytes(1024)
         spec.driver = .libvirt(connect: nil, pool: nil)
         spec.accelerator = .tcg
+        // A secret in the user-data, as users put passwords and tokens there: the audit looks for it.
+        let secret = "nimbus-audit-\(UUID().uuidString)"
+        spec.userData = "#cloud-config\nbootcmd:\n  - echo \(secret) > /run/audit-token\n"
         let info = try await manager.launch(spec, wait: true, timeout: .seconds(900))
         #expect(info.state == .running)
         #expect(info.driver == "libvirt")
@@ -60,6 +65,22 @@ struct LibvirtTests {
         let hostname = try await ssh.run(["hostname"])
         #expect(hostname.status == 0, "\(hostname.standardError)")
         #expect(hostname.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines) == name.rawValue)
+
+        // What the instance exposes, audited (issue 19): doctor --security passes; the secret reached the guest
+        // and is on no process's command line (libvirtd's QEMU included) and not in the domain's XML.
+        let audit = try await NimbusBinary.run(["doctor", "--security"], home: home.url)
+        for line in [
+            "ok   instance \(name): its owner's alone", "ok   instance \(name): no command line carries its user-data",
+            "ok   instance \(name): its processes listen on the loopback address only",
+            "ok   instance \(name): SSH pins its host key",
+        ] {
+            #expect(audit.standardOutput.contains(line), "\(line): \(audit.standardOutput)")
+        }
+        #expect(!audit.standardOutput.contains("FAIL"), "\(audit.standardOutput)")
+        #expect(try await ssh.run(["cat", "/run/audit-token"]).standardOutput == "\(secret)\n")
+        #expect(FaultGuestTests.commandLinesContaining(secret).isEmpty)
+        let xml = try await LibvirtDaemon.virsh(["dumpxml", domain]).standardOutput
+        #expect(xml.contains("<name>\(domain)</name>") && !xml.contains(secret), "\(xml)")
 
         // The guest powers itself off: the domain stays defined, shut off, and the instance is stopped.
         _ = try? await ssh.run(["sudo", "systemctl", "poweroff"])
@@ -87,6 +108,17 @@ struct LibvirtTests {
         #expect(exec.status == 0, "\(exec.standardError)")
         #expect(exec.standardOutput == "\(name)\n")
         #expect(try await manager.info(name).state == .running)
+
+        // instance.yaml damaged: the domain keeps a copy, which doctor --fix puts back.
+        let specFile = manager.store.directory(name).spec
+        try Data("name: \(name)\nimage: [".utf8).write(to: specFile)
+        let fixed = try await NimbusBinary.run(["doctor", "--fix"], home: home.url)
+        #expect(
+            fixed.standardOutput.contains("fixed instance \(name): instance.yaml is damaged"),
+            "\(fixed.standardOutput)")
+        #expect(fixed.standardOutput.contains("restored from the copy its libvirt domain keeps"))
+        #expect(try manager.store.loadSpec(name).driver == .libvirt(connect: nil, pool: nil))
+        #expect(try await NimbusBinary.run(["exec", name.rawValue, "--", "true"], home: home.url).status == 0)
 
         try await manager.stop(name, force: false, timeout: .seconds(180))
         #expect(try await manager.info(name).state == .stopped)

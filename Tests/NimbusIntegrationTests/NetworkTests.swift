@@ -196,9 +196,11 @@ struct NetworkGuestTests {
 
     init() async throws {
         guestSlots = try await GuestSlot.all()
-        home = try TemporaryDirectory("nimbus-net-e2e")
+        home = try TemporaryDirectory.guestHome("nimbus-net-e2e")
         chmod(home.url.path, 0o755)
-        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { print("    \($0)") }
+        manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
+            print("    \($0)")
+        }
         image = Prerequisites.guestImage ?? URL(fileURLWithPath: "/missing-guest-image")
     }
 

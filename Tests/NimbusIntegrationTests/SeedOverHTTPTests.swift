@@ -25,9 +25,9 @@ struct SeedOverHTTPTests {
 
     init() async throws {
         guestSlot = try await GuestSlot()
-        home = try TemporaryDirectory("nimbus-seedhttp")
+        home = try TemporaryDirectory.guestHome("nimbus-seedhttp")
         let messages = self.messages
-        manager = InstanceManager(paths: home.paths, config: NimbusConfig()) { line in
+        manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) { line in
             print("    \(line)")
             messages.append(line)
         }

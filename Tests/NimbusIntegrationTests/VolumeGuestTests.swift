@@ -14,7 +14,7 @@ struct VolumeGuestTests {
     func volumeOutlivesInstances() async throws {
         let slot = try await GuestSlot()
         defer { withExtendedLifetime(slot) {} }
-        let home = try TemporaryDirectory("nimbus-volumes")
+        let home = try TemporaryDirectory.guestHome("nimbus-volumes")
         let image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")
         func nimbus(_ arguments: [String]) async throws -> ProgramOutput {
             let result = try await NimbusBinary.run(arguments, home: home.url)

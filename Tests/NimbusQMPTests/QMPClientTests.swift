@@ -153,6 +153,35 @@ struct QMPClientRealQEMUTests {
         }
     }
 
+    @Test(
+        "clients beyond QEMU's backlog of one wait their turn instead of failing with EAGAIN (list beside a start, ConcurrencyTests)"
+    )
+    func queuedClients() async throws {
+        try await BareQEMU.with { qemu in
+            let first = try await QMPClient.connect(path: qemu.socket)
+            // Three more at once: one waits in the listen backlog, the others find it full. (Each may wait for
+            // all before it: a loaded CI host serves one in seconds.)
+            let others = Task {
+                try await withThrowingTaskGroup(of: String.self) { group in
+                    for _ in 0..<3 {
+                        group.addTask {
+                            let client = try await QMPClient.connect(path: qemu.socket, timeout: .seconds(300))
+                            let status = try await client.queryStatus()
+                            await client.close()
+                            return status.status
+                        }
+                    }
+                    var statuses: [String] = []
+                    for try await status in group { statuses.append(status) }
+                    return statuses
+                }
+            }
+            try await Task.sleep(for: .milliseconds(500))
+            await first.close()
+            #expect(try await others.value.count == 3)
+        }
+    }
+
     @Test("a socket nobody listens on is connectionFailed")
     func noSocket() async throws {
         try await TemporaryDirectory.with { directory in

@@ -49,6 +49,30 @@ struct IgnitionConfigTests {
         try expectValidIgnition(try IgnitionConfig(config: InstanceConfig(), userData: user).json)
     }
 
+    @Test(
+        "a volume is an ext4 filesystem Ignition keeps when it is there, a mount unit named as systemd names it, and a grow service; ignition-validate accepts it",
+        .requires(.programs("ignition-validate")))
+    func volumes() throws {
+        var config = InstanceConfig()
+        config.volumes = [
+            InstanceConfig.DataVolume(
+                device: "/dev/disk/by-id/virtio-vol-data", label: "nv-data", mountPoint: "/var/lib/app-data")
+        ]
+        let json = try IgnitionConfig(config: config).json
+        try expectValidIgnition(json)
+        let document = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        let filesystems = (document["storage"] as? [String: Any])?["filesystems"] as? [[String: Any]]
+        #expect(filesystems?.first?["device"] as? String == "/dev/disk/by-id/virtio-vol-data")
+        #expect(filesystems?.first?["label"] as? String == "nv-data")
+        #expect(filesystems?.first?["wipeFilesystem"] as? Bool == false)
+        let units = ((document["systemd"] as? [String: Any])?["units"] as? [[String: Any]])?.compactMap {
+            $0["name"] as? String
+        }
+        // `systemd-escape --path /var/lib/app-data`.
+        #expect(units == ["var-lib-app\\x2ddata.mount", "nimbus-grow-var-lib-app\\x2ddata.service"])
+        #expect(json.contains("What=/dev/disk/by-label/nv-data\\nWhere=/var/lib/app-data"), "\(json)")
+    }
+
     @Test("a user's Ignition config is merged as written through a data URL, and its newer spec is declared")
     func userConfigMerged() throws {
         let text = #"{"ignition": {"version": "3.3.0"}, "storage": {"files": [{"path": "/etc/mine", "mode": 420}]}}"#

@@ -75,6 +75,13 @@ struct NoCloudSeedTests {
         config.runcmd.append(.shell("true"))
         #expect(try NoCloudSeed(config: config, name: "web").instanceID != a.instanceID)
         #expect(try NoCloudSeed(config: Fixtures.fullConfig(), name: "db").instanceID != a.instanceID)
+        // A new root (generation) and a reseed (salt) each give the same personality another id.
+        let upgraded = try NoCloudSeed(config: Fixtures.fullConfig(), name: "web", generation: 1).instanceID
+        let reseeded = try NoCloudSeed(config: Fixtures.fullConfig(), name: "web", salt: "2026-12-06T21:00:00Z")
+        #expect(Set([a.instanceID, upgraded, reseeded.instanceID]).count == 3)
+        #expect(
+            try NoCloudSeed(config: Fixtures.fullConfig(), name: "web", salt: "2026-12-06T21:00:00Z").instanceID
+                == reseeded.instanceID)
     }
 
     @Test(

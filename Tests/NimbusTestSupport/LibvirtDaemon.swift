@@ -116,6 +116,16 @@ public enum LibvirtDaemon {
         throw NimbusError(.timeout, "libvirtd (pid \(pid)) did not stop")
     }
 
+    /// Stops virtlogd (SIGTERM) and starts a new one, as a restart that is not a re-exec (`virtlogd -d` again,
+    /// or systemd's restart of the unit) does. Only under an exclusive lease.
+    public static func restartVirtlogd() async throws {
+        if let pid = virtlogd.livePID {
+            kill(pid, SIGTERM)
+            for _ in 0..<40 where PIDFile.isAlive(pid) { try await Task.sleep(for: .milliseconds(250)) }
+        }
+        try await ProgramRunner.run("virtlogd", ["-d"])
+    }
+
     /// `virsh -c qemu:///system arguments`.
     public static func virsh(_ arguments: [String]) async throws -> ProgramOutput {
         try await ProgramRunner.output("virsh", ["-c", "qemu:///system"] + arguments)

@@ -7,7 +7,8 @@ enum TestLock {
     /// Waits, at most an hour, until `operation` (LOCK_SH or LOCK_EX) is held on one of `paths`, trying them
     /// in order; returns the open descriptor, whose closing releases the lock.
     static func acquire(anyOf paths: [String], _ operation: Int32) async throws -> Int32 {
-        let deadline = ContinuousClock.now + .seconds(3600)
+        let start = ContinuousClock.now
+        let deadline = start + .seconds(3600)
         while true {
             for path in paths {
                 let fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
@@ -18,7 +19,9 @@ enum TestLock {
             guard ContinuousClock.now < deadline else {
                 throw NimbusError(.timeout, "another test held \(paths.joined(separator: ", ")) for an hour")
             }
-            try await Task.sleep(for: .milliseconds(100))
+            // flock has no queue: whoever tries first after a release wins. A waiter that has waited a
+            // minute tries ten times as often, so the oldest waiters go first.
+            try await Task.sleep(for: .milliseconds(ContinuousClock.now - start < .seconds(60) ? 100 : 10))
         }
     }
 }

@@ -27,6 +27,22 @@ public struct TemporaryDirectory: Sendable {
     }
 }
 
+extension TemporaryDirectory {
+    /// A NIMBUS_HOME for tests that boot guests: its config.yaml launches instances with one vCPU. Two guests
+    /// boot at once (`GuestSlot.count`) on CI's two cores, and under TCG each vCPU is a host thread: two
+    /// Debian guests launched at once were ready in 77-88 s with one vCPU each, 85-101 s with two (two runs
+    /// each way, on this 2-core host).
+    public static func guestHome(_ label: String) throws -> TemporaryDirectory {
+        let home = try TemporaryDirectory(label)
+        try FileManager.default.createDirectory(at: home.paths.config, withIntermediateDirectories: true)
+        try Data(guestConfig.utf8).write(to: home.paths.configFile)
+        return home
+    }
+
+    /// The config.yaml of `guestHome`.
+    public static let guestConfig = "cpus: 1\n"
+}
+
 /// Whether skipping is allowed. Locally a missing prerequisite skips the test with the printed reason; in
 /// CI (`CI=true` or `NIMBUS_REQUIRE_E2E=1`) nothing is skipped, so a missing prerequisite fails the run
 /// instead of hiding it.
@@ -56,6 +72,38 @@ public enum Prerequisites {
     /// The guest image file, for `file://` launches.
     public static var guestImage: URL? {
         guestImageDirectory?.appending(path: "debian-12-genericcloud-amd64.qcow2")
+    }
+
+    /// The Debian 13 (trixie) guest image folder made by `scripts/build-guest-image --suite trixie`, from
+    /// `NIMBUS_TEST_TRIXIE_DIR`.
+    public static var trixieImageDirectory: URL? {
+        guard let path = ProcessInfo.processInfo.environment["NIMBUS_TEST_TRIXIE_DIR"], !path.isEmpty else {
+            return nil
+        }
+        let url = URL(fileURLWithPath: path, isDirectory: true)
+        return FileManager.default.fileExists(atPath: url.appending(path: "SERIALS").path) ? url : nil
+    }
+
+    /// The repository's checkout, for its scripts.
+    public static var repository: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+    }
+
+    /// Lays the guest images out as a mirror of Debian's cloud tree in `folder` (`scripts/debian-cloud-mirror`):
+    /// bookworm's two serials (the older one in `latest/`) and trixie's one.
+    public static func makeDebianMirror(_ folder: URL) async throws {
+        guard let bookworm = guestImageDirectory, let trixie = trixieImageDirectory else {
+            throw NimbusError(.notFound, "the Debian mirror needs NIMBUS_TEST_IMAGE_DIR and NIMBUS_TEST_TRIXIE_DIR")
+        }
+        let script = repository.appending(path: "scripts/debian-cloud-mirror").path
+        try await ProgramRunner.run(script, [folder.path, bookworm.path, trixie.path])
+    }
+
+    /// Makes `serial` the build the mirror's `<codename>/latest/` holds, as a new build appears upstream.
+    public static func publishDebianBuild(_ folder: URL, codename: String, serial: String) async throws {
+        let script = repository.appending(path: "scripts/debian-cloud-mirror").path
+        try await ProgramRunner.run(script, ["--publish", folder.path, codename, serial])
     }
 
     /// The Fedora CoreOS stream mirror of the CoreOS-like guest (scripts/build-coreos-image's `mirror/`), named
@@ -88,6 +136,15 @@ public struct Prerequisite: Sendable {
         Prerequisite(
             isMet: Prerequisites.guestImageDirectory != nil,
             need: "the guest image in NIMBUS_TEST_IMAGE_DIR (bash scripts/test builds it and sets it)")
+    }
+
+    /// The Debian 13 guest in NIMBUS_TEST_TRIXIE_DIR, beside the Debian 12 one: two releases.
+    public static var releases: Prerequisite {
+        all(
+            guest,
+            Prerequisite(
+                isMet: Prerequisites.trixieImageDirectory != nil,
+                need: "the Debian 13 guest in NIMBUS_TEST_TRIXIE_DIR (bash scripts/test builds it and sets it)"))
     }
 
     /// The CoreOS-like guest's mirror in NIMBUS_TEST_COREOS_DIR.
@@ -145,7 +202,11 @@ public enum NimbusBinary {
     }
 
     /// Runs `nimbus arguments` with `NIMBUS_HOME=home`; returns its status and output.
-    public static func run(_ arguments: [String], home: URL, input: String? = nil) async throws -> ProgramOutput {
-        try await ProgramRunner.output(url.path, arguments, input: input, environment: ["NIMBUS_HOME": home.path])
+    public static func run(
+        _ arguments: [String], home: URL, input: String? = nil, environment: [String: String] = [:]
+    ) async throws -> ProgramOutput {
+        try await ProgramRunner.output(
+            url.path, arguments, input: input,
+            environment: environment.merging(["NIMBUS_HOME": home.path]) { _, home in home })
     }
 }

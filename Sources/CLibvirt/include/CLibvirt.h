@@ -78,6 +78,7 @@
     X(virStorageVolGetName) \
     X(virStorageVolGetInfo) \
     X(virStorageVolDelete) \
+    X(virStorageVolResize) \
     X(virStorageVolUpload) \
     X(virStorageVolDownload) \
     X(virStorageVolFree) \

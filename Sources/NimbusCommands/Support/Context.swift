@@ -11,12 +11,14 @@ struct CommandContext {
     let config: NimbusConfig
     let manager: InstanceManager
 
-    init(global: Flags.Global) throws {
+    /// A context with config.yaml's settings, or with `config` when given (`doctor` goes on with the defaults
+    /// past a damaged config.yaml).
+    init(global: Flags.Global, config: NimbusConfig? = nil) throws {
         global.bootstrapLogging()
         paths = NimbusPaths.resolve()
-        config = try NimbusConfig.load(paths: paths)
+        self.config = try config ?? NimbusConfig.load(paths: paths)
         let quiet = global.quiet
-        var manager = InstanceManager(paths: paths, config: config) { message in
+        var manager = InstanceManager(paths: paths, config: self.config) { message in
             if !quiet { Console.status(message) }
         }
         let display = ProgressDisplay(enabled: !quiet, terminal: isatty(STDERR_FILENO) == 1)

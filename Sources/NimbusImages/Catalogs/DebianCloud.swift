@@ -2,7 +2,9 @@ import Foundation
 import NimbusCore
 
 /// Debian's official cloud images: `<codename>/latest/` under `images/cloud/` holds
-/// `debian-<N>-genericcloud-<arch>.qcow2` and a `SHA512SUMS` file in coreutils format (`<hex>  <name>` per line).
+/// `debian-<N>-genericcloud-<arch>.qcow2` and a `SHA512SUMS` file in coreutils format (`<hex>  <name>` per line),
+/// and beside each image its build record `debian-<N>-genericcloud-<arch>.json` (a `List` whose `Build` item is
+/// labelled `cloud.debian.org/version: 20251020-2270`, the serial of the dated folder `latest/` copies).
 ///
 /// The mirror is a mirror of `images/cloud/` (`<mirror>/<codename>/latest/`), or of one codename's tree
 /// (`<mirror>/latest/` and the dated folders, for a site that mirrored only `bookworm/`): which one is decided
@@ -66,10 +68,31 @@ struct DebianCloud: Sendable {
                 "Debian \(known.version) has no \(arch) genericcloud image: \(sumsURL.absoluteString) does not list \(name)"
             )
         }
+        let record = "debian-\(known.version)-genericcloud-\(arch).json"
+        let serial = try? await metadata.fetch(
+            folder.appending(path: record), what: "Debian \(known.codename) build record")
         return RemoteImage(
             reference: "debian:\(known.version)", distribution: .debian, release: known.version,
-            codename: known.codename, version: "latest", arch: arch, url: folder.appending(path: name), size: nil,
-            checksum: found)
+            codename: known.codename, version: serial.flatMap(Self.serial(inBuildRecord:)) ?? "latest", arch: arch,
+            url: folder.appending(path: name), size: nil, checksum: found)
+    }
+
+    /// The serial (`20251020-2270`) a build record names: the `cloud.debian.org/version` label of its `Build`
+    /// item. Nil for anything else: a mirror without records still resolves, as version `latest`.
+    static func serial(inBuildRecord data: Data) -> String? {
+        struct Record: Decodable {
+            struct Item: Decodable {
+                struct Metadata: Decodable { var labels: [String: String]? }
+                var kind: String?
+                var metadata: Metadata?
+            }
+            var items: [Item]?
+        }
+        guard let record = try? JSONDecoder().decode(Record.self, from: data) else { return nil }
+        let items = record.items ?? []
+        let build = items.first { $0.kind == "Build" } ?? items.first
+        guard let serial = build?.metadata?.labels?["cloud.debian.org/version"], !serial.isEmpty else { return nil }
+        return serial
     }
 
     /// The file names a `SHA512SUMS` lists.

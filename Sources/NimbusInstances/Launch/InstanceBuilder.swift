@@ -16,43 +16,64 @@ struct InstanceBuilder: Sendable {
     /// Messages for people, one line each.
     let progress: @Sendable (String) -> Void
 
-    /// Fills a new instance's folder: the overlay, the seed or Ignition config, known_hosts, the state.
+    /// Fills a new instance's folder: the overlay, the seed or Ignition config, known_hosts and the host key, the
+    /// state. With `root`, fills only what a new root disk needs for an instance that has its host key already
+    /// (`upgrade`): the overlay and the seed, whose instance-id differs by the root's generation.
     func build(
         _ spec: InstanceSpec, image: CachedImage, userKey: SSHKeyPair, userData: UserData?,
-        userIgnition: UserIgnition? = nil, in dir: InstanceDirectory
+        userIgnition: UserIgnition? = nil, in dir: InstanceDirectory,
+        root: (hostKey: SSHKeyPair, generation: Int)? = nil
     ) async throws -> InstanceState {
         try await DiskImage.createOverlay(at: dir.disk, backedBy: image.url, size: spec.disk.bytes)
 
-        let hostKey = SSHKeyPair(comment: "\(spec.name) host key")
-        try AtomicFile.write(Data("\(Self.hostAlias(spec.name)) \(hostKey.publicKeyLine)\n".utf8), to: dir.knownHosts)
+        let hostKey = root?.hostKey ?? SSHKeyPair(comment: "\(spec.name) host key")
+        if root == nil {
+            try Self.pin(hostKey, of: spec.name, in: dir)
+            try AtomicFile.write(Data(hostKey.openSSHPrivateKey.utf8), to: dir.hostKey, permissions: 0o600)
+        }
 
         var state = InstanceState()
         state.imageDigest = image.sha256
         state.imageDescription = Self.describe(image)
         state.sshUser = image.distribution == .fedoraCoreOS ? "core" : InstanceManager.defaultUser
+        state.seedInstanceID = try writeConfiguration(
+            spec, ignition: image.distribution == .fedoraCoreOS, user: state.sshUser, userKey: userKey,
+            userData: userData, userIgnition: userIgnition, hostKey: hostKey, generation: root?.generation ?? 0,
+            in: dir)
+        // The ephemeral disk is not made here: startMachine makes it anew before every start, the first too.
+        return state
+    }
+
+    /// Writes what configures the guest into `dir`: the NoCloud seed (`seed.iso`, or the folder `SeedServer`
+    /// serves for `--seed http`) or, for a CoreOS image (`ignition`), the Ignition config. Returns the seed's
+    /// instance-id, nil for Ignition. `generation` and `salt` are part of the instance-id (`NoCloudSeed`).
+    func writeConfiguration(
+        _ spec: InstanceSpec, ignition: Bool, user: String, userKey: SSHKeyPair, userData: UserData?,
+        userIgnition: UserIgnition? = nil, hostKey: SSHKeyPair, generation: Int, salt: String? = nil,
+        in dir: InstanceDirectory
+    ) throws -> String? {
         var personality = personality(
-            spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: state.sshUser)
-        try addNetworks(spec.networks, to: &personality, cloudInit: image.distribution != .fedoraCoreOS)
+            spec, userKeys: [userKey.publicKeyLine] + spec.sshAuthorizedKeys, hostKey: hostKey, user: user)
+        try addNetworks(spec.networks, to: &personality, cloudInit: !ignition)
         try addVolumes(spec.volumes, to: &personality)
         do {
-            if image.distribution == .fedoraCoreOS {
-                let ignition = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)
-                progress("\(spec.name): Ignition spec \(ignition.specVersion): \(ignition.versionReason)")
-                try AtomicFile.write(Data(ignition.json.utf8), to: dir.ignition, permissions: 0o600)
-            } else {
-                let seed = try NoCloudSeed(config: personality, name: spec.name.rawValue, userData: userData)
-                if spec.seedTransport == .http {
-                    try writeSeedFolder(seed, in: dir)  // served by SeedServer at each start; no seed.iso
-                } else {
-                    try seed.writeISO(to: dir.seed, timestamp: Date())
-                }
-                state.seedInstanceID = seed.instanceID
+            if ignition {
+                let config = try IgnitionConfig(config: personality, userData: userData, userConfig: userIgnition)
+                progress("\(spec.name): Ignition spec \(config.specVersion): \(config.versionReason)")
+                try AtomicFile.write(Data(config.json.utf8), to: dir.ignition, permissions: 0o600)
+                return nil
             }
+            let seed = try NoCloudSeed(
+                config: personality, name: spec.name.rawValue, userData: userData, generation: generation, salt: salt)
+            if spec.seedTransport == .http {
+                try writeSeedFolder(seed, in: dir)  // served by SeedServer at each start; no seed.iso
+            } else {
+                try seed.writeISO(to: dir.seed, timestamp: Date(), private: true)
+            }
+            return seed.instanceID
         } catch let error as SeedError {
             throw error.nimbusError
         }
-        // The ephemeral disk is not made here: startMachine makes it anew before every start, the first too.
-        return state
     }
 
     /// The instance's personality: hostname, locale, timezone, the default user with its keys, the pinned
@@ -94,6 +115,11 @@ struct InstanceBuilder: Sendable {
 
     /// The name the instance's host key is filed under in its known_hosts.
     static func hostAlias(_ name: InstanceName) -> String { "nimbus-\(name)" }
+
+    /// Writes the instance's known_hosts: `key` under its host alias, the one key SSH accepts for it.
+    static func pin(_ key: SSHKeyPair, of name: InstanceName, in dir: InstanceDirectory) throws(NimbusError) {
+        try AtomicFile.write(Data("\(hostAlias(name)) \(key.publicKeyLine)\n".utf8), to: dir.knownHosts)
+    }
 
     /// The image as people name it: distribution, release and version, else its reference.
     static func describe(_ image: CachedImage) -> String {
@@ -178,40 +204,14 @@ struct InstanceBuilder: Sendable {
         }
     }
 
-    /// Mounts each volume (cloud-config `mounts`, by its label, `nofail` so a missing disk does not stop the
-    /// boot), and at every boot a script that gives a blank volume its ext4 filesystem, mounts it, and grows
-    /// the filesystem of one that was resized (`volumeScript`).
+    /// Adds each volume to the guest's configuration (`InstanceConfig.volumes`): its device, label and mount
+    /// point, which the cloud-init and Ignition renderers turn into a filesystem made on first use and a mount.
     func addVolumes(_ attachments: [VolumeAttachment], to config: inout InstanceConfig) throws(NimbusError) {
         for attachment in attachments {
             let volume = try volumes.load(attachment.volume)
-            config.bootcmd.append(
-                .arguments([
-                    "sh", "-c", Self.volumeScript, "nimbus-volume", volume.guestDevice, volume.label,
-                    attachment.mountPoint,
-                ]))
-            config.mounts.append([
-                "LABEL=\(volume.label)", attachment.mountPoint, "ext4", "defaults,nofail,x-systemd.device-timeout=10s",
-                "0", "2",
-            ])
+            config.volumes.append(
+                InstanceConfig.DataVolume(
+                    device: volume.guestDevice, label: volume.label, mountPoint: attachment.mountPoint))
         }
     }
-
-    /// Arguments: the volume's device, its label, its mount point. Waits up to 10 s for udev's by-id link;
-    /// makes an ext4 filesystem only on a disk with no signature at all (`blkid -p`, a low-level probe, finds
-    /// none), so data is never overwritten; mounts it unless it is mounted already (on later boots systemd
-    /// mounts it from the fstab line cloud-init wrote, possibly before this runs); and grows the mounted
-    /// filesystem to the disk (after `nimbus volume resize`; ext4 grows online, without a check, and a
-    /// filesystem as large as its disk is left alone).
-    static let volumeScript = """
-        dev=$1 label=$2 dir=$3 i=0
-        while [ ! -e "$dev" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
-        [ -e "$dev" ] || { echo "nimbus: volume $label: no disk $dev" >&2; exit 0; }
-        if ! blkid -p "$dev" >/dev/null 2>&1; then
-          mkfs.ext4 -q -L "$label" -E lazy_itable_init=1,lazy_journal_init=1 "$dev"
-        fi
-        mkdir -p "$dir"
-        mountpoint -q "$dir" || mount "$dev" "$dir" || true
-        if mountpoint -q "$dir"; then resize2fs "$dev" >/dev/null 2>&1 || true; fi
-        exit 0
-        """
 }

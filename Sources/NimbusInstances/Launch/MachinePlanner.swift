@@ -93,7 +93,9 @@ struct MachinePlanner: Sendable {
         var machine = MachineConfig(name: spec.name.rawValue)
         machine.cpus = spec.cpus
         machine.memory = spec.memory
-        machine.disks = [MachineConfig.Disk(path: dir.disk.path)]
+        machine.disks = [
+            MachineConfig.Disk(path: dir.disk.path, volumeKey: RootSwap.record(at: dir.rootRecord)?.volumeKey)
+        ]
         if spec.ephemeral != nil {
             machine.disks.append(MachineConfig.Disk(path: dir.ephemeralDisk.path, format: .raw))
         }
@@ -118,7 +120,9 @@ struct MachinePlanner: Sendable {
         }
         // Volumes after the root and scratch disks; the guest finds each by its serial, not its order.
         machine.disks += spec.volumes.map {
-            MachineConfig.Disk(path: volumes.disk($0.volume).path, serial: VolumeSpec.serial(of: $0.volume))
+            MachineConfig.Disk(
+                path: volumes.disk($0.volume).path, serial: VolumeSpec.serial(of: $0.volume),
+                dataVolume: (try? volumes.load($0.volume))?.libvirt?.volume)
         }
         machine.accelerator = spec.accelerator
         return machine

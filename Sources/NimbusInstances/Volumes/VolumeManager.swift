@@ -18,15 +18,30 @@ public struct VolumeManager: Sendable {
 
     // MARK: Commands
 
-    /// Makes volume `name`, an empty disk of `size` that the first instance it is attached to formats.
-    public func create(name: String, size: ByteSize) async throws -> VolumeInfo {
+    /// Makes volume `name`, an empty disk of `size` that the first instance it is attached to formats: a qcow2
+    /// here, or with a libvirt `driver` a volume in that daemon's pool (for its instances only).
+    public func create(name: String, size: ByteSize, driver: DriverChoice = .qemu) async throws -> VolumeInfo {
         try VolumeSpec.checkName(name)
         try VolumeSpec.checkSize(size, what: "--size")
         try await store.withLock {
             guard !store.exists(name) else {
                 throw NimbusError(.alreadyExists, "volume \"\(name)\" exists already: choose another name")
             }
-            try await store.create(VolumeSpec(name: name, size: size))
+            var spec = VolumeSpec(name: name, size: size)
+            spec.libvirt = VolumeSpec.LibvirtPlace(for: name, on: driver)
+            if let place = spec.libvirt {
+                try await drivers.drivers.driver(for: place.driver, progress: drivers.progress).storage?
+                    .createDataVolume(place.volume, size: size.bytes)
+            }
+            do {
+                try await store.create(spec)
+            } catch {
+                if let place = spec.libvirt {
+                    try? await drivers.drivers.driver(for: place.driver, progress: drivers.progress).storage?
+                        .deleteDataVolume(place.volume)
+                }
+                throw error
+            }
         }
         return try info(name)
     }
@@ -39,7 +54,10 @@ public struct VolumeManager: Sendable {
     /// One volume.
     public func info(_ name: String) throws(NimbusError) -> VolumeInfo {
         let spec = try store.load(name)
-        return VolumeInfo(spec: spec, holder: holder(of: spec), used: store.used(name), path: store.disk(name).path)
+        guard let place = spec.libvirt else {
+            return VolumeInfo(spec: spec, holder: holder(of: spec), used: store.used(name), path: store.disk(name).path)
+        }
+        return VolumeInfo(spec: spec, holder: holder(of: spec), used: nil, path: place.description)
     }
 
     /// Grows volume `name` to `size`; the guest's filesystem grows to it at the instance's next start. Refused
@@ -60,6 +78,12 @@ public struct VolumeManager: Sendable {
                     "volume \(name) is attached to \(holder), which is running: `nimbus stop \(holder)` first; its filesystem grows at the next start"
                 )
             }
+            // In a libvirt pool once an instance started with it; the local disk follows, for a pool volume not
+            // made yet (its instance never started) or a daemon that lost it.
+            if let place = spec.libvirt {
+                _ = try await drivers.drivers.driver(for: place.driver, progress: drivers.progress)
+                    .storage?.resizeDataVolume(place.volume, to: size.bytes)
+            }
             try await DiskImage.resize(store.disk(name), to: size.bytes)
             spec.size = size
             try store.save(spec)
@@ -78,6 +102,11 @@ public struct VolumeManager: Sendable {
                     "volume \(name) is attached to \(holder): `nimbus delete --purge \(holder)` first (it keeps the volume), then delete the volume"
                 )
             }
+            // A daemon that does not answer keeps the volume, and this record of it.
+            if let place = spec.libvirt {
+                try await drivers.drivers.driver(for: place.driver, progress: drivers.progress)
+                    .storage?.deleteDataVolume(place.volume)
+            }
             try store.remove(name)
         }
     }
@@ -88,7 +117,8 @@ public struct VolumeManager: Sendable {
     /// one of the `taken` mount points of shares and the scratch disk), each volume existing or given a size
     /// to be made with, and free or already the instance's.
     func check(
-        _ attachments: [VolumeAttachment], sizes: [String: ByteSize], for instance: InstanceName, taken: [String]
+        _ attachments: [VolumeAttachment], sizes: [String: ByteSize], for instance: InstanceName, taken: [String],
+        driver: DriverChoice = .qemu
     )
         throws(NimbusError)
     {
@@ -112,18 +142,36 @@ public struct VolumeManager: Sendable {
                     "volume \"\(attachment.volume)\" does not exist: `nimbus volume create \(attachment.volume) --size 10G`, or give a size to make it (--volume \(attachment.volume):\(attachment.mountPoint):10G)"
                 )
             }
-            try checkFree(store.load(attachment.volume), for: instance)
+            let spec = try store.load(attachment.volume)
+            try checkFree(spec, for: instance)
+            try checkPlace(spec, for: driver)
         }
     }
 
-    /// Takes the volumes for `instance`, making those given a size that do not exist; all or none. Returns the
-    /// names of the volumes it made, which `release` removes if the launch fails after all.
-    func attach(_ attachments: [VolumeAttachment], sizes: [String: ByteSize], to instance: InstanceName) async throws
-        -> [String]
-    {
+    /// Refuses a volume that lives in a libvirt pool to an instance that cannot reach it there.
+    private func checkPlace(_ spec: VolumeSpec, for driver: DriverChoice) throws(NimbusError) {
+        guard let place = spec.libvirt, !place.serves(driver) else { return }
+        throw NimbusError(
+            .invalidArgument,
+            "volume \(spec.name) lives in \(place.description) since an instance there used it: attach it to an instance of that driver (--driver libvirt\(place.connect.map { " --connect \($0)" } ?? "")\(place.pool.map { " --pool \($0)" } ?? ""))"
+        )
+    }
+
+    /// What `attach` did, for `release` to undo: the volumes it made, and the others as they were before.
+    struct Attached: Sendable {
+        var made: [String] = []
+        var before: [VolumeSpec] = []
+    }
+
+    /// Takes the volumes for `instance`, making those given a size that do not exist; all or none. Returns what
+    /// it did, which `release` undoes if the launch fails after all.
+    func attach(
+        _ attachments: [VolumeAttachment], sizes: [String: ByteSize], to instance: InstanceName,
+        driver: DriverChoice = .qemu
+    ) async throws -> Attached {
         // An instance without volumes leaves no trace in the volumes folder.
-        guard !attachments.isEmpty else { return [] }
-        return try await store.withLock { () async throws -> [String] in
+        guard !attachments.isEmpty else { return Attached() }
+        return try await store.withLock { () async throws -> Attached in
             var taken: [VolumeSpec] = []
             var made: [String] = []
             do throws(NimbusError) {
@@ -134,8 +182,13 @@ public struct VolumeManager: Sendable {
                     }
                     var spec = try store.load(attachment.volume)
                     try checkFree(spec, for: instance)
+                    try checkPlace(spec, for: driver)
                     taken.append(spec)
                     spec.attachedTo = instance.rawValue
+                    if spec.libvirt == nil {
+                        // Its place from now on; the pool volume is made at the instance's first start.
+                        spec.libvirt = VolumeSpec.LibvirtPlace(for: spec.name, on: driver)
+                    }
                     try store.save(spec)
                 }
             } catch {
@@ -143,16 +196,24 @@ public struct VolumeManager: Sendable {
                 for name in made { try? store.remove(name) }
                 throw error
             }
-            return made
+            return Attached(made: made, before: taken.filter { !made.contains($0.name) })
         }
     }
 
-    /// Undoes `attach` for a launch that failed: gives back the volumes `instance` took and removes those made
-    /// for it.
-    func release(_ made: [String], of instance: InstanceName) async {
+    /// Undoes `attach` for a launch that failed: the volumes `instance` took are as they were (free, and in no
+    /// libvirt pool if they were in none), those made for it are removed, from a pool too if the failed start
+    /// had made them there.
+    func release(_ attached: Attached, of instance: InstanceName) async {
         await detach(from: instance)
         _ = try? await store.withLock {
-            for name in made where store.exists(name) { try store.remove(name) }
+            for spec in attached.before where store.exists(spec.name) { try store.save(spec) }
+            for name in attached.made where store.exists(name) {
+                if let place = try? store.load(name).libvirt {
+                    try? await drivers.drivers.driver(for: place.driver, progress: drivers.progress).storage?
+                        .deleteDataVolume(place.volume)
+                }
+                try store.remove(name)
+            }
         }
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusMachines
 
 /// A data volume as the user made it (`nimbus volume create`, or `launch --volume NAME:PATH:SIZE`), stored as
 /// `volume.yaml` beside its disk: data that outlives the root disks of the instances it is attached to.
@@ -14,6 +15,39 @@ public struct VolumeSpec: Codable, Sendable, Equatable {
     public var createdAt: Date = Date()
     /// The instance the volume is attached to; nil when it is free. One instance at a time.
     public var attachedTo: String?
+    /// Where the volume lives since a libvirt instance first used it: a volume in that daemon's pool (made
+    /// from the local disk at that instance's first start). Nil while it is the local qcow2, for QEMU.
+    public var libvirt: LibvirtPlace?
+
+    /// A volume's place in a libvirt daemon's storage pool.
+    public struct LibvirtPlace: Codable, Sendable, Equatable {
+        /// The daemon's URI as the instance gave it (`--connect`; nil for the driver's default).
+        public var connect: String?
+        /// The pool (`--pool`; nil for the driver's own).
+        public var pool: String?
+        /// The volume's name in the pool, unique to this volume (`nimbus-vol-NAME-TOKEN`).
+        public var volume: String
+
+        /// A new place for volume `name` in the pool of `driver`; nil for the QEMU driver, whose volumes are
+        /// qcow2 files here. The pool volume's name is unique to this volume (two stores may share a pool).
+        init?(for name: String, on driver: DriverChoice) {
+            guard case .libvirt(let connect, let pool) = driver else { return nil }
+            self.connect = connect
+            self.pool = pool
+            volume = "nimbus-vol-\(name)-\(String(UUID().uuidString.prefix(6)).lowercased()).qcow2"
+        }
+
+        /// Whether an instance of `driver` can use the volume here.
+        func serves(_ driver: DriverChoice) -> Bool { driver == .libvirt(connect: connect, pool: pool) }
+
+        /// The driver choice that reaches it.
+        var driver: DriverChoice { .libvirt(connect: connect, pool: pool) }
+
+        /// Where it is, for people.
+        var description: String {
+            "volume \(volume) in libvirt pool \(pool ?? "nimbus") at \(connect ?? "qemu:///system")"
+        }
+    }
 
     /// A new, unattached volume.
     public init(name: String, size: ByteSize) {

@@ -139,7 +139,7 @@ enum Fixtures {
     /// A store over a fresh NIMBUS_HOME, reading every catalog from `server`, retrying quickly.
     static func store(
         _ dir: TemporaryDirectory, server: MirrorServer?, keyring: ImageStore.Keyring = .none, refresh: Bool = false,
-        attempts: Int = 3, warnings: WarningLog? = nil, metadataMaxAge: TimeInterval = 3600,
+        attempts: Int = 3, warnings: WarningLog? = nil, metadataMaxAge: TimeInterval = 3600, offline: Bool = false,
         disks: @escaping @Sendable () -> [(owner: String, file: URL)] = { [] }
     ) throws -> ImageStore {
         let base = server?.base ?? URL(string: "http://127.0.0.1:1/")!
@@ -147,6 +147,7 @@ enum Fixtures {
         options.keyring = keyring
         options.refresh = refresh
         options.metadataMaxAge = metadataMaxAge
+        options.offline = offline
         options.retry = RetryPolicy(attempts: attempts, initialDelay: .milliseconds(10))
         let log = warnings
         options.warn = { message in log?.append(message) }

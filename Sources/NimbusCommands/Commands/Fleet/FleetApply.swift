@@ -19,15 +19,20 @@ struct FleetApply: AsyncParsableCommand {
     @Flag(help: "Delete (and purge) instances launched from this file that it no longer lists.")
     var prune = false
 
+    @Flag(help: "Upgrade instances whose image the file changed without asking.")
+    var yes = false
+
     @Option(help: "Seconds to wait for each instance to be ready.")
     var timeout: Int = 900
 
     func run() async throws {
         let context = try CommandContext(global: global)
         let fleet = try FleetFile(url: URL(fileURLWithPath: file), config: context.config)
-        let report = await context.manager.apply(fleet, prune: prune, timeout: .seconds(timeout))
+        let report = await context.manager.apply(
+            fleet, prune: prune, timeout: .seconds(timeout), confirm: UpgradeConfirmation.ask(unless: yes))
         for name in report.networksCreated { Console.result("created network \(name)\n") }
         for name in report.launched { Console.result("launched \(name)\n") }
+        for name in report.upgraded { Console.result("upgraded \(name)\n") }
         for name in report.unchanged { Console.result("unchanged \(name)\n") }
         for name in report.pruned { Console.result("pruned \(name)\n") }
         for name in report.networksPruned { Console.result("pruned network \(name)\n") }

@@ -6,6 +6,6 @@ struct Image: AsyncParsableCommand {
         commandName: "image", abstract: "Pull, import, list and remove base images.",
         subcommands: [
             ImageList.self, ImagePull.self, ImageImport.self, ImageInfo.self, ImageRemove.self, ImagePrune.self,
-            ImageAlias.self,
+            ImageAlias.self, ImageRefresh.self,
         ])
 }

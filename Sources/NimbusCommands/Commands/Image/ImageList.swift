@@ -36,9 +36,16 @@ struct ImageList: AsyncParsableCommand {
             return
         }
         let images = try await store.list()
+        // The newest build each image's catalog names, from cached metadata only (`image refresh` fetches it).
+        let catalogs = try ImageCommandSupport.store(global: global, offline: true)
+        var rows: [[String]] = []
+        for image in images {
+            let update = await catalogs.update(of: image)
+            rows.append(ImageCommandSupport.row(image) + [update.map { $0.available ? $0.newest : "this" } ?? "-"])
+        }
         print(
             try OutputRenderer.render(
-                images, columns: ImageCommandSupport.listColumns, rows: images.map(ImageCommandSupport.row),
-                format: output.format), terminator: "")
+                images, columns: ImageCommandSupport.listColumns + ["newest"], rows: rows, format: output.format),
+            terminator: "")
     }
 }

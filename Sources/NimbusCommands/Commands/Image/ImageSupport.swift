@@ -31,9 +31,11 @@ struct ImageCatalogOptions: ParsableArguments {
 enum ImageCommandSupport {
     /// A store for the CLI: progress to stderr (a bar on a TTY, a line per 10% otherwise, nothing with
     /// --quiet), warnings to stderr unless --quiet.
-    static func store(global: Flags.Global, refresh: Bool = false) throws -> ImageStore {
+    /// `offline` reads catalogs from cached metadata only (`ImageStore.Options.offline`).
+    static func store(global: Flags.Global, refresh: Bool = false, offline: Bool = false) throws -> ImageStore {
         var options = ImageStore.Options()
         options.refresh = refresh
+        options.offline = offline
         let display = ProgressDisplay(enabled: !global.quiet, terminal: isatty(STDERR_FILENO) == 1)
         options.progress = { display.update($0) }
         if global.quiet { options.warn = { _ in } }

@@ -10,7 +10,8 @@ enum InstanceTable {
 
     static func row(_ info: InstanceInfo) -> [String] {
         [
-            info.name, info.state.rawValue, info.image, info.ipv4.joined(separator: ","), info.ssh ?? "-",
+            info.name, info.state.rawValue, info.image + (info.update.map { " (update: \($0))" } ?? ""),
+            info.ipv4.joined(separator: ","), info.ssh ?? "-",
             String(info.cpus), info.memory.humanReadable,
             "\(info.diskUsed.map(\.humanReadable) ?? "-")/\(info.diskSize.humanReadable)",
             info.accelerator ?? "-", info.uptime.map(formatUptime) ?? "-", info.cloudInit ?? "-",
@@ -46,6 +47,10 @@ enum InstanceTable {
             ("Driver", info.driver), ("Host", info.host ?? "local"),
             ("Firmware", info.firmware ?? "-"), ("CPU model", info.cpuModel ?? "-"),
         ]
+        if let update = info.update { lines.insert(("Update", "\(update) (`nimbus upgrade \(info.name)`)"), at: 4) }
+        if let rollback = info.rollback {
+            lines.insert(("Rollback", "\(rollback) (`nimbus rollback \(info.name)`)"), at: info.update == nil ? 4 : 5)
+        }
         if let error = info.error { lines.append(("Error", error)) }
         let width = lines.map(\.0.count).max() ?? 0
         return lines.map { "\($0.0 + ":")\(String(repeating: " ", count: width - $0.0.count + 1))\($0.1)" }
