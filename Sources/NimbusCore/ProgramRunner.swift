@@ -98,6 +98,42 @@ public enum ProgramRunner {
         }
     }
 
+    /// Runs `program`, handing each piece of its stdout to `onOutput` as it comes (a long job's progress:
+    /// `qemu-img convert -p` prints `(42.00/100%)` and a carriage return); a non-zero exit becomes a
+    /// `.processFailed` error carrying the program's stderr.
+    public static func run(
+        _ program: String,
+        _ arguments: [String],
+        onOutput: @escaping @Sendable (String) -> Void
+    ) async throws(NimbusError) {
+        guard let executable = find(program) else {
+            throw NimbusError(.unsupported, "\(program) is not installed or not on PATH")
+        }
+        let result: ExecutionResult<Void, SequenceOutput, StringOutput<UTF8>>
+        do {
+            result = try await Subprocess.run(
+                .path(FilePath(executable)), arguments: Arguments(arguments), input: .none, output: .sequence,
+                error: .string(limit: 1 << 20)
+            ) { execution in
+                for try await buffer in execution.standardOutput {
+                    onOutput(buffer.withUnsafeBytes { String(decoding: $0, as: UTF8.self) })
+                }
+            }
+        } catch {
+            throw NimbusError(.processFailed, "could not run \(program)", cause: error)
+        }
+        let status: Int32
+        switch result.terminationStatus {
+        case .exited(let code): status = code
+        case .signaled(let signal): status = 128 + signal
+        }
+        guard status == 0 else {
+            let failure = ProgramFailure(
+                program: program, arguments: arguments, status: status, standardError: result.standardError)
+            throw NimbusError(.processFailed, failure.description, cause: failure)
+        }
+    }
+
     /// Runs `program` and returns its stdout; a non-zero exit becomes a `.processFailed` error carrying
     /// the program's stderr.
     @discardableResult

@@ -1,10 +1,11 @@
 import Foundation
 
-/// An ISO 9660 volume with Rock Ridge and Joliet, holding files in its root directory: what a cloud-init
-/// NoCloud seed (`cidata`) is made of.
+/// An ISO 9660 volume with Rock Ridge and Joliet, holding files by path, the directories implied by the
+/// paths: what a cloud-init NoCloud seed (`cidata`, files in the root) or an OpenStack config drive
+/// (`config-2`, files under `openstack/latest/`) is made of.
 ///
 /// The writer is deterministic: the same files, volume identifier and timestamp always give the same
-/// bytes. Files are sorted by name, every date on the volume is `timestamp`, and nothing depends on the
+/// bytes. Files are sorted by path, every date on the volume is `timestamp`, and nothing depends on the
 /// host (no user ids, no inode numbers, no clock).
 ///
 /// ```swift
@@ -12,11 +13,15 @@ import Foundation
 ///     .init(name: "meta-data", contents: Array("instance-id: web\n".utf8)),
 /// ])
 /// try image.write(to: URL(fileURLWithPath: "seed.iso"))
+///
+/// let drive = ISO9660Image(volumeIdentifier: "config-2", timestamp: date, files: [
+///     .init(name: "openstack/latest/meta_data.json", contents: Array(#"{"uuid": "web"}"#.utf8)),
+/// ])
 /// ```
 ///
 /// See README.md beside this file for the standards followed and the layout written.
 public struct ISO9660Image: Sendable {
-    /// One file of the root directory.
+    /// One file, in the root directory or below.
     public struct File: Sendable, Hashable {
         /// Where a file's bytes come from.
         public enum Contents: Sendable, Hashable {
@@ -26,7 +31,9 @@ public struct ISO9660Image: Sendable {
             case file(URL)
         }
 
-        /// The name shown through Rock Ridge and Joliet, e.g. `user-data`.
+        /// The file's path from the root, its components separated by `/`, e.g. `user-data` or
+        /// `openstack/latest/user_data`: the names shown through Rock Ridge and Joliet. The directories are
+        /// those the paths imply; at most 8 components (ECMA-119 6.8.2.1), none empty, `.` or `..`.
         public var name: String
         /// The file's bytes.
         public var contents: Contents
@@ -55,11 +62,12 @@ public struct ISO9660Image: Sendable {
     /// The logical sector and block size (ECMA-119 6.1.2).
     public static let sectorSize = 2048
 
-    /// The volume identifier, at most 32 characters (cloud-init looks for `cidata`).
+    /// The volume identifier, at most 32 characters (cloud-init looks for `cidata`, or `config-2` for a
+    /// config drive).
     public var volumeIdentifier: String
     /// The date written on the volume and on every record.
     public var timestamp: Date
-    /// The files of the root directory, in any order (they are written sorted by name).
+    /// The files, in any order (they are written sorted by path).
     public var files: [File]
 
     /// A volume named `volumeIdentifier` holding `files`, every date set to `timestamp`.
@@ -150,10 +158,17 @@ public struct ISO9660Image: Sendable {
 public enum ISO9660Error: Error, Sendable, Equatable, CustomStringConvertible {
     /// A file is larger than one extent can describe (4 GiB - 1 bytes).
     case fileTooLarge(name: String, size: UInt64)
-    /// A name is empty, holds `/` or NUL, is `.` or `..`, or is too long for Joliet (64 UTF-16 units).
+    /// A path is empty, holds NUL, or has a component that is empty (a leading, trailing or doubled `/`), `.`
+    /// or `..`, too long for Joliet (64 UTF-16 units) or Rock Ridge (128 UTF-8 bytes), or outside UCS-2.
     case invalidName(String, reason: String)
-    /// Two files have the same name.
+    /// Two files have the same path.
     case duplicateName(String)
+    /// A path has more components than ISO 9660's eight directory levels allow (ECMA-119 6.8.2.1).
+    case pathTooDeep(String, components: Int)
+    /// A file's path is also the directory of other files.
+    case fileAndDirectory(String)
+    /// The paths imply more directories than a path table can number (65535, the root included).
+    case tooManyDirectories(Int)
     /// The volume identifier is longer than 32 characters or not ASCII.
     case invalidVolumeIdentifier(String)
     /// A file given by URL changed size between planning and writing.
@@ -171,6 +186,16 @@ public enum ISO9660Error: Error, Sendable, Equatable, CustomStringConvertible {
             return "\"\(name)\" cannot be a file name on the volume: \(reason)"
         case .duplicateName(let name):
             return "two files are named \"\(name)\": give each file a distinct name"
+        case .pathTooDeep(let path, let components):
+            return
+                "\"\(path)\" has \(components) components, over the \(ISO9660Layout.maximumComponents) ISO 9660 allows: "
+                + "directories nest at most 8 levels, the root included (ECMA-119 6.8.2.1)"
+        case .fileAndDirectory(let path):
+            return "\"\(path)\" is a file and also the directory of other files: rename one of them"
+        case .tooManyDirectories(let count):
+            return
+                "the paths make \(count) directories, over the \(ISO9660Layout.maximumDirectories) a path table can "
+                + "number (ECMA-119 9.4.4)"
         case .invalidVolumeIdentifier(let identifier):
             return "volume identifier \"\(identifier)\" must be 1 to 32 ASCII characters"
         case .fileChanged(let name, let path):

@@ -10,16 +10,16 @@ extension ISO9660Layout {
         out.position = (Self.primaryDescriptorSector + 2) * Self.sector
         out.bytes([255] + Array("CD001".utf8) + [1])
 
-        writePathTable(&out, at: Self.pathTableSectors.isoL, root: Self.isoRootSector, bigEndian: false)
-        writePathTable(&out, at: Self.pathTableSectors.isoM, root: Self.isoRootSector, bigEndian: true)
-        writePathTable(&out, at: Self.pathTableSectors.jolietL, root: jolietRootSector, bigEndian: false)
-        writePathTable(&out, at: Self.pathTableSectors.jolietM, root: jolietRootSector, bigEndian: true)
+        writePathTable(&out, iso, at: pathTableSectors.isoL, bigEndian: false)
+        writePathTable(&out, iso, at: pathTableSectors.isoM, bigEndian: true)
+        writePathTable(&out, joliet, at: pathTableSectors.jolietL, bigEndian: false)
+        writePathTable(&out, joliet, at: pathTableSectors.jolietM, bigEndian: true)
 
-        out.position = Self.continuationSector * Self.sector
+        out.position = continuationSector * Self.sector
         out.bytes(Self.rripExtensionReference)
 
-        writeISORoot(&out)
-        writeJolietRoot(&out)
+        writeDirectories(&out, iso, rockRidge: true)
+        writeDirectories(&out, joliet, rockRidge: false)
         output = out.buffer
     }
 
@@ -50,18 +50,19 @@ extension ISO9660Layout {
         out.both16(1)  // volume set size
         out.both16(1)  // volume sequence number
         out.both16(UInt16(Self.sector))
-        out.both32(UInt32(pathTableSize))
+        let hierarchy = joliet ? self.joliet : iso
+        out.both32(UInt32(hierarchy.pathTableSize))
         let tables =
             joliet
-            ? (Self.pathTableSectors.jolietL, Self.pathTableSectors.jolietM)
-            : (Self.pathTableSectors.isoL, Self.pathTableSectors.isoM)
+            ? (pathTableSectors.jolietL, pathTableSectors.jolietM)
+            : (pathTableSectors.isoL, pathTableSectors.isoM)
         out.le32(UInt32(tables.0))
         out.le32(0)
         out.be32(UInt32(tables.1))
         out.be32(0)
-        let root = joliet ? jolietRootSector : Self.isoRootSector
-        let rootLength = (joliet ? jolietRootSectors : isoRootSectors) * Self.sector
-        writeRecord(&out, identifier: [0], sector: root, length: UInt64(rootLength), directory: true, systemUse: [])
+        writeRecord(
+            &out, identifier: [0], sector: hierarchy.extents[0], length: hierarchy.length(of: 0), directory: true,
+            systemUse: [])
         text("", 128)  // volume set
         text("", 128)  // publisher
         text("", 128)  // data preparer
@@ -77,52 +78,69 @@ extension ISO9660Layout {
         precondition(out.position == base + 883)
     }
 
-    var pathTableSize: Int { 10 }
-
-    /// One directory, the root: its record is 8 bytes plus a padded one-byte identifier (ECMA-119 9.4).
-    func writePathTable(_ out: inout ByteWriter, at sectorIndex: Int, root: Int, bigEndian: Bool) {
+    /// ECMA-119 9.4: one record per directory in path table order, contiguous over as many sectors as needed
+    /// (a record may cross a sector boundary here, unlike in a directory).
+    func writePathTable(
+        _ out: inout ByteWriter, _ hierarchy: DirectoryHierarchy, at sectorIndex: Int, bigEndian: Bool
+    ) {
         out.position = sectorIndex * Self.sector
-        out.bytes([1, 0])
-        if bigEndian { out.be32(UInt32(root)) } else { out.le32(UInt32(root)) }
-        out.bytes(bigEndian ? [0, 1] : [1, 0])
-        out.bytes([0, 0])
+        for index in hierarchy.pathTableOrder {
+            let identifier = hierarchy.directoryIdentifiers[index]
+            let extent = UInt32(hierarchy.extents[index])
+            let parent = UInt16(hierarchy.numbers[directories[index].parent])
+            out.bytes([UInt8(identifier.count), 0])
+            if bigEndian {
+                out.be32(extent)
+                out.be16(parent)
+            } else {
+                out.le32(extent)
+                out.le16(parent)
+            }
+            out.bytes(identifier + (identifier.count % 2 == 1 ? [0] : []))
+        }
     }
 
     // MARK: - Directories
 
-    func writeISORoot(_ out: inout ByteWriter) {
-        let rootLength = UInt64(isoRootSectors * Self.sector)
-        var directory = DirectoryWriter(start: Self.isoRootSector * Self.sector)
-        let directoryPX = Self.px(mode: 0o040755, links: 2, serial: 1)
+    /// Every directory of one hierarchy. With Rock Ridge, every record carries PX and TF, and every record but
+    /// `.` and `..` an NM; the root's `.` starts with SP, then CE to the area holding ER (SUSP 5.3, 5.5, RRIP
+    /// 1.12 4.3). `..` describes the parent, the root's being the root itself.
+    func writeDirectories(_ out: inout ByteWriter, _ hierarchy: DirectoryHierarchy, rockRidge: Bool) {
         let tf = Self.tf(date)
-        // `.` of the root: SP first (SUSP 5.3), then CE to the area holding ER (SUSP 5.5, RRIP 1.12 4.3).
-        let ce = Self.ce(sector: Self.continuationSector, offset: 0, length: Self.rripExtensionReference.count)
-        directory.add(
-            &out, self, identifier: [0], sector: Self.isoRootSector, length: rootLength, directory: true,
-            systemUse: Self.sp + ce + directoryPX + tf)
-        directory.add(
-            &out, self, identifier: [1], sector: Self.isoRootSector, length: rootLength, directory: true,
-            systemUse: directoryPX + tf)
-        for index in isoOrder {
-            let file = files[index]
-            let px = Self.px(mode: 0o100000 | (file.permissions & 0o7777), links: 1, serial: UInt32(index + 2))
-            directory.add(
-                &out, self, identifier: isoNames[index], sector: fileSectors[index], length: fileSizes[index],
-                directory: false, systemUse: px + tf + Self.nm(file.name))
+        let ce = Self.ce(sector: continuationSector, offset: 0, length: Self.rripExtensionReference.count)
+        func directoryPX(_ index: Int) -> [UInt8] {
+            // Serial numbers: the root 1, files 2..., then the other directories.
+            Self.px(
+                mode: 0o040755, links: UInt32(2 + directories[index].subdirectories.count),
+                serial: UInt32(index == 0 ? 1 : files.count + 1 + index))
         }
-    }
-
-    func writeJolietRoot(_ out: inout ByteWriter) {
-        let rootLength = UInt64(jolietRootSectors * Self.sector)
-        var directory = DirectoryWriter(start: jolietRootSector * Self.sector)
-        directory.add(
-            &out, self, identifier: [0], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
-        directory.add(
-            &out, self, identifier: [1], sector: jolietRootSector, length: rootLength, directory: true, systemUse: [])
-        for index in jolietOrder {
-            directory.add(
-                &out, self, identifier: jolietNames[index], sector: fileSectors[index], length: fileSizes[index],
-                directory: false, systemUse: [])
+        for (index, directory) in directories.enumerated() {
+            var writer = DirectoryWriter(start: hierarchy.extents[index] * Self.sector)
+            writer.add(
+                &out, self, identifier: [0], sector: hierarchy.extents[index], length: hierarchy.length(of: index),
+                directory: true, systemUse: rockRidge ? (index == 0 ? Self.sp + ce : []) + directoryPX(index) + tf : [])
+            writer.add(
+                &out, self, identifier: [1], sector: hierarchy.extents[directory.parent],
+                length: hierarchy.length(of: directory.parent), directory: true,
+                systemUse: rockRidge ? directoryPX(directory.parent) + tf : [])
+            for entry in hierarchy.entries[index] {
+                switch entry {
+                case .file(let file):
+                    let px = Self.px(
+                        mode: 0o100000 | (files[file].permissions & 0o7777), links: 1, serial: UInt32(file + 2))
+                    writer.add(
+                        &out, self, identifier: hierarchy.fileIdentifiers[file], sector: fileSectors[file],
+                        length: fileSizes[file], directory: false,
+                        systemUse: rockRidge ? px + tf + Self.nm(leafNames[file]) : [])
+                case .directory(let subdirectory):
+                    writer.add(
+                        &out, self, identifier: hierarchy.directoryIdentifiers[subdirectory],
+                        sector: hierarchy.extents[subdirectory], length: hierarchy.length(of: subdirectory),
+                        directory: true,
+                        systemUse: rockRidge
+                            ? directoryPX(subdirectory) + tf + Self.nm(directories[subdirectory].name) : [])
+                }
+            }
         }
     }
 
@@ -249,6 +267,10 @@ struct ByteWriter {
         le32(value)
         be32(value)
     }
+
+    mutating func le16(_ value: UInt16) { bytes([UInt8(value & 0xFF), UInt8(value >> 8)]) }
+
+    mutating func be16(_ value: UInt16) { bytes([UInt8(value >> 8), UInt8(value & 0xFF)]) }
 
     mutating func both16(_ value: UInt16) {
         bytes([UInt8(value & 0xFF), UInt8(value >> 8), UInt8(value >> 8), UInt8(value & 0xFF)])

@@ -43,10 +43,42 @@ public struct CachedImage: Sendable, Codable, Equatable {
     /// modification time when it was hashed, so importing the unchanged file again skips the hashing.
     public var importedFrom: [String: String]?
 
+    /// For images made by `nimbus image capture`: where they came from and what they hold.
+    public var capture: CaptureRecord?
+
     /// The image file as a URL.
     public var url: URL { URL(fileURLWithPath: path) }
     /// The reference to show first.
     public var reference: String { references.first ?? name ?? String(sha256.prefix(12)) }
+}
+
+/// How an image was captured from an instance: what an export needs to know that the disk alone does not
+/// say.
+public struct CaptureRecord: Sendable, Codable, Equatable {
+    /// The instance it was captured from.
+    public var instance: String
+    /// The image that instance was launched from, as `nimbus list` shows it (`debian:12`).
+    public var sourceImage: String
+    /// That image's serial or version, when it had one.
+    public var sourceVersion: String?
+    /// When it was captured.
+    public var capturedAt: Date
+    /// The `vagrant` user with Vagrant's insecure key and passwordless sudo was added (`--vagrant`).
+    public var vagrantUser: Bool
+    /// Whether the QEMU guest agent is installed, as the guest said at capture; nil when not asked.
+    public var guestAgent: Bool?
+
+    public init(
+        instance: String, sourceImage: String, sourceVersion: String?, capturedAt: Date, vagrantUser: Bool,
+        guestAgent: Bool?
+    ) {
+        self.instance = instance
+        self.sourceImage = sourceImage
+        self.sourceVersion = sourceVersion
+        self.capturedAt = capturedAt
+        self.vagrantUser = vagrantUser
+        self.guestAgent = guestAgent
+    }
 }
 
 /// An image `prune` kept, and why.

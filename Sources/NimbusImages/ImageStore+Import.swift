@@ -68,3 +68,64 @@ extension ImageStore {
         return "\(status.st_dev):\(status.st_ino):\(status.st_size):\(status.st_mtim.tv_sec).\(status.st_mtim.tv_nsec)"
     }
 }
+
+extension ImageStore {
+    // MARK: Capture
+
+    /// A folder in the cache's filesystem for a disk on its way in: a file made there and given to
+    /// `adopt` is renamed into the cache, not copied.
+    public func stagingFolder() throws(NimbusError) -> URL {
+        try makeFolders()
+        return partialFolder
+    }
+
+    /// Refuses a name for a new local image that is not valid or that an image, alias or catalog has.
+    public func requireNewName(_ name: String) throws(NimbusError) {
+        guard !name.isEmpty, !name.contains("/"), !name.contains(where: \.isWhitespace),
+            name.first.map({ $0.isLetter || $0.isNumber }) == true
+        else {
+            throw NimbusError(
+                .invalidArgument,
+                "image name \"\(name)\" is not valid: start with a letter or digit, then letters, digits, '-', '.', ':'"
+            )
+        }
+        if let existing = try find(name) {
+            throw NimbusError(
+                .alreadyExists,
+                "an image is named \(name) already (\(existing.reference), \(existing.sha256.prefix(12))): "
+                    + "choose another name, or remove it first with `nimbus image rm \(name)`")
+        }
+        if case .catalog = try? ImageReference.parse(name, aliases: try aliases()) {
+            throw NimbusError(
+                .invalidArgument, "\(name) names a catalog image: choose a name that is not a distribution's")
+        }
+    }
+
+    /// Takes `file`, a disk made in `stagingFolder()`, into the cache as the local image `name`, with what
+    /// `source` said of its origin (distribution, release, architecture) and the capture's record.
+    public func adopt(_ file: URL, name: String, source: CachedImage?, capture: CaptureRecord) async throws(NimbusError)
+        -> CachedImage
+    {
+        try requireNewName(name)
+        let info = try DiskImage.inspect(file)
+        let sha256 = try Self.sha256(of: file)
+        let lock = try await FileLock.acquire(
+            locksFolder.appending(path: "\(sha256.prefix(32)).lock"), what: "the capture \(name)")
+        defer { lock.unlock() }
+        var image = CachedImage(
+            sha256: sha256, path: imageFile(sha256).path, format: info.format, virtualSize: info.virtualSize,
+            size: info.fileSize, references: [], name: name, distribution: source?.distribution,
+            release: source?.release, codename: source?.codename, version: nil, arch: source?.arch,
+            source: "capture of \(capture.instance)", sha512: nil, sourceSHA256: nil, pulledAt: Date(),
+            importedFrom: nil, capture: capture)
+        if let existing = entry(sha256) {
+            try? FileManager.default.removeItem(at: file)
+            image = existing
+            image.name = name
+            image.capture = capture
+        } else {
+            try commit(file, as: sha256)
+        }
+        return try record(image, names: [name])
+    }
+}

@@ -163,13 +163,7 @@ public struct NoCloudSeed: Sendable {
     /// crash (what an instance folder needs); `nimbus seed`, like cloud-localds, leaves that to the OS.
     /// `private` makes it readable by its owner only (an instance's seed: user-data often holds secrets).
     public func writeISO(to url: URL, timestamp: Date, durable: Bool = true, private: Bool = false) throws(SeedError) {
-        let bytes: [UInt8]
-        do {
-            bytes = try isoImage(timestamp: timestamp).bytes()
-        } catch {
-            throw .image(error.description)
-        }
-        try SeedFiles.write(Data(bytes), to: url, durable: durable, private: `private`)
+        try SeedFiles.write(isoImage(timestamp: timestamp), to: url, durable: durable, private: `private`)
     }
 }
 

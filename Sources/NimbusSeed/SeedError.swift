@@ -1,5 +1,6 @@
 import Foundation
 import NimbusCore
+import NimbusISO9660
 import Yams
 
 /// What can go wrong while building a seed. Wrapped as the cause of a `NimbusError` by `nimbusError`.
@@ -59,6 +60,17 @@ enum SeedFiles {
     /// Through NimbusCore's AtomicFile: temporary file, fsync, rename, fsync of the folder.
     static func writeAtomically(_ data: Data, to url: URL, permissions: mode_t) throws(NimbusError) {
         try AtomicFile.write(data, to: url, permissions: permissions)
+    }
+
+    /// `image`'s bytes, as `write(_:to:durable:private:)` writes them.
+    static func write(_ image: ISO9660Image, to url: URL, durable: Bool, private: Bool = false) throws(SeedError) {
+        let bytes: [UInt8]
+        do {
+            bytes = try image.bytes()
+        } catch {
+            throw .image(error.description)
+        }
+        try write(Data(bytes), to: url, durable: durable, private: `private`)
     }
 
     /// All-or-nothing; fsync'ed only when `durable`. `private` makes the file its owner's alone (0600; else

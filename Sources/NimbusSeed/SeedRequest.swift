@@ -10,6 +10,10 @@ public struct SeedRequest: Sendable {
         case nocloud
         /// An Ignition spec 3.x JSON config, of the lowest version that expresses it.
         case ignition
+        /// An OpenStack config drive v2 ISO (`config-2`), made from the NoCloud files.
+        case configDrive = "configdrive"
+        /// An OVF environment ISO (`OVF-TRANSPORT`, `ovf-env.xml`), made from the NoCloud files.
+        case ovf
     }
 
     public var format: Format = .nocloud
@@ -33,11 +37,17 @@ public struct SeedRequest: Sendable {
     public enum Output: Sendable {
         case nocloud(NoCloudSeed)
         case ignition(IgnitionConfig)
+        /// The NoCloud files, carried as a config drive.
+        case configDrive(NoCloudSeed)
+        /// The NoCloud files, carried as an OVF environment.
+        case ovf(NoCloudSeed)
 
         /// Remarks for stderr.
         public var warnings: [String] {
-            if case .nocloud(let seed) = self { return seed.warnings }
-            return []
+            switch self {
+            case .nocloud(let seed), .configDrive(let seed), .ovf(let seed): seed.warnings
+            case .ignition: []
+            }
         }
 
         /// What `--print` shows: each file under a header, or the JSON.
@@ -45,15 +55,29 @@ public struct SeedRequest: Sendable {
             switch self {
             case .ignition(let config):
                 return config.json
+            case .ovf(let seed):
+                return (try? seed.ovfEnvironmentXML()) ?? ""
+            case .configDrive(let seed):
+                let files = (try? seed.configDrive(timestamp: Date()).files) ?? []
+                return Self.printed(
+                    files.map { file in
+                        guard case .bytes(let bytes) = file.contents else { return (file.name, []) }
+                        return (file.name, bytes)
+                    })
             case .nocloud(let seed):
-                return seed.files.map { name, contents in
-                    let text =
-                        UserData.classify(contents) == .gzip || String(validating: contents, as: UTF8.self) == nil
-                        ? "<\(contents.count) bytes of binary data>\n"
-                        : String(decoding: contents, as: UTF8.self)
-                    return "# ---- \(name) ----\n" + text + (text.hasSuffix("\n") ? "" : "\n")
-                }.joined()
+                return Self.printed(seed.files)
             }
+        }
+
+        /// Each file under a header; binary data named, not shown.
+        static func printed(_ files: [(name: String, contents: [UInt8])]) -> String {
+            files.map { name, contents in
+                let text =
+                    UserData.classify(contents) == .gzip || String(validating: contents, as: UTF8.self) == nil
+                    ? "<\(contents.count) bytes of binary data>\n"
+                    : String(decoding: contents, as: UTF8.self)
+                return "# ---- \(name) ----\n" + text + (text.hasSuffix("\n") ? "" : "\n")
+            }.joined()
         }
 
         /// Writes the ISO or the JSON to `url`, atomically: on error nothing is left there. `durable` as in
@@ -62,6 +86,10 @@ public struct SeedRequest: Sendable {
             switch self {
             case .nocloud(let seed):
                 try seed.writeISO(to: url, timestamp: timestamp, durable: durable)
+            case .configDrive(let seed):
+                try SeedFiles.write(try seed.configDrive(timestamp: timestamp), to: url, durable: durable)
+            case .ovf(let seed):
+                try SeedFiles.write(try seed.ovfEnvironment(timestamp: timestamp), to: url, durable: durable)
             case .ignition(let config):
                 try SeedFiles.write(Data(config.json.utf8), to: url, durable: durable)
             }
@@ -117,13 +145,22 @@ public struct SeedRequest: Sendable {
                 throw .invalidValue("\(flag) has no Ignition equivalent: leave it out with --format ignition")
             }
             return .ignition(try IgnitionConfig(config: config, userData: userData))
-        case .nocloud:
-            return .nocloud(
-                try NoCloudSeed(
-                    config: config, name: config.hostname, userData: userData,
-                    metaData: try metaDataPath.map { path throws(SeedError) in try UserFile.read(path) },
-                    vendorData: try vendorDataPath.map { path throws(SeedError) in try UserFile.read(path) },
-                    networkConfig: try networkConfigPath.map { path throws(SeedError) in try UserFile.read(path) }))
+        case .nocloud, .configDrive, .ovf:
+            let seed = try NoCloudSeed(
+                config: config, name: config.hostname, userData: userData,
+                metaData: try metaDataPath.map { path throws(SeedError) in try UserFile.read(path) },
+                vendorData: try vendorDataPath.map { path throws(SeedError) in try UserFile.read(path) },
+                networkConfig: try networkConfigPath.map { path throws(SeedError) in try UserFile.read(path) })
+            switch format {
+            case .configDrive:
+                _ = try seed.configDrive(timestamp: Date())
+                return .configDrive(seed)
+            case .ovf:
+                _ = try seed.ovfEnvironmentXML()
+                return .ovf(seed)
+            default:
+                return .nocloud(seed)
+            }
         }
     }
 

@@ -4,12 +4,13 @@
 //   byte 0: files (bits 0-2: 0-7 files), bit 3: a timestamp from the next 8 bytes (a Double's bit pattern, seconds
 //           since 1970) instead of 2024-05-01, bit 4: a volume identifier (length byte, then that many bytes),
 //           bit 5: also list the image with isoinfo -R and -J (printable ASCII names only)
-//   each file: name length byte (1 + n % 80), the name's bytes (UTF-8, invalid sequences become U+FFFD),
+//   each file: name length byte (1 + n % 80), the name's bytes (UTF-8, invalid sequences become U+FFFD; a '/'
+//           makes a path, its directories implied),
 //           2 bytes of permission bits (big-endian, handed over as given), 2 bytes of length (big-endian, modulo
 //           6000), then as many content bytes as the input has left, completed with a pattern.
 // A name or identifier the writer refuses (it throws) ends the input there; that is fine. An image it writes is:
 // - the same from bytes() as from write(to:);
-// - extracted by osirrox (Rock Ridge): exactly the files given, by name (byte for byte), with their sizes,
+// - extracted by osirrox (Rock Ridge): exactly the files given, by path (byte for byte), with their sizes,
 //   contents and permission bits (& 0o7777);
 // - extracted by osirrox with Rock Ridge ignored (Joliet): the same names, sizes and contents;
 // - listed by isoinfo -R -f and isoinfo -J -f (bit 5) with the same names.
@@ -77,14 +78,16 @@ func run(_ arguments: [String]) -> (status: Int32, output: Data, errors: String)
     return (process.terminationStatus, out, String(decoding: err, as: UTF8.self))
 }
 
-/// What a folder holds: name (as its bytes) → (size, contents, permission bits).
+/// The regular files under a folder, at any depth: path relative to it (as its bytes) → (contents, permission
+/// bits). Directories are implied by the paths, as the writer takes them.
 func contents(of folder: URL) -> [[UInt8]: ([UInt8], UInt32)] {
     var found: [[UInt8]: ([UInt8], UInt32)] = [:]
-    guard let names = try? FileManager.default.contentsOfDirectory(atPath: folder.path) else { return found }
-    for name in names {
+    guard let enumerator = FileManager.default.enumerator(atPath: folder.path) else { return found }
+    while let name = enumerator.nextObject() as? String {
         let path = folder.appending(path: name).path
         var info = stat()
         guard lstat(path, &info) == 0 else { fatalError("cannot stat \(path)") }
+        if (info.st_mode & S_IFMT) == S_IFDIR { continue }
         let bytes = (try? Data(contentsOf: URL(fileURLWithPath: path))).map { Array($0) } ?? []
         found[Array(name.utf8)] = (
             bytes, UInt32(info.st_mode) & 0o7777 | ((info.st_mode & S_IFMT) == S_IFREG ? 0 : 0o100000)
@@ -182,7 +185,12 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 
     let printable = files.allSatisfy { $0.name.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F } }
     if control & 32 != 0, printable {
-        let names = Set(files.map { "/" + $0.name })
+        // isoinfo lists each directory too.
+        var names = Set<String>()
+        for file in files {
+            let parts = file.name.split(separator: "/")
+            for depth in 1...parts.count { names.insert("/" + parts.prefix(depth).joined(separator: "/")) }
+        }
         for option in ["-R", "-J"] {
             let result = run(["isoinfo", "-i", file.path, option, "-f"])
             let listed = Set(String(decoding: result.output, as: UTF8.self).split(separator: "\n").map(String.init))

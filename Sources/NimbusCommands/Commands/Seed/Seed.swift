@@ -8,7 +8,7 @@ import NimbusSeed
 public struct SeedCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "seed",
-        abstract: "Make a cloud-init NoCloud seed ISO (or an Ignition config).",
+        abstract: "Make a cloud-init seed ISO (NoCloud, config drive or OVF) or an Ignition config.",
         discussion: """
             Takes cloud-localds's form: nimbus seed OUTPUT USER-DATA [META-DATA]. Without USER-DATA the \
             config is built from --hostname, --user, --ssh-key, --locale and --timezone. With USER-DATA \
@@ -56,7 +56,7 @@ public struct SeedCommand: AsyncParsableCommand {
     @Option(
         name: .long,
         help:
-            "nocloud (an ISO, the default) or ignition (an Ignition JSON file, spec 3.0.0 unless a feature needs newer)."
+            "nocloud (an ISO, the default), ignition (an Ignition JSON file, spec 3.0.0 unless a feature needs newer), configdrive (an OpenStack config drive v2 ISO) or ovf (an OVF environment ISO, VMware's ISO transport)."
     )
     public var format: SeedFormat = .nocloud
 
@@ -91,7 +91,7 @@ public struct SeedCommand: AsyncParsableCommand {
     /// The library request these arguments stand for.
     public var request: SeedRequest {
         var request = SeedRequest()
-        request.format = format == .ignition ? .ignition : .nocloud
+        request.format = format.request
         request.userDataPath = userData
         request.metaDataPath = metaData
         request.networkConfigPath = networkConfig
@@ -144,5 +144,14 @@ public struct SeedCommand: AsyncParsableCommand {
 
 /// `--format` of `nimbus seed`.
 public enum SeedFormat: String, ExpressibleByArgument, CaseIterable, Sendable {
-    case nocloud, ignition
+    case nocloud, ignition, configdrive, ovf
+
+    var request: SeedRequest.Format {
+        switch self {
+        case .nocloud: .nocloud
+        case .ignition: .ignition
+        case .configdrive: .configDrive
+        case .ovf: .ovf
+        }
+    }
 }
