@@ -34,15 +34,24 @@ extension DiskImage {
         _ source: URL, as format: PortableDiskFormat, compressed: Bool = false, to destination: URL,
         progress: @escaping @Sendable (Double) -> Void = { _ in }
     ) async throws(NimbusError) {
-        let info = try inspect(source)
         let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
         // What the file will need at most: every byte the guest sees for raw, the allocated bytes otherwise
-        // (the chain's sum is what a merge can reach).
-        let needed = format == .raw ? info.virtualSize : try allocatedBytes(of: source, info: info)
-        try DiskSpace.require(needed, at: destination, for: "the \(format) disk")
+        // (the chain's sum is what a merge can reach). Another hypervisor's disk is read by qemu-img as it is;
+        // its file size is the estimate.
+        var sourceFormat: String
+        var needed: UInt64?
+        do {
+            let info = try inspect(source)
+            sourceFormat = info.format.rawValue
+            needed = format == .raw ? info.virtualSize : try allocatedBytes(of: source, info: info)
+        } catch let error where foreignFormat(of: error) != nil {
+            sourceFormat = foreignFormat(of: error) ?? ""
+            needed = format == .raw ? nil : fileSize(source)
+        }
+        if let needed { try DiskSpace.require(needed, at: destination, for: "the \(format) disk") }
         let temporary = destination.deletingLastPathComponent()
             .appending(path: ".\(destination.lastPathComponent).\(getpid()).partial")
-        var arguments = ["convert", "-p", "-f", info.format.rawValue] + format.qemuImgArguments
+        var arguments = ["convert", "-p", "-f", sourceFormat] + format.qemuImgArguments
         if compressed && format == .qcow2 { arguments.append("-c") }
         arguments += [source.path, temporary.path]
         do {
@@ -66,6 +75,17 @@ extension DiskImage {
             try? FileManager.default.removeItem(at: temporary)
             throw error
         }
+    }
+
+    /// The foreign format (`vmdk`, `vhdx`, ...) an `inspect` error names, if that is why it failed.
+    public static func foreignFormat(of error: NimbusError) -> String? {
+        guard case .foreignFormat(_, let format)? = error.cause as? DiskError else { return nil }
+        return format
+    }
+
+    static func fileSize(_ file: URL) -> UInt64? {
+        var status = stat()
+        return stat(file.path, &status) == 0 ? UInt64(status.st_size) : nil
     }
 
     /// The bytes a chain of disks holds, backing files included: the most a merge of it can write.

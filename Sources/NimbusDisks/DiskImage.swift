@@ -65,6 +65,9 @@ public enum DiskError: Error, Sendable, Equatable, CustomStringConvertible {
     case malformedHeader(path: String, reason: String)
     /// The file is compressed (xz, gzip, zstd, bzip2) and must be decompressed first.
     case compressed(path: String, kind: String)
+    /// The file is another hypervisor's disk format (qemu-img's name: `vmdk`, `vhdx`, `vdi`, `vpc`), which
+    /// must be converted before it backs an overlay (`nimbus image import` converts it).
+    case foreignFormat(path: String, format: String)
     /// The requested size is smaller than the base image's virtual size.
     case sizeTooSmall(requested: UInt64, minimum: UInt64)
 
@@ -74,6 +77,7 @@ public enum DiskError: Error, Sendable, Equatable, CustomStringConvertible {
         case .unsupportedVersion(let path, let version): "\(path) is qcow2 version \(version); only 2 and 3 are read"
         case .malformedHeader(let path, let reason): "\(path) has a malformed qcow2 header: \(reason)"
         case .compressed(let path, let kind): "\(path) is \(kind)-compressed, not a disk image"
+        case .foreignFormat(let path, let format): "\(path) is a \(format) disk, not qcow2 or raw"
         case .sizeTooSmall(let requested, let minimum):
             "\(ByteSize(bytes: requested)) is smaller than the base image's \(ByteSize(bytes: minimum))"
         }
@@ -121,6 +125,7 @@ public enum DiskImage {
         _ head: [UInt8], fileSize: UInt64, path: String, readAt: (UInt64, Int) -> [UInt8]?
     ) throws(DiskError) -> DiskInfo {
         if let kind = compression(of: head) { throw .compressed(path: path, kind: kind) }
+        if let format = foreignFormat(of: head) { throw .foreignFormat(path: path, format: format) }
         guard head.count >= 4, Array(head[0..<4]) == qcow2Magic else {
             return DiskInfo(format: .raw, virtualSize: fileSize, fileSize: fileSize)
         }
@@ -178,6 +183,20 @@ public enum DiskImage {
             ("zstd", [0x28, 0xB5, 0x2F, 0xFD]), ("bzip2", [0x42, 0x5A, 0x68]),
         ]
         return signatures.first { head.starts(with: $0.1) }?.0
+    }
+
+    /// Other hypervisors' formats by their signatures, named as qemu-img names them: VMware's sparse and
+    /// streamOptimized VMDK (`KDMV`) and a VMDK descriptor, Hyper-V's VHDX (`vhdxfile`), VirtualBox's VDI
+    /// (0xBEDA107F at 0x40), and a dynamic VHD (`conectix`). A fixed VHD is raw data with a footer at its end,
+    /// which reads as raw, as it is.
+    public static func foreignFormat(of head: [UInt8]) -> String? {
+        if head.starts(with: Array("KDMV".utf8)) || head.starts(with: Array("# Disk DescriptorFile".utf8)) {
+            return "vmdk"
+        }
+        if head.starts(with: Array("vhdxfile".utf8)) { return "vhdx" }
+        if head.starts(with: Array("conectix".utf8)) { return "vpc" }
+        if head.count >= 0x44, Array(head[0x40..<0x44]) == [0x7F, 0x10, 0xDA, 0xBE] { return "vdi" }
+        return nil
     }
 
     static func be32(_ bytes: [UInt8], _ at: Int) -> UInt32 {

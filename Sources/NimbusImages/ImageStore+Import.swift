@@ -26,15 +26,26 @@ extension ImageStore {
             if let name { image.name = name }
             return try record(image, names: [name, typed, source.absoluteString].compactMap { $0 })
         }
-        // Refuse what is no disk image before copying gigabytes.
-        let info = try DiskImage.inspect(source)
         try makeFolders()
         let partial = partialFolder.appending(path: "import-\(getpid())-\(UUID().uuidString.prefix(8)).img")
+        // Refuse what is no disk image before copying gigabytes; another hypervisor's disk (an exported VMDK
+        // or VHDX) is converted to qcow2 on the way in, so that the cache holds what overlays can be backed by.
+        var info: DiskInfo
         let result: TransferResult
         do {
-            result = try Downloader.copy(
-                source, into: partial, sha512: false, what: name ?? source.lastPathComponent, progress: options.progress
-            )
+            do {
+                info = try DiskImage.inspect(source)
+                result = try Downloader.copy(
+                    source, into: partial, sha512: false, what: name ?? source.lastPathComponent,
+                    progress: options.progress)
+            } catch let error where DiskImage.foreignFormat(of: error) != nil {
+                options.warn(
+                    "\(source.lastPathComponent) is a \(DiskImage.foreignFormat(of: error) ?? "") disk: converting it to qcow2"
+                )
+                try await DiskImage.write(source, as: .qcow2, to: partial)
+                info = try DiskImage.inspect(partial)
+                result = TransferResult(sha256: try Self.sha256(of: partial), sha512: nil, bytes: info.fileSize)
+            }
         } catch {
             try? FileManager.default.removeItem(at: partial)
             throw error

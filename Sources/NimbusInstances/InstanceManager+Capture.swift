@@ -6,19 +6,19 @@ import NimbusImages
 extension InstanceManager {
     // MARK: Capture
 
-    /// Vagrant's insecure public keys (the `keys/` folder of Vagrant's source, as Debian's `vagrant` package
-    /// installs it): a box's `vagrant` user authorises them, and `vagrant up` logs in with them once to put a
-    /// key of its own in their place.
+    /// Vagrant's insecure public key (`keys/vagrant.pub` of Vagrant's source, as Debian's `vagrant` 2.3.4
+    /// installs it): a box's `vagrant` user authorises it, and `vagrant up` logs in with it once to put a key
+    /// of its own in its place.
     public static let vagrantInsecureKeys = [
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIN1YdxBpNlzxDqfJyw/QKow1F+wvG9hXGoqiysfJOn5Y vagrant insecure public key",
-        "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key",
+        "ssh-rsa AAAAB3NzaC1yc2EAAAABIwAAAQEA6NF8iallvQVp22WDkTkyrtvp9eWW6A8YVr+kz4TjGYe7gHzIw+niNltGEFHzD8+v1I2YJ6oXevct1YeS0o9HZyN1Q9qgCgzUFtdOKLv6IedplqoPkcmF0aYet2PkEDo3MlTBckFXPITAMzF8dJSIFo9D8HfdOV0IAdx4O7PtixWKn5y2hMNG0zQPyUecp4pzC6kivAIhyfHilFR61RGL+GPXQ2MWZWFYbAGjyiYJnAmCP3NOTd0jMZEnDkbUvxhMmBYSdETk1rRgm+R4LOzFUGaHqHDLKLX+FIPKcF96hrucXzcWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key"
     ]
 
     /// What the guest runs, as root, to become an image, the way image builders generalise one: `cloud-init
     /// clean` (its state, logs, seed, and machine-id left uninitialized for systemd to make anew), the SSH
     /// host keys, the sudo rules cloud-init wrote, the volume mounts it added to fstab, the logs emptied, the
     /// installation's user and key gone (`$1`), and the free blocks trimmed so the image stays small. With
-    /// `$2` = yes, first the `vagrant` user with Vagrant's insecure keys (`$3`) and passwordless sudo. It
+    /// `$2` = yes, first the `vagrant` user with Vagrant's insecure key (`$3`) and passwordless sudo, and
+    /// cloud-init set to run without a seed (as under vagrant-libvirt), on the local datasources or None. It
     /// prints whether the QEMU guest agent is installed.
     static let generalizeScript = """
         set -eu
@@ -33,6 +33,12 @@ extension InstanceManager {
             chmod 0600 /home/vagrant/.ssh/authorized_keys
             printf 'vagrant ALL=(ALL) NOPASSWD:ALL\\n' >/etc/sudoers.d/vagrant
             chmod 0440 /etc/sudoers.d/vagrant
+            # vagrant-libvirt gives no seed: cloud-init still runs then (ds-identify's notfound=enabled),
+            # looking at the local datasources only and falling back to None, which brings up DHCP on the
+            # first NIC and makes the host keys.
+            mkdir -p /etc/cloud/cloud.cfg.d
+            printf 'datasource_list: [NoCloud, ConfigDrive, OVF, None]\\n' >/etc/cloud/cloud.cfg.d/90-nimbus-vagrant.cfg
+            printf 'policy: search,found=all,maybe=all,notfound=enabled\\n' >/etc/cloud/ds-identify.cfg
         fi
         cloud-init clean --logs --machine-id --seed
         rm -f /etc/ssh/ssh_host_* /etc/sudoers.d/90-cloud-init-users /var/lib/systemd/random-seed

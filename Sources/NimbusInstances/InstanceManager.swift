@@ -285,7 +285,7 @@ public struct InstanceManager: Sendable {
         let report = progress
         let cloudInit: CloudInitSeed? =
             FileManager.default.fileExists(atPath: store.directory(name).ignition.path)
-            ? nil : spec.seedTransport == .http ? .http : .cdrom
+            ? nil : spec.seedTransport.isDisk ? .cdrom : .http
         let readiness = Readiness(
             serialLog: store.directory(name).serialLog, ssh: ssh, start: clock, cloudInit: cloudInit
         ) { phase, time in

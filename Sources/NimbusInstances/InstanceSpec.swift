@@ -209,6 +209,13 @@ public enum SeedTransport: String, Codable, Sendable, Equatable, CaseIterable {
     /// No seed disk: the files in the instance's `seed/` folder, served by Nimbus on 127.0.0.1 (the guest's
     /// 10.0.2.2) while each boot fetches them; the machine is told the URL in its SMBIOS serial number.
     case http
+    /// `seed.iso` as an OpenStack config drive v2 (`config-2`), for images whose cloud-init reads that.
+    case configDrive = "configdrive"
+    /// `seed.iso` as an OVF environment (`OVF-TRANSPORT`), VMware's ISO transport.
+    case ovf
+
+    /// The seed is a CD-ROM (`seed.iso`) the guest reads, in whichever format.
+    public var isDisk: Bool { self != .http }
 }
 
 /// How `--mount` folders reach the guest (`--mount-type`).

@@ -162,9 +162,29 @@ public struct NoCloudSeed: Sendable {
     /// error nothing is left. `durable` also fsyncs the file and its folder, so the seed survives a host
     /// crash (what an instance folder needs); `nimbus seed`, like cloud-localds, leaves that to the OS.
     /// `private` makes it readable by its owner only (an instance's seed: user-data often holds secrets).
-    public func writeISO(to url: URL, timestamp: Date, durable: Bool = true, private: Bool = false) throws(SeedError) {
-        try SeedFiles.write(isoImage(timestamp: timestamp), to: url, durable: durable, private: `private`)
+    /// `volume` chooses the datasource the ISO is for: NoCloud's `cidata`, or the same files as a config drive
+    /// or an OVF environment (PlatformSeeds.swift).
+    public func writeISO(
+        to url: URL, timestamp: Date, durable: Bool = true, private: Bool = false, volume: SeedVolume = .nocloud
+    ) throws(SeedError) {
+        let image =
+            switch volume {
+            case .nocloud: isoImage(timestamp: timestamp)
+            case .configDrive: try configDrive(timestamp: timestamp)
+            case .ovf: try ovfEnvironment(timestamp: timestamp)
+            }
+        try SeedFiles.write(image, to: url, durable: durable, private: `private`)
     }
+}
+
+/// The volume a seed ISO is, by the cloud-init datasource that reads it.
+public enum SeedVolume: Sendable {
+    /// `cidata`: NoCloud.
+    case nocloud
+    /// `config-2`: ConfigDrive (OpenStack).
+    case configDrive
+    /// `OVF-TRANSPORT`: OVF (VMware's ISO transport).
+    case ovf
 }
 
 /// A file given by the user as it is (meta-data, vendor-data, network-config), with its name for errors.

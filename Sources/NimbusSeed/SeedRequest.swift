@@ -87,9 +87,9 @@ public struct SeedRequest: Sendable {
             case .nocloud(let seed):
                 try seed.writeISO(to: url, timestamp: timestamp, durable: durable)
             case .configDrive(let seed):
-                try SeedFiles.write(try seed.configDrive(timestamp: timestamp), to: url, durable: durable)
+                try seed.writeISO(to: url, timestamp: timestamp, durable: durable, volume: .configDrive)
             case .ovf(let seed):
-                try SeedFiles.write(try seed.ovfEnvironment(timestamp: timestamp), to: url, durable: durable)
+                try seed.writeISO(to: url, timestamp: timestamp, durable: durable, volume: .ovf)
             case .ignition(let config):
                 try SeedFiles.write(Data(config.json.utf8), to: url, durable: durable)
             }

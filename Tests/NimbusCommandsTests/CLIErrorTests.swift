@@ -111,6 +111,20 @@ struct CLIErrorTests {
             message: "--image names one release: give instance names"),
         Case(arguments: ["upgrade", "nope", "--yes"], status: 3, message: "instance \"nope\" does not exist"),
         Case(arguments: ["rollback", "nope"], status: 3, message: "instance \"nope\" does not exist"),
+        Case(
+            arguments: ["image", "capture", "nope", "golden"], status: 3, message: "instance \"nope\" does not exist"),
+        Case(
+            arguments: ["launch", "x", "--seed-format", "ignition"], status: 64,
+            message: "--seed-format ignition: give --ignition FILE with a CoreOS image instead"),
+        Case(
+            arguments: ["launch", "x", "--seed-format", "ovf", "--seed-over-http"], status: 64,
+            message: "--seed-over-http serves NoCloud files: it takes no --seed-format ovf"),
+        Case(
+            arguments: ["launch", "x", "--seed-format", "vmware"], status: 64,
+            message: "The value 'vmware' is invalid for '--seed-format <seed-format>'"),
+        Case(
+            arguments: ["image", "export", "x", "--target", "xen", "-o", "/tmp/x"], status: 64,
+            message: "The value 'xen' is invalid for '--target <target>'"),
     ]
 
     @Test("bad input is refused with the problem and the fix named", arguments: cases)
@@ -134,6 +148,41 @@ struct CLIErrorTests {
         _ = try await store.create(InstanceSpec(name: try InstanceName(name), image: "debian:12")) { _ in
             InstanceState()
         }
+    }
+
+    @Test(
+        "capture refuses a stopped instance (start it first), a bad image name and a catalog's name, and leaves it as it was"
+    )
+    func captureRefusals() async throws {
+        try await TemporaryDirectory.with { home in
+            try await makeStoppedInstance("web", home: home)
+            let before = try Data(contentsOf: home.paths.instances.appending(path: "web/instance.yaml"))
+            for (name, status, message) in [
+                ("golden", 5, "web is stopped: `nimbus start web` first"),
+                ("bad name", 64, "image name \"bad name\" is not valid"),
+                ("debian:12", 64, "names a catalog image"),
+            ] {
+                let result = try await NimbusBinary.run(["image", "capture", "web", name], home: home.url)
+                #expect(result.status == Int32(status), "\(name): \(result.standardError)")
+                #expect(result.standardError.contains(message), "\(name): \(result.standardError)")
+            }
+            #expect(try Data(contentsOf: home.paths.instances.appending(path: "web/instance.yaml")) == before)
+            let images = (try? FileManager.default.contentsOfDirectory(atPath: home.paths.images.path)) ?? []
+            #expect(images.filter { $0.hasSuffix(".img") }.isEmpty, "\(images)")
+        }
+    }
+
+    @Test("the vagrant user gets Vagrant's own insecure key, as Debian's vagrant package ships it")
+    func vagrantKey() throws {
+        let folder = "/usr/share/rubygems-integration/all/gems"
+        let gems = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        guard let vagrant = gems.first(where: { $0.hasPrefix("vagrant-") && !$0.hasPrefix("vagrant-libvirt") }) else {
+            let reason = "vagrant is not installed (apt-get install vagrant): its insecure key was not compared"
+            if Prerequisites.required { Issue.record(Comment(rawValue: reason)) } else { print("skipped: \(reason)") }
+            return
+        }
+        let key = try String(contentsOfFile: "\(folder)/\(vagrant)/keys/vagrant.pub", encoding: .utf8)
+        #expect(InstanceManager.vagrantInsecureKeys.contains(key.trimmingCharacters(in: .whitespacesAndNewlines)))
     }
 
     @Test(

@@ -41,6 +41,24 @@ struct ExportTests {
             return try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         }
 
+        /// `nimbus image import` takes another hypervisor's `file`, saying it converts it, and caches a qcow2
+        /// with the source's bytes.
+        func importsBack(_ file: URL, as format: String) async throws {
+            let imported = try await nimbus([
+                "image", "import", file.path, "--name", "back-\(format)", "--format", "json",
+            ])
+            #expect(imported.status == 0, "\(imported.standardError)")
+            #expect(
+                imported.standardError.contains("is a \(format) disk: converting it to qcow2"),
+                "\(imported.standardError)")
+            let image = try #require(
+                try JSONSerialization.jsonObject(with: Data(imported.standardOutput.utf8)) as? [String: Any],
+                "\(imported.standardOutput)")
+            let path = try #require(image["path"] as? String)
+            #expect(image["format"] as? String == "qcow2")
+            #expect(try await sameBytes(URL(fileURLWithPath: path), format: "qcow2"))
+        }
+
         /// The guest sees the same bytes in `file` as in the source.
         func sameBytes(_ file: URL, format: String) async throws -> Bool {
             try await ProgramRunner.output("qemu-img", ["compare", "-f", "raw", "-F", format, raw.path, file.path])
@@ -94,6 +112,8 @@ struct ExportTests {
         #expect(specific?["create-type"] as? String == "streamOptimized", "\(info)")
         #expect(try await ProgramRunner.output("qemu-img", ["check", vmdk.path]).status == 0)
         #expect(try await scene.sameBytes(vmdk, format: "vmdk"))
+        // Imported back (a user bringing a VMware disk): converted to qcow2 on the way in, the same bytes.
+        try await scene.importsBack(vmdk, as: "vmdk")
 
         // The descriptor, read by an XML parser: the disk's file, its size and capacity; cloud-init's keys.
         let script = """
@@ -146,6 +166,7 @@ struct ExportTests {
         #expect(info["virtual-size"] as? Int == 64 << 20)
         #expect(try await ProgramRunner.output("qemu-img", ["check", vhdx.path]).status == 0)
         #expect(try await scene.sameBytes(vhdx, format: "vhdx"))
+        try await scene.importsBack(vhdx, as: "vhdx")
         let seed = scene.out("web-seed.iso")
         if ProgramRunner.find("isoinfo") != nil {
             let listing = try await ProgramRunner.run("isoinfo", ["-R", "-f", "-i", seed.path])

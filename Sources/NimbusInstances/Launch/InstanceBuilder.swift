@@ -65,10 +65,11 @@ struct InstanceBuilder: Sendable {
             }
             let seed = try NoCloudSeed(
                 config: personality, name: spec.name.rawValue, userData: userData, generation: generation, salt: salt)
-            if spec.seedTransport == .http {
-                try writeSeedFolder(seed, in: dir)  // served by SeedServer at each start; no seed.iso
-            } else {
-                try seed.writeISO(to: dir.seed, timestamp: Date(), private: true)
+            switch spec.seedTransport {
+            case .http: try writeSeedFolder(seed, in: dir)  // served by SeedServer at each start; no seed.iso
+            case .iso: try seed.writeISO(to: dir.seed, timestamp: Date(), private: true)
+            case .configDrive: try seed.writeISO(to: dir.seed, timestamp: Date(), private: true, volume: .configDrive)
+            case .ovf: try seed.writeISO(to: dir.seed, timestamp: Date(), private: true, volume: .ovf)
             }
             return seed.instanceID
         } catch let error as SeedError {

@@ -154,6 +154,14 @@ struct InstanceLaunch: AsyncParsableCommand {
                 """))
     var seedOverHttp = false
 
+    @Option(
+        help: ArgumentHelp(
+            "The seed disk's format: nocloud (cidata, the default), configdrive (OpenStack's config-2) or ovf (VMware's OVF environment).",
+            discussion: """
+                The same personality each way; configdrive and ovf are for images whose cloud-init reads only                 those datasources, and show what the guest will see on OpenStack or VMware.
+                """))
+    var seedFormat: SeedFormat = .nocloud
+
     @Option(help: "Output format: table or json.")
     var format: OutputFormat = .table
 
@@ -165,6 +173,12 @@ struct InstanceLaunch: AsyncParsableCommand {
             if let path, !FileManager.default.isReadableFile(atPath: Self.absolute(path)) {
                 throw ValidationError("\(flag) \(path) cannot be read: check the path")
             }
+        }
+        if seedFormat == .ignition {
+            throw ValidationError("--seed-format ignition: give --ignition FILE with a CoreOS image instead")
+        }
+        if seedOverHttp, seedFormat != .nocloud {
+            throw ValidationError("--seed-over-http serves NoCloud files: it takes no --seed-format \(seedFormat)")
         }
         try validating {
             if let name { _ = try InstanceName(name) }
@@ -220,6 +234,11 @@ struct InstanceLaunch: AsyncParsableCommand {
         if let cloudInit { spec.setUserData(Array(try readUserData(cloudInit))) }
         if let ignition { spec.ignition = try readIgnition(ignition) }
         if seedOverHttp { spec.seedTransport = .http }
+        switch seedFormat {
+        case .nocloud, .ignition: break
+        case .configdrive: spec.seedTransport = .configDrive
+        case .ovf: spec.seedTransport = .ovf
+        }
 
         let info = try await context.manager.launch(
             spec, volumeSizes: volumeSizes, wait: !noWait, timeout: .seconds(timeout))
