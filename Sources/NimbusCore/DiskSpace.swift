@@ -30,6 +30,13 @@ public enum DiskSpace {
         )
     }
 
+    /// True when a program's failure (`ProgramRunner`'s error, its stderr in the cause) says the filesystem
+    /// or quota is full: qemu-img and tar report ENOSPC as text.
+    public static func isFull(_ error: NimbusError) -> Bool {
+        let text = error.message + (error.cause.map { " \($0)" } ?? "")
+        return text.contains("No space left on device") || text.contains("Disk quota exceeded")
+    }
+
     /// True for the errnos of a full filesystem or quota.
     public static func isFull(_ code: Int32) -> Bool { code == ENOSPC || code == EDQUOT }
 

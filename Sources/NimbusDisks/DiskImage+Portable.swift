@@ -46,7 +46,7 @@ extension DiskImage {
             needed = format == .raw ? info.virtualSize : try allocatedBytes(of: source, info: info)
         } catch let error where foreignFormat(of: error) != nil {
             sourceFormat = foreignFormat(of: error) ?? ""
-            needed = format == .raw ? nil : fileSize(source)
+            needed = try await measure(source, format: sourceFormat, as: format == .raw ? .raw : .qcow2)
         }
         if let needed { try DiskSpace.require(needed, at: destination, for: "the \(format) disk") }
         let temporary = destination.deletingLastPathComponent()
@@ -64,16 +64,41 @@ extension DiskImage {
             }
         } catch {
             try? FileManager.default.removeItem(at: temporary)
-            let text = error.message + (error.cause.map { " \($0)" } ?? "")
-            if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
-                throw DiskSpace.full(destination, action: "write the \(format) disk", needed: needed)
-            }
-            throw error
+            throw DiskSpace.isFull(error)
+                ? DiskSpace.full(destination, action: "write the \(format) disk", needed: needed) : error
         }
         guard rename(temporary.path, destination.path) == 0 else {
             let error = posixFailure("rename into place", destination)
             try? FileManager.default.removeItem(at: temporary)
             throw error
+        }
+    }
+
+    /// Refuses another hypervisor's disk that reads other files: a backing or parent disk (a VHDX or VMDK
+    /// differencing disk), or a VMDK whose extents are elsewhere (a descriptor can name any file on the host,
+    /// and a conversion would copy it into the image). Asked of qemu-img, which reads these formats.
+    public static func requireSelfContained(_ file: URL, format: String) async throws(NimbusError) {
+        let fix = "convert it to one file first, e.g. `qemu-img convert -O qcow2 DISK standalone.qcow2`"
+        let head = (try? FileHandle(forReadingFrom: file).read(upToCount: 32)).map { Array($0) } ?? []
+        if head.starts(with: Array("# Disk DescriptorFile".utf8)) {
+            throw NimbusError(
+                .invalidArgument, "\(file.path) is a VMDK descriptor, whose data lives in the files it names: \(fix)")
+        }
+        let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
+        let text = try await ProgramRunner.run(qemuImg, ["info", "--output=json", "-f", format, file.path])
+        guard let info = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
+            throw NimbusError(.invalidArgument, "qemu-img cannot read \(file.path) as \(format)")
+        }
+        if let backing = info["backing-filename"] as? String {
+            throw NimbusError(.invalidArgument, "\(file.path) is a differencing disk on \(backing): \(fix)")
+        }
+        let data = (info["format-specific"] as? [String: Any])?["data"] as? [String: Any]
+        let own = file.standardizedFileURL.resolvingSymlinksInPath().path
+        for case let extent as [String: Any] in data?["extents"] as? [Any] ?? [] {
+            let name = URL(fileURLWithPath: extent["filename"] as? String ?? "").resolvingSymlinksInPath().path
+            guard name == own else {
+                throw NimbusError(.invalidArgument, "\(file.path) keeps its data in \(name): \(fix)")
+            }
         }
     }
 
@@ -83,9 +108,16 @@ extension DiskImage {
         return format
     }
 
-    static func fileSize(_ file: URL) -> UInt64? {
-        var status = stat()
-        return stat(file.path, &status) == 0 ? UInt64(status.st_size) : nil
+    /// What qemu-img says a conversion of `file` to `output` (raw or qcow2) needs; nil when it cannot say.
+    static func measure(_ file: URL, format: String, as output: PortableDiskFormat) async throws(NimbusError) -> UInt64?
+    {
+        let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
+        let result = try await ProgramRunner.output(
+            qemuImg, ["measure", "--output=json", "-f", format, "-O", output.rawValue, file.path])
+        guard result.status == 0,
+            let json = try? JSONSerialization.jsonObject(with: Data(result.standardOutput.utf8)) as? [String: Any]
+        else { return nil }
+        return (json["required"] as? NSNumber)?.uint64Value
     }
 
     /// The bytes a chain of disks holds, backing files included: the most a merge of it can write.

@@ -40,11 +40,7 @@ extension DiskImage {
         do {
             try await ProgramRunner.run(qemuImg, arguments)
         } catch {
-            let text = error.message + (error.cause.map { " \($0)" } ?? "")
-            if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
-                throw DiskSpace.full(file, action: action)
-            }
-            throw error
+            throw DiskSpace.isFull(error) ? DiskSpace.full(file, action: action) : error
         }
     }
 
@@ -63,31 +59,5 @@ extension DiskImage {
         let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
         try await ProgramRunner.run(qemuImg, ["resize", "-q", "-f", info.format.rawValue, image.path, String(size)])
         return try inspect(image)
-    }
-
-    /// Converts `source` (format found by magic) to `destination` in `format`, writing a temporary file
-    /// beside it and renaming it into place so a failed conversion leaves nothing behind.
-    @discardableResult
-    public static func convert(_ source: URL, to destination: URL, format: DiskFormat) async throws(NimbusError)
-        -> DiskInfo
-    {
-        let info = try inspect(source)
-        let qemuImg = try ProgramRunner.require("qemu-img", package: "qemu-utils")
-        let temporary = destination.deletingLastPathComponent()
-            .appending(path: ".\(destination.lastPathComponent).\(getpid()).convert")
-        do {
-            try await ProgramRunner.run(
-                qemuImg,
-                ["convert", "-q", "-f", info.format.rawValue, "-O", format.rawValue, source.path, temporary.path])
-        } catch {
-            try? FileManager.default.removeItem(at: temporary)
-            throw error
-        }
-        guard rename(temporary.path, destination.path) == 0 else {
-            let error = posixFailure("rename into place", destination)
-            try? FileManager.default.removeItem(at: temporary)
-            throw error
-        }
-        return try inspect(destination)
     }
 }

@@ -77,7 +77,8 @@ public enum DiskError: Error, Sendable, Equatable, CustomStringConvertible {
         case .unsupportedVersion(let path, let version): "\(path) is qcow2 version \(version); only 2 and 3 are read"
         case .malformedHeader(let path, let reason): "\(path) has a malformed qcow2 header: \(reason)"
         case .compressed(let path, let kind): "\(path) is \(kind)-compressed, not a disk image"
-        case .foreignFormat(let path, let format): "\(path) is a \(format) disk, not qcow2 or raw"
+        case .foreignFormat(let path, let format):
+            "\(path) is a \(format) disk, not qcow2 or raw: `nimbus image import` converts it to qcow2"
         case .sizeTooSmall(let requested, let minimum):
             "\(ByteSize(bytes: requested)) is smaller than the base image's \(ByteSize(bytes: minimum))"
         }

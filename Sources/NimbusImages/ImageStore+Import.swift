@@ -39,12 +39,13 @@ extension ImageStore {
                     source, into: partial, sha512: false, what: name ?? source.lastPathComponent,
                     progress: options.progress)
             } catch let error where DiskImage.foreignFormat(of: error) != nil {
+                try await DiskImage.requireSelfContained(source, format: DiskImage.foreignFormat(of: error) ?? "")
                 options.warn(
                     "\(source.lastPathComponent) is a \(DiskImage.foreignFormat(of: error) ?? "") disk: converting it to qcow2"
                 )
                 try await DiskImage.write(source, as: .qcow2, to: partial)
                 info = try DiskImage.inspect(partial)
-                result = TransferResult(sha256: try Self.sha256(of: partial), sha512: nil, bytes: info.fileSize)
+                result = TransferResult(sha256: try Self.hashFile(partial), sha512: nil, bytes: info.fileSize)
             }
         } catch {
             try? FileManager.default.removeItem(at: partial)
@@ -100,15 +101,15 @@ extension ImageStore {
                 "image name \"\(name)\" is not valid: start with a letter or digit, then letters, digits, '-', '.', ':'"
             )
         }
+        if case .catalog = try? ImageReference.parse(name, aliases: try aliases()) {
+            throw NimbusError(
+                .invalidArgument, "\(name) names a catalog image: choose a name that is not a distribution's")
+        }
         if let existing = try find(name) {
             throw NimbusError(
                 .alreadyExists,
                 "an image is named \(name) already (\(existing.reference), \(existing.sha256.prefix(12))): "
                     + "choose another name, or remove it first with `nimbus image rm \(name)`")
-        }
-        if case .catalog = try? ImageReference.parse(name, aliases: try aliases()) {
-            throw NimbusError(
-                .invalidArgument, "\(name) names a catalog image: choose a name that is not a distribution's")
         }
     }
 
@@ -119,7 +120,7 @@ extension ImageStore {
     {
         try requireNewName(name)
         let info = try DiskImage.inspect(file)
-        let sha256 = try Self.sha256(of: file)
+        let sha256 = try Self.hashFile(file)
         let lock = try await FileLock.acquire(
             locksFolder.appending(path: "\(sha256.prefix(32)).lock"), what: "the capture \(name)")
         defer { lock.unlock() }

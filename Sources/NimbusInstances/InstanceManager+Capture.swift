@@ -14,8 +14,8 @@ extension InstanceManager {
     ]
 
     /// What the guest runs, as root, to become an image, the way image builders generalise one: `cloud-init
-    /// clean` (its state, logs, seed, and machine-id left uninitialized for systemd to make anew), the SSH
-    /// host keys, the sudo rules cloud-init wrote, the volume mounts it added to fstab, the logs emptied, the
+    /// clean` (its state, logs and seed), an empty machine-id for systemd to make anew, the SSH host keys, the
+    /// sudo rules cloud-init wrote, the volume mounts it added to fstab, the journal and logs emptied, the
     /// installation's user and key gone (`$1`), and the free blocks trimmed so the image stays small. With
     /// `$2` = yes, first the `vagrant` user with Vagrant's insecure key (`$3`) and passwordless sudo, and
     /// cloud-init set to run without a seed (as under vagrant-libvirt), on the local datasources or None. It
@@ -40,11 +40,19 @@ extension InstanceManager {
             printf 'datasource_list: [NoCloud, ConfigDrive, OVF, None]\\n' >/etc/cloud/cloud.cfg.d/90-nimbus-vagrant.cfg
             printf 'policy: search,found=all,maybe=all,notfound=enabled\\n' >/etc/cloud/ds-identify.cfg
         fi
-        cloud-init clean --logs --machine-id --seed
-        rm -f /etc/ssh/ssh_host_* /etc/sudoers.d/90-cloud-init-users /var/lib/systemd/random-seed
+        cloud-init clean --logs --seed
+        # An empty machine-id, as virt-sysprep leaves it: systemd makes a new one at the next boot. cloud-init
+        # 22.4's `clean --machine-id` deletes the file instead, and a Debian root mounted read-only at first
+        # then does not boot ("Missing /etc/machine-id and /etc is mounted read-only").
+        : >/etc/machine-id
+        [ -L /var/lib/dbus/machine-id ] || rm -f /var/lib/dbus/machine-id
+        rm -f /etc/ssh/ssh_host_* /etc/sudoers.d/90-cloud-init-users
         sed -i '/comment=cloudconfig/d' /etc/fstab
-        find /var/log -type f \\( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \\) -delete
-        find /var/log -type f -exec truncate -s 0 {} +
+        # The journal is rotated and dropped by journald itself (its files are in use); the rest emptied.
+        journalctl --rotate >/dev/null 2>&1 || true
+        journalctl --vacuum-time=1s >/dev/null 2>&1 || true
+        find /var/log -path /var/log/journal -prune -o -type f \\( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \\) -exec rm -f {} +
+        find /var/log -path /var/log/journal -prune -o -type f -exec truncate -s 0 {} +
         userdel --force --remove "$user" >/dev/null 2>&1 || true
         sync
         fstrim --all >/dev/null 2>&1 || true
@@ -81,6 +89,12 @@ extension InstanceManager {
                 "\(name) runs through libvirt, whose pool holds its root disk: capture reads the disk from the instance's folder, so it captures QEMU instances (launch one with --driver qemu)"
             )
         }
+        if keepInstance, Self.storedHostKey(dir) == nil {
+            throw NimbusError(
+                .invalidState,
+                "\(name) was launched before Nimbus kept host keys in the instance's folder, so it could not be given its key back after the capture: capture it without --keep-instance"
+            )
+        }
         let images = try imageStore(offline: true)
         try await images.requireNewName(imageName)
         var source: CachedImage?
@@ -102,15 +116,16 @@ extension InstanceManager {
             )
         }
 
-        progress("\(name): stopping")
-        try await store.withLock(name) { _ in
-            try await stopIfRunning(name, dir.machine, driver: hypervisor.driver(for: spec))
-        }
+        // From here the guest has no user and no host keys: a failure says how to get it back.
         let staged = try await images.stagingFolder().appending(
             path: "capture-\(getpid())-\(UUID().uuidString.prefix(8)).qcow2")
-        progress("\(name): writing \(imageName), a compressed qcow2 of its disk")
         let image: CachedImage
         do {
+            progress("\(name): stopping")
+            try await store.withLock(name) { _ in
+                try await stopIfRunning(name, dir.machine, driver: hypervisor.driver(for: spec))
+            }
+            progress("\(name): writing \(imageName), a compressed qcow2 of its disk")
             try await DiskImage.write(dir.disk, as: .qcow2, compressed: true, to: staged)
             image = try await images.adopt(
                 staged, name: imageName, source: source,
@@ -119,7 +134,10 @@ extension InstanceManager {
                     capturedAt: Date(), vagrantUser: vagrant, guestAgent: agentLine.hasSuffix("yes")))
         } catch {
             try? FileManager.default.removeItem(at: staged)
-            throw error
+            throw NimbusError(
+                .guestSetup,
+                "capturing \(name) failed after its guest was generalised (no user, no host keys): \(error); `nimbus recover --reseed \(name)` gives it its personality back, or delete it",
+                cause: error)
         }
         progress(
             "\(name): captured as \(imageName) (\(ByteSize(bytes: image.size).humanReadable)) in \(elapsed(since: clock))"

@@ -251,7 +251,7 @@ public struct Readiness: Sendable {
         switch cloudInit {
         case .cdrom where !console.blockDevices.contains(where: { $0.hasPrefix("sr") }):
             return
-                "Likely cause: the guest's kernel saw no CD-ROM, so the NoCloud seed (a virtio-scsi CD-ROM labelled cidata) was invisible to it and ds-identify found no datasource; the kernel needs virtio_scsi and sr_mod, or launch with --seed-over-http, which needs neither. \(seen)"
+                "Likely cause: the guest's kernel saw no CD-ROM, so the seed (a virtio-scsi CD-ROM: cidata, config-2 or OVF-TRANSPORT) was invisible to it and ds-identify found no datasource; the kernel needs virtio_scsi and sr_mod, or launch with --seed-over-http, which needs neither. \(seen)"
         case .cdrom:
             return
                 "Likely cause: the kernel saw the seed CD-ROM, yet ds-identify found no datasource or cloud-init is disabled in the image (/etc/cloud/cloud-init.disabled, cloud-init=disabled on the kernel command line); /run/cloud-init/ds-identify.log in the guest says which. \(seen)"

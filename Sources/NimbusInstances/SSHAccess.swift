@@ -108,7 +108,7 @@ public struct SSHAccess: Sendable {
     }
 
     /// Single-quotes a word for a POSIX shell unless it is plainly safe.
-    static func shellQuote(_ word: String) -> String {
+    public static func shellQuote(_ word: String) -> String {
         let safe = CharacterSet(
             charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
         if !word.isEmpty, word.unicodeScalars.allSatisfy(safe.contains) { return word }

@@ -1,4 +1,5 @@
 import Foundation
+import NimbusCore
 import NimbusISO9660
 import Yams
 
@@ -188,7 +189,12 @@ extension NoCloudSeed {
         let meta = try parsedMetaData()
         var properties: [(String, String)] = [("instance-id", meta.instanceID)]
         if let hostname = meta.hostname { properties.append(("hostname", hostname)) }
-        // The datasource takes one key; more go in user-data's ssh_authorized_keys.
+        // The datasource takes one key.
+        guard meta.publicKeys.count <= 1 else {
+            throw .invalidValue(
+                "meta-data has \(meta.publicKeys.count) public-keys, and the OVF environment carries one: give the others in user-data's ssh_authorized_keys"
+            )
+        }
         if let key = meta.publicKeys.first { properties.append(("public-keys", key)) }
         properties.append(
             ("user-data", Data(Self.multipart(vendorData: vendorData, userData: userData)).base64EncodedString()))
@@ -196,17 +202,14 @@ extension NoCloudSeed {
             let wrapped = try YAML.emit(YAML.mapping([("network", Node.mapping(document))]))
             properties.append(("network-config", Data(wrapped.utf8).base64EncodedString()))
         }
-        let escape = { (text: String) in
-            text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
-                .replacingOccurrences(of: "\"", with: "&quot;")
-        }
         return """
             <?xml version="1.0" encoding="UTF-8"?>
             <Environment xmlns="http://schemas.dmtf.org/ovf/environment/1" xmlns:oe="http://schemas.dmtf.org/ovf/environment/1" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" oe:id="">
               <PropertySection>
 
             """
-                + properties.map { "    <Property oe:key=\"\($0.0)\" oe:value=\"\(escape($0.1))\"/>\n" }.joined()
+                + properties.map { "    <Property oe:key=\"\($0.0)\" oe:value=\"\(XMLText.escape($0.1))\"/>\n" }
+                .joined()
                     + """
                       </PropertySection>
                     </Environment>
@@ -215,31 +218,28 @@ extension NoCloudSeed {
     }
 
     /// vendor-data and user-data as one MIME multipart document, in that order: cloud-init merges the
-    /// parts, a later one winning, as user-data wins over vendor-data.
+    /// parts, a later one winning, as user-data wins over vendor-data. Without vendor-data, user-data as it
+    /// is. A gzip part is typed so that cloud-init decompresses it (`DECOMP_TYPES`); a MIME multipart
+    /// user-data goes in whole, as a nested multipart cloud-init walks into; any other part is `text/plain`,
+    /// which cloud-init types by its first line as it types user-data.
     static func multipart(vendorData: [UInt8], userData: [UInt8]) -> [UInt8] {
+        guard !vendorData.isEmpty else { return userData }
         var digest: UInt64 = 0xcbf2_9ce4_8422_2325
         for byte in vendorData + userData { digest = (digest ^ UInt64(byte)) &* 0x0100_0000_01b3 }
         let boundary = "===============nimbus\(String(digest, radix: 16))=="
         var text = "Content-Type: multipart/mixed; boundary=\"\(boundary)\"\nMIME-Version: 1.0\n\n"
         for (part, name) in [(vendorData, "vendor-data"), (userData, "user-data")] where !part.isEmpty {
             text += "--\(boundary)\n"
-            text += "Content-Type: \(contentType(of: part)); charset=\"utf-8\"\nMIME-Version: 1.0\n"
+            if UserData.classify(part) == .mimeMultipart {
+                text += String(decoding: part, as: UTF8.self) + "\n"
+                continue
+            }
+            let type = UserData.classify(part) == .gzip ? "application/x-gzip" : "text/plain; charset=\"utf-8\""
+            text += "Content-Type: \(type)\nMIME-Version: 1.0\n"
             text += "Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=\"\(name)\"\n\n"
             text += Data(part).base64EncodedString(options: .lineLength76Characters) + "\n"
         }
         text += "--\(boundary)--\n"
         return Array(text.utf8)
-    }
-
-    /// The MIME type cloud-init gives a part starting so (`cloudinit/handlers/__init__.py`, INCLUSION_TYPES_MAP).
-    static func contentType(of part: [UInt8]) -> String {
-        let start = String(decoding: part.prefix(32), as: UTF8.self)
-        let types = [
-            ("#cloud-config", "text/cloud-config"), ("#!", "text/x-shellscript"), ("#include", "text/x-include-url"),
-            ("## template: jinja", "text/jinja2"), ("#cloud-boothook", "text/cloud-boothook"),
-            ("#part-handler", "text/part-handler"), ("#cloud-config-archive", "text/cloud-config-archive"),
-        ]
-        // The longest prefix that matches: #cloud-config-archive before #cloud-config.
-        return types.filter { start.hasPrefix($0.0) }.max { $0.0.count < $1.0.count }?.1 ?? "text/plain"
     }
 }

@@ -97,14 +97,15 @@ struct NimbusDisksTests {
         #expect(error?.message.contains("smaller than the current 512M") == true)
     }
 
-    @Test("convert turns raw into qcow2 in place of a temporary file")
+    @Test("write turns raw into qcow2 in place of a temporary file")
     func convert() async throws {
         let dir = try TemporaryDirectory()
         defer { dir.remove() }
         let raw = dir.url.appending(path: "a.raw")
         try await qemuImg("create", "-q", "-f", "raw", raw.path, "16M")
         let out = dir.url.appending(path: "a.qcow2")
-        let info = try await DiskImage.convert(raw, to: out, format: .qcow2)
+        try await DiskImage.write(raw, as: .qcow2, to: out)
+        let info = try DiskImage.inspect(out)
         #expect(info.format == .qcow2)
         #expect(info.virtualSize == 16 << 20)
         #expect(try FileManager.default.contentsOfDirectory(atPath: dir.url.path).sorted() == ["a.qcow2", "a.raw"])

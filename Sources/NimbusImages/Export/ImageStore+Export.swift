@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import NimbusCore
 import NimbusDisks
@@ -20,17 +19,6 @@ public enum ExportTarget: String, Sendable, Codable, CaseIterable, CustomStringC
     case qcow2
 
     public var description: String { rawValue }
-
-    /// The file name extension the output usually has.
-    public var fileExtension: String {
-        switch self {
-        case .vmware: "ova"
-        case .hyperv: "vhdx"
-        case .openstack, .qcow2: "qcow2"
-        case .vagrant: "box"
-        case .raw: "img"
-        }
-    }
 }
 
 /// What an export wrote.
@@ -95,7 +83,9 @@ extension ImageStore {
                     + "capture the instance with `nimbus image capture INSTANCE NAME --vagrant`, and export NAME")
         }
 
-        // Everything is made in a hidden folder beside the output, then renamed into place.
+        // Everything is made in a hidden folder beside the output, then renamed into place. One left by an
+        // export that was killed (its process is gone) is removed first.
+        Self.removeAbandonedStaging(for: output)
         let staging = folder.appending(path: ".\(output.lastPathComponent).\(getpid()).export")
         try? FileManager.default.removeItem(at: staging)
         do {
@@ -143,14 +133,21 @@ extension ImageStore {
             try Self.write(Data(descriptor.render().utf8), to: ovf)
             let manifest = staging.appending(path: "\(stem).mf")
             var lines = ""
-            for file in [ovf, disk] { lines += "SHA256(\(file.lastPathComponent))= \(try Self.sha256(of: file))\n" }
+            for file in [ovf, disk] { lines += "SHA256(\(file.lastPathComponent))= \(try Self.hashFile(file))\n" }
             try Self.write(Data(lines.utf8), to: manifest)
             // OVF 1.0 (DSP0243 5.3): the descriptor first, then the manifest, then the files in the order
-            // References lists them; a POSIX ustar archive.
+            // References lists them; a POSIX ustar archive, whose members hold at most 8 GiB - 1.
+            let vmdkSize = try Self.size(of: disk)
+            guard vmdkSize < 1 << 33 else {
+                throw NimbusError(
+                    .unsupported,
+                    "the VMDK is \(ByteSize(bytes: vmdkSize).humanReadable), over the 8 GiB an OVA's ustar archive holds in one file: export --target raw or qcow2 and convert it with VMware's own tools, or trim the guest first (fstrim) and capture it again"
+                )
+            }
             progress(.step("packing \(output.lastPathComponent)"))
             let ova = staging.appending(path: output.lastPathComponent)
             try await Self.tar(
-                into: ova, from: staging, [ovf, manifest, disk].map(\.lastPathComponent), gzip: false)
+                into: ova, from: staging, [ovf, manifest, disk].map(\.lastPathComponent), format: "ustar", gzip: false)
             files.append((ova, "ova", output))
         case .vagrant:
             let disk = staging.appending(path: "box.img")
@@ -159,17 +156,18 @@ extension ImageStore {
             let gibibytes = (image.virtualSize + (1 << 30) - 1) >> 30
             let metadata = "{\"provider\": \"libvirt\", \"format\": \"qcow2\", \"virtual_size\": \(gibibytes)}\n"
             try Self.write(Data(metadata.utf8), to: staging.appending(path: "metadata.json"))
+            // No synced folder by default: Vagrant would pick NFS (sudo and /etc/exports on the host) or rsync
+            // (installed in the guest over the network); a project's Vagrantfile turns one on.
             let vagrantfile = """
                 Vagrant.configure("2") do |config|
-                  config.vm.provider :libvirt do |libvirt|
-                    libvirt.driver = "kvm"
-                  end
+                  config.vm.synced_folder ".", "/vagrant", disabled: true
                 end
 
                 """
             try Self.write(Data(vagrantfile.utf8), to: staging.appending(path: "Vagrantfile"))
             let box = staging.appending(path: output.lastPathComponent)
-            try await Self.tar(into: box, from: staging, ["metadata.json", "Vagrantfile", "box.img"], gzip: true)
+            try await Self.tar(
+                into: box, from: staging, ["metadata.json", "Vagrantfile", "box.img"], format: "posix", gzip: true)
             files.append((box, "box", output))
         }
 
@@ -182,6 +180,18 @@ extension ImageStore {
             written.append(.init(path: place.path, role: role, size: try Self.size(of: place)))
         }
         return ExportReport(image: image.reference, target: target, files: written, command: command)
+    }
+
+    /// Removes `.<output>.<pid>.export` folders beside `output` whose process no longer runs.
+    static func removeAbandonedStaging(for output: URL) {
+        let folder = output.deletingLastPathComponent()
+        let prefix = ".\(output.lastPathComponent)."
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+        where name.hasPrefix(prefix) && name.hasSuffix(".export") {
+            let pid = name.dropFirst(prefix.count).dropLast(".export".count)
+            guard let pid = Int32(pid), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            try? FileManager.default.removeItem(at: folder.appending(path: name))
+        }
     }
 
     static func glanceFile(for disk: URL) -> URL {
@@ -202,35 +212,19 @@ extension ImageStore {
         return UInt64(status.st_size)
     }
 
-    static func sha256(of file: URL) throws(NimbusError) -> String {
-        guard let handle = FileHandle(forReadingAtPath: file.path) else { throw posixFailure("open", file) }
-        defer { try? handle.close() }
-        var digest = StreamingDigest(sha512: false)
-        do {
-            while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-                chunk.withUnsafeBytes { digest.update($0) }
-            }
-        } catch {
-            throw NimbusError(.io, "cannot read \(file.path)", cause: error)
-        }
-        return digest.finalize().sha256
-    }
-
-    /// GNU tar writes the archive: `names` from `folder`, in that order, as POSIX ustar, owned by root, with
-    /// no other metadata of this host's.
-    static func tar(into archive: URL, from folder: URL, _ names: [String], gzip: Bool) async throws(NimbusError) {
+    /// GNU tar writes the archive: `names` from `folder`, in that order, in `format` (`ustar`, or `posix`
+    /// for members over 8 GiB), owned by root, with no other metadata of this host's.
+    static func tar(into archive: URL, from folder: URL, _ names: [String], format: String, gzip: Bool)
+        async throws(NimbusError)
+    {
         let tar = try ProgramRunner.require("tar", package: "tar")
         let arguments =
-            ["--create", "--format=ustar", "--owner=0", "--group=0", "--numeric-owner", "--mode=u=rw,go=r"]
+            ["--create", "--format=\(format)", "--owner=0", "--group=0", "--numeric-owner", "--mode=u=rw,go=r"]
             + (gzip ? ["--gzip"] : []) + ["--file", archive.path, "--directory", folder.path, "--"] + names
         do {
             try await ProgramRunner.run(tar, arguments)
         } catch {
-            let text = error.message + (error.cause.map { " \($0)" } ?? "")
-            if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
-                throw DiskSpace.full(archive, action: "write")
-            }
-            throw error
+            throw DiskSpace.isFull(error) ? DiskSpace.full(archive, action: "write") : error
         }
     }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import NimbusCore
 
 /// The OVF 1.0 descriptor of a one-disk virtual machine, as an OVA carries it to VMware (vSphere, Workstation,
 /// Fusion) and to VirtualBox, with the properties cloud-init's OVF datasource reads.
@@ -36,10 +37,10 @@ struct OVFDescriptor {
 
     func render() -> String {
         let os = operatingSystem
-        let name = Self.escape(name)
+        let name = XMLText.escape(name)
         func property(_ key: String, _ value: String, _ label: String, _ description: String) -> String {
             """
-                  <Property ovf:key="\(key)" ovf:type="string" ovf:userConfigurable="true" ovf:value="\(Self.escape(value))">
+                  <Property ovf:key="\(key)" ovf:type="string" ovf:userConfigurable="true" ovf:value="\(XMLText.escape(value))">
                     <Label>\(label)</Label>
                     <Description>\(description)</Description>
                   </Property>
@@ -52,7 +53,7 @@ struct OVFDescriptor {
             <?xml version="1.0" encoding="UTF-8"?>
             <Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:cim="http://schemas.dmtf.org/wbem/wscim/1/common" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf" xmlns:vssd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
               <References>
-                <File ovf:href="\(Self.escape(diskFile))" ovf:id="file1" ovf:size="\(diskFileSize)"/>
+                <File ovf:href="\(XMLText.escape(diskFile))" ovf:id="file1" ovf:size="\(diskFileSize)"/>
               </References>
               <DiskSection>
                 <Info>Virtual disk information</Info>
@@ -145,22 +146,5 @@ struct OVFDescriptor {
         let mapped = String(name.lowercased().map { $0.isASCII && ($0.isLetter || $0.isNumber) ? $0 : "-" })
         let trimmed = mapped.trimmingCharacters(in: CharacterSet(charactersIn: "-")).prefix(63)
         return trimmed.isEmpty ? "localhost" : String(trimmed)
-    }
-
-    /// Text for an attribute value or element content.
-    static func escape(_ text: String) -> String {
-        var escaped = ""
-        for character in text {
-            switch character {
-            case "&": escaped += "&amp;"
-            case "<": escaped += "&lt;"
-            case ">": escaped += "&gt;"
-            case "\"": escaped += "&quot;"
-            case "'": escaped += "&apos;"
-            case "\n": escaped += "&#10;"
-            default: escaped.append(character)
-            }
-        }
-        return escaped
     }
 }

@@ -9,13 +9,13 @@ struct ImageCapture: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "capture", abstract: "Make a running instance into a local image.",
         discussion: """
-            The guest is generalised as image builders do it: cloud-init clean (state, logs, seed, machine-id), \
-            the SSH host keys, Nimbus's user and key, the logs; free blocks are trimmed. Then the instance \
+            The guest is generalised as image builders do it: cloud-init clean (state, logs, seed), an empty \
+            machine-id, the SSH host keys, Nimbus's user with its home and key, the logs; free blocks are trimmed. Then the instance \
             stops and its disk, the image merged in, is written into the cache as a compressed qcow2 named \
             NAME. `nimbus launch NAME` boots it as a new machine: cloud-init runs as on a first boot, with a \
             new machine-id, new host keys and the new instance's personality. The instance is deleted after \
             (its volumes are kept), unless --keep-instance, which gives it back its personality and host key \
-            and starts it again.
+            and starts it again (what was in Nimbus's user's home is gone from it too).
             """)
 
     @OptionGroup var global: Flags.Global

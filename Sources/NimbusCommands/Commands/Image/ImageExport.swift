@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import NimbusCore
 import NimbusImages
+import NimbusInstances
 import NimbusSeed
 
 /// `nimbus image export IMAGE --target TARGET -o PATH`.
@@ -81,14 +82,15 @@ struct ImageExport: AsyncParsableCommand {
                 for file in report.files { try? FileManager.default.removeItem(atPath: file.path) }
                 throw error.nimbusError
             }
-            report.files.append(.init(path: seedFile.path, role: "seed", size: Self.size(seedFile)))
+            let size = (try? FileManager.default.attributesOfItem(atPath: seedFile.path)[.size] as? UInt64) ?? 0
+            report.files.append(.init(path: seedFile.path, role: "seed", size: size))
         }
         if output.format == .table {
             for file in report.files {
                 print("\(file.role)\t\(ByteSize(bytes: file.size).humanReadable)\t\(file.path)")
             }
             if let command = report.command {
-                print("upload with: " + command.map(Self.shellQuoted).joined(separator: " "))
+                print("upload with: " + command.map(SSHAccess.shellQuote).joined(separator: " "))
             }
         } else {
             print(try OutputRenderer.render(report, columns: [], rows: [], format: output.format), terminator: "")
@@ -116,15 +118,6 @@ struct ImageExport: AsyncParsableCommand {
             throw NimbusError(.invalidArgument, "\(userData) did not render as a NoCloud seed")
         }
         return seed
-    }
-
-    static func size(_ file: URL) -> UInt64 {
-        var status = stat()
-        return stat(file.path, &status) == 0 ? UInt64(status.st_size) : 0
-    }
-
-    static func shellQuoted(_ word: String) -> String {
-        word.allSatisfy { $0.isLetter || $0.isNumber || "-_=./:".contains($0) } ? word : "'\(word)'"
     }
 }
 

@@ -158,7 +158,8 @@ struct InstanceLaunch: AsyncParsableCommand {
         help: ArgumentHelp(
             "The seed disk's format: nocloud (cidata, the default), configdrive (OpenStack's config-2) or ovf (VMware's OVF environment).",
             discussion: """
-                The same personality each way; configdrive and ovf are for images whose cloud-init reads only                 those datasources, and show what the guest will see on OpenStack or VMware.
+                The same personality each way; configdrive and ovf are for images whose cloud-init reads only \
+                those datasources, and show what the guest will see on OpenStack or VMware.
                 """))
     var seedFormat: SeedFormat = .nocloud
 
@@ -176,6 +177,10 @@ struct InstanceLaunch: AsyncParsableCommand {
         }
         if seedFormat == .ignition {
             throw ValidationError("--seed-format ignition: give --ignition FILE with a CoreOS image instead")
+        }
+        if ignition != nil, seedFormat != .nocloud {
+            throw ValidationError(
+                "--ignition configures CoreOS through fw_cfg: it takes no --seed-format \(seedFormat)")
         }
         if seedOverHttp, seedFormat != .nocloud {
             throw ValidationError("--seed-over-http serves NoCloud files: it takes no --seed-format \(seedFormat)")
