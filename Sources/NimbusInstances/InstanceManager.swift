@@ -286,7 +286,7 @@ public struct InstanceManager: Sendable {
         let cloudInit: CloudInitSeed? =
             FileManager.default.fileExists(atPath: store.directory(name).ignition.path)
             ? nil : spec.seedTransport.isDisk ? .cdrom : .http
-        let readiness = Readiness(
+        var readiness = Readiness(
             serialLog: store.directory(name).serialLog, ssh: ssh, start: clock, cloudInit: cloudInit
         ) { phase, time in
             report("\(name): \(phase.rawValue) (\(Self.format(time)))")
@@ -294,6 +294,7 @@ public struct InstanceManager: Sendable {
         let machineDir = store.directory(name).machine
         // The instance's own driver, chosen once: asked every 200 ms, and each choice reads instance.yaml.
         let driver = hypervisor.driver(for: spec)
+        readiness.resetMachine = { () async throws(NimbusError) in try await driver.reset(machineDir) }
         let result = try await readiness.wait(timeout: timeout) { await driver.isRunning(machineDir) }
         try await store.withLock(name) { _ in
             try store.updateState(name) { $0.cloudInitStatus = result.status }

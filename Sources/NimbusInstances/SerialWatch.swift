@@ -14,6 +14,12 @@ final class SerialWatch {
     private(set) var missingISALevel: String?
     /// The guest's kernel panicked.
     private(set) var sawKernelPanic = false
+    /// The panic was the kernel's early timer check (`IO-APIC + timer doesn't work!`): under TCG its vCPU did
+    /// not run for the few milliseconds the check waits for a timer interrupt (a loaded host), not a fault of
+    /// the guest; the next boot usually passes.
+    private(set) var sawTimerCheckPanic = false
+    /// How many boots `forgetBoot` has set aside.
+    private(set) var bootsForgotten = 0
     /// systemd's line saying the guest's SSH server failed to start (`Failed to start ssh.service - OpenBSD
     /// Secure Shell server.`), colours removed, and when it first showed.
     private(set) var sshServerFailure: (line: String, at: ContinuousClock.Instant)?
@@ -39,6 +45,19 @@ final class SerialWatch {
     private(set) var ignitionErrors: [String] = []
 
     init(_ url: URL) { self.url = url }
+
+    /// Sets aside what the console showed of the boot so far (the machine was reset): from here on only what
+    /// the next boot prints counts.
+    func forgetBoot() {
+        poll()
+        let kept = (offset, tail, bootsForgotten + 1)
+        let fresh = SerialWatch(url)
+        (missingISALevel, sawKernelPanic, sawTimerCheckPanic) = (fresh.missingISALevel, false, false)
+        (sshServerFailure, sawKernel, sawCloudInit, loginPromptAt) = (nil, false, false, nil)
+        (blockDevices, ignitionFinished, ignitionReported, failedStage, failedStageAt) = ([], false, false, nil, nil)
+        (collectingErrors, sawEmergency, ignitionErrors, partialLine) = (false, false, [], "")
+        (offset, tail, bootsForgotten) = kept
+    }
 
     /// Reads what the log gained since the last poll.
     func poll() {
@@ -69,7 +88,10 @@ final class SerialWatch {
         if !sawCloudInit, line.contains("Cloud-init v.") { sawCloudInit = true }
         if loginPromptAt == nil, Self.isLoginPrompt(line) { loginPromptAt = .now }
         if missingISALevel == nil { missingISALevel = Readiness.missingISALevel(in: line) }
-        if !sawKernelPanic, line.contains("Kernel panic - not syncing") { sawKernelPanic = true }
+        if !sawKernelPanic, line.contains("Kernel panic - not syncing") {
+            sawKernelPanic = true
+            sawTimerCheckPanic = line.contains("IO-APIC + timer doesn't work")
+        }
         if sshServerFailure == nil, line.contains("Failed to start") {
             // systemd shortens the unit's name to fit the console (`ssh.servic…`) and drops the escape byte of
             // the colour reset after it: the description is matched, and the stray `[0m` goes.

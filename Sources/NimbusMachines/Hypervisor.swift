@@ -47,6 +47,9 @@ public protocol Hypervisor: Sendable {
     func suspend(_ directory: MachineDirectory) async throws(NimbusError)
     /// Resumes the vCPUs.
     func resume(_ directory: MachineDirectory) async throws(NimbusError)
+    /// Resets the machine as its reset button does: the guest boots again, the machine's process and devices
+    /// stay.
+    func reset(_ directory: MachineDirectory) async throws(NimbusError)
     /// Ends the machine at once (SIGKILL) and waits until its files are free.
     func kill(_ directory: MachineDirectory) async throws(NimbusError)
     /// Forgets the machine before its folder is removed for good: ends it if it runs, and drops what the

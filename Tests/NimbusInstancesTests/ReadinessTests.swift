@@ -40,6 +40,70 @@ struct ReadinessTests {
     }
 
     @Test(
+        "a kernel that fails its early timer check (a busy TCG host) is reset and waited for again, twice at most; then, and for any other panic, the wait fails"
+    )
+    func timerCheckPanic() async throws {
+        let dir = try TemporaryDirectory()
+        defer { dir.remove() }
+        let log = dir.url.appending(path: "serial.log")
+        // Debian 12's cloud kernel under TCG in CI (session 15), the guest beside a busy host.
+        let panic = """
+            [    0.000000] Linux version 6.1.0-57-cloud-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC
+            [    0.004000] ..MP-BIOS bug: 8254 timer not connected to IO-APIC
+            [    0.020000] ...trying to set up timer as ExtINT IRQ...
+            [    0.032000] Kernel panic - not syncing: IO-APIC + timer doesn't work!  Boot with apic=debug and send a report.  Then try booting with the 'noapic' option.
+
+            """
+        try panic.write(to: log, atomically: false, encoding: .utf8)
+        let resets = Counter()
+        var waiting = readiness(log, in: dir)
+        // Each reset boots into the same panic, as a host that stays busy makes it: two resets, then the error.
+        waiting.resetMachine = { () async throws(NimbusError) in
+            await resets.increment()
+            let handle = try? FileHandle(forWritingTo: log)
+            _ = try? handle?.seekToEnd()
+            try? handle?.write(contentsOf: Data(panic.utf8))
+            try? handle?.close()
+        }
+        await #expect {
+            try await waiting.until(.sshReachable, deadline: .now + .seconds(30), isAlive: { true }, { false })
+        } throws: { error in
+            let error = error as? NimbusError
+            return error?.message.contains("the guest's kernel panicked") == true
+        }
+        #expect(await resets.value == 2)
+
+        // The boot after a reset passes: the wait goes on to SSH (here: the condition holds once reset).
+        try panic.write(to: log, atomically: false, encoding: .utf8)
+        let passed = Counter()
+        waiting.resetMachine = { () async throws(NimbusError) in
+            await passed.increment()
+            let handle = try? FileHandle(forWritingTo: log)
+            _ = try? handle?.seekToEnd()
+            try? handle?.write(contentsOf: Data("[    0.000000] Linux version 6.1.0-57-cloud-amd64\n".utf8))
+            try? handle?.close()
+        }
+        try await waiting.until(.sshReachable, deadline: .now + .seconds(30), isAlive: { true }) {
+            await passed.value == 1
+        }
+
+        // Another panic is no timer check: no reset.
+        try "[    2.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00007f00\n".write(
+            to: log, atomically: false, encoding: .utf8)
+        let none = Counter()
+        waiting.resetMachine = { () async throws(NimbusError) in await none.increment() }
+        await #expect(throws: NimbusError.self) {
+            try await waiting.until(.sshReachable, deadline: .now + .seconds(30), isAlive: { true }, { false })
+        }
+        #expect(await none.value == 0)
+    }
+
+    actor Counter {
+        var value = 0
+        func increment() { value += 1 }
+    }
+
+    @Test(
         "an SSH server that systemd fails to start ends the wait for SSH once it has not answered for the grace, naming recover --reseed"
     )
     func sshServerFails() async throws {
