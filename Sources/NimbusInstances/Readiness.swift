@@ -77,6 +77,7 @@ public struct Readiness: Sendable {
     /// Resets the machine; given, a kernel that panics in its early timer check (`SerialWatch.sawTimerCheckPanic`)
     /// is reset and waited for again, up to `timerCheckResets` times, instead of failing the wait.
     public var resetMachine: (@Sendable () async throws(NimbusError) -> Void)?
+    /// How many timer-check panics of one wait are answered with a reset.
     public var timerCheckResets = 2
 
     /// How long the console may show no kernel before SSH's banner is taken as the sign instead

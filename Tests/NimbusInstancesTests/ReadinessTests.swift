@@ -83,9 +83,8 @@ struct ReadinessTests {
             try? handle?.write(contentsOf: Data("[    0.000000] Linux version 6.1.0-57-cloud-amd64\n".utf8))
             try? handle?.close()
         }
-        try await waiting.until(.sshReachable, deadline: .now + .seconds(30), isAlive: { true }) {
-            await passed.value == 1
-        }
+        try await waiting.until(
+            .sshReachable, deadline: .now + .seconds(30), isAlive: { true }, { await passed.value == 1 })
 
         // Another panic is no timer check: no reset.
         try "[    2.5] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00007f00\n".write(
