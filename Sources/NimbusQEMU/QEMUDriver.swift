@@ -42,6 +42,15 @@ public struct QEMUDriver: Hypervisor {
         -> RunningMachine
     {
         try config.validate()
+        // A QEMU killed a moment ago may still be exiting: its memory is gone (/proc shows no command line)
+        // while its files, the disk's write lock among them, are not closed yet; a start then fails on that
+        // lock (seen in CI: `kill -9` of QEMU, then `nimbus start` at once on a busy host). Wait for it to end.
+        if let pid = PIDFile(directory.pidFile.path).livePID {
+            let deadline = ContinuousClock.now + .seconds(30)
+            while PIDFile.isAlive(pid), QEMUProcess(pid: pid).commandLine.isEmpty, ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(100))
+            }
+        }
         if let running = QEMUProcess.find(in: directory) {
             throw NimbusError(.invalidState, "machine \(config.name) is already running (QEMU pid \(running.pid))")
         }
