@@ -123,9 +123,17 @@ extension ImageStore {
             let stem = output.deletingPathExtension().lastPathComponent
             let disk = staging.appending(path: "\(stem)-disk1.vmdk")
             try await convert(.vmdk, false, disk)
+            // A ustar member holds at most 8 GiB - 1: refused before the descriptor, manifest and archive.
+            let vmdkSize = try Self.size(of: disk)
+            guard vmdkSize < 1 << 33 else {
+                throw NimbusError(
+                    .unsupported,
+                    "the VMDK is \(ByteSize(bytes: vmdkSize).humanReadable), over the 8 GiB an OVA's ustar archive holds in one file: export --target raw or qcow2 and convert it with VMware's own tools, or trim the guest first (fstrim) and capture it again"
+                )
+            }
             progress(.step("writing the OVF descriptor and its manifest"))
             let descriptor = OVFDescriptor(
-                name: stem, diskFile: disk.lastPathComponent, diskFileSize: try Self.size(of: disk),
+                name: stem, diskFile: disk.lastPathComponent, diskFileSize: vmdkSize,
                 capacity: image.virtualSize, distribution: image.distribution,
                 uefi: try await !DiskImage.bootsByBIOS(image.url),
                 userData: userData?.base64EncodedString() ?? "")
@@ -136,14 +144,7 @@ extension ImageStore {
             for file in [ovf, disk] { lines += "SHA256(\(file.lastPathComponent))= \(try Self.hashFile(file))\n" }
             try Self.write(Data(lines.utf8), to: manifest)
             // OVF 1.0 (DSP0243 5.3): the descriptor first, then the manifest, then the files in the order
-            // References lists them; a POSIX ustar archive, whose members hold at most 8 GiB - 1.
-            let vmdkSize = try Self.size(of: disk)
-            guard vmdkSize < 1 << 33 else {
-                throw NimbusError(
-                    .unsupported,
-                    "the VMDK is \(ByteSize(bytes: vmdkSize).humanReadable), over the 8 GiB an OVA's ustar archive holds in one file: export --target raw or qcow2 and convert it with VMware's own tools, or trim the guest first (fstrim) and capture it again"
-                )
-            }
+            // References lists them; a POSIX ustar archive.
             progress(.step("packing \(output.lastPathComponent)"))
             let ova = staging.appending(path: output.lastPathComponent)
             try await Self.tar(
