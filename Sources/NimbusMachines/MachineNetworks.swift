@@ -54,15 +54,16 @@ public struct NetworkHealth: Sendable, Hashable {
     public var dnsPID: Int32?
     /// The DNS/DHCP server runs.
     public var dnsRunning: Bool
-    /// NAT rules are in place (only asked of networks with `nat`).
-    public var natActive: Bool
+    /// NAT rules are in place (only asked of networks with `nat`); nil when this user cannot tell (only root
+    /// reads the host's nftables, and a user attaching a machine to root's network is not root).
+    public var natActive: Bool?
     /// Instances of the network its DNS/DHCP server does not know (a driver that is told of hosts, rather
     /// than reading them from the network's folder, missed them).
     public var unknownHosts: [String]
 
     /// `dnsRunning` defaults to whether there is a `dnsPID`.
     public init(
-        bridgeUp: Bool, dnsPID: Int32?, natActive: Bool, unknownHosts: [String] = [], dnsRunning: Bool? = nil
+        bridgeUp: Bool, dnsPID: Int32?, natActive: Bool?, unknownHosts: [String] = [], dnsRunning: Bool? = nil
     ) {
         self.bridgeUp = bridgeUp
         self.dnsPID = dnsPID
@@ -81,7 +82,7 @@ public struct NetworkHealth: Sendable, Hashable {
         var problems: [String] = []
         if !bridgeUp { problems.append("bridge \(network.bridge) is down") }
         if !dnsRunning { problems.append("its dnsmasq is not running") }
-        if network.nat, !natActive { problems.append("its NAT rules are missing") }
+        if network.nat, natActive == false { problems.append("its NAT rules are missing") }
         if !unknownHosts.isEmpty {
             problems.append("its DNS server does not know \(unknownHosts.joined(separator: ", "))")
         }

@@ -142,6 +142,21 @@ struct NetworkUnitTests {
         #expect(QEMUNetworks.dnsmasqConfig(nat).contains("dhcp-option=option:router,192.168.100.1\n"))
     }
 
+    @Test("NAT rules a user cannot read are not a problem; missing ones are, only on a NAT network")
+    func natHealth() throws {
+        var definition = NetworkDefinition(
+            name: "n1", bridge: "nmb-n1", subnet: try IPv4Subnet(parsing: "192.168.100.0/24", what: ""), nat: true,
+            folder: URL(fileURLWithPath: "/var/lib/nimbus/networks/n1"))
+        #expect(NetworkHealth(bridgeUp: true, dnsPID: 7, natActive: nil).isHealthy(for: definition))
+        #expect(NetworkHealth(bridgeUp: true, dnsPID: 7, natActive: true).isHealthy(for: definition))
+        #expect(
+            NetworkHealth(bridgeUp: true, dnsPID: 7, natActive: false).problems(for: definition) == [
+                "its NAT rules are missing"
+            ])
+        definition.nat = false
+        #expect(NetworkHealth(bridgeUp: true, dnsPID: 7, natActive: false).isHealthy(for: definition))
+    }
+
     @Test("the guest's network-config gets a MAC-matched static NIC with the network's DNS and no gateway")
     func guestConfig() throws {
         let home = try TemporaryDirectory("nimbus-net-guest")

@@ -18,7 +18,7 @@ struct CoreOSTests {
     let manager: InstanceManager
 
     init() async throws {
-        guestSlot = try await GuestSlot()
+        guestSlot = try await GuestSlot(expectedSeconds: 330)
         home = try TemporaryDirectory.guestHome("nimbus-coreos")
         // The mirror through config.yaml, as a user points Nimbus at one.
         let mirror = Prerequisites.coreOSMirror?.absoluteString ?? "file:///missing-coreos-mirror/"

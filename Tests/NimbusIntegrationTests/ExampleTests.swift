@@ -9,7 +9,7 @@ import Testing
 struct ExampleTests {
     @Test("LaunchAndRun launches the guest, prints what a command printed in it, and leaves no instance behind")
     func launchAndRun() async throws {
-        let slot = try await GuestSlot()
+        let slot = try await GuestSlot(expectedSeconds: 190)
         defer { withExtendedLifetime(slot) {} }
         try await TemporaryDirectory.with("nimbus-example") { home in
             let example = NimbusBinary.url.deletingLastPathComponent().appending(path: "LaunchAndRun")

@@ -12,7 +12,7 @@ struct FaultGuestTests {
         "QEMU killed right after launch: start works (what cloud-init wrote was synced); with the host keys lost, start fails at once naming the SSH server, and recover --reseed brings back the same key; a host reboot with state.json, known_hosts and the image record damaged: doctor --fix repairs them and start brings it all back"
     )
     func killedAfterLaunch() async throws {
-        let slot = try await GuestSlot()
+        let slot = try await GuestSlot(expectedSeconds: 350)
         defer { withExtendedLifetime(slot) {} }
         let home = try TemporaryDirectory.guestHome("nimbus-faults")
         let image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")

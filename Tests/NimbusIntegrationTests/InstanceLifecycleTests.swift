@@ -17,14 +17,11 @@ import Testing
     "Instances end to end", .serialized,
     .requires(.guest))
 struct InstanceLifecycleTests {
-    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
-    let guestSlot: GuestSlot
     let home: TemporaryDirectory
     let manager: InstanceManager
     let image: String
 
     init() async throws {
-        guestSlot = try await GuestSlot()
         home = try TemporaryDirectory.guestHome("nimbus-e2e")
         manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
             print("    \($0)")
@@ -81,6 +78,8 @@ struct InstanceLifecycleTests {
 
     @Test("launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge (QEMU)")
     func lifecycle() async throws {
+        let slot = try await GuestSlot(guests: 2, expectedSeconds: 700)
+        defer { withExtendedLifetime(slot) {} }
         try await scenario(driver: "qemu")
     }
 
@@ -88,6 +87,8 @@ struct InstanceLifecycleTests {
         "launch and apply, configure, stop, start, snapshot, restore, two at once, prune, purge (libvirt)",
         .requires(.guest, .libvirt))
     func lifecycleThroughLibvirt() async throws {
+        let slot = try await GuestSlot(guests: 2, expectedSeconds: 700)
+        defer { withExtendedLifetime(slot) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
         try await scenario(driver: "libvirt")
@@ -442,6 +443,8 @@ struct InstanceLifecycleTests {
         "a guest whose kernel cannot see the seed fails the launch within 60 s of its login prompt, naming the cause and the disks it saw"
     )
     func seedInvisible() async throws {
+        let slot = try await GuestSlot(expectedSeconds: 150)
+        defer { withExtendedLifetime(slot) {} }
         defer { Task { await cleanUp() } }
         let images = try #require(Prerequisites.guestImageDirectory)
         // Debian's cloud kernel with sr_mod kept out: a kernel that cannot see the seed CD-ROM, as one without
@@ -474,6 +477,8 @@ struct InstanceLifecycleTests {
     @Test(
         "a --mount the guest's kernel cannot mount (9p on the cloud kernel) fails the launch, naming the mount and why")
     func unmountable9p() async throws {
+        let slot = try await GuestSlot(expectedSeconds: 150)
+        defer { withExtendedLifetime(slot) {} }
         defer { Task { await cleanUp() } }
         let share = home.url.appending(path: "share9p")
         try FileManager.default.createDirectory(at: share, withIntermediateDirectories: true)

@@ -11,20 +11,18 @@ import Testing
 
 /// `nimbus network` with the libvirt driver, for real: libvirt networks on the local libvirtd (its bridge,
 /// dnsmasq and firewall rules), hosts told with virNetworkUpdate, and the Debian guest of
-/// scripts/build-guest-image on both ends. The same scenario as the QEMU driver's ("Networks with guests").
+/// scripts/build-guest-image on both ends. The same scenario as the QEMU driver's ("Networks with guests"), with
+/// a libvirt-group user's instance on the second network.
 @Suite(
     "libvirt networks with guests", .serialized,
     .requires(.guest, .libvirt, .programs("runuser", "curl")))
 struct LibvirtNetworkTests {
-    /// Every slot: this test boots two guests at a time itself.
-    let guestSlots: [GuestSlot]
     let home: TemporaryDirectory
     let manager: InstanceManager
     let image: URL
     let suffix = String(UUID().uuidString.prefix(4)).lowercased()
 
     init() async throws {
-        guestSlots = try await GuestSlot.all()
         home = try TemporaryDirectory.guestHome("nimbus-lvnet-e2e")
         chmod(home.url.path, 0o755)
         manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
@@ -63,8 +61,11 @@ struct LibvirtNetworkTests {
         }
     }
 
-    @Test("two instances on n1 by name, HTTP from the host, n2 apart, a libvirt-group user, restarts, prune")
+    @Test("two instances on n1 by name, HTTP from the host, a libvirt-group user's on n2 apart, restarts, prune")
     func scenario() async throws {
+        // Two slots: two guests boot at a time, web and db, then the instance on n2 and db's restart.
+        let slots = try await GuestSlot(guests: 2, expectedSeconds: 900)
+        defer { withExtendedLifetime(slots) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
         let userHome = try TemporaryDirectory("nimbus-lvnet-user")
@@ -140,45 +141,31 @@ struct LibvirtNetworkTests {
         result = try await nimbus(["network", "delete", n1])
         #expect(result.status == 5 && result.standardError.contains("in use by"), "\(result.standardError)")
 
-        // n2 with `other`, and a libvirt-group user's `u` on n1, booting together.
+        // `u` on n2, a libvirt-group user's where this libvirtd lets one in, boots while db restarts.
         result = try await nimbus(["network", "create", n2, "--driver", "libvirt"])
         #expect(result.status == 0, "\(result.standardError)")
-        async let other = nimbus([
-            "launch", "file://\(image.path)", "--name", "other", "--memory", "768M", "--driver", "libvirt",
-            "--network", n2, "--timeout", "900",
-        ])
         let userCanLaunch = await LibvirtDaemon.grantsLibvirtGroup()
-        if userCanLaunch {
-            chmod(userHome.url.path, 0o777)
-            let userImage = userHome.url.appending(path: "guest.qcow2")
-            try FileManager.default.copyItem(at: image, to: userImage)
-            chmod(userImage.path, 0o644)
-            let user = try await Self.asLibvirtUser(
-                [
-                    "launch", "file://\(userImage.path)", "--name", "u", "--memory", "768M", "--driver", "libvirt",
-                    "--network", n1, "--timeout", "900",
-                ], home: userHome.url, networks: home.paths.networks)
-            #expect(user.status == 0, "\(user.standardError)")
-            let userExec = try await Self.asLibvirtUser(
-                ["exec", "u", "--", "sh", "-c", "ping -c1 -W5 web && getent hosts db"], home: userHome.url,
-                networks: home.paths.networks)
-            #expect(userExec.status == 0 && userExec.standardOutput.contains("\(pinned)"), "\(userExec.standardError)")
-        } else {
+        if !userCanLaunch {
             print(
-                "    skipped: a libvirt-group user's launch (this libvirtd was not started by the tests, and refuses users other than root)"
+                "    skipped: a libvirt-group user's launch (this libvirtd was not started by the tests, and refuses users other than root); root launches u"
             )
         }
-        let otherResult = try await other
-        #expect(otherResult.status == 0, "\(otherResult.standardError)")
-
-        // n2 is apart: `other` resolves neither, and its n2 NIC reaches neither.
-        result = try await guest("other", "getent hosts web || getent hosts db.\(n1).internal")
-        #expect(result.status != 0, "\(result.standardOutput)")
-        result = try await guest(
-            "other",
-            "nic=$(ip -4 -o addr show | awk '$4 !~ /^10\\.0\\.2\\./ && $2 != \"lo\" {print $2}'); ping -c1 -W3 -I \"$nic\" \(pinned)"
-        )
-        #expect(result.status != 0, "\(result.standardOutput)")
+        /// `nimbus ARGUMENTS` as the one who launches `u`.
+        func asLauncher(_ arguments: [String]) async throws -> ProgramOutput {
+            guard userCanLaunch else { return try await nimbus(arguments) }
+            return try await Self.asLibvirtUser(arguments, home: userHome.url, networks: home.paths.networks)
+        }
+        var uImage = image
+        if userCanLaunch {
+            chmod(userHome.url.path, 0o777)
+            uImage = userHome.url.appending(path: "guest.qcow2")
+            try FileManager.default.copyItem(at: image, to: uImage)
+            chmod(uImage.path, 0o644)
+        }
+        async let launchedU = asLauncher([
+            "launch", "file://\(uImage.path)", "--name", "u", "--memory", "768M", "--driver", "libvirt", "--network",
+            n2, "--timeout", "900",
+        ])
 
         // Stop db, kill n1's dnsmasq: doctor says so and --fix brings it back; killed again, start does.
         try await manager.stop(try InstanceName("db"), force: false, timeout: .seconds(120))
@@ -199,14 +186,23 @@ struct LibvirtNetworkTests {
         result = try await guest("web", "for i in 1 2 3; do ping -c1 -W5 db && exit 0; sleep 3; done; exit 1")
         #expect(result.status == 0, "\(result.standardError)")
 
-        // Prune: with the user's and `other` gone, a fleet file without instances takes web, db and n1 away,
-        // and the libvirt networks with them.
-        if userCanLaunch {
-            result = try await Self.asLibvirtUser(
-                ["delete", "--purge", "u"], home: userHome.url, networks: home.paths.networks)
-            #expect(result.status == 0, "\(result.standardError)")
-        }
-        try await manager.delete(try InstanceName("other"), purge: true)
+        let uResult = try await launchedU
+        #expect(uResult.status == 0, "\(uResult.standardError)")
+        // n2 is apart: `u` resolves neither web nor db, and its n2 NIC reaches neither.
+        result = try await asLauncher([
+            "exec", "u", "--", "sh", "-c", "getent hosts web || getent hosts db.\(n1).internal",
+        ])
+        #expect(result.status != 0, "\(result.standardOutput)")
+        result = try await asLauncher([
+            "exec", "u", "--", "sh", "-c",
+            "nic=$(ip -4 -o addr show | awk '$4 !~ /^10\\.0\\.2\\./ && $2 != \"lo\" {print $2}'); ping -c1 -W3 -I \"$nic\" \(pinned)",
+        ])
+        #expect(result.status != 0, "\(result.standardOutput)")
+
+        // Prune: with `u` gone, a fleet file without instances takes web, db and n1 away, and the libvirt
+        // networks with them.
+        result = try await asLauncher(["delete", "--purge", "u"])
+        #expect(result.status == 0, "\(result.standardError)")
         try "networks:\n  \(n1): {subnet: \(subnet)}\ninstances: []\n".write(
             to: fleet, atomically: true, encoding: .utf8)
         result = try await nimbus(["apply", "-f", fleet.path, "--prune"])

@@ -12,10 +12,6 @@ import Testing
 /// here needs it to boot (LibvirtTests does, with exec after a recover).
 @Suite("Recover from libvirt", .serialized, .requires(.guest, .libvirt))
 struct LibvirtRecoverTests {
-    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
-    let guestSlot: GuestSlot
-
-    init() async throws { guestSlot = try await GuestSlot() }
 
     static let uri = LibvirtDriver.defaultURI
     var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
@@ -47,6 +43,8 @@ struct LibvirtRecoverTests {
         "a lost folder: list marks the domain missing, a same-named instance blocks recover, recover rebuilds, delete --purge undefines"
     )
     func lostFolder() async throws {
+        let slot = try await GuestSlot(expectedSeconds: 60)
+        defer { withExtendedLifetime(slot) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
         let home = try TemporaryDirectory.guestHome("nimbus-recover")
@@ -196,6 +194,8 @@ struct LibvirtRecoverTests {
 
     @Test("a domain of another store is not recovered into this one")
     func otherStore() async throws {
+        let slot = try await GuestSlot(expectedSeconds: 60)
+        defer { withExtendedLifetime(slot) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
         let first = try TemporaryDirectory.guestHome("nimbus-recover-a")

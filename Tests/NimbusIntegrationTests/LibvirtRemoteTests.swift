@@ -12,10 +12,6 @@ import Testing
     "libvirt on a remote host", .serialized,
     .requires(.guest, .libvirt, .programs("ip", "unshare", "nsenter", "sshd", "ssh-keygen")))
 struct LibvirtRemoteTests {
-    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
-    let guestSlot: GuestSlot
-
-    init() async throws { guestSlot = try await GuestSlot() }
 
     static var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
 
@@ -30,6 +26,8 @@ struct LibvirtRemoteTests {
         "a launch on the remote libvirtd boots the guest there, exec reaches it, stop and start work, delete --purge leaves the pool as it was but for the base image, and a second launch (over qemu+ssh) uploads nothing"
     )
     func launchOnRemoteHost() async throws {
+        let slot = try await GuestSlot(expectedSeconds: 450)
+        defer { withExtendedLifetime(slot) {} }
         try await RemoteLibvirtHost.with { host in
             try await TemporaryDirectory.with("nimbus-remote") { home in
                 let name = "rm-\(UUID().uuidString.prefix(6).lowercased())"

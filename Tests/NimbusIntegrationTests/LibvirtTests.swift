@@ -13,15 +13,13 @@ import Testing
     "Instances through libvirt", .serialized,
     .requires(.guest, .libvirt, .programs("runuser")))
 struct LibvirtTests {
-    /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
-    let guestSlot: GuestSlot
-
-    init() async throws { guestSlot = try await GuestSlot() }
 
     @Test(
         "launch through libvirtd, exec, a guest power-off leaves a stopped defined domain, start, lost folder recovered, exec, delete --purge undefines"
     )
     func lifecycle() async throws {
+        let slot = try await GuestSlot(expectedSeconds: 350)
+        defer { withExtendedLifetime(slot) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
         let home = try TemporaryDirectory.guestHome("nimbus-libvirt-e2e")

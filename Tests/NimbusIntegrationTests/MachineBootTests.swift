@@ -17,7 +17,7 @@ struct MachineBootTests {
     /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
     let guestSlot: GuestSlot
 
-    init() async throws { guestSlot = try await GuestSlot() }
+    init() async throws { guestSlot = try await GuestSlot(expectedSeconds: 280) }
 
     /// Generous: under TCG on a busy host a boot with cloud-init takes minutes. Not an assertion on speed,
     /// only a bound so a hung guest fails the test instead of hanging CI.

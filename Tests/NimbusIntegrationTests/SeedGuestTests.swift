@@ -13,7 +13,7 @@ struct SeedGuestTests {
     /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
     let guestSlot: GuestSlot
 
-    init() async throws { guestSlot = try await GuestSlot() }
+    init() async throws { guestSlot = try await GuestSlot(expectedSeconds: 140) }
 
     @Test("cloud-init applies hostname, fqdn, locale, timezone, sudo user, write_files, runcmd and a mount")
     func seedApplies() async throws {

@@ -24,7 +24,7 @@ struct SeedOverHTTPTests {
     }
 
     init() async throws {
-        guestSlot = try await GuestSlot()
+        guestSlot = try await GuestSlot(expectedSeconds: 150)
         home = try TemporaryDirectory.guestHome("nimbus-seedhttp")
         let messages = self.messages
         manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) { line in

@@ -49,7 +49,7 @@ struct UpgradeGuestTests {
         "upgrade keeps the volume, host key and network address on a fresh root; debian:13 and back by rollback; a root that cannot boot rolls back"
     )
     func upgradeAndRollback() async throws {
-        let slot = try await GuestSlot()
+        let slot = try await GuestSlot(expectedSeconds: 830)
         defer { withExtendedLifetime(slot) {} }
         let scene = try await Scene("nimbus-upgrade", instance: "u")
         let (home, mirror, nimbus, guest) = (scene.home, scene.mirror, scene.nimbus, scene.guest)
@@ -140,7 +140,9 @@ struct UpgradeGuestTests {
             #expect(try await nimbus(["recover", "u"]).status == 0)
             // Running: booting the root it is on, or still shutting down as the killed upgrade asked (`start`
             // says it is running); stopped once that shutdown is over, and then started.
-            for _ in 0..<60 where try await nimbus(["exec", "u", "--", "true"]).status != 0 {
+            // The loop breaks: a `for ... where` clause is checked on every pass, and ran `exec` sixty times.
+            for _ in 0..<60 {
+                if try await nimbus(["exec", "u", "--", "true"]).status == 0 { break }
                 let started = try await nimbus(["start", "u", "--timeout", "900"])
                 #expect(
                     started.status == 0 || started.standardError.contains("u is running already"),
@@ -168,7 +170,7 @@ struct UpgradeGuestTests {
         "through libvirt: a data volume in the pool, one holder, a libvirt network; an upgrade to debian:13 makes a root volume of its own and keeps the host key, the data and the network address; rollback returns to the previous root and deletes the newer; a root that cannot boot rolls back; the next instance mounts the volume",
         .requires(.libvirt))
     func libvirt() async throws {
-        let slot = try await GuestSlot()
+        let slot = try await GuestSlot(expectedSeconds: 800)
         defer { withExtendedLifetime(slot) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }

@@ -12,7 +12,7 @@ struct VolumeGuestTests {
         "a volume made at launch keeps its data across instances, is refused to a second holder, grows while stopped, and is deleted only when free"
     )
     func volumeOutlivesInstances() async throws {
-        let slot = try await GuestSlot()
+        let slot = try await GuestSlot(expectedSeconds: 400)
         defer { withExtendedLifetime(slot) {} }
         let home = try TemporaryDirectory.guestHome("nimbus-volumes")
         let image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")

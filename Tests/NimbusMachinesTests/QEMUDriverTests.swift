@@ -47,11 +47,11 @@ struct MachineFixture {
 struct QEMUDriverTests {
     /// A slot, held while each test runs its QEMU: with guests booting under TCG beside it, a QEMU outside
     /// the slots has waited over 10 s for its monitor's greeting on this 2-core host (session 8's CI, when a
-    /// test booting two guests could run beside it; such tests now take every slot in their turn). Not
-    /// every slot: each of these tests would then wait for the guest tests running to finish, minutes each.
+    /// test booting two guests could run beside it; such tests now take two slots). One slot, expected short:
+    /// these tests go after the guest tests waiting, in the slots they leave.
     let guestSlot: GuestSlot
 
-    init() async throws { guestSlot = try await GuestSlot() }
+    init() async throws { guestSlot = try await GuestSlot(expectedSeconds: 10) }
     @Test(
         "start runs QEMU detached in its own session with a 0600 QMP socket; status, suspend, resume, reset follow the live machine"
     )

@@ -2,56 +2,112 @@ import Foundation
 import NimbusCore
 import Testing
 
-/// One of a few slots for tests that boot guests, held for the life of the test's suite instance (Swift
-/// Testing makes one per test) and released when it goes. Test targets run in parallel in one process, and
-/// more than two TCG guests booting at once on a 2-core host starve their vCPUs: a Debian kernel then fails
-/// its timer check and panics ("IO-APIC + timer doesn't work!"), which CI met once.
+/// Guest slots, held by a test while its guests boot and run, and released when the value goes (Swift Testing
+/// makes one suite instance per test, so a slot taken in a suite's init lasts for that one test).
+///
+/// A slot is one TCG guest's worth of CPU on CI's two cores. Three slots keep both cores busy while one test
+/// waits on something other than its guest's vCPU (a shutdown, a qemu-img convert, SSH round trips); more
+/// guests booting at once starve their vCPUs, and a Debian kernel then fails its early timer check ("IO-APIC
+/// + timer doesn't work!"), which CI met (Readiness resets such a guest, twice at most).
+///
+/// Tests take their slots longest first (`expectedSeconds`), so that no long test starts last and runs alone
+/// at the end of a CI run, and a test needing several slots does not hold one idle while it waits for the
+/// rest behind a long test.
 public final class GuestSlot: Sendable {
-    /// How many guest-booting tests may run at once.
-    public static let count = 2
+    /// How many guests may run at once.
+    public static let count = 3
 
-    let descriptor: Int32
-    /// The test holding the slot and since when: the slot says how long it held it when it goes, so a CI log
-    /// tells which tests spend the guest time, apart from the time they waited for a slot.
+    let descriptors: [Int32]
+    /// The test holding the slots and since when: the slots say how long they were held when they go, so a
+    /// CI log tells which tests spend the guest time, apart from the time they waited.
     let holder: String
     let taken: ContinuousClock.Instant
 
     static func path(_ index: Int) -> String { "/tmp/nimbus-tests-guest-slot-\(index).lock" }
 
-    /// The queue every test waits in before it takes a slot, held while it waits for its slots and let go
-    /// once it has them. Without it a test that needs every slot starves: flock is not fair, and while it
-    /// held slot 0 waiting for slot 1, tests taking one slot kept winning slot 1 and slot 0 stood idle (the
-    /// landing CI of session 14: two tests gave up after an hour, and the run took 82 min).
+    /// The lock a test holds while it takes its slots, across test processes: flock is not fair, and a test
+    /// needing two slots would otherwise starve while tests taking one kept winning the second.
     static let queuePath = "/tmp/nimbus-tests-guest-slot-queue.lock"
 
-    /// Waits its turn, then for a free slot (a flock on one of `count` files in /tmp), for at most an hour.
-    public init() async throws {
-        let queue = try await TestLock.acquire(anyOf: [Self.queuePath], LOCK_EX)
-        defer { close(queue) }
-        descriptor = try await TestLock.acquire(anyOf: (0..<Self.count).map(Self.path), LOCK_EX)
+    /// Waits for `guests` slots (every slot at most), behind the tests of this process that expect to hold
+    /// theirs longer.
+    ///
+    /// - Parameters:
+    ///   - guests: how many guests the test runs at once.
+    ///   - expectedSeconds: about how long the test holds its slots, as a CI log's "guest slot held" lines
+    ///     say; the longest go first.
+    public init(guests: Int = 1, expectedSeconds: Int) async throws {
+        let wanted = min(max(guests, 1), Self.count)
+        let ticket = await GuestQueue.shared.enter(priority: expectedSeconds, everySlot: wanted == Self.count)
+        do {
+            while await !GuestQueue.shared.isNext(ticket) { try await Task.sleep(for: .milliseconds(100)) }
+            let queue = try await TestLock.acquire(anyOf: [Self.queuePath], LOCK_EX)
+            defer { close(queue) }
+            var held: [Int32] = []
+            var free = Array(0..<Self.count)
+            do {
+                while held.count < wanted {
+                    let (index, descriptor) = try await TestLock.acquireIndex(anyOf: free.map(Self.path), LOCK_EX)
+                    held.append(descriptor)
+                    free.remove(at: index)
+                }
+            } catch {
+                for descriptor in held { close(descriptor) }
+                throw error
+            }
+            descriptors = held
+        } catch {
+            await GuestQueue.shared.leave(ticket)
+            throw error
+        }
+        await GuestQueue.shared.leave(ticket)
         holder = Test.current.map { $0.displayName ?? $0.name } ?? "a test"
         taken = .now
-    }
-
-    private init(index: Int) async throws {
-        descriptor = try await TestLock.acquire(anyOf: [Self.path(index)], LOCK_EX)
-        holder = Test.current.map { $0.displayName ?? $0.name } ?? "a test"
-        taken = .now
-    }
-
-    /// Every slot, for a test that boots two guests itself. Taken in its turn in the queue, so the tests
-    /// behind it wait while the running ones finish.
-    public static func all() async throws -> [GuestSlot] {
-        let queue = try await TestLock.acquire(anyOf: [queuePath], LOCK_EX)
-        defer { close(queue) }
-        var slots: [GuestSlot] = []
-        for index in 0..<count { slots.append(try await GuestSlot(index: index)) }
-        return slots
     }
 
     deinit {
         let held = (ContinuousClock.now - taken).components.seconds
-        print("guest slot held \(held) s by \"\(holder.prefix(80))\"")
-        close(descriptor)
+        print("guest slot held \(held) s by \"\(holder.prefix(80))\" (\(descriptors.count) of \(Self.count))")
+        for descriptor in descriptors { close(descriptor) }
+    }
+}
+
+/// The order this process's tests take their guest slots in: a test needing every slot first (it would
+/// otherwise wait for every running test to end, and the others with it), then the one expecting to hold its
+/// slots longest, then the one that came first. Nobody goes in the first seconds of a run, while the tests
+/// that start together are still coming in.
+actor GuestQueue {
+    static let shared = GuestQueue()
+
+    private struct Waiter {
+        let ticket: Int
+        let everySlot: Bool
+        let priority: Int
+
+        func goesBefore(_ other: Waiter) -> Bool {
+            if everySlot != other.everySlot { return everySlot }
+            if priority != other.priority { return priority > other.priority }
+            return ticket < other.ticket
+        }
+    }
+
+    private var waiters: [Waiter] = []
+    private var lastTicket = 0
+    private var opened: ContinuousClock.Instant?
+
+    func enter(priority: Int, everySlot: Bool) -> Int {
+        lastTicket += 1
+        waiters.append(Waiter(ticket: lastTicket, everySlot: everySlot, priority: priority))
+        if opened == nil { opened = .now + .seconds(3) }
+        return lastTicket
+    }
+
+    func isNext(_ ticket: Int) -> Bool {
+        guard let opened, ContinuousClock.now >= opened else { return false }
+        return waiters.min { $0.goesBefore($1) }?.ticket == ticket
+    }
+
+    func leave(_ ticket: Int) {
+        waiters.removeAll { $0.ticket == ticket }
     }
 }

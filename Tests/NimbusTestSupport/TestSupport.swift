@@ -28,8 +28,8 @@ public struct TemporaryDirectory: Sendable {
 }
 
 extension TemporaryDirectory {
-    /// A NIMBUS_HOME for tests that boot guests: its config.yaml launches instances with one vCPU. Two guests
-    /// boot at once (`GuestSlot.count`) on CI's two cores, and under TCG each vCPU is a host thread: two
+    /// A NIMBUS_HOME for tests that boot guests: its config.yaml launches instances with one vCPU. Several
+    /// guests boot at once (`GuestSlot.count`) on CI's two cores, and under TCG each vCPU is a host thread: two
     /// Debian guests launched at once were ready in 77-88 s with one vCPU each, 85-101 s with two (two runs
     /// each way, on this 2-core host).
     public static func guestHome(_ label: String) throws -> TemporaryDirectory {
