@@ -135,7 +135,13 @@ struct LibvirtNetworkTests {
             "mkdir -p /tmp/www && echo served-by-db > /tmp/www/index.html && cd /tmp/www && (setsid python3 -m http.server 8080 >/dev/null 2>&1 &) && sleep 2"
         )
         #expect(result.status == 0, "\(result.standardError)")
-        let page = try await ProgramRunner.output("curl", ["-sS", "--max-time", "10", "http://\(pinned):8080/"])
+        // Retried while refused: python3 starts slowly in a TCG guest beside others (CI once found no server yet).
+        let page = try await ProgramRunner.output(
+            "curl",
+            [
+                "-sS", "--max-time", "10", "--retry", "10", "--retry-connrefused", "--retry-delay", "3",
+                "http://\(pinned):8080/",
+            ])
         #expect(page.standardOutput.contains("served-by-db"), "\(page.standardError)")
 
         result = try await nimbus(["network", "delete", n1])
