@@ -309,15 +309,17 @@ struct InstanceLifecycleTests {
         #expect(try await guest(web.name, "ls -A /scratch | grep -v lost+found | wc -l") == "0")
         #expect(try await guest(web.name, "cat /mnt/share/hello.txt") == "shared from the host")
 
-        // Snapshot restore: a change made after the snapshot is gone.
+        // Snapshot restore: a change made after the snapshot is gone. Booted and checked in the guest with the
+        // QEMU driver only: the restore is the same qemu-img call on either driver's disk, and the libvirt
+        // start of a stopped instance was checked above (a boot less in CI, whose time is its guests' CPU).
         _ = try await guest(web.name, "sudo sh -c 'echo changed > /etc/after-snapshot && sync'")
         try await manager.stop(web.name, force: false, timeout: .seconds(120))
         try await manager.restoreSnapshot(web.name, named: snapshot)
-        try await manager.start(web.name, wait: true, timeout: .seconds(900))
-        #expect(try await guest(web.name, "test -e /etc/after-snapshot && echo present || echo gone") == "gone")
-
-        // QEMU killed under the running instance: its virtiofsd goes with it, and `start` brings it back.
         if driver == "qemu" {
+            try await manager.start(web.name, wait: true, timeout: .seconds(900))
+            #expect(try await guest(web.name, "test -e /etc/after-snapshot && echo present || echo gone") == "gone")
+
+            // QEMU killed under the running instance: its virtiofsd goes with it, and `start` brings it back.
             let pid = try #require(PIDFile(manager.store.directory(web.name).machine.pidFile.path).livePID)
             kill(pid, SIGKILL)
             let deadline = ContinuousClock.now + .seconds(10)

@@ -12,7 +12,6 @@ import Testing
 /// here needs it to boot (LibvirtTests does, with exec after a recover).
 @Suite("Recover from libvirt", .serialized, .requires(.guest, .libvirt))
 struct LibvirtRecoverTests {
-
     static let uri = LibvirtDriver.defaultURI
     var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
 

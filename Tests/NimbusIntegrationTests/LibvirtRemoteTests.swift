@@ -12,7 +12,6 @@ import Testing
     "libvirt on a remote host", .serialized,
     .requires(.guest, .libvirt, .programs("ip", "unshare", "nsenter", "sshd", "ssh-keygen")))
 struct LibvirtRemoteTests {
-
     static var image: String { "file://" + (Prerequisites.guestImage?.path ?? "/missing") }
 
     static func launchArguments(_ name: String, uri: String, extra: [String] = []) -> [String] {

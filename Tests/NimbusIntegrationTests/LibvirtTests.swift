@@ -13,7 +13,6 @@ import Testing
     "Instances through libvirt", .serialized,
     .requires(.guest, .libvirt, .programs("runuser")))
 struct LibvirtTests {
-
     @Test(
         "launch through libvirtd, exec, a guest power-off leaves a stopped defined domain, start, lost folder recovered, exec, delete --purge undefines"
     )

@@ -67,7 +67,10 @@ public final class GuestSlot: Sendable {
 
     deinit {
         let held = (ContinuousClock.now - taken).components.seconds
-        print("guest slot held \(held) s by \"\(holder.prefix(80))\" (\(descriptors.count) of \(Self.count))")
+        // On stderr: the test process's stdout reaches a CI log through a pipe, block-buffered, in bursts.
+        FileHandle.standardError.write(
+            Data("guest slot held \(held) s by \"\(holder.prefix(80))\" (\(descriptors.count) of \(Self.count))\n".utf8)
+        )
         for descriptor in descriptors { close(descriptor) }
     }
 }
