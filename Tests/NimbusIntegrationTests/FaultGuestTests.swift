@@ -5,14 +5,16 @@ import NimbusTestSupport
 import Testing
 
 /// Faults a user meets, injected into the real Debian cloud guest under QEMU, through the `nimbus` binary as
-/// users run it (issue 19).
+/// users run it (issue 19). The same guest carries a data volume through them (issue 17: made at launch, one
+/// holder at a time, grown while stopped, kept by `delete --purge` for the next instance, which fetches its
+/// seed over HTTP): one boot serves both.
 @Suite("Faults with guests", .serialized, .requires(.guest))
 struct FaultGuestTests {
     @Test(
-        "QEMU killed right after launch: start works (what cloud-init wrote was synced); with the host keys lost, start fails at once naming the SSH server, and recover --reseed brings back the same key; a host reboot with state.json, known_hosts and the image record damaged: doctor --fix repairs them and start brings it all back"
+        "a host reboot right after launch with state.json, known_hosts and the image record damaged: doctor --fix repairs them and start brings it all back (what cloud-init wrote was synced); with the host keys lost, start fails at once naming the SSH server, and recover --reseed brings back the same key; its data volume is refused to a second holder, grows while stopped, outlives it and is mounted by the next instance, whose seed comes over HTTP"
     )
     func killedAfterLaunch() async throws {
-        let slot = try await GuestSlot(expectedSeconds: 350)
+        let slot = try await GuestSlot(expectedSeconds: 600)
         defer { withExtendedLifetime(slot) {} }
         let home = try TemporaryDirectory.guestHome("nimbus-faults")
         let image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")
@@ -43,37 +45,16 @@ struct FaultGuestTests {
             #expect(created.status == 0, "\(created.standardError)")
             let launched = try await nimbus([
                 "launch", image, "--name", "k", "--memory", "1G", "--timeout", "900", "--mount",
-                "\(share.path):/mnt/share", "--network", network, "--cloud-init", userData.path,
+                "\(share.path):/mnt/share", "--network", network, "--cloud-init", userData.path, "--volume",
+                "data:/srv:1G",
             ])
             #expect(launched.status == 0, "\(launched.standardError)")
             let key = try await nimbus(["exec", "k", "--", "sh", "-c", hostKey]).standardOutput
             #expect(key.hasPrefix("ssh-ed25519 "), "\(key)")
 
-            // Killed at once, before ext4 would have written cloud-init's files back by itself.
-            try killQEMU()
-            let restarted = try await nimbus(["start", "k", "--timeout", "900"])
-            #expect(restarted.status == 0, "\(restarted.standardError)")
-            #expect(try await nimbus(["exec", "k", "--", "sh", "-c", hostKey]).standardOutput == key)
-
-            // The keys lost as an unclean stop loses them (empty files), then QEMU killed: start names the SSH
-            // server and the repair, well before its timeout.
-            let emptied = try await nimbus([
-                "exec", "k", "--", "sudo", "sh", "-c", "truncate -s 0 /etc/ssh/ssh_host_*_key && sync",
-            ])
-            #expect(emptied.status == 0, "\(emptied.standardError)")
-            try killQEMU()
-            let failed = try await nimbus(["start", "k", "--timeout", "900"])
-            #expect(failed.status == NimbusError.Code.guestSetup.exitStatus, "\(failed.standardError)")
-            #expect(
-                failed.standardError.contains("the guest's SSH server does not start")
-                    && failed.standardError.contains("nimbus recover --reseed"), "\(failed.standardError)")
-
-            let reseeded = try await nimbus(["recover", "--reseed", "k"])
-            #expect(reseeded.status == 0, "\(reseeded.standardError)")
-            #expect(try await nimbus(["exec", "k", "--", "sh", "-c", hostKey]).standardOutput == key)
-
-            // A host reboot, simulated: every process of the instance and of its network gone at once (QEMU,
-            // virtiofsd, dnsmasq, the SSH connection kept open), the bridge gone, and the pid in qemu.pid and
+            // A host reboot right after the launch, simulated: every process of the instance and of its network
+            // gone at once (QEMU, before ext4 would have written cloud-init's files back by itself; virtiofsd,
+            // dnsmasq, the SSH connection kept open), the bridge gone, and the pid in qemu.pid and
             // virtiofsd0.pid now another program's.
             let bridge = try JSONDecoder().decode(
                 NetworkInfo.self,
@@ -83,6 +64,9 @@ struct FaultGuestTests {
             _ = try await ProgramRunner.output("ip", ["link", "del", bridge])
             let listed = try await nimbus(["list"])
             #expect(listed.standardOutput.contains("stopped"), "\(listed.standardOutput)")
+            // The volume grows while its instance is stopped; the filesystem follows at the next start.
+            let resized = try await nimbus(["volume", "resize", "data", "--size", "2G"])
+            #expect(resized.status == 0, "\(resized.standardError)")
 
             // What a crash can leave damaged: state.json cut short, known_hosts emptied, the image's record
             // cut. The instance shows as error; doctor names each file, and --fix makes them again.
@@ -106,7 +90,8 @@ struct FaultGuestTests {
                 fixed.standardOutput.split(separator: "\n").filter { $0.hasPrefix("fixed") }.count >= 3,
                 "\(fixed.standardOutput)")
 
-            // start brings back the network, the share and SSH with the pinned key.
+            // start brings back the network, the share, and SSH with the pinned key (what cloud-init wrote
+            // before the power loss was synced).
             let started = try await nimbus(["start", "k", "--timeout", "900"])
             #expect(started.status == 0, "\(started.standardError)")
             #expect(try await nimbus(["exec", "k", "--", "sh", "-c", hostKey]).standardOutput == key)
@@ -118,6 +103,29 @@ struct FaultGuestTests {
             #expect(
                 address.standardOutput.contains(subnet.replacingOccurrences(of: ".0/24", with: ".")),
                 "\(address.standardOutput)")
+            let size = try await nimbus(["exec", "k", "--", "df", "-B1M", "--output=size", "/srv"])
+            let megabytes = Int(
+                size.standardOutput.split(separator: "\n").last?.trimmingCharacters(in: .whitespaces) ?? "")
+            #expect((megabytes ?? 0) > 1800, "\(size.standardOutput)\(size.standardError)")
+
+            try await volumeHeld(nimbus: nimbus, image: image)
+
+            // The keys lost as an unclean stop loses them (empty files), then QEMU killed: start names the SSH
+            // server and the repair, well before its timeout.
+            let emptied = try await nimbus([
+                "exec", "k", "--", "sudo", "sh", "-c", "truncate -s 0 /etc/ssh/ssh_host_*_key && sync",
+            ])
+            #expect(emptied.status == 0, "\(emptied.standardError)")
+            try killQEMU()
+            let failed = try await nimbus(["start", "k", "--timeout", "900"])
+            #expect(failed.status == NimbusError.Code.guestSetup.exitStatus, "\(failed.standardError)")
+            #expect(
+                failed.standardError.contains("the guest's SSH server does not start")
+                    && failed.standardError.contains("nimbus recover --reseed"), "\(failed.standardError)")
+
+            let reseeded = try await nimbus(["recover", "--reseed", "k"])
+            #expect(reseeded.status == 0, "\(reseeded.standardError)")
+            #expect(try await nimbus(["exec", "k", "--", "sh", "-c", hostKey]).standardOutput == key)
 
             // What the instance exposes, audited (issue 19): doctor --security passes, and the secret is on no
             // process's command line and in no file of the folder that others could read.
@@ -142,6 +150,8 @@ struct FaultGuestTests {
             var mode = stat()
             stat(folder.path, &mode)
             #expect(mode.st_mode & 0o777 == 0o700)
+
+            try await volumeOutlivesInstance(nimbus: nimbus, image: image, home: home)
         } catch {
             Issue.record(error)
         }
@@ -150,9 +160,78 @@ struct FaultGuestTests {
             kill(foreign.processIdentifier, SIGKILL)
             foreign.waitUntilExit()
         }
-        _ = try? await nimbus(["delete", "--purge", "k"])
+        _ = try? await nimbus(["delete", "--purge", "--all"])
         _ = try? await nimbus(["network", "delete", network])
         home.remove()
+    }
+
+    /// k holds the volume `data`, made at launch: the guest formatted it; a second holder, its deletion and
+    /// its growth while k runs are refused, before anything is made.
+    func volumeHeld(nimbus: (_ arguments: [String]) async throws -> ProgramOutput, image: String) async throws {
+        let wrote = try await nimbus([
+            "exec", "k", "--", "sh", "-c",
+            "echo kept | sudo tee /srv/kept.txt >/dev/null && sudo touch /etc/lost.txt && findmnt -n -o FSTYPE,LABEL /srv",
+        ])
+        #expect(wrote.standardOutput.contains("ext4"), "\(wrote.standardOutput)\(wrote.standardError)")
+        #expect(wrote.standardOutput.contains("nv-data"), "\(wrote.standardOutput)")
+        let second = try await nimbus(["launch", image, "--name", "vb", "--volume", "data:/data"])
+        #expect(second.status == NimbusError.Code.alreadyExists.exitStatus, "\(second.standardError)")
+        #expect(second.standardError.contains("attached to k"), "\(second.standardError)")
+        #expect(!(try await nimbus(["list", "--format", "json"])).standardOutput.contains("\"vb\""))
+        let held = try await nimbus(["volume", "delete", "data"])
+        #expect(held.status == NimbusError.Code.invalidState.exitStatus, "\(held.standardError)")
+        #expect(held.standardError.contains("attached to k"), "\(held.standardError)")
+        let running = try await nimbus(["volume", "resize", "data", "--size", "2G"])
+        #expect(running.status == NimbusError.Code.invalidState.exitStatus, "\(running.standardError)")
+        #expect(running.standardError.contains("stop k"), "\(running.standardError)")
+    }
+
+    /// `delete --purge k` gives the volume back with its data; the next instance mounts it on a fresh root.
+    /// That instance fetches its seed over HTTP (`--seed-over-http`): no seed disk, the URL in the SMBIOS
+    /// serial, cloud-init's NoCloud datasource over the network. The volume is deleted once free.
+    func volumeOutlivesInstance(
+        nimbus: (_ arguments: [String]) async throws -> ProgramOutput, image: String, home: TemporaryDirectory
+    ) async throws {
+        let purge = try await nimbus(["delete", "--purge", "k"])
+        #expect(purge.status == 0 && purge.standardError.contains("volume data remains"), "\(purge.standardError)")
+        let free = try await nimbus(["volume", "info", "data", "--format", "json"])
+        #expect(free.status == 0 && !free.standardOutput.contains("attachedTo"), "\(free.standardOutput)")
+
+        let next = try await nimbus([
+            "launch", image, "--name", "vb", "--memory", "1G", "--volume", "data:/data", "--seed-over-http",
+            "--hostname", "fetched-over-http", "--timeout", "900",
+        ])
+        #expect(next.status == 0, "\(next.standardError)")
+        #expect(next.standardError.contains("seed fetched over HTTP"), "\(next.standardError)")
+        let read = try await nimbus(["exec", "vb", "--", "cat", "/data/kept.txt"])
+        #expect(read.standardOutput == "kept\n", "\(read.standardOutput)\(read.standardError)")
+        // A fresh root: what the first instance wrote under /etc is not there.
+        #expect(try await nimbus(["exec", "vb", "--", "test", "-e", "/etc/lost.txt"]).status == 1)
+
+        // No seed disk: no seed.iso written, none on QEMU's command line; the seed is in the SMBIOS serial.
+        let folder = home.paths.instances.appending(path: "vb")
+        #expect(!FileManager.default.fileExists(atPath: folder.appending(path: "seed.iso").path))
+        #expect(FileManager.default.fileExists(atPath: folder.appending(path: "seed/user-data").path))
+        let pid = try #require(PIDFile(folder.appending(path: "qemu.pid").path).livePID)
+        let commandLine = try #require(FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"))
+        let arguments = commandLine.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        let seedDisk = ["seed.iso", "id=seed", "media=cdrom", "ide-cd"]
+        #expect(!arguments.contains { argument in seedDisk.contains { argument.contains($0) } }, "\(arguments)")
+        let smbios = try #require(arguments.firstIndex(of: "-smbios").map { arguments[$0 + 1] })
+        #expect(smbios.hasPrefix("type=1,serial=ds=nocloud-net;s=http://10.0.2.2:"), "\(smbios)")
+        #expect(smbios.hasSuffix("/"))
+        // Inside the guest: the datasource is NoCloud over the network, from that URL, and it applied the seed.
+        let hostname = try await nimbus(["exec", "vb", "--", "hostname"])
+        #expect(hostname.standardOutput == "fetched-over-http\n", "\(hostname.standardError)")
+        let status = try await nimbus(["exec", "vb", "--", "cloud-init", "status", "--long"]).standardOutput
+        #expect(status.contains("status: done"), "\(status)")
+        #expect(status.contains("DataSourceNoCloudNet"), "\(status)")
+        #expect(status.contains("http://10.0.2.2:"), "\(status)")
+
+        #expect(try await nimbus(["delete", "--purge", "vb"]).status == 0)
+        #expect(try await nimbus(["volume", "delete", "data"]).status == 0)
+        let none = try await nimbus(["volume", "list", "--format", "json"])
+        #expect(none.status == 0 && !none.standardOutput.contains("data"), "\(none.standardOutput)")
     }
 
     /// The pids of the processes whose command line holds `text`.

@@ -64,7 +64,7 @@ struct LibvirtNetworkTests {
     @Test("two instances on n1 by name, HTTP from the host, a libvirt-group user's on n2 apart, restarts, prune")
     func scenario() async throws {
         // Two slots: two guests boot at a time, web and db, then the instance on n2 and db's restart.
-        let slots = try await GuestSlot(guests: 2, expectedSeconds: 900)
+        let slots = try await GuestSlot(guests: 2, expectedSeconds: 850)
         defer { withExtendedLifetime(slots) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }

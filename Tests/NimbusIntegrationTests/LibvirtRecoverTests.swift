@@ -9,7 +9,7 @@ import Testing
 /// Persistent libvirt domains outliving their instance folder: `nimbus list` marks them, `nimbus recover`
 /// rebuilds the folder from the domain's metadata, and every way recover can be refused. Through the real
 /// binary and the host's libvirtd; the guest is launched without waiting and stopped at once, as no test
-/// here needs it to boot (LibvirtTests does, with exec after a recover).
+/// here needs it to boot (InstanceLifecycleTests' libvirt scenario does, with exec after a recover).
 @Suite("Recover from libvirt", .serialized, .requires(.guest, .libvirt))
 struct LibvirtRecoverTests {
     static let uri = LibvirtDriver.defaultURI

@@ -2,22 +2,19 @@ import Foundation
 import NimbusCore
 import NimbusMachines
 import NimbusQEMU
+import NimbusSeed
 import NimbusTestSupport
 import Testing
 
 /// Boots the real guest image (NIMBUS_TEST_IMAGE_DIR) under QEMU through NimbusMachines. Each boot works
 /// on a qcow2 overlay in a temporary NIMBUS_HOME, never on the image itself, and is killed at the end
 /// whatever happened.
-@Suite(
-    "Machines boot the guest image",
-    .serialized,
-    .requires(.guest, .programs("cloud-localds"))
-)
+@Suite("Machines boot the guest image", .serialized, .requires(.guest, .programs("mkfs.ext4")))
 struct MachineBootTests {
     /// Held while this test runs: at most `GuestSlot.count` guest-booting tests at once.
     let guestSlot: GuestSlot
 
-    init() async throws { guestSlot = try await GuestSlot(expectedSeconds: 280) }
+    init() async throws { guestSlot = try await GuestSlot(expectedSeconds: 300) }
 
     /// Generous: under TCG on a busy host a boot with cloud-init takes minutes. Not an assertion on speed,
     /// only a bound so a hung guest fails the test instead of hanging CI.
@@ -57,18 +54,26 @@ struct MachineBootTests {
         try? await guest.driver.kill(directory)
     }
 
-    /// A NoCloud seed whose runcmd runs `script` and then prints NIMBUS-READY on the serial console.
-    static func makeSeed(_ guest: Guest, script: String = "true") async throws {
-        let userData = guest.directory.url.appending(path: "user-data")
-        let metaData = guest.directory.url.appending(path: "meta-data")
-        try """
-        #cloud-config
-        runcmd:
-          - [sh, -c, "\(script); echo NIMBUS-READY > /dev/ttyS0"]
-        """.write(to: userData, atomically: true, encoding: .utf8)
-        try "instance-id: nimbus-test-\(UUID().uuidString)\nlocal-hostname: guest\n".write(
-            to: metaData, atomically: true, encoding: .utf8)
-        try await ProgramRunner.run("cloud-localds", [guest.seed.path, userData.path, metaData.path])
+    /// A NoCloud seed written by NimbusSeed (as `nimbus launch` writes it, here without Nimbus's instance
+    /// layer): the personality SeedGuest checks, a host key, the scratch disk mounted by label, and a runcmd
+    /// that runs `script` and then prints NIMBUS-READY on the serial console.
+    static func makeSeed(_ guest: Guest, hostKey: SSHKeyPair, mac: String, script: String) throws {
+        var config = InstanceConfig()
+        config.hostname = "seedvm"
+        config.domain = "nimbus.test"
+        config.locale = "en_US.UTF-8"
+        config.timezone = "Europe/Paris"
+        config.defaultUser = InstanceConfig.User(
+            name: "nimbus", sshAuthorizedKeys: [SSHKeyPair(comment: "nimbus@test").publicKeyLine])
+        config.hostKeys = InstanceConfig.HostKeys(ed25519: hostKey)
+        config.users = [InstanceConfig.User(name: "alice", groups: ["adm"])]
+        config.mounts = [["LABEL=nimbus-data", "/srv/data", "ext4", "defaults,nofail", "0", "2"]]
+        config.writeFiles = [
+            InstanceConfig.WriteFile(path: "/etc/nimbus/hello.txt", content: "hello from nimbus\n", permissions: "0640")
+        ]
+        config.runcmd = [.shell("\(script); echo NIMBUS-READY > /dev/ttyS0")]
+        config.network = InstanceConfig.Network(interfaces: [.init(macAddress: mac)])
+        try NoCloudSeed(config: config, name: "seedvm").writeISO(to: guest.seed, timestamp: Date())
     }
 
     /// Waits until the serial log holds `marker`; fails if QEMU ends first or the deadline passes.
@@ -131,30 +136,64 @@ struct MachineBootTests {
     }
 
     @Test(
-        "UEFI boot with --accel auto (TCG chosen by itself), NoCloud seed, running, then a graceful stop by the guest")
-    func uefiBoot() async throws {
+        "UEFI direct kernel boot of the generic kernel with --accel auto (TCG chosen by itself); a NimbusSeed NoCloud seed as a disk applied; virtiofs and read-only 9p shares; a scratch disk on virtio-scsi; the Ignition config through fw_cfg; VNC; a getty on the console; a graceful stop by the guest"
+    )
+    func boot() async throws {
         try await Self.withGuest { guest in
-            // A virtiofs share (Debian's cloud kernel, which this disk boots, has no 9p), a raw scratch disk on
-            // virtio-scsi and VNC ride along; the guest reports what it sees and writes into the share.
+            // Two shares: virtiofs, written both ways, and 9p (which only the generic kernel has), read-only so
+            // the guest's write is refused.
             let shared = guest.directory.url.appending(path: "shared")
             try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
             try "nimbus-virtiofs-ok".write(to: shared.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
+            let readOnly = guest.directory.url.appending(path: "read-only")
+            try FileManager.default.createDirectory(at: readOnly, withIntermediateDirectories: true)
+            try "nimbus-9p-ok".write(to: readOnly.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
+            // A scratch disk on virtio-scsi, with a filesystem the seed's `mounts` finds by its label.
             let scratch = guest.directory.url.appending(path: "scratch.raw")
             try await ProgramRunner.run("qemu-img", ["create", "-q", "-f", "raw", scratch.path, "64M"])
-            try await Self.makeSeed(
-                guest,
-                script: "mkdir -p /mnt/host && mount -t virtiofs hostshare /mnt/host"
+            try await ProgramRunner.run("mkfs.ext4", ["-q", "-L", "nimbus-data", scratch.path])
+            let ignition = guest.directory.url.appending(path: "config.ign")
+            let ignitionConfig =
+                #"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/nimbus","contents":{"source":"data:,fw_cfg%20works"}}]}}"#
+            try ignitionConfig.write(to: ignition, atomically: true, encoding: .utf8)
+            let raw = "/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config/raw"
+            let hostKey = SSHKeyPair(comment: "seed-guest-host")
+            let mac = "52:54:00:5e:ed:01"
+            try Self.makeSeed(
+                guest, hostKey: hostKey, mac: mac,
+                script: "mkdir -p /mnt/host /mnt/ro && mount -t virtiofs hostshare /mnt/host"
                     + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0"
                     + " && echo written-by-the-guest > /mnt/host/from-guest.txt;"
-                    + " echo NIMBUS-DISKS $(lsblk -dn -o NAME,SIZE | tr -s ' ' | tr '\\n' ' ') > /dev/ttyS0")
+                    + " mount -t 9p -o trans=virtio,version=9p2000.L roshare /mnt/ro"
+                    + " && echo NIMBUS-9P $(cat /mnt/ro/hello.txt) > /dev/ttyS0;"
+                    + " touch /mnt/ro/nope || echo NIMBUS-READONLY > /dev/ttyS0;"
+                    + " modprobe qemu_fw_cfg; echo NIMBUS-IGNITION $(base64 -w0 \(raw)) END > /dev/ttyS0;"
+                    + " echo NIMBUS-DISKS $(lsblk -dn -o NAME,SIZE | tr -s ' ' | tr '\\n' ' ') > /dev/ttyS0;"
+                    + " echo NIMBUS-SEED $(hostname) $(hostname -f) $(grep -c '127.0.1.1 seedvm.nimbus.test seedvm'"
+                    + " /etc/hosts) $(grep LANG= /etc/default/locale) $(readlink /etc/localtime)"
+                    + " $(stat -c '%a-%U' /etc/nimbus/hello.txt) $(cat /etc/nimbus/hello.txt | tr ' ' -)"
+                    + " $(id -nG alice | tr ' ' ,) $(runuser -u alice -- sudo -n id -u) $(findmnt -n -o TARGET,FSTYPE /srv/data | tr -s ' ' -)"
+                    + " $(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub) $(ip -4 -o addr show | grep -c 10.0.2.15)"
+                    + " END > /dev/ttyS0")
             var config = MachineConfig(name: "guest")
             config.memory = .gibibytes(1)
+            config.kernel = .init(
+                kernel: guest.image.appending(path: "vmlinuz-generic").path,
+                initrd: guest.image.appending(path: "initrd-generic.img").path,
+                commandLine: "root=LABEL=nimbus-root ro console=ttyS0,115200")
+            // The NoCloud ISO rides along as a read-only disk (cloud-init finds it by its cidata label), so the
+            // seed slot carries the Ignition config.
             config.disks = [
                 .init(path: guest.overlay.path),
                 .init(path: scratch.path, format: .raw, interface: .virtioSCSI),
+                .init(path: guest.seed.path, format: .raw, readOnly: true),
             ]
-            config.seed = .noCloud(iso: guest.seed.path)
-            config.shares = [.init(hostPath: shared.path, tag: "hostshare")]
+            config.seed = .ignition(config: ignition.path)
+            config.network.macAddress = mac
+            config.shares = [
+                .init(hostPath: shared.path, tag: "hostshare"),
+                .init(hostPath: readOnly.path, tag: "roshare", readOnly: true, transport: .ninep),
+            ]
             config.vnc = true
             config.accelerator = .auto
             let machine = try await guest.driver.start(config, in: guest.directory)
@@ -166,66 +205,33 @@ struct MachineBootTests {
             }
             print(machine.accelerator.notice ?? "accelerator: \(machine.accelerator.reason)")
             let log = try await Self.waitForConsole(guest, "NIMBUS-READY")
-            #expect(log.contains("NIMBUS-SHARE nimbus-virtiofs-ok"))
+            func line(_ marker: String) -> String {
+                log.split(whereSeparator: \.isNewline).first { $0.hasPrefix(marker + " ") }.map(String.init) ?? ""
+            }
+            #expect(log.contains("Linux version 6.") && !log.contains("-cloud-amd64"))
+            #expect(line("NIMBUS-SHARE") == "NIMBUS-SHARE nimbus-virtiofs-ok")
             #expect(
                 (try? String(contentsOf: shared.appending(path: "from-guest.txt"), encoding: .utf8))
                     == "written-by-the-guest\n")
+            #expect(line("NIMBUS-9P") == "NIMBUS-9P nimbus-9p-ok")
+            #expect(log.contains("NIMBUS-READONLY"))
+            let encoded = line("NIMBUS-IGNITION").split(separator: " ").dropFirst().first.map(String.init) ?? ""
+            #expect(Data(base64Encoded: encoded) == Data(ignitionConfig.utf8))
+            let disks = line("NIMBUS-DISKS")
+            #expect(disks.contains("vda 4G") && disks.contains("sda 64M"), "\(disks)")
+            // The seed applied: hostname, FQDN and /etc/hosts, locale, timezone, write_files with its mode,
+            // the user with its group and sudo, the mount, the pinned host key and the MAC-matched NIC's address.
+            let hostKeyBlob = hostKey.publicKeyLine.split(separator: " ")[1]
+            #expect(
+                line("NIMBUS-SEED")
+                    == "NIMBUS-SEED seedvm seedvm.nimbus.test 1 LANG=en_US.UTF-8 /usr/share/zoneinfo/Europe/Paris"
+                    + " 640-root hello-from-nimbus alice,adm 0 /srv/data-ext4 \(hostKeyBlob) 1 END")
             // The share's virtiofsd belongs to the machine, and ends with it.
             #expect(Virtiofsd.livePIDs(in: guest.directory).count == 1)
             #expect(try Self.consoleAnswers(guest, containing: "login:"))
-            let disks = log.split(whereSeparator: \.isNewline).first { $0.hasPrefix("NIMBUS-DISKS") }
-            #expect(disks?.contains("vda 4G") == true, "\(disks ?? "")")
-            #expect(disks?.contains("sda 64M") == true, "\(disks ?? "")")
             #expect(await guest.driver.status(of: guest.directory).state == .running)
             try await Self.stopGracefully(guest)
             #expect(Virtiofsd.livePIDs(in: guest.directory).isEmpty)
-        }
-    }
-
-    @Test(
-        "direct kernel boot of the generic kernel with BIOS (SeaBIOS); a read-only 9p share; the Ignition config through fw_cfg"
-    )
-    func directKernelBIOSIgnition() async throws {
-        try await Self.withGuest { guest in
-            let ignition = guest.directory.url.appending(path: "config.ign")
-            let config =
-                #"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/nimbus","contents":{"source":"data:,fw_cfg%20works"}}]}}"#
-            try config.write(to: ignition, atomically: true, encoding: .utf8)
-            let raw = "/sys/firmware/qemu_fw_cfg/by_name/opt/com.coreos/config/raw"
-            // 9p, which only the generic kernel has: read-only, so the guest's write is refused.
-            let shared = guest.directory.url.appending(path: "shared")
-            try FileManager.default.createDirectory(at: shared, withIntermediateDirectories: true)
-            try "nimbus-9p-ok".write(to: shared.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
-            try await Self.makeSeed(
-                guest,
-                script: "modprobe qemu_fw_cfg; echo NIMBUS-IGNITION $(base64 -w0 \(raw)) END > /dev/ttyS0;"
-                    + " mkdir -p /mnt/host && mount -t 9p -o trans=virtio,version=9p2000.L hostshare /mnt/host"
-                    + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0;"
-                    + " touch /mnt/host/nope || echo NIMBUS-READONLY > /dev/ttyS0")
-            var machine = MachineConfig(name: "guest")
-            machine.memory = .gibibytes(1)
-            machine.firmware = .bios
-            machine.kernel = .init(
-                kernel: guest.image.appending(path: "vmlinuz-generic").path,
-                initrd: guest.image.appending(path: "initrd-generic.img").path,
-                commandLine: "root=LABEL=nimbus-root ro console=ttyS0,115200")
-            machine.shares = [.init(hostPath: shared.path, tag: "hostshare", readOnly: true, transport: .ninep)]
-            // The NoCloud ISO rides along as a read-only disk (cloud-init finds it by its cidata label), so the
-            // seed slot carries the Ignition config.
-            machine.disks = [
-                .init(path: guest.overlay.path), .init(path: guest.seed.path, format: .raw, readOnly: true),
-            ]
-            machine.seed = .ignition(config: ignition.path)
-            _ = try await guest.driver.start(machine, in: guest.directory)
-            let log = try await Self.waitForConsole(guest, "NIMBUS-READY")
-            let line = try #require(log.split(whereSeparator: \.isNewline).first { $0.hasPrefix("NIMBUS-IGNITION ") })
-            let encoded = line.split(separator: " ").dropFirst().first.map(String.init) ?? ""
-            #expect(Data(base64Encoded: encoded) == Data(config.utf8))
-            #expect(log.contains("NIMBUS-SHARE nimbus-9p-ok"))
-            #expect(log.contains("NIMBUS-READONLY"))
-            #expect(log.contains("Linux version 6.") && !log.contains("-cloud-amd64"))
-            #expect(await guest.driver.status(of: guest.directory).state == .running)
-            try await Self.stopGracefully(guest)
         }
     }
 }

@@ -196,7 +196,7 @@ struct NetworkGuestTests {
     let image: URL
 
     init() async throws {
-        guestSlots = try await GuestSlot(guests: 2, expectedSeconds: 800)
+        guestSlots = try await GuestSlot(guests: 2, expectedSeconds: 550)
         home = try TemporaryDirectory.guestHome("nimbus-net-e2e")
         chmod(home.url.path, 0o755)
         manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {

@@ -49,7 +49,7 @@ struct UpgradeGuestTests {
         "upgrade keeps the volume, host key and network address on a fresh root; debian:13 and back by rollback; a root that cannot boot rolls back"
     )
     func upgradeAndRollback() async throws {
-        let slot = try await GuestSlot(expectedSeconds: 830)
+        let slot = try await GuestSlot(expectedSeconds: 1300)
         defer { withExtendedLifetime(slot) {} }
         let scene = try await Scene("nimbus-upgrade", instance: "u")
         let (home, mirror, nimbus, guest) = (scene.home, scene.mirror, scene.nimbus, scene.guest)
@@ -170,7 +170,7 @@ struct UpgradeGuestTests {
         "through libvirt: a data volume in the pool, one holder, a libvirt network; an upgrade to debian:13 makes a root volume of its own and keeps the host key, the data and the network address; rollback returns to the previous root and deletes the newer; a root that cannot boot rolls back; the next instance mounts the volume",
         .requires(.libvirt))
     func libvirt() async throws {
-        let slot = try await GuestSlot(expectedSeconds: 800)
+        let slot = try await GuestSlot(expectedSeconds: 1000)
         defer { withExtendedLifetime(slot) {} }
         let lease = try await LibvirtDaemon.lease()
         defer { lease.release() }
