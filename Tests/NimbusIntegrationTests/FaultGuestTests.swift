@@ -38,7 +38,11 @@ struct FaultGuestTests {
         // A secret in the user-data, as users put passwords and tokens there: the audit looks for it.
         let secret = "nimbus-audit-\(UUID().uuidString)"
         let userData = home.url.appending(path: "user-data")
-        try Data("#cloud-config\nbootcmd:\n  - echo \(secret) > /run/audit-token\n".utf8).write(to: userData)
+        // And a file cloud-init writes on the data volume at first boot, read back after the host reboot.
+        try Data(
+            "#cloud-config\nbootcmd:\n  - echo \(secret) > /run/audit-token\nruncmd:\n  - [sh, -c, \"echo pre > /srv/pre.txt\"]\n"
+                .utf8
+        ).write(to: userData)
         var foreign: Process?
         do {
             let created = try await nimbus(["network", "create", network, "--subnet", subnet])
@@ -103,6 +107,7 @@ struct FaultGuestTests {
             #expect(
                 address.standardOutput.contains(subnet.replacingOccurrences(of: ".0/24", with: ".")),
                 "\(address.standardOutput)")
+            #expect(try await nimbus(["exec", "k", "--", "cat", "/srv/pre.txt"]).standardOutput == "pre\n")
             let size = try await nimbus(["exec", "k", "--", "df", "-B1M", "--output=size", "/srv"])
             let megabytes = Int(
                 size.standardOutput.split(separator: "\n").last?.trimmingCharacters(in: .whitespaces) ?? "")
@@ -181,7 +186,7 @@ struct FaultGuestTests {
         let held = try await nimbus(["volume", "delete", "data"])
         #expect(held.status == NimbusError.Code.invalidState.exitStatus, "\(held.standardError)")
         #expect(held.standardError.contains("attached to k"), "\(held.standardError)")
-        let running = try await nimbus(["volume", "resize", "data", "--size", "2G"])
+        let running = try await nimbus(["volume", "resize", "data", "--size", "3G"])
         #expect(running.status == NimbusError.Code.invalidState.exitStatus, "\(running.standardError)")
         #expect(running.standardError.contains("stop k"), "\(running.standardError)")
     }

@@ -10,9 +10,10 @@ import NimbusTestSupport
 import Testing
 
 /// The instances issue's end-to-end scenario against the real Debian guest under QEMU (TCG here): launch with
-/// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, two instances at
-/// once, delete --purge, and `kill -9` of `nimbus launch` in each phase. The scenario runs once per machine
-/// driver: QEMU directly, and through the host's libvirtd (qemu:///system).
+/// a cloud-config, check each piece inside the guest, stop and start, snapshot and restore, delete --purge,
+/// and `kill -9` of `nimbus launch` in each phase. The scenario runs once per machine driver: QEMU directly
+/// (with a second instance launched at once by `apply`), and through the host's libvirtd (qemu:///system;
+/// one instance, by UEFI, which also goes through a guest power-off, a lost folder and a damaged spec).
 @Suite(
     "Instances end to end", .serialized,
     .requires(.guest))
@@ -94,8 +95,9 @@ struct InstanceLifecycleTests {
         try await scenario(driver: "libvirt")
     }
 
-    /// The scenario with every instance on `driver`. Every step applies to both drivers: libvirt runs the
-    /// same QEMU with the same user-mode network, 9p share, scratch disk and serial log (LibvirtDomainXML),
+    /// The scenario with every instance on `driver`. The steps common to both drivers check the same things:
+    /// libvirt runs the same QEMU with the same user-mode network, virtiofs share, scratch disk and serial log
+    /// (LibvirtDomainXML),
     /// and QEMU runs as the calling user (root here, through the domain's static DAC seclabel) so the guest
     /// image under /root stays readable without relabelling; snapshots of a stopped instance are qemu-img's on
     /// the overlay for both (libvirt 9.0 refuses internal snapshots of UEFI domains, even shut off).
@@ -315,6 +317,8 @@ struct InstanceLifecycleTests {
         // Snapshot restore: a change made after the snapshot is gone. Booted and checked in the guest with the
         // QEMU driver only: the restore is the same qemu-img call on either driver's disk, and the libvirt
         // start of a stopped instance was checked above (a boot less in CI, whose time is its guests' CPU).
+        // Through libvirt it could not boot here anyway: the lost folder took web's UEFI variables with it
+        // (recover says so), and a UEFI domain does not start without them.
         _ = try await guest(web.name, "sudo sh -c 'echo changed > /etc/after-snapshot && sync'")
         try await manager.stop(web.name, force: false, timeout: .seconds(120))
         if driver == "libvirt" {

@@ -55,7 +55,8 @@ struct MachineBootTests {
     }
 
     /// A NoCloud seed written by NimbusSeed (as `nimbus launch` writes it, here without Nimbus's instance
-    /// layer): the personality SeedGuest checks, a host key, the scratch disk mounted by label, and a runcmd
+    /// layer): a personality (hostname, domain, locale, timezone, users, a file), a host key, the NIC matched by
+    /// its MAC, the scratch disk mounted by its label, and a runcmd
     /// that runs `script` and then prints NIMBUS-READY on the serial console.
     static func makeSeed(_ guest: Guest, hostKey: SSHKeyPair, mac: String, script: String) throws {
         var config = InstanceConfig()
@@ -161,20 +162,24 @@ struct MachineBootTests {
             let mac = "52:54:00:5e:ed:01"
             try Self.makeSeed(
                 guest, hostKey: hostKey, mac: mac,
-                script: "mkdir -p /mnt/host /mnt/ro && mount -t virtiofs hostshare /mnt/host"
-                    + " && echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) > /dev/ttyS0"
-                    + " && echo written-by-the-guest > /mnt/host/from-guest.txt;"
+                // The guest reports into the virtiofs share, where no console message can land mid-line;
+                // cloud-init's own verdict comes once it has finished (after this runcmd), from a job it leaves.
+                script:
+                    "(cloud-init status --wait >/dev/null; cloud-init status > /mnt/host/s.new && mv /mnt/host/s.new /mnt/host/status) &"
+                    + " mkdir -p /mnt/host /mnt/ro && mount -t virtiofs hostshare /mnt/host"
+                    + " && echo written-by-the-guest > /mnt/host/from-guest.txt; r=/mnt/host/report;"
+                    + " echo NIMBUS-SHARE $(cat /mnt/host/hello.txt) >> $r;"
                     + " mount -t 9p -o trans=virtio,version=9p2000.L roshare /mnt/ro"
-                    + " && echo NIMBUS-9P $(cat /mnt/ro/hello.txt) > /dev/ttyS0;"
-                    + " touch /mnt/ro/nope || echo NIMBUS-READONLY > /dev/ttyS0;"
-                    + " modprobe qemu_fw_cfg; echo NIMBUS-IGNITION $(base64 -w0 \(raw)) END > /dev/ttyS0;"
-                    + " echo NIMBUS-DISKS $(lsblk -dn -o NAME,SIZE | tr -s ' ' | tr '\\n' ' ') > /dev/ttyS0;"
+                    + " && echo NIMBUS-9P $(cat /mnt/ro/hello.txt) >> $r;"
+                    + " touch /mnt/ro/nope || echo NIMBUS-READONLY >> $r;"
+                    + " modprobe qemu_fw_cfg; echo NIMBUS-IGNITION $(base64 -w0 \(raw)) END >> $r;"
+                    + " echo NIMBUS-DISKS $(lsblk -dn -o NAME,SIZE | tr -s ' ' | tr '\\n' ' ') >> $r;"
                     + " echo NIMBUS-SEED $(hostname) $(hostname -f) $(grep -c '127.0.1.1 seedvm.nimbus.test seedvm'"
                     + " /etc/hosts) $(grep LANG= /etc/default/locale) $(readlink /etc/localtime)"
                     + " $(stat -c '%a-%U' /etc/nimbus/hello.txt) $(cat /etc/nimbus/hello.txt | tr ' ' -)"
                     + " $(id -nG alice | tr ' ' ,) $(runuser -u alice -- sudo -n id -u) $(findmnt -n -o TARGET,FSTYPE /srv/data | tr -s ' ' -)"
                     + " $(cut -d' ' -f2 /etc/ssh/ssh_host_ed25519_key.pub) $(ip -4 -o addr show | grep -c 10.0.2.15)"
-                    + " END > /dev/ttyS0")
+                    + " END >> $r")
             var config = MachineConfig(name: "guest")
             config.memory = .gibibytes(1)
             config.kernel = .init(
@@ -205,27 +210,37 @@ struct MachineBootTests {
             }
             print(machine.accelerator.notice ?? "accelerator: \(machine.accelerator.reason)")
             let log = try await Self.waitForConsole(guest, "NIMBUS-READY")
-            func line(_ marker: String) -> String {
-                log.split(whereSeparator: \.isNewline).first { $0.hasPrefix(marker + " ") }.map(String.init) ?? ""
-            }
             #expect(log.contains("Linux version 6.") && !log.contains("-cloud-amd64"))
-            #expect(line("NIMBUS-SHARE") == "NIMBUS-SHARE nimbus-virtiofs-ok")
+            let report = (try? String(contentsOf: shared.appending(path: "report"), encoding: .utf8)) ?? ""
+            func line(_ marker: String) -> String {
+                report.split(whereSeparator: \.isNewline).first { $0.hasPrefix(marker + " ") }.map(String.init) ?? ""
+            }
+            #expect(line("NIMBUS-SHARE") == "NIMBUS-SHARE nimbus-virtiofs-ok", "\(report)")
             #expect(
                 (try? String(contentsOf: shared.appending(path: "from-guest.txt"), encoding: .utf8))
                     == "written-by-the-guest\n")
             #expect(line("NIMBUS-9P") == "NIMBUS-9P nimbus-9p-ok")
-            #expect(log.contains("NIMBUS-READONLY"))
+            #expect(report.contains("NIMBUS-READONLY"))
             let encoded = line("NIMBUS-IGNITION").split(separator: " ").dropFirst().first.map(String.init) ?? ""
             #expect(Data(base64Encoded: encoded) == Data(ignitionConfig.utf8))
             let disks = line("NIMBUS-DISKS")
             #expect(disks.contains("vda 4G") && disks.contains("sda 64M"), "\(disks)")
             // The seed applied: hostname, FQDN and /etc/hosts, locale, timezone, write_files with its mode,
-            // the user with its group and sudo, the mount, the pinned host key and the MAC-matched NIC's address.
+            // the user with its group and sudo, the mount, the pinned host key and the MAC-matched NIC's address;
+            // and cloud-init says it finished without an error.
             let hostKeyBlob = hostKey.publicKeyLine.split(separator: " ")[1]
             #expect(
                 line("NIMBUS-SEED")
                     == "NIMBUS-SEED seedvm seedvm.nimbus.test 1 LANG=en_US.UTF-8 /usr/share/zoneinfo/Europe/Paris"
                     + " 640-root hello-from-nimbus alice,adm 0 /srv/data-ext4 \(hostKeyBlob) 1 END")
+            let status = shared.appending(path: "status")
+            let deadline = ContinuousClock.now + Self.bootDeadline
+            while !FileManager.default.fileExists(atPath: status.path), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .seconds(2))
+            }
+            #expect(
+                (try? String(contentsOf: status, encoding: .utf8)) == "status: done\n",
+                "cloud-init's status, from the guest")
             // The share's virtiofsd belongs to the machine, and ends with it.
             #expect(Virtiofsd.livePIDs(in: guest.directory).count == 1)
             #expect(try Self.consoleAnswers(guest, containing: "login:"))

@@ -183,9 +183,10 @@ struct NetworkTests {
 
 /// The issue's scenario with real guests: a fleet with a network brings up two instances that resolve and
 /// reach each other by name (one at a pinned address); the host reaches a guest's HTTP server; an unprivileged
-/// user's instance on another network, routed out through it, sees neither; addresses survive stop and start;
-/// a killed dnsmasq comes back with the next start; prune takes the fleet's network away. Two guests boot at
-/// a time: web and db, then the user's instance and db's restart.
+/// user's instance on another network, routed out through it, sees neither; a killed dnsmasq is named by
+/// doctor and brought back by --fix; prune takes the fleet's network away. (Addresses kept over a restart, and
+/// a network brought back by `start`: FaultGuestTests' host reboot.) Two guests boot at a time: web and db,
+/// then the user's instance.
 @Suite(
     "Networks with guests", .serialized, .requires(.guest, .root, .programs("ip", "dnsmasq", "nft", "runuser", "curl")))
 struct NetworkGuestTests {
@@ -196,7 +197,7 @@ struct NetworkGuestTests {
     let image: URL
 
     init() async throws {
-        guestSlots = try await GuestSlot(guests: 2, expectedSeconds: 550)
+        guestSlots = try await GuestSlot(guests: 2, expectedSeconds: 450)
         home = try TemporaryDirectory.guestHome("nimbus-net-e2e")
         chmod(home.url.path, 0o755)
         manager = InstanceManager(paths: home.paths, config: try NimbusConfig.load(paths: home.paths)) {
@@ -213,7 +214,9 @@ struct NetworkGuestTests {
         try await NimbusBinary.run(arguments, home: home.url)
     }
 
-    @Test("two instances on n1 by name, HTTP from the host, an unprivileged user's on n2 apart, restarts, prune")
+    @Test(
+        "two instances on n1 by name, HTTP from the host, an unprivileged user's on n2 apart, dnsmasq brought back, prune"
+    )
     func scenario() async throws {
         let suffix = String(UUID().uuidString.prefix(4)).lowercased()
         let userHome = try TemporaryDirectory("nimbus-net-user")
@@ -302,7 +305,7 @@ struct NetworkGuestTests {
         #expect(result.status == 5 && result.standardError.contains("in use by"), "\(result.standardError)")
         #expect(result.standardError.contains("web") && result.standardError.contains("db"))
 
-        // An unprivileged user's `u` on n2 (with NAT), routed out through it, boots while db restarts.
+        // An unprivileged user's `u` on n2 (with NAT), routed out through it, boots meanwhile.
         result = try await nimbus(["network", "create", n2, "--nat"])
         #expect(result.status == 0, "\(result.standardError)")
         chmod("/usr/lib/qemu/qemu-bridge-helper", 0o4755)
@@ -318,8 +321,9 @@ struct NetworkGuestTests {
             ],
             userHome.url, home.paths.networks)
 
-        // Stop db, kill n1's dnsmasq: start brings the network back, db keeps its address, names resolve.
-        try await manager.stop(try InstanceName("db"), force: false, timeout: .seconds(120))
+        // n1's dnsmasq killed while its instances run: doctor says so and --fix brings it back, names resolve
+        // again. (That `start` brings a network back is FaultGuestTests' host reboot, and for libvirt's own
+        // dnsmasq UpgradeGuestTests.libvirt's rollback. No restart here: a boot less in CI.)
         let networkFolder = home.paths.networks.appending(path: n1)
         for pid in NetworkTests.dnsmasqProcesses(under: networkFolder) { kill(pid, SIGKILL) }
         #expect(try await manager.networks.info(n1).state == "degraded")
@@ -327,26 +331,14 @@ struct NetworkGuestTests {
         #expect(
             result.standardOutput.contains("network \(n1)") && result.standardOutput.contains("dnsmasq is not running"),
             "\(result.standardOutput)")
-        // doctor --fix brings it back; killed again, the next start does.
         result = try await nimbus(["doctor", "--fix"])
         #expect(result.standardOutput.contains("brought back"), "\(result.standardOutput)")
         #expect(try await manager.networks.info(n1).state == "active")
-        for pid in NetworkTests.dnsmasqProcesses(under: networkFolder) { kill(pid, SIGKILL) }
-        #expect(try await manager.networks.info(n1).state == "degraded")
-        try await manager.start(try InstanceName("db"), wait: true, timeout: .seconds(900))
-        #expect(try await manager.networks.info(n1).state == "active")
         result = try await guest("db", "ip -4 -o addr show")
         #expect(result.standardOutput.contains("\(pinned)/"), "\(result.standardOutput)")
-        // Up to three tries: once, right after this restart, web's first lookup failed while the next ones
-        // (seconds later) answered (session 8; not understood yet, see the issue's note).
-        result = try await guest("web", "for i in 1 2 3; do ping -c1 -W5 db && exit 0; sleep 3; done; exit 1")
-        if result.status != 0 {
-            let resolver = try await guest("web", "cat /etc/resolv.conf; getent hosts db.\(n1).internal; ip -4 -o addr")
-            let log = (try? String(contentsOf: networkFolder.appending(path: "dnsmasq.log"), encoding: .utf8)) ?? ""
-            Issue.record(
-                "web cannot resolve db after the restart: \(result.standardError)\n\(resolver.standardOutput)\n\(log.suffix(3000))"
-            )
-        }
+        result = try await guest(
+            "web", "for i in 1 2 3; do getent hosts db.\(n1).internal && exit 0; sleep 3; done; exit 1")
+        #expect(result.status == 0 && result.standardOutput.contains("\(pinned)"), "\(result.standardError)")
 
         let userResult = try await user
         #expect(userResult.status == 0, "\(userResult.standardError)")

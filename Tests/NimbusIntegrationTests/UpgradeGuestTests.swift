@@ -46,7 +46,7 @@ struct UpgradeGuestTests {
         }
     }
     @Test(
-        "upgrade keeps the volume, host key and network address on a fresh root; debian:13 and back by rollback; a root that cannot boot rolls back"
+        "upgrade keeps the volume, host key and network address on a fresh root; a root that cannot boot rolls back; a fleet file upgrades to debian:13; kill -9 of an upgrade leaves one whole root"
     )
     func upgradeAndRollback() async throws {
         let slot = try await GuestSlot(expectedSeconds: 1300)
@@ -116,18 +116,14 @@ struct UpgradeGuestTests {
             #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
             #expect(try await nimbus(["apply", "-f", fleet.path]).standardOutput.contains("unchanged u"))
 
-            // Back to 12 (the libvirt scenario upgrades to 13 by command and rolls back while stopped).
-            let back = try await nimbus(["rollback", "u"])
-            #expect(back.status == 0, "\(back.standardError)")
-            #expect(try await guest("cat /etc/debian_version").hasPrefix("12."))
-            #expect(try await guest("cat /srv/kept.txt") == "kept\n")
-            #expect(try await nimbus(["rollback", "u"]).status == NimbusError.Code.notFound.exitStatus)
+            // Rollback is the libvirt scenario's (back to 12 from 13, while stopped): the same instance-layer
+            // code, and a boot less in CI here.
 
-            // kill -9 of an upgrade while it stops the guest: the instance is on one root or the other, and
-            // the next commands sort it out.
+            // kill -9 of an upgrade (back to 12) while it stops the guest: the instance is on one root or the
+            // other, and the next commands sort it out.
             let killed = Process()
             killed.executableURL = NimbusBinary.url
-            killed.arguments = ["upgrade", "u", "--image", "debian:13", "--yes"]
+            killed.arguments = ["upgrade", "u", "--image", "debian:12", "--yes"]
             killed.environment = ProcessInfo.processInfo.environment.merging([
                 "NIMBUS_HOME": home.url.path, "NIMBUS_MIRROR_DEBIAN": mirror.url.absoluteString,
             ]) { _, new in new }
@@ -226,8 +222,14 @@ struct UpgradeGuestTests {
             #expect(try await nimbus(["stop", name, "--timeout", "120"]).status == 0)
             let resized = try await nimbus(["volume", "resize", "data", "--size", "2G"])
             #expect(resized.status == 0, "\(resized.standardError)")
+            // The libvirt network's dnsmasq dies meanwhile: the rollback's start brings the network back.
+            for pid in LibvirtNetworkTests.dnsmasqProcesses(of: network) { kill(pid, SIGKILL) }
+            let degraded = try await nimbus(["network", "info", network, "--format", "json"]).standardOutput
+            #expect(degraded.contains("\"state\" : \"degraded\""), "\(degraded)")
             let back = try await nimbus(["rollback", name])
             #expect(back.status == 0, "\(back.standardError)")
+            let active = try await nimbus(["network", "info", network, "--format", "json"]).standardOutput
+            #expect(active.contains("\"state\" : \"active\""), "\(active)")
             #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260110-0001"))
             #expect(try await guest("cat /etc/debian_version").hasPrefix("12."))
             #expect(try await poolVolumes().filter { $0.contains("-disk") } == disksBefore)
@@ -235,6 +237,8 @@ struct UpgradeGuestTests {
             #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
             let size = try await guest("df -B1M --output=size /srv | tail -1")
             #expect((Int(size.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 1800, "\(size)")
+            // One level: there is nothing further back.
+            #expect(try await nimbus(["rollback", name]).status == NimbusError.Code.notFound.exitStatus)
 
             // A root that cannot boot (a blank disk) is given up, its pool volume too, and the instance is back.
             let blank = scene.home.url.appending(path: "blank.qcow2")
