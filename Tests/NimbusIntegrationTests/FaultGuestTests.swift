@@ -14,7 +14,7 @@ struct FaultGuestTests {
         "a host reboot right after launch with state.json, known_hosts and the image record damaged: doctor --fix repairs them and start brings it all back (what cloud-init wrote was synced); with the host keys lost, start fails at once naming the SSH server, and recover --reseed brings back the same key; its data volume is refused to a second holder, grows while stopped, outlives it and is mounted by the next instance, whose seed comes over HTTP"
     )
     func killedAfterLaunch() async throws {
-        let slot = try await GuestSlot(expectedSeconds: 600)
+        let slot = try await GuestSlot(expectedSeconds: 1100)
         defer { withExtendedLifetime(slot) {} }
         let home = try TemporaryDirectory.guestHome("nimbus-faults")
         let image = "file://" + (Prerequisites.guestImage?.path ?? "/missing-guest-image")
