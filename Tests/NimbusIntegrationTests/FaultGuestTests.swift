@@ -1,8 +1,11 @@
 import Foundation
 import NimbusCore
 import NimbusInstances
+import NimbusMachines
 import NimbusTestSupport
 import Testing
+
+@testable import NimbusQEMU
 
 /// Faults a user meets, injected into the real Debian cloud guest under QEMU, through the `nimbus` binary as
 /// users run it (issue 19). The same guest carries a data volume through them (issue 17: made at launch, one
@@ -217,9 +220,7 @@ struct FaultGuestTests {
         let folder = home.paths.instances.appending(path: "vb")
         #expect(!FileManager.default.fileExists(atPath: folder.appending(path: "seed.iso").path))
         #expect(FileManager.default.fileExists(atPath: folder.appending(path: "seed/user-data").path))
-        let pid = try #require(PIDFile(folder.appending(path: "qemu.pid").path).livePID)
-        let commandLine = try #require(FileManager.default.contents(atPath: "/proc/\(pid)/cmdline"))
-        let arguments = commandLine.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        let arguments = try #require(QEMUProcess.find(in: MachineDirectory(folder))?.commandLine, "no QEMU for vb")
         let seedDisk = ["seed.iso", "id=seed", "media=cdrom", "ide-cd"]
         #expect(!arguments.contains { argument in seedDisk.contains { argument.contains($0) } }, "\(arguments)")
         let smbios = try #require(arguments.firstIndex(of: "-smbios").map { arguments[$0 + 1] })
