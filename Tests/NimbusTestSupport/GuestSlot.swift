@@ -5,17 +5,20 @@ import Testing
 /// Guest slots, held by a test while its guests boot and run, and released when the value goes (Swift Testing
 /// makes one suite instance per test, so a slot taken in a suite's init lasts for that one test).
 ///
-/// A slot is one TCG guest's worth of CPU on CI's two cores. Three slots keep both cores busy while one test
-/// waits on something other than its guest's vCPU (a shutdown, a qemu-img convert, SSH round trips); more
-/// guests booting at once starve their vCPUs, and a Debian kernel then fails its early timer check ("IO-APIC
-/// + timer doesn't work!"), which CI met (Readiness resets such a guest, twice at most).
+/// A slot is one TCG guest's worth of CPU on CI's two cores: two slots. Measured on this host (2026-12-07,
+/// the Debian 12 guest, one vCPU, `nimbus launch` to cloud-init's end): one guest alone 107 s and 108 CPU-s;
+/// two at once 154 s for both, 134-152 CPU-s each; three at once 278 s for the three, 170-190 CPU-s each. A
+/// third guest on two cores does not fill idle time, it makes every guest's TCG slower (caches, switches):
+/// 93 s of wall time per boot against 77 s with two. More guests booting at once also starve their vCPUs
+/// until a Debian kernel fails its early timer check ("IO-APIC + timer doesn't work!"; Readiness resets such
+/// a guest, twice at most).
 ///
 /// Tests take their slots longest first (`expectedSeconds`), so that no long test starts last and runs alone
 /// at the end of a CI run, and a test needing several slots does not hold one idle while it waits for the
 /// rest behind a long test.
 public final class GuestSlot: Sendable {
     /// How many guests may run at once.
-    public static let count = 3
+    public static let count = 2
 
     let descriptors: [Int32]
     /// The test holding the slots and since when: the slots say how long they were held when they go, so a
