@@ -17,6 +17,20 @@ struct RootCommandTests {
         #expect(text == "a,b\n\"1,2\",\"say \"\"hi\"\"\"\n")
     }
 
+    @Test("JSON writes an empty list or object as [] and {}, at the top and nested, and leaves strings alone")
+    func emptyJSON() throws {
+        struct Row: Encodable {
+            let name: String
+            let networks: [String]
+            let labels: [String: String]
+        }
+        #expect(try OutputRenderer.render([Row](), columns: [], rows: [], format: .json) == "[]\n")
+        let text = try OutputRenderer.render(
+            [Row(name: "[\n]", networks: [], labels: [:])], columns: [], rows: [], format: .json)
+        #expect(text.contains("\"networks\" : []") && text.contains("\"labels\" : {}"), "\(text)")
+        #expect(text.contains(#""name" : "[\n]""#), "\(text)")
+    }
+
     @Test("tables align columns under upper-case headers")
     func table() {
         #expect(

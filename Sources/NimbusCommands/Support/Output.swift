@@ -15,7 +15,11 @@ public enum OutputRenderer {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             encoder.dateEncodingStrategy = .iso8601
-            return String(decoding: try encoder.encode(value), as: UTF8.self) + "\n"
+            // swift-corelibs-foundation pretty-prints an empty array or object over two lines ("[\n\n]"); written
+            // `[]` and `{}`, as other JSON printers and jq do. A raw newline never stands inside a JSON string,
+            // so only the printer's own layout matches.
+            let text = String(decoding: try encoder.encode(value), as: UTF8.self)
+            return text.replacing(/\[\n\s*\]/, with: "[]").replacing(/\{\n\s*\}/, with: "{}") + "\n"
         case .yaml:
             let encoder = YAMLEncoder()
             encoder.options.sortKeys = true
