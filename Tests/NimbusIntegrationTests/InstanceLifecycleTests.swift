@@ -108,9 +108,6 @@ struct InstanceLifecycleTests {
         let suffix = driver == "qemu" ? "" : "-" + UUID().uuidString.prefix(4).lowercased()
         var config = try NimbusConfig.load(paths: home.paths)
         config.driver = try #require(DriverKind(rawValue: driver))
-        // web boots by UEFI and carries the forward. `auto` picking BIOS under TCG, two instances at once from a
-        // fleet file and a fleet instance whose cloud-init fails are NetworkGuestTests' (a boot less here).
-        config.firmware = .uefi
         let share = home.url.appending(path: "share")
         try FileManager.default.createDirectory(at: share, withIntermediateDirectories: true)
         try "shared from the host\n".write(to: share.appending(path: "hello.txt"), atomically: true, encoding: .utf8)
@@ -156,6 +153,8 @@ struct InstanceLifecycleTests {
             """
         let forward = try #require(Loopback.freePort())
         let fleetFile = home.url.appending(path: "fleet.yaml")
+        // web boots by UEFI and carries the forward. `auto` picking BIOS under TCG, two instances at once from a
+        // fleet file and a fleet instance whose cloud-init fails are NetworkGuestTests' (a boot less here).
         web.firmware = .uefi
         web.forwards = [MachineConfig.PortForward(hostPort: forward, guestPort: 22)]
         _ = try await manager.launch(web, wait: true, timeout: .seconds(900))
