@@ -15,16 +15,36 @@ import NimbusQMP
 /// own error without polling, and the CLI can exit while the machine runs on.
 public struct QEMUDriver: Hypervisor {
     public let name = "qemu"
-    /// The QEMU program, found on PATH.
+    /// The QEMU program: a path, or a name found on PATH.
     public var executable: String
     /// Where the accelerator facts are cached (NimbusPaths.hostFacts); nil probes every time.
     public var hostFactsCache: URL?
     /// How long `start` waits for QMP to answer once QEMU has daemonized.
     public var monitorTimeout: Duration = .seconds(10)
 
-    public init(executable: String = "qemu-system-x86_64", hostFactsCache: URL?) {
+    public init(executable: String = QEMUDriver.program(), hostFactsCache: URL?) {
         self.executable = executable
         self.hostFactsCache = hostFactsCache
+    }
+
+    /// The QEMU program machines run on: `NIMBUS_QEMU` (the path of another `qemu-system-x86_64`, like a newer
+    /// QEMU built or unpacked beside the system's; Lima's `QEMU_SYSTEM_X86_64` does the same), else
+    /// `qemu-system-x86_64` on PATH. libvirt runs the emulator it knows, whatever this says.
+    public static func program(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let path = environment["NIMBUS_QEMU"], !path.isEmpty { return path }
+        return "qemu-system-x86_64"
+    }
+
+    /// The error for a QEMU program that cannot be run: the variable that named it, or the package to install.
+    static func missing(_ executable: String) -> NimbusError {
+        guard executable == "qemu-system-x86_64" else {
+            return NimbusError(
+                .unsupported,
+                "NIMBUS_QEMU names \(executable), which is not an executable file: point it at a qemu-system-x86_64, or unset it to use the one on PATH"
+            )
+        }
+        return NimbusError(
+            .unsupported, "qemu-system-x86_64 is not installed: install it with `apt-get install qemu-system-x86`")
     }
 
     /// A driver using the host facts cache of `paths`.
@@ -64,10 +84,7 @@ public struct QEMUDriver: Hypervisor {
                 "the microvm machine type needs KVM, and this machine runs on TCG (\(decision.reason)): use the q35 machine type"
             )
         }
-        guard let qemu = ProgramRunner.find(executable) else {
-            throw NimbusError(
-                .unsupported, "\(executable) is not installed: install it with `apt-get install qemu-system-x86`")
-        }
+        guard let qemu = ProgramRunner.find(executable) else { throw Self.missing(executable) }
         do {
             try FileManager.default.createDirectory(at: directory.url, withIntermediateDirectories: true)
         } catch {

@@ -370,6 +370,25 @@ struct CLIErrorTests {
         }
     }
 
+    @Test("NIMBUS_QEMU naming no program: launch names the variable and the way out, writes nothing; doctor says so")
+    func qemuProgramMissing() async throws {
+        try await TemporaryDirectory.with { home in
+            let environment = ["NIMBUS_QEMU": "/nonexistent/qemu-system-x86_64"]
+            let launch = try await NimbusBinary.run(
+                ["launch", "--name", "q", "/nonexistent.qcow2"], home: home.url, environment: environment)
+            #expect(launch.status == NimbusError.Code.unsupported.exitStatus, "\(launch.standardError)")
+            #expect(
+                launch.standardError.contains(
+                    "NIMBUS_QEMU names /nonexistent/qemu-system-x86_64, which is not an executable file"),
+                "\(launch.standardError)")
+            #expect(launch.standardError.contains("unset it to use the one on PATH"))
+            #expect((try? FileManager.default.contentsOfDirectory(atPath: home.paths.instances.path)) ?? [] == [])
+            let doctor = try await NimbusBinary.run(["doctor"], home: home.url, environment: environment)
+            #expect(doctor.status != 0)
+            #expect(doctor.standardOutput.contains("NIMBUS_QEMU"), "\(doctor.standardOutput)")
+        }
+    }
+
     @Test(
         "without libvirt on the host, --driver libvirt says what to install and writes nothing; seed still works",
         .requires(.root, .programs("unshare", "mount")))
