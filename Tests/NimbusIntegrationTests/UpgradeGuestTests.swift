@@ -46,7 +46,7 @@ struct UpgradeGuestTests {
         }
     }
     @Test(
-        "upgrade keeps the volume, host key and network address on a fresh root; a root that cannot boot rolls back; a fleet file upgrades to debian:13; kill -9 of an upgrade leaves one whole root"
+        "upgrade keeps the volume, host key and network address on a fresh root; a root that cannot boot rolls back; upgrade --image debian:13 and rollback; a fleet file upgrades to debian:13; kill -9 of an upgrade leaves one whole root"
     )
     func upgradeAndRollback() async throws {
         let slot = try await GuestSlot(expectedSeconds: 1300)
@@ -103,6 +103,19 @@ struct UpgradeGuestTests {
             #expect(try await guest("cat /etc/debian_version").hasPrefix("12."))
             #expect(try await guest("cat /srv/kept.txt") == "kept\n")
 
+            // The next release, then back: `rollback` returns to the root before it, serial and data as they were.
+            let release = try await nimbus(["upgrade", "u", "--image", "debian:13", "--yes"])
+            #expect(release.status == 0, "\(release.standardError)")
+            #expect(try await guest("cat /etc/debian_version").hasPrefix("13."))
+            #expect(try await guest("cat /srv/kept.txt") == "kept\n")
+            #expect(try await guest("sudo cat /etc/ssh/ssh_host_ed25519_key.pub") == hostKey)
+            let back = try await nimbus(["rollback", "u"])
+            #expect(back.status == 0, "\(back.standardError)")
+            #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260210-0002"))
+            #expect(try await guest("cat /etc/debian_version").hasPrefix("12."))
+            #expect(try await guest("cat /srv/kept.txt") == "kept\n")
+            #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
+
             // A fleet file that names another image upgrades the instance at apply, once confirmed.
             let fleet = home.url.appending(path: "fleet.yaml")
             try Data("instances:\n  - name: u\n    image: debian:13\n    memory: 1G\n".utf8).write(to: fleet)
@@ -115,9 +128,6 @@ struct UpgradeGuestTests {
             #expect(try await guest("cat /srv/kept.txt") == "kept\n")
             #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
             #expect(try await nimbus(["apply", "-f", fleet.path]).standardOutput.contains("unchanged u"))
-
-            // Rollback is the libvirt scenario's (back to 12 from 13, while stopped): the same instance-layer
-            // code, and a boot less in CI here.
 
             // kill -9 of an upgrade (back to 12) while it stops the guest: the instance is on one root or the
             // other, and the next commands sort it out.
@@ -163,7 +173,7 @@ struct UpgradeGuestTests {
     }
 
     @Test(
-        "through libvirt: a data volume in the pool, one holder, a libvirt network; an upgrade to debian:13 makes a root volume of its own and keeps the host key, the data and the network address; rollback returns to the previous root and deletes the newer; a root that cannot boot rolls back; the next instance mounts the volume",
+        "through libvirt: a data volume in the pool, one holder, a libvirt network; an upgrade to a newer serial, then to debian:13, makes a root volume of its own and keeps the host key, the data and the network address; rollback returns to the previous root and deletes the newer; a root that cannot boot rolls back; the next instance mounts the volume",
         .requires(.libvirt))
     func libvirt() async throws {
         let slot = try await GuestSlot(expectedSeconds: 1000)
@@ -204,21 +214,35 @@ struct UpgradeGuestTests {
             #expect(second.status == NimbusError.Code.alreadyExists.exitStatus, "\(second.standardError)")
             #expect(second.standardError.contains("attached to \(name)"), "\(second.standardError)")
             let hostKey = try await guest("sudo cat /etc/ssh/ssh_host_ed25519_key.pub")
-            let disksBefore = try await poolVolumes().filter { $0.contains("-disk") }
+            func rootDisks() async throws -> Set<String> {
+                Set(try await poolVolumes().filter { $0.contains("-disk") })
+            }
+            let launchRoot = try await rootDisks()
 
-            // The next release (a newer serial takes the same path: the QEMU scenario upgrades to one); the
-            // launch's root stays in the pool as the rollback point.
-            let release = try await nimbus(["upgrade", name, "--image", "debian:13", "--yes"])
-            #expect(release.status == 0, "\(release.standardError)")
-            #expect(try await guest("cat /etc/debian_version").hasPrefix("13."))
+            // A newer serial of debian:12 upstream: the upgrade relaunches on it in a root volume of its own, the
+            // launch's root staying in the pool as the rollback point.
+            try await Prerequisites.publishDebianBuild(scene.mirror.url, codename: "bookworm", serial: "20260210-0002")
+            #expect(try await nimbus(["image", "refresh"]).status == 0)
+            let upgraded = try await nimbus(["upgrade", name, "--yes"])
+            #expect(upgraded.status == 0, "\(upgraded.standardError)")
+            #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260210-0002"))
             #expect(try await nimbus(["exec", name, "--", "test", "-e", "/etc/lost.txt"]).status == 1)
             #expect(try await guest("sudo cat /etc/ssh/ssh_host_ed25519_key.pub") == hostKey)
             #expect(try await guest("cat /srv/kept.txt") == "kept\n")
             #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
-            let releaseDisks = try await poolVolumes().filter { $0.contains("-disk") }
-            #expect(
-                releaseDisks.count == disksBefore.count + 1 && Set(disksBefore).isSubset(of: releaseDisks),
-                "\(releaseDisks)")
+            let serialRoots = try await rootDisks()
+            #expect(serialRoots.count == 2 && launchRoot.isSubset(of: serialRoots), "\(serialRoots)")
+            let disksBefore = serialRoots.subtracting(launchRoot)
+
+            // The next release: the serial's root becomes the rollback point, the launch's goes.
+            let release = try await nimbus(["upgrade", name, "--image", "debian:13", "--yes"])
+            #expect(release.status == 0, "\(release.standardError)")
+            #expect(try await guest("cat /etc/debian_version").hasPrefix("13."))
+            #expect(try await guest("sudo cat /etc/ssh/ssh_host_ed25519_key.pub") == hostKey)
+            #expect(try await guest("cat /srv/kept.txt") == "kept\n")
+            #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
+            let releaseDisks = try await rootDisks()
+            #expect(releaseDisks.count == 2 && disksBefore.isSubset(of: releaseDisks), "\(releaseDisks)")
 
             // The pool volume grows while the instance is stopped; the filesystem follows at the next start.
             #expect(try await nimbus(["stop", name, "--timeout", "120"]).status == 0)
@@ -232,9 +256,9 @@ struct UpgradeGuestTests {
             #expect(back.status == 0, "\(back.standardError)")
             let active = try await nimbus(["network", "info", network, "--format", "json"]).standardOutput
             #expect(active.contains("\"state\" : \"active\""), "\(active)")
-            #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260110-0001"))
+            #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260210-0002"))
             #expect(try await guest("cat /etc/debian_version").hasPrefix("12."))
-            #expect(try await poolVolumes().filter { $0.contains("-disk") } == disksBefore)
+            #expect(try await rootDisks() == disksBefore)
             #expect(try await guest("cat /srv/kept.txt") == "kept\n")
             #expect(try await guest("ip -4 -o addr show").contains(" \(address)/"))
             let size = try await guest("df -B1M --output=size /srv | tail -1")
@@ -249,9 +273,9 @@ struct UpgradeGuestTests {
                 "upgrade", name, "--image", blank.absoluteString, "--yes", "--timeout", "60",
             ])
             #expect(broken.status == NimbusError.Code.guestSetup.exitStatus, "\(broken.standardError)")
-            #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260110-0001"))
+            #expect(try await guest("cat /etc/cloud/build.info").contains("serial: 20260210-0002"))
             #expect(try await guest("cat /srv/kept.txt") == "kept\n")
-            #expect(try await poolVolumes().filter { $0.contains("-disk") }.count == 1)
+            #expect(try await rootDisks() == disksBefore)
 
             // The volume stays in the pool after the instance, and the next libvirt instance mounts it.
             #expect(try await nimbus(["delete", "--purge", name]).status == 0)
