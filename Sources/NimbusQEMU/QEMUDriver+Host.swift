@@ -48,7 +48,7 @@ extension QEMUDriver {
     public func hostFindings() -> [HostFinding] {
         var findings: [HostFinding] = []
         // The system's qemu-system-x86_64 is doctor's own check; another one named by NIMBUS_QEMU is this.
-        if executable != "qemu-system-x86_64" {
+        if executable != Self.systemProgram {
             let runnable = ProgramRunner.find(executable) != nil
             findings.append(
                 HostFinding(

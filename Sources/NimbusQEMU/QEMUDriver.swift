@@ -32,12 +32,15 @@ public struct QEMUDriver: Hypervisor {
     /// `qemu-system-x86_64` on PATH. libvirt runs the emulator it knows, whatever this says.
     public static func program(environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
         if let path = environment["NIMBUS_QEMU"], !path.isEmpty { return path }
-        return "qemu-system-x86_64"
+        return systemProgram
     }
+
+    /// The distribution's QEMU, found on PATH.
+    public static let systemProgram = "qemu-system-x86_64"
 
     /// The error for a QEMU program that cannot be run: the variable that named it, or the package to install.
     static func missing(_ executable: String) -> NimbusError {
-        guard executable == "qemu-system-x86_64" else {
+        guard executable == systemProgram else {
             return NimbusError(
                 .unsupported,
                 "NIMBUS_QEMU names \(executable), which is not an executable file: point it at a qemu-system-x86_64, or unset it to use the one on PATH"

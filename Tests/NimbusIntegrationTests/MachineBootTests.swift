@@ -37,7 +37,7 @@ struct MachineBootTests {
         let directory = MachineDirectory(home.paths.instances.appending(path: "guest"))
         try FileManager.default.createDirectory(at: directory.url, withIntermediateDirectories: true)
         // The system's QEMU, whatever NIMBUS_QEMU says: the suite's other QEMU guests run on scripts/build-qemu's.
-        let driver = QEMUDriver(executable: "qemu-system-x86_64", hostFactsCache: home.paths.hostFacts)
+        let driver = QEMUDriver(executable: QEMUDriver.systemProgram, hostFactsCache: home.paths.hostFacts)
         let guest = Guest(home: home, directory: directory, driver: driver, image: image)
         try await ProgramRunner.run(
             "qemu-img",

@@ -32,7 +32,7 @@ struct MachineFixture {
         defer { home.remove() }
         let directory = MachineDirectory(home.paths.instances.appending(path: "m"))
         // The system's QEMU, whatever NIMBUS_QEMU says (scripts/test gives the guest scenarios a newer one).
-        let driver = QEMUDriver(executable: "qemu-system-x86_64", hostFactsCache: home.paths.hostFacts)
+        let driver = QEMUDriver(executable: QEMUDriver.systemProgram, hostFactsCache: home.paths.hostFacts)
         let fixture = MachineFixture(home: home, directory: directory, driver: driver)
         defer {
             if let process = QEMUProcess.find(in: directory) { process.signal(SIGKILL) }
